@@ -1,0 +1,137 @@
+/**
+ * A fixed pool of worker threads (worker.cjs) for zero detection, hashing, compression and
+ * decompression. One job per worker at a time; extra jobs wait in a FIFO. Callers bound how many jobs
+ * they keep in flight, so memory stays bounded. Buffers are transferred, not copied.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { ThinarchiveError } from '../errors.js';
+
+export interface EncodeRun {
+  zero: boolean;
+  first: number;
+  count: number;
+  rawLen?: number;
+  codec?: number;
+  hashes?: ArrayBuffer;
+  stored?: ArrayBuffer;
+}
+
+export interface DecodeResult {
+  ok: boolean;
+  raw?: ArrayBuffer;
+  badBlocks?: number[];
+  error?: string;
+}
+
+export interface HashResult {
+  hashes: ArrayBuffer;
+  zeroMask: ArrayBuffer;
+  buf: ArrayBuffer;
+}
+
+interface Pending {
+  msg: Record<string, unknown>;
+  transfer: ArrayBuffer[];
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+}
+
+const WORKER_URL = new URL('./worker.cjs', import.meta.url);
+
+export class WorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly queue: Pending[] = [];
+  private readonly inflight = new Map<number, Pending>();
+  private readonly byWorker = new Map<Worker, number>();
+  private nextId = 1;
+  private closed = false;
+  private failure: Error | undefined;
+  readonly size: number;
+
+  constructor(size = Math.max(1, availableParallelism())) {
+    this.size = size;
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(fileURLToPath(WORKER_URL));
+      w.on('message', (m: { id: number; result?: unknown; error?: string }) => this.onMessage(w, m));
+      w.on('error', (e) => this.onFatal(e));
+      w.on('exit', (code) => {
+        if (!this.closed) this.onFatal(new Error(`worker thread exited with code ${code}`));
+      });
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  private onMessage(w: Worker, m: { id: number; result?: unknown; error?: string }): void {
+    const p = this.inflight.get(m.id);
+    this.inflight.delete(m.id);
+    this.byWorker.delete(w);
+    this.idle.push(w);
+    this.pump();
+    if (!p) return;
+    if (m.error !== undefined) p.reject(new ThinarchiveError('WORKER_FAILED', `worker failed: ${m.error}`));
+    else p.resolve(m.result);
+  }
+
+  private onFatal(e: Error): void {
+    this.failure ??= new ThinarchiveError('WORKER_FAILED', `worker thread failed: ${e.message}`);
+    for (const p of [...this.inflight.values(), ...this.queue]) p.reject(this.failure);
+    this.inflight.clear();
+    this.queue.length = 0;
+  }
+
+  private pump(): void {
+    while (this.idle.length > 0 && this.queue.length > 0) {
+      const w = this.idle.pop()!;
+      const p = this.queue.shift()!;
+      const id = this.nextId++;
+      this.inflight.set(id, p);
+      this.byWorker.set(w, id);
+      w.postMessage({ ...p.msg, id }, p.transfer);
+    }
+  }
+
+  private run<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<T> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new ThinarchiveError('WORKER_FAILED', 'worker pool is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ msg, transfer, resolve: resolve as (v: unknown) => void, reject });
+      this.pump();
+    });
+  }
+
+  /** Zero-detect, hash and compress `len` bytes of `buf` (transferred) starting at block `firstBlock`. */
+  encode(buf: ArrayBuffer, len: number, firstBlock: number, blockSize: number, level: number): Promise<{ runs: EncodeRun[]; buf: ArrayBuffer }> {
+    return this.run({ op: 'encode', buf, len, firstBlock, blockSize, level }, [buf]);
+  }
+
+  /** Decompress a record payload (transferred) and check its block hashes. */
+  decode(stored: ArrayBuffer, codec: number, rawLen: number, blockSize: number, hashes: BigUint64Array, wantData: boolean): Promise<DecodeResult> {
+    const h = hashes.slice().buffer;
+    return this.run({ op: 'decode', stored, codec, rawLen, blockSize, hashes: h, wantData }, [stored, h]);
+  }
+
+  /** Hash the blocks of `len` bytes of `buf` (transferred); also reports which blocks are all zero. */
+  hash(buf: ArrayBuffer, len: number, blockSize: number): Promise<HashResult> {
+    return this.run({ op: 'hash', buf, len, blockSize }, [buf]);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** Run `fn` with a pool that is closed afterwards, whatever happens. */
+export async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>, size?: number): Promise<T> {
+  const pool = new WorkerPool(size);
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}

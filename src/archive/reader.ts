@@ -1,0 +1,376 @@
+/**
+ * Reading archives.
+ *
+ * `readArchive` is the streaming reader: one forward pass over any byte source (file, pipe, socket),
+ * validating every frame check, every structural invariant, the trailer totals and the digest, and
+ * yielding typed events. Payload bytes are handed out unverified: the consumer decompresses them and
+ * checks the block hashes (on worker threads).
+ *
+ * `ArchiveFile` is random access to an archive in a seekable file: header and trailer without reading
+ * the middle, a pre-flight check of map and index (no payload bytes), and any record by offset.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { FormatError, ioError } from '../errors.js';
+import {
+  FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType, PREAMBLE_SIZE, TAIL_SIZE, TRAILER_BODY_SIZE,
+} from '../format/constants.js';
+import {
+  decodeDataBody, decodeFrameHead, decodeHeaderBody, decodeIndexBody, decodeMapBody, decodeMapEndBody, decodePreamble,
+  decodeTail, decodeTrailerBody, decodeZeroBody, verifyFrameCheck,
+} from '../format/frames.js';
+import { initHash } from '../format/hash.js';
+import type { ArchiveHeader, DataRecordHead, IndexEntry, MapEnd, MapExtent, Trailer, ZeroRecord } from '../format/types.js';
+import { ArchiveValidator, canonicalRuns } from '../format/validator.js';
+import { ByteReader } from './byte-reader.js';
+
+export type ArchiveEvent =
+  | { type: 'header'; header: ArchiveHeader; offset: number }
+  | { type: 'map'; extents: MapExtent[]; offset: number }
+  | { type: 'map-end'; mapEnd: MapEnd; offset: number }
+  | { type: 'data'; record: DataRecordHead; payload: Uint8Array; offset: number }
+  | { type: 'zero'; record: ZeroRecord; offset: number }
+  | { type: 'trailer'; trailer: Trailer; offset: number; size: number };
+
+interface RawFrame {
+  type: number;
+  head: Uint8Array;
+  body: Uint8Array;
+  check: Uint8Array;
+  offset: number;
+}
+
+async function readFrame(r: ByteReader, file: string | undefined): Promise<RawFrame> {
+  const offset = r.offset;
+  const head = await r.read(FRAME_HEAD_SIZE);
+  let fh;
+  try {
+    fh = decodeFrameHead(head, offset);
+  } catch (e) {
+    if (e instanceof FormatError) e.file = file;
+    throw e;
+  }
+  // Copy the head: the next read may reuse the chunk it came from.
+  const headCopy = head.slice();
+  const body = await r.read(fh.bodyLen);
+  const check = await r.read(FRAME_CHECK_SIZE);
+  return { type: fh.type, head: headCopy, body, check, offset };
+}
+
+function withFile<T>(file: string | undefined, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof FormatError && e.file === undefined) e.file = file;
+    throw e;
+  }
+}
+
+/**
+ * Stream an archive, validating as it goes. Throws FormatError at the first problem; a stream that
+ * ends before the end marker is TRUNCATED; bytes after the end marker are TRAILING_DATA.
+ */
+export async function* readArchive(source: AsyncIterable<Uint8Array>, opts: { file?: string } = {}): AsyncGenerator<ArchiveEvent> {
+  await initHash();
+  const file = opts.file;
+  const r = new ByteReader(source, file);
+  const v = new ArchiveValidator(file);
+  try {
+    const pre = await r.read(PREAMBLE_SIZE);
+    const version = withFile(file, () => decodePreamble(pre));
+    v.digestUpdate(pre);
+    for (;;) {
+      const f = await readFrame(r, file);
+      withFile(file, () => verifyFrameCheck(f.head, f.body, f.check, f.offset));
+      if (f.type !== FrameType.TRAILER) {
+        v.digestUpdate(f.head);
+        v.digestUpdate(f.body);
+        v.digestUpdate(f.check);
+      }
+      switch (f.type) {
+        case FrameType.HEADER: {
+          const header = withFile(file, () => decodeHeaderBody(f.body, f.offset, version));
+          v.onHeader(header, f.offset);
+          yield { type: 'header', header, offset: f.offset };
+          break;
+        }
+        case FrameType.MAP: {
+          const extents = withFile(file, () => decodeMapBody(f.body, f.offset));
+          v.onMap(extents, f.offset);
+          yield { type: 'map', extents, offset: f.offset };
+          break;
+        }
+        case FrameType.MAP_END: {
+          const mapEnd = withFile(file, () => decodeMapEndBody(f.body, f.offset));
+          v.onMapEnd(mapEnd, f.offset);
+          yield { type: 'map-end', mapEnd, offset: f.offset };
+          break;
+        }
+        case FrameType.DATA: {
+          const record = withFile(file, () => decodeDataBody(f.body, f.offset));
+          v.onData(record, f.offset);
+          const payload = await r.read(record.storedLen, true);
+          yield { type: 'data', record, payload, offset: f.offset };
+          break;
+        }
+        case FrameType.ZERO: {
+          const record = withFile(file, () => decodeZeroBody(f.body, f.offset));
+          v.onZero(record, f.offset);
+          yield { type: 'zero', record, offset: f.offset };
+          break;
+        }
+        case FrameType.INDEX:
+          v.onIndex(withFile(file, () => decodeIndexBody(f.body, f.offset)), f.offset);
+          break;
+        case FrameType.TRAILER: {
+          const trailer = withFile(file, () => decodeTrailerBody(f.body, f.offset));
+          v.onTrailer(trailer, f.offset);
+          const tailAt = r.offset;
+          const tail = await r.read(TAIL_SIZE);
+          v.onTail(withFile(file, () => decodeTail(tail, tailAt)), f.offset, tailAt);
+          if (!(await r.atEnd())) throw new FormatError('TRAILING_DATA', 'unexpected bytes after the end marker', r.offset, file);
+          yield { type: 'trailer', trailer, offset: f.offset, size: r.offset };
+          return;
+        }
+        default:
+          throw new FormatError('UNKNOWN_FRAME', `unknown frame type ${f.type}`, f.offset, file);
+      }
+    }
+  } finally {
+    await r.close();
+  }
+}
+
+/** Summary of one index frame, kept in memory by ArchiveFile (one per 1024 records). */
+interface IndexSummary {
+  offset: number;
+  firstBlock: number;
+  endBlock: number;
+}
+
+export interface RecordAt {
+  type: 'data' | 'zero';
+  offset: number;
+  data?: DataRecordHead;
+  zero?: ZeroRecord;
+  payload?: Uint8Array;
+}
+
+/** Random access to an archive stored in a seekable file. */
+export class ArchiveFile {
+  readonly path: string;
+  readonly fh: FileHandle;
+  readonly size: number;
+  header!: ArchiveHeader;
+  trailer!: Trailer;
+  trailerOffset = 0;
+  /** Offset of the first map frame. */
+  mapOffset = 0;
+  private indexes: IndexSummary[] | undefined;
+
+  private constructor(path: string, fh: FileHandle, size: number) {
+    this.path = path;
+    this.fh = fh;
+    this.size = size;
+  }
+
+  /** Open and read the header and trailer. Does not read the map or any record. */
+  static async open(path: string): Promise<ArchiveFile> {
+    await initHash();
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r');
+    } catch (e) {
+      throw ioError(e, `cannot open archive ${path}`);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw new FormatError('NOT_A_FILE', 'not a regular file', undefined, path);
+      const a = new ArchiveFile(path, fh, st.size);
+      await a.readEnds();
+      return a;
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  private async pread(offset: number, len: number): Promise<Uint8Array> {
+    if (offset < 0 || offset + len > this.size) {
+      throw new FormatError('TRUNCATED', `archive is truncated: ${len} bytes at ${offset} lie past its end (${this.size} bytes)`, offset, this.path);
+    }
+    const b = Buffer.allocUnsafe(len);
+    let at = 0;
+    while (at < len) {
+      const { bytesRead } = await this.fh.read(b, at, len - at, offset + at);
+      if (bytesRead === 0) throw new FormatError('TRUNCATED', 'archive is truncated', offset + at, this.path);
+      at += bytesRead;
+    }
+    return b;
+  }
+
+  private async frameAt(offset: number, expectType?: number): Promise<RawFrame> {
+    const head = await this.pread(offset, FRAME_HEAD_SIZE);
+    const fh = withFile(this.path, () => decodeFrameHead(head, offset));
+    if (expectType !== undefined && fh.type !== expectType) {
+      throw new FormatError('BAD_STRUCTURE', `expected frame type ${expectType} at offset ${offset}, found ${fh.type}`, offset, this.path);
+    }
+    const rest = await this.pread(offset + FRAME_HEAD_SIZE, fh.bodyLen + FRAME_CHECK_SIZE);
+    const body = rest.subarray(0, fh.bodyLen);
+    const check = rest.subarray(fh.bodyLen);
+    withFile(this.path, () => verifyFrameCheck(head, body, check, offset));
+    return { type: fh.type, head, body, check, offset };
+  }
+
+  private async readEnds(): Promise<void> {
+    const pre = await this.pread(0, PREAMBLE_SIZE);
+    const version = withFile(this.path, () => decodePreamble(pre));
+    const hf = await this.frameAt(PREAMBLE_SIZE, FrameType.HEADER);
+    this.header = withFile(this.path, () => decodeHeaderBody(hf.body, hf.offset, version));
+    this.mapOffset = PREAMBLE_SIZE + hf.head.length + hf.body.length + hf.check.length;
+    if (this.size < this.mapOffset + TAIL_SIZE) throw new FormatError('TRUNCATED', 'archive is truncated (no end marker)', this.size, this.path);
+    const tailAt = this.size - TAIL_SIZE;
+    const tail = await this.pread(tailAt, TAIL_SIZE);
+    const trailerOffset = withFile(this.path, () => decodeTail(tail, tailAt));
+    if (trailerOffset + FRAME_HEAD_SIZE + TRAILER_BODY_SIZE + FRAME_CHECK_SIZE !== tailAt) {
+      throw new FormatError('BAD_TRAILER', 'end marker does not point to the trailer', tailAt, this.path);
+    }
+    const tf = await this.frameAt(trailerOffset, FrameType.TRAILER);
+    this.trailer = withFile(this.path, () => decodeTrailerBody(tf.body, tf.offset));
+    this.trailerOffset = trailerOffset;
+  }
+
+  /** Stream the archive's bytes from `start` (default: all of it). */
+  stream(start = 0): AsyncIterable<Uint8Array> {
+    return createReadStream(this.path, { start, highWaterMark: 1 << 20 });
+  }
+
+  /** Iterate the map frames (validated) without reading any record. */
+  async *mapExtents(): AsyncGenerator<MapExtent> {
+    let offset = this.mapOffset;
+    for (;;) {
+      const f = await this.frameAt(offset);
+      offset += f.head.length + f.body.length + f.check.length;
+      if (f.type === FrameType.MAP) {
+        yield* withFile(this.path, () => decodeMapBody(f.body, f.offset));
+      } else if (f.type === FrameType.MAP_END) {
+        return;
+      } else {
+        throw new FormatError('BAD_STRUCTURE', 'map is not terminated by a map end frame', f.offset, this.path);
+      }
+    }
+  }
+
+  /**
+   * Pre-flight check before anything is written to a target: header, every map frame and the map
+   * invariants, the trailer, and the index chain, which must list records in ascending order that
+   * cover exactly the DATA extents of the map. Reads no payload. Record frames themselves and the
+   * digest are checked when the archive is streamed.
+   */
+  async preflight(): Promise<MapEnd> {
+    const v = new ArchiveValidator(this.path);
+    v.onHeader(this.header, PREAMBLE_SIZE);
+    let offset = this.mapOffset;
+    let mapEnd: MapEnd | undefined;
+    while (!mapEnd) {
+      if (offset >= this.trailerOffset) throw new FormatError('BAD_STRUCTURE', 'map is not terminated', offset, this.path);
+      const f = await this.frameAt(offset);
+      if (f.type === FrameType.MAP) v.onMap(withFile(this.path, () => decodeMapBody(f.body, f.offset)), f.offset);
+      else if (f.type === FrameType.MAP_END) {
+        mapEnd = withFile(this.path, () => decodeMapEndBody(f.body, f.offset));
+        v.onMapEnd(mapEnd, f.offset);
+      } else throw new FormatError('BAD_STRUCTURE', 'map is not terminated by a map end frame', f.offset, this.path);
+      offset += f.head.length + f.body.length + f.check.length;
+    }
+    const recordsStart = offset;
+    const idx = await this.loadIndexes();
+    const recRuns = canonicalRuns();
+    let records = 0;
+    let nextBlock = 0;
+    let lastOffset = recordsStart - 1;
+    let dataBlocks = 0;
+    let zeroBlocks = 0;
+    for (const s of idx) {
+      for (const e of await this.indexEntriesAt(s.offset)) {
+        if (e.offset <= lastOffset || e.offset >= s.offset || e.firstBlock < nextBlock || e.blockCount === 0) {
+          throw new FormatError('BAD_INDEX', 'index entries are out of order', s.offset, this.path);
+        }
+        lastOffset = e.offset;
+        nextBlock = e.firstBlock + e.blockCount;
+        recRuns.add(e.firstBlock, e.blockCount);
+        if (e.type === FrameType.DATA) dataBlocks += e.blockCount;
+        else zeroBlocks += e.blockCount;
+        records++;
+      }
+      lastOffset = s.offset;
+    }
+    const t = this.trailer;
+    if (records !== t.recordCount || dataBlocks !== t.dataBlocks || zeroBlocks !== t.zeroBlocks || idx.length !== t.indexCount) {
+      throw new FormatError('BAD_TRAILER', 'trailer totals do not match the index', this.trailerOffset, this.path);
+    }
+    if (recRuns.result() !== v.mapDataDigest) {
+      throw new FormatError('BAD_INDEX', 'records do not cover exactly the DATA extents of the map', this.trailerOffset, this.path);
+    }
+    return mapEnd;
+  }
+
+  private async indexEntriesAt(offset: number): Promise<IndexEntry[]> {
+    const f = await this.frameAt(offset, FrameType.INDEX);
+    return withFile(this.path, () => decodeIndexBody(f.body, f.offset)).entries;
+  }
+
+  /** Index frames in archive order, with the block range each covers. */
+  async loadIndexes(): Promise<IndexSummary[]> {
+    if (this.indexes) return this.indexes;
+    const out: IndexSummary[] = [];
+    let at = this.trailer.lastIndexOffset;
+    let bound = this.trailerOffset;
+    while (at !== 0) {
+      if (at < this.mapOffset || at >= bound) throw new FormatError('BAD_INDEX', 'index chain points outside the record area', at, this.path);
+      if (out.length > this.trailer.indexCount) throw new FormatError('BAD_INDEX', 'index chain is longer than the trailer says', at, this.path);
+      const f = await this.frameAt(at, FrameType.INDEX);
+      const ix = withFile(this.path, () => decodeIndexBody(f.body, f.offset));
+      const first = ix.entries[0];
+      const last = ix.entries[ix.entries.length - 1];
+      out.push({ offset: at, firstBlock: first.firstBlock, endBlock: last.firstBlock + last.blockCount });
+      bound = at;
+      at = ix.prevIndexOffset;
+    }
+    out.reverse();
+    this.indexes = out;
+    return out;
+  }
+
+  /** The record that holds `block`, or undefined when no record of this archive covers it. */
+  async findRecord(block: number): Promise<IndexEntry | undefined> {
+    const idx = await this.loadIndexes();
+    let lo = 0;
+    let hi = idx.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (block < idx[mid].firstBlock) hi = mid - 1;
+      else if (block >= idx[mid].endBlock) lo = mid + 1;
+      else {
+        const entries = await this.indexEntriesAt(idx[mid].offset);
+        return entries.find((e) => block >= e.firstBlock && block < e.firstBlock + e.blockCount);
+      }
+    }
+    return undefined;
+  }
+
+  /** Read one record (and its payload, unverified) at `offset`. */
+  async readRecordAt(offset: number): Promise<RecordAt> {
+    const f = await this.frameAt(offset);
+    if (f.type === FrameType.DATA) {
+      const data = withFile(this.path, () => decodeDataBody(f.body, f.offset));
+      const payload = await this.pread(offset + f.head.length + f.body.length + f.check.length, data.storedLen);
+      return { type: 'data', offset, data, payload };
+    }
+    if (f.type === FrameType.ZERO) return { type: 'zero', offset, zero: withFile(this.path, () => decodeZeroBody(f.body, f.offset)) };
+    throw new FormatError('BAD_STRUCTURE', `no record at offset ${offset}`, offset, this.path);
+  }
+}

@@ -1,0 +1,130 @@
+// @ts-check
+/*
+ * Worker thread for the CPU-heavy part of send, apply and verify (see pool.ts). Plain CommonJS so the
+ * same file runs from src/ under the test runner and from dist/ when installed.
+ *
+ * encode: split a read buffer into runs of all-zero and data blocks; hash each data block (xxh64 of the
+ *         uncompressed bytes) and zstd-compress each data run; a run that does not shrink is stored raw.
+ * decode: decompress one record's payload into exactly rawLen bytes and check every block's hash.
+ * hash:   hash the blocks of a buffer (for comparing a target with a chain).
+ */
+'use strict';
+const { parentPort } = require('node:worker_threads');
+const binding = require('zstd-napi/binding');
+const xxhash = require('xxhash-wasm');
+
+const CODEC_NONE = 0;
+const CODEC_ZSTD = 1;
+
+const cctx = new binding.CCtx();
+const dctx = new binding.DCtx();
+/** @type {Buffer} */
+let zeros = Buffer.alloc(0);
+/** @type {Buffer} */
+let scratch = Buffer.alloc(0);
+
+function isZero(/** @type {Buffer} */ b) {
+  if (zeros.length < b.length) zeros = Buffer.alloc(b.length);
+  return b.equals(zeros.length === b.length ? zeros : zeros.subarray(0, b.length));
+}
+
+const ready = xxhash();
+
+/** @param {{h64Raw(b: Uint8Array): bigint}} api */
+function hashBlocks(api, /** @type {Buffer} */ data, /** @type {number} */ blockSize) {
+  const count = Math.ceil(data.length / blockSize);
+  const out = new BigUint64Array(count);
+  for (let i = 0; i < count; i++) out[i] = api.h64Raw(data.subarray(i * blockSize, Math.min(data.length, (i + 1) * blockSize)));
+  return out;
+}
+
+function encode(api, msg) {
+  const data = Buffer.from(msg.buf, 0, msg.len);
+  const bs = msg.blockSize;
+  const count = Math.ceil(data.length / bs);
+  const runs = [];
+  const transfer = [];
+  let i = 0;
+  while (i < count) {
+    const zero = isZero(data.subarray(i * bs, Math.min(data.length, (i + 1) * bs)));
+    let j = i + 1;
+    while (j < count && isZero(data.subarray(j * bs, Math.min(data.length, (j + 1) * bs))) === zero) j++;
+    if (zero) {
+      runs.push({ zero: true, first: msg.firstBlock + i, count: j - i });
+    } else {
+      const raw = data.subarray(i * bs, Math.min(data.length, j * bs));
+      const hashes = hashBlocks(api, raw, bs);
+      if (scratch.length < raw.length) scratch = Buffer.allocUnsafe(raw.length);
+      let storedLen = 0;
+      try {
+        // Room for raw.length - 1 bytes only: a run that does not shrink fails here and is stored raw.
+        storedLen = cctx.compress(scratch.subarray(0, raw.length - 1), raw, msg.level);
+      } catch {
+        storedLen = 0;
+      }
+      const codec = storedLen > 0 ? CODEC_ZSTD : CODEC_NONE;
+      const stored = codec === CODEC_ZSTD ? Buffer.from(scratch.subarray(0, storedLen)) : Buffer.from(raw);
+      const storedBuf = stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.length);
+      runs.push({ zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, hashes: hashes.buffer, stored: storedBuf });
+      transfer.push(hashes.buffer, storedBuf);
+    }
+    i = j;
+  }
+  return { result: { runs, buf: msg.buf }, transfer: [...transfer, msg.buf] };
+}
+
+function decode(api, msg) {
+  const stored = Buffer.from(msg.stored);
+  let raw;
+  if (msg.codec === CODEC_NONE) {
+    if (stored.length !== msg.rawLen) return { result: { ok: false, error: 'stored length differs from raw length' }, transfer: [] };
+    raw = stored;
+  } else if (msg.codec === CODEC_ZSTD) {
+    const out = Buffer.allocUnsafe(msg.rawLen);
+    let n;
+    try {
+      n = dctx.decompress(out, stored);
+    } catch (e) {
+      return { result: { ok: false, error: `payload does not decompress: ${e && e.message}` }, transfer: [] };
+    }
+    if (n !== msg.rawLen) return { result: { ok: false, error: `payload decompresses to ${n} bytes, expected ${msg.rawLen}` }, transfer: [] };
+    raw = out;
+  } else {
+    return { result: { ok: false, error: `unknown codec ${msg.codec}` }, transfer: [] };
+  }
+  const want = new BigUint64Array(msg.hashes);
+  const got = hashBlocks(api, raw, msg.blockSize);
+  const bad = [];
+  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) bad.push(i);
+  if (bad.length > 0) return { result: { ok: false, badBlocks: bad, error: `checksum mismatch in ${bad.length} block(s)` }, transfer: [] };
+  if (!msg.wantData) return { result: { ok: true }, transfer: [] };
+  const rawBuf = raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length);
+  return { result: { ok: true, raw: rawBuf }, transfer: [rawBuf] };
+}
+
+function hash(api, msg) {
+  const data = Buffer.from(msg.buf, 0, msg.len);
+  const hashes = hashBlocks(api, data, msg.blockSize);
+  const zeroMask = new Uint8Array(hashes.length);
+  for (let i = 0; i < hashes.length; i++) {
+    zeroMask[i] = isZero(data.subarray(i * msg.blockSize, Math.min(data.length, (i + 1) * msg.blockSize))) ? 1 : 0;
+  }
+  return { result: { hashes: hashes.buffer, zeroMask: zeroMask.buffer, buf: msg.buf }, transfer: [hashes.buffer, zeroMask.buffer, msg.buf] };
+}
+
+if (parentPort) {
+  const port = parentPort;
+  port.on('message', async (msg) => {
+    const api = await ready;
+    let out;
+    try {
+      if (msg.op === 'encode') out = encode(api, msg);
+      else if (msg.op === 'decode') out = decode(api, msg);
+      else if (msg.op === 'hash') out = hash(api, msg);
+      else throw new Error(`unknown op ${msg.op}`);
+      port.postMessage({ id: msg.id, result: out.result }, out.transfer);
+    } catch (e) {
+      port.postMessage({ id: msg.id, error: String((e && e.message) || e) });
+    }
+  });
+}

@@ -1,0 +1,25 @@
+/**
+ * The native addon (native/thinio.c): Linux calls Node does not expose. Loaded once, synchronously.
+ * Errors thrown by it carry `code` = the errno name.
+ */
+import { createRequire } from 'node:module';
+
+export interface ThinIO {
+  /** Offset of the next data at or after `offset`, or -1 when there is none (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  /** Offset of the next hole at or after `offset` (the file size when there is none), or -1 past the end. */
+  seekHole(fd: number, offset: number): number;
+  punchHole(fd: number, offset: number, length: number): void;
+  zeroRange(fd: number, offset: number, length: number): void;
+  blkDiscard(fd: number, offset: number, length: number): void;
+  blkZeroOut(fd: number, offset: number, length: number): void;
+  blkGetSize64(fd: number): number;
+}
+
+const require = createRequire(import.meta.url);
+let loaded: ThinIO | undefined;
+
+export function thinio(): ThinIO {
+  loaded ??= require('../build/Release/thinio.node') as ThinIO;
+  return loaded;
+}
