@@ -31,17 +31,23 @@ export class UsageError extends ThinarchiveError {
  * byte offset in the archive where the problem was found, when known; `file` names the archive.
  */
 export class FormatError extends ThinarchiveError {
-  offset: number | undefined;
+  readonly offset: number | undefined;
   file: string | undefined;
-  constructor(code: string, message: string, offset?: number, file?: string) {
-    super(code, message, 'verify');
+  /** The message without the file and offset prefix. */
+  readonly detail: string;
+  constructor(code: string, detail: string, offset?: number, file?: string) {
+    super(code, detail, 'verify');
     this.name = 'FormatError';
+    this.detail = detail;
     this.offset = offset;
-    this.file = file;
+    this.setFile(file);
   }
-  override get message(): string {
-    const where = [this.file, this.offset !== undefined ? `offset ${this.offset}` : undefined].filter(Boolean).join(' at ');
-    return where ? `${where}: ${super.message}` : super.message;
+  /** Name the archive the error was found in (the message then says "FILE at offset N: ..."). */
+  setFile(file: string | undefined): this {
+    this.file = file;
+    const where = [file, this.offset !== undefined ? `offset ${this.offset}` : undefined].filter(Boolean).join(' at ');
+    this.message = where ? `${where}: ${this.detail}` : this.detail;
+    return this;
   }
 }
 

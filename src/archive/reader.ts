@@ -47,7 +47,7 @@ async function readFrame(r: ByteReader, file: string | undefined): Promise<RawFr
   try {
     fh = decodeFrameHead(head, offset);
   } catch (e) {
-    if (e instanceof FormatError) e.file = file;
+    if (e instanceof FormatError) e.setFile(file);
     throw e;
   }
   // Copy the head: the next read may reuse the chunk it came from.
@@ -61,7 +61,7 @@ function withFile<T>(file: string | undefined, fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    if (e instanceof FormatError && e.file === undefined) e.file = file;
+    if (e instanceof FormatError && e.file === undefined) e.setFile(file);
     throw e;
   }
 }

@@ -74,7 +74,7 @@ export interface WriteOptions {
 const OUT_BUFFER = 1 << 20;
 
 /** Coalesces adjacent extents of one kind and splits runs longer than a u32 block count. */
-async function* normalizeExtents(src: AsyncIterable<MapExtent>, blocks: number, full: boolean): AsyncGenerator<MapExtent> {
+export async function* normalizeExtents(src: AsyncIterable<MapExtent>, blocks: number, full: boolean): AsyncGenerator<MapExtent> {
   let cur: MapExtent | undefined;
   let next = 0;
   function* emit(e: MapExtent): Generator<MapExtent> {

@@ -1,0 +1,130 @@
+/** Human-readable output and the progress line. */
+import type { ApplyResult } from '../commands/apply.js';
+import type { ArchiveInfo } from '../commands/info.js';
+import type { ListedChain } from '../commands/list.js';
+import type { SendResult } from '../commands/send.js';
+import type { VerifyResult } from '../commands/verify.js';
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
+}
+
+/** "65536", "64K", "64KiB", "1M", "2G" -> bytes. */
+export function parseSize(s: string): number | undefined {
+  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
+  if (!m) return undefined;
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const n = Number(m[1]) * mult;
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+function rate(bytes: number, seconds: number): string {
+  return seconds > 0 ? `${formatBytes(bytes / seconds)}/s` : '-';
+}
+
+export function printSend(r: SendResult): string {
+  const kind = r.full ? 'full' : 'incremental';
+  if (r.dryRun) {
+    return [
+      `dry run: ${kind} archive, sequence ${r.sequence} of chain ${r.chainId}`,
+      `  extents: ${r.extents}; would read ${formatBytes(r.dataBytes)} (${r.dataBytes} B); unmap ${formatBytes(r.unmapBytes)}`,
+    ].join('\n');
+  }
+  return [
+    `sent ${kind} archive ${r.archiveId} (sequence ${r.sequence} of chain ${r.chainId})`,
+    r.path ? `  file: ${r.path}` : '  to standard output',
+    `  read ${formatBytes(r.dataBytes + r.zeroBytes)}: ${formatBytes(r.rawBytes)} data, ${formatBytes(r.zeroBytes)} zero; unmapped ${formatBytes(r.unmapBytes)}`,
+    `  archive ${formatBytes(r.archiveBytes)} (data compressed to ${r.rawBytes ? ((100 * r.storedBytes) / r.rawBytes).toFixed(1) : '0'}%) in ${r.seconds.toFixed(2)} s, ${rate(r.dataBytes + r.zeroBytes, r.seconds)}`,
+  ].join('\n');
+}
+
+export function printApply(r: ApplyResult, zeroing: string): string {
+  const lines: string[] = [];
+  for (const id of r.skipped) lines.push(`skipped ${id} (already applied)`);
+  for (const a of r.applied) {
+    lines.push(`applied ${a.archiveId} (sequence ${a.sequence}): ${formatBytes(a.dataBytes)} written, ${formatBytes(a.zeroBytes)} zeroed in ${a.seconds.toFixed(2)} s, ${rate(a.dataBytes + a.zeroBytes, a.seconds)}`);
+  }
+  if (r.applied.length === 0) lines.push(`nothing to apply: ${r.target} is at archive ${r.state.archiveId} (sequence ${r.state.sequence})`);
+  else lines.push(`${r.target} (${r.targetKind}) is at archive ${r.state.archiveId} (sequence ${r.state.sequence}); zeroing: ${zeroing}`);
+  return lines.join('\n');
+}
+
+export function printVerify(r: VerifyResult): string {
+  const lines: string[] = [];
+  for (const a of r.archives) {
+    const what = a.archiveId ? `sequence ${a.sequence} ${a.archiveId}` : '';
+    lines.push(`${a.ok ? 'ok  ' : 'FAIL'} ${a.archive} ${what}`.trimEnd());
+  }
+  for (const f of r.findings) {
+    const where = [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
+    lines.push(`  ${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`);
+  }
+  lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
+  return lines.join('\n');
+}
+
+export function printInfo(r: ArchiveInfo): string {
+  const h = r.header;
+  const t = r.trailer;
+  return [
+    `archive:     ${r.archive}`,
+    `format:      ${h.major}.${h.minor}`,
+    `archive id:  ${h.archiveId}`,
+    `kind:        ${h.full ? 'full' : 'incremental'}`,
+    `parent:      ${h.parentId ?? '-'}`,
+    `chain:       ${h.chainId} sequence ${h.sequence}`,
+    `volume:      ${h.meta.volume.name} ${h.volumeUuid} ${formatBytes(h.volumeSize)} (${h.volumeSize} B)`,
+    `block size:  ${formatBytes(h.blockSize)} (source chunk ${formatBytes(h.sourceChunkSize)})`,
+    `created:     ${new Date(h.createdMs).toISOString()} by ${h.meta.tool}`,
+    h.meta.base ? `base:        ${JSON.stringify(h.meta.base)}` : '',
+    h.meta.snapshot ? `snapshot:    ${JSON.stringify(h.meta.snapshot)}` : '',
+    `map:         ${r.map.extentCount} extents: ${r.map.dataBlocks} data, ${r.map.zeroBlocks} zero, ${r.map.unmapBlocks} unmap blocks`,
+    `records:     ${t.recordCount} (${t.dataBlocks} data blocks, ${t.zeroBlocks} zero blocks found), ${t.indexCount} index frames`,
+    `payload:     ${formatBytes(t.rawBytes)} stored as ${formatBytes(t.storedBytes)}`,
+    `size:        ${formatBytes(r.bytes)} (${r.bytes} B)`,
+    `digest:      sha256 ${Buffer.from(t.digest).toString('hex')}`,
+  ].filter(Boolean).join('\n');
+}
+
+export function printList(chains: ListedChain[]): string {
+  if (chains.length === 0) return 'no chains';
+  const lines: string[] = [];
+  for (const c of chains) {
+    lines.push(`chain ${c.chainId}  volume ${c.volume ?? '?'} ${c.volumeUuid ?? ''}  (${c.dir})`);
+    for (const a of c.archives) {
+      lines.push(`  ${String(a.sequence).padStart(4)}  ${a.full ? 'full' : 'incr'}  ${a.created ?? '?'}  ${formatBytes(a.bytes).padStart(10)}  ${a.archiveId}  ${a.status}`);
+    }
+  }
+  return lines.join('\n');
+}
+
+/** Progress on stderr, only when it is a terminal: bytes, rate, ETA. */
+export class Progress {
+  private readonly enabled = !!process.stderr.isTTY;
+  private readonly start = performance.now();
+  private last = 0;
+  constructor(private readonly label: string) {}
+  update(done: number, total: number | undefined): void {
+    if (!this.enabled) return;
+    const now = performance.now();
+    if (now - this.last < 250) return;
+    this.last = now;
+    const secs = (now - this.start) / 1000;
+    const r = secs > 0 ? done / secs : 0;
+    let line = `${this.label}: ${formatBytes(done)}`;
+    if (total) line += ` of ${formatBytes(total)} (${((100 * done) / total).toFixed(0)}%)`;
+    line += `, ${formatBytes(r)}/s`;
+    if (total && r > 0 && done < total) line += `, ETA ${Math.ceil((total - done) / r)} s`;
+    process.stderr.write(`\r${line}\x1b[K`);
+  }
+  done(): void {
+    if (this.enabled && this.last > 0) process.stderr.write('\r\x1b[K');
+  }
+}

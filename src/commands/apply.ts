@@ -1,0 +1,251 @@
+/**
+ * apply: replay a chain of archives onto an image file or a block device.
+ *
+ * Safety rules (docs/FORMAT.md "Applying", README):
+ * - every archive file is opened and pre-flighted (header, whole map, index, trailer) and the chain
+ *   links are checked before the first byte is written to the target;
+ * - the first archive to apply must sit on the target's recorded state (its parent is the archive the
+ *   target holds); a full archive goes only onto a new target, or with --force;
+ * - the target's state is marked "applying" (durably) before the first write and "clean" only after
+ *   the data is flushed. A failure leaves "applying"; applying the same archive again completes it.
+ * From standard input the trailer can only be checked at the end: the target then stays "applying"
+ * until the whole stream has been verified.
+ */
+import { FormatError, UnsafeError, UsageError } from '../errors.js';
+import { withPool, type WorkerPool } from '../archive/pool.js';
+import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
+import { ExtentKind } from '../format/constants.js';
+import type { ArchiveHeader } from '../format/types.js';
+import { rangeBytes } from '../format/types.js';
+import { FileTarget, type TargetState, type ZeroStats } from '../target/file-target.js';
+import { resolveArchiveInputs } from './inputs.js';
+
+export interface ApplyProgress {
+  archiveId: string;
+  bytesDone: number;
+  bytesTotal: number | undefined;
+}
+
+export interface ApplyOptions {
+  inputs: string[];
+  to: string;
+  create?: boolean;
+  force?: boolean;
+  /** The bytes of `-` (standard input). */
+  stdin?: AsyncIterable<Uint8Array>;
+  stateDir?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: ApplyProgress) => void;
+}
+
+export interface AppliedArchive {
+  archiveId: string;
+  sequence: number;
+  dataBytes: number;
+  zeroBytes: number;
+  seconds: number;
+}
+
+export interface ApplyResult {
+  target: string;
+  targetKind: 'image' | 'blockdev';
+  applied: AppliedArchive[];
+  skipped: string[];
+  state: { archiveId: string; sequence: number; chainId: string };
+  zeroing: ZeroStats;
+}
+
+function describeState(s: TargetState): string {
+  return `archive ${s.archiveId} (sequence ${s.sequence} of chain ${s.chainId})`;
+}
+
+/**
+ * Decide where in `headers` applying starts, given the target's state. Throws UnsafeError when the
+ * first archive to apply does not sit on the target's state.
+ */
+export function planStart(headers: ArchiveHeader[], state: TargetState | null, opts: { fresh: boolean; force: boolean }): number {
+  const first = headers[0];
+  if (state === null) {
+    if (!opts.fresh && !opts.force) {
+      throw new UnsafeError('TARGET_UNKNOWN', 'the target has no thinarchive state (it was not written by apply); use --force to overwrite it with a full archive');
+    }
+    if (!first.full) {
+      throw new UnsafeError('CHAIN_MISMATCH', `archive ${first.archiveId} is incremental (sequence ${first.sequence}); a new target needs a full archive first`);
+    }
+    return 0;
+  }
+  if (state.status === 'applying') {
+    const a = state.applying!;
+    const i = headers.findIndex((h) => h.archiveId === a.archiveId);
+    if (i >= 0) return i;
+    if (opts.force && first.full) return 0;
+    throw new UnsafeError('TARGET_MID_APPLY', `the target is in the middle of applying archive ${a.archiveId} (sequence ${a.sequence}); apply that archive again to complete it`);
+  }
+  const at = headers.findIndex((h) => h.archiveId === state.archiveId);
+  if (at >= 0) return at + 1;
+  const next = headers.findIndex((h) => h.parentId === state.archiveId);
+  if (next >= 0) {
+    if (headers[next].volumeUuid !== state.volumeUuid) {
+      throw new UnsafeError('VOLUME_MISMATCH', `archive ${headers[next].archiveId} is of volume ${headers[next].volumeUuid}, the target holds volume ${state.volumeUuid}`);
+    }
+    return next;
+  }
+  if (opts.force && first.full) return 0;
+  const want = first.parentId ? `its parent ${first.parentId}` : 'a new target (it is a full archive; --force overwrites)';
+  throw new UnsafeError('CHAIN_MISMATCH', `the target holds ${describeState(state)}; archive ${first.archiveId} (sequence ${first.sequence}) applies on top of ${want}`);
+}
+
+/** Check that each archive continues the one before it. */
+export function checkChain(headers: ArchiveHeader[]): void {
+  for (let i = 1; i < headers.length; i++) {
+    const a = headers[i - 1];
+    const b = headers[i];
+    if (b.parentId !== a.archiveId) {
+      throw new UnsafeError('CHAIN_BROKEN', `archive ${b.archiveId} (sequence ${b.sequence}) does not follow archive ${a.archiveId} (sequence ${a.sequence}): its parent is ${b.parentId ?? 'none'}`);
+    }
+    if (b.volumeUuid !== a.volumeUuid) throw new UnsafeError('VOLUME_MISMATCH', `archives ${a.archiveId} and ${b.archiveId} are of different volumes`);
+  }
+}
+
+const DECODE_WINDOW_PER_WORKER = 3;
+
+/** Apply one validated archive stream to the target. The header event has been consumed already. */
+async function applyStream(
+  events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: FileTarget, pool: WorkerPool,
+  opts: { fresh: boolean; total: number | undefined; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
+): Promise<{ dataBytes: number; zeroBytes: number }> {
+  const bs = h.blockSize;
+  const size = h.volumeSize;
+  let dataBytes = 0;
+  let zeroBytes = 0;
+  const zero = async (first: number, count: number): Promise<void> => {
+    const n = rangeBytes(first, count, size, bs);
+    zeroBytes += n;
+    if (!opts.fresh) await target.zero(first * bs, n);
+  };
+  const window: { first: number; p: ReturnType<WorkerPool['decode']>; offset: number }[] = [];
+  const limit = pool.size * DECODE_WINDOW_PER_WORKER;
+  const progress = (): void => opts.onProgress?.({ archiveId: h.archiveId, bytesDone: dataBytes + zeroBytes, bytesTotal: opts.total });
+  const writeOldest = async (): Promise<void> => {
+    const w = window.shift()!;
+    const res = await w.p;
+    if (!res.ok) {
+      const block = res.badBlocks?.length ? ` (block ${w.first + res.badBlocks[0]})` : '';
+      throw new FormatError('PAYLOAD_CORRUPT', `record at block ${w.first}${block}: ${res.error}`, w.offset);
+    }
+    const raw = new Uint8Array(res.raw!);
+    await target.write(raw, w.first * bs);
+    dataBytes += raw.length;
+    progress();
+  };
+  try {
+    for await (const ev of events) {
+      opts.signal?.throwIfAborted();
+      if (ev.type === 'map') {
+        for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) await zero(e.firstBlock, e.blockCount);
+      } else if (ev.type === 'data') {
+        const r = ev.record;
+        const p = ev.payload;
+        const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r.codec, r.rawLen, bs, r.hashes, true) });
+        if (window.length >= limit) await writeOldest();
+      } else if (ev.type === 'zero') {
+        while (window.length > 0) await writeOldest();
+        await zero(ev.record.firstBlock, ev.record.blockCount);
+      }
+    }
+    while (window.length > 0) await writeOldest();
+  } finally {
+    await Promise.allSettled(window.map((w) => w.p));
+  }
+  return { dataBytes, zeroBytes };
+}
+
+export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
+  const inputs = await resolveArchiveInputs(opts.inputs);
+  const files: ArchiveFile[] = [];
+  try {
+    // 1. Everything that can be checked before touching the target.
+    for (const inp of inputs) {
+      if (inp.kind === 'file') {
+        const f = await ArchiveFile.open(inp.path);
+        files.push(f);
+        await f.preflight();
+      }
+    }
+    const fromStdin = inputs.length === 1 && inputs[0].kind === 'stdin';
+    if (fromStdin && !opts.stdin) throw new UsageError('no standard input to read the archive from');
+    checkChain(files.map((f) => f.header));
+
+    // 2. From stdin, the header decides the target's size; read it before opening the target.
+    let stdinEvents: AsyncGenerator<ArchiveEvent> | undefined;
+    let headers: ArchiveHeader[];
+    if (fromStdin) {
+      stdinEvents = readArchive(opts.stdin!, { file: 'standard input' });
+      const first = await stdinEvents.next();
+      if (first.done || first.value.type !== 'header') throw new FormatError('BAD_STRUCTURE', 'no archive header on standard input');
+      headers = [first.value.header];
+    } else {
+      headers = files.map((f) => f.header);
+    }
+
+    // A new image is created only once the archives are known to fit it.
+    const created = !!opts.create;
+    if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
+    const target = await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
+    try {
+      const state = created ? null : await target.readState();
+      const start = planStart(headers, state, { fresh: created, force: !!opts.force });
+      const result: ApplyResult = {
+        target: opts.to, targetKind: target.kind, applied: [], skipped: headers.slice(0, start).map((h) => h.archiveId),
+        state: state ? { archiveId: state.archiveId, sequence: state.sequence, chainId: state.chainId } : { archiveId: '', sequence: -1, chainId: '' },
+        zeroing: target.zeroStats,
+      };
+      if (start >= headers.length) return result;
+
+      await withPool(async (pool) => {
+        for (let i = start; i < headers.length; i++) {
+          const h = headers[i];
+          const t0 = performance.now();
+          await target.ensureSize(h.volumeSize);
+          const prev = await target.readState();
+          const applying: TargetState = {
+            version: 1, volumeUuid: h.volumeUuid, chainId: prev?.chainId ?? h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
+            archiveId: prev?.archiveId ?? '', sequence: prev?.sequence ?? -1, status: 'applying',
+            applying: { archiveId: h.archiveId, parentId: h.parentId, sequence: h.sequence, chainId: h.chainId, startedAt: new Date().toISOString() },
+            updatedAt: new Date().toISOString(),
+          };
+          await target.writeState(applying);
+          let events: AsyncGenerator<ArchiveEvent>;
+          let total: number | undefined;
+          if (fromStdin) {
+            events = stdinEvents!;
+          } else {
+            const f = files[i];
+            total = f.trailer.rawBytes + f.trailer.zeroBlocks * h.blockSize;
+            events = readArchive(f.stream(), { file: f.path });
+            const first = await events.next();
+            if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {
+              throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
+            }
+          }
+          // A target created by this run is all holes: zeroing it again is skipped for its first archive.
+          const fresh = created && i === start && start === 0;
+          const r = await applyStream(events, h, target, pool, { fresh, total, signal: opts.signal, onProgress: opts.onProgress });
+          await target.sync();
+          await target.writeState({
+            version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
+            archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
+          });
+          result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });
+          result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
+        }
+      });
+      return result;
+    } finally {
+      await target.close();
+    }
+  } finally {
+    for (const f of files) await f.close();
+  }
+}

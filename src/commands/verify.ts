@@ -1,0 +1,195 @@
+/**
+ * verify: read archives completely, decompress every payload and check every block's hash, every
+ * frame check, the structure, the trailer totals and digest, and the links between archives of a
+ * chain. Reports all findings, typed, rather than stopping at the first: a bad payload is recorded
+ * and the archive read on; a structural error ends that archive's check (what follows cannot be
+ * trusted) and the next archive is checked.
+ */
+import { stat } from 'node:fs/promises';
+import { FormatError, ThinarchiveError } from '../errors.js';
+import { withPool, type WorkerPool } from '../archive/pool.js';
+import { readArchive } from '../archive/reader.js';
+import { createReadStream } from 'node:fs';
+import type { ArchiveHeader, Trailer } from '../format/types.js';
+import { DirectoryStore } from '../store/dir.js';
+
+export type FindingCode =
+  | 'CHECKSUM_MISMATCH' | 'PAYLOAD_CORRUPT' | 'TRUNCATED' | 'STRUCTURE' | 'MISSING_ARCHIVE' | 'BROKEN_LINK' | 'UNREADABLE';
+
+export interface Finding {
+  code: FindingCode;
+  /** The detailed error code (e.g. FRAME_CHECKSUM, DIGEST_MISMATCH). */
+  detail: string;
+  archive: string;
+  message: string;
+  offset?: number;
+  block?: number;
+}
+
+export interface VerifiedArchive {
+  archive: string;
+  ok: boolean;
+  archiveId?: string;
+  chainId?: string;
+  sequence?: number;
+  full?: boolean;
+  bytes: number;
+  dataBlocks: number;
+  zeroBlocks: number;
+  rawBytes: number;
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  archives: VerifiedArchive[];
+  findings: Finding[];
+  bytesRead: number;
+  seconds: number;
+}
+
+export interface VerifyOptions {
+  inputs: string[];
+  stdin?: AsyncIterable<Uint8Array>;
+  onProgress?: (p: { archive: string; bytesRead: number }) => void;
+  signal?: AbortSignal;
+}
+
+function findingOf(e: unknown, archive: string): Finding {
+  if (e instanceof FormatError) {
+    const code: FindingCode = e.code === 'TRUNCATED' ? 'TRUNCATED' : e.code === 'PAYLOAD_CORRUPT' ? 'PAYLOAD_CORRUPT' : 'STRUCTURE';
+    return { code, detail: e.code, archive, message: e.detail, offset: e.offset };
+  }
+  if (e instanceof ThinarchiveError) return { code: 'UNREADABLE', detail: e.code, archive, message: e.message };
+  throw e;
+}
+
+async function verifyOne(
+  label: string, source: AsyncIterable<Uint8Array>, pool: WorkerPool, findings: Finding[], opts: VerifyOptions,
+): Promise<{ v: VerifiedArchive; header?: ArchiveHeader }> {
+  const v: VerifiedArchive = { archive: label, ok: false, bytes: 0, dataBlocks: 0, zeroBlocks: 0, rawBytes: 0 };
+  let header: ArchiveHeader | undefined;
+  let trailer: Trailer | undefined;
+  const before = findings.length;
+  const pending: Promise<void>[] = [];
+  const limit = pool.size * 3;
+  try {
+    for await (const ev of readArchive(source, { file: label })) {
+      opts.signal?.throwIfAborted();
+      if (ev.type === 'header') {
+        header = ev.header;
+        Object.assign(v, { archiveId: header.archiveId, chainId: header.chainId, sequence: header.sequence, full: header.full });
+      } else if (ev.type === 'data') {
+        const r = ev.record;
+        const p = ev.payload;
+        const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        const offset = ev.offset;
+        pending.push(pool.decode(buf, r.codec, r.rawLen, header!.blockSize, r.hashes, false).then((res) => {
+          if (res.ok) return;
+          if (res.badBlocks?.length) {
+            for (const i of res.badBlocks) {
+              findings.push({ code: 'CHECKSUM_MISMATCH', detail: 'BLOCK_CHECKSUM', archive: label, offset, block: r.firstBlock + i,
+                message: `block ${r.firstBlock + i} does not match its checksum (record at offset ${offset})` });
+            }
+          } else {
+            findings.push({ code: 'PAYLOAD_CORRUPT', detail: 'PAYLOAD_CORRUPT', archive: label, offset, block: r.firstBlock,
+              message: `record at block ${r.firstBlock}: ${res.error}` });
+          }
+        }));
+        if (pending.length >= limit) await pending.shift();
+      } else if (ev.type === 'trailer') {
+        trailer = ev.trailer;
+        v.bytes = ev.size;
+      }
+      opts.onProgress?.({ archive: label, bytesRead: ev.offset });
+    }
+  } catch (e) {
+    findings.push(findingOf(e, label));
+  } finally {
+    await Promise.all(pending);
+  }
+  if (trailer) {
+    v.dataBlocks = trailer.dataBlocks;
+    v.zeroBlocks = trailer.zeroBlocks;
+    v.rawBytes = trailer.rawBytes;
+  }
+  v.ok = findings.length === before && trailer !== undefined;
+  return { v, header };
+}
+
+/** Check the links of one chain's archives, given in sequence order. */
+function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader }[], findings: Finding[]): void {
+  let prev: ArchiveHeader | undefined;
+  for (const { v, header } of chain) {
+    if (!header) {
+      prev = undefined;
+      continue;
+    }
+    if (!prev) {
+      if (!header.full && header.sequence > 0 && chain[0].header === header) {
+        findings.push({ code: 'MISSING_ARCHIVE', detail: 'CHAIN_START', archive: v.archive,
+          message: `the chain starts at sequence ${header.sequence}: archives 0..${header.sequence - 1} are missing` });
+      }
+    } else if (header.sequence !== prev.sequence + 1) {
+      findings.push({ code: 'MISSING_ARCHIVE', detail: 'SEQUENCE_GAP', archive: v.archive,
+        message: `sequence ${prev.sequence + 1}${header.sequence > prev.sequence + 2 ? `..${header.sequence - 1}` : ''} is missing before sequence ${header.sequence}` });
+    } else if (header.parentId !== prev.archiveId) {
+      findings.push({ code: 'BROKEN_LINK', detail: 'PARENT_MISMATCH', archive: v.archive,
+        message: `parent is ${header.parentId ?? 'none'}, but the archive before it is ${prev.archiveId}` });
+    }
+    prev = header;
+  }
+}
+
+export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
+  const started = performance.now();
+  const findings: Finding[] = [];
+  const archives: VerifiedArchive[] = [];
+  // Group inputs: a directory is every chain in it (each checked for links); files are checked alone
+  // and, when several of one chain are named, for links too.
+  type Group = { label: string; items: { label: string; open: () => AsyncIterable<Uint8Array> }[] };
+  const groups: Group[] = [];
+  for (const ref of opts.inputs) {
+    if (ref === '-') {
+      if (!opts.stdin) throw new ThinarchiveError('USAGE', 'no standard input', 'usage');
+      groups.push({ label: '-', items: [{ label: 'standard input', open: () => opts.stdin! }] });
+      continue;
+    }
+    let isDir = false;
+    try {
+      isDir = (await stat(ref)).isDirectory();
+    } catch {
+      findings.push({ code: 'UNREADABLE', detail: 'NOT_FOUND', archive: ref, message: 'no such file or directory' });
+      continue;
+    }
+    if (isDir) {
+      for (const c of await new DirectoryStore(ref).listChains()) {
+        groups.push({ label: c.dir, items: c.archives.map((a) => ({ label: a.path, open: () => createReadStream(a.path, { highWaterMark: 1 << 20 }) })) });
+      }
+    } else {
+      groups.push({ label: ref, items: [{ label: ref, open: () => createReadStream(ref, { highWaterMark: 1 << 20 }) }] });
+    }
+  }
+  let bytesRead = 0;
+  await withPool(async (pool) => {
+    const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader }[]>();
+    for (const g of groups) {
+      const results: { v: VerifiedArchive; header?: ArchiveHeader }[] = [];
+      for (const it of g.items) {
+        const r = await verifyOne(it.label, it.open(), pool, findings, opts);
+        bytesRead += r.v.bytes;
+        archives.push(r.v);
+        results.push(r);
+      }
+      for (const r of results) {
+        const key = r.header?.chainId ?? `?${r.v.archive}`;
+        if (!byChain.has(key)) byChain.set(key, []);
+        byChain.get(key)!.push(r);
+      }
+    }
+    for (const chain of byChain.values()) {
+      chain.sort((a, b) => (a.header?.sequence ?? 0) - (b.header?.sequence ?? 0));
+      checkLinks(chain, findings);
+    }
+  });
+  return { ok: findings.length === 0, archives, findings, bytesRead, seconds: (performance.now() - started) / 1000 };
+}

@@ -1,0 +1,179 @@
+/**
+ * Directory store (local disk or NFS).
+ *
+ * Layout: `ROOT/<chain-id>/<sequence, 10 digits>-<archive-id>.tna`, so `ls` sorts a chain in order.
+ * An archive is written as `.<name>.tmp-<pid>-<time>` in the chain directory, fsynced, renamed to its
+ * final name (never over an existing file) and the directory fsynced: no partial archive is ever
+ * visible under a final name. Leftover temporary files of dead writers are removed by `cleanup`.
+ */
+import { link, mkdir, open, readdir, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { ioError, UnsafeError, UsageError } from '../errors.js';
+import { fsyncDir, tempNameFor } from '../fsutil.js';
+import { ARCHIVE_EXTENSION } from '../format/constants.js';
+import type { ArchiveSink } from '../archive/writer.js';
+
+export interface StoredArchive {
+  name: string;
+  path: string;
+  chainId: string;
+  sequence: number;
+  archiveId: string;
+}
+
+export interface ChainListing {
+  chainId: string;
+  dir: string;
+  archives: StoredArchive[];
+}
+
+const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
+const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const TEMP_RE = /^\..+\.tmp-(\d+)-[0-9a-z]+$/;
+
+export function archiveFileName(sequence: number, archiveId: string): string {
+  return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
+}
+
+export interface PendingArchive {
+  readonly path: string;
+  readonly sink: ArchiveSink;
+  /** Make the archive durable and visible under its final name. */
+  commit(): Promise<void>;
+  /** Remove the temporary file. Safe to call after a failed commit. */
+  abort(): Promise<void>;
+}
+
+async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await stat(p)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export class DirectoryStore {
+  constructor(readonly root: string) {}
+
+  private async readChainDir(dir: string, chainId: string): Promise<ChainListing> {
+    const archives: StoredArchive[] = [];
+    for (const name of await readdir(dir)) {
+      const m = NAME_RE.exec(name);
+      if (m) archives.push({ name, path: join(dir, name), chainId, sequence: Number(m[1]), archiveId: m[2] });
+    }
+    archives.sort((a, b) => a.sequence - b.sequence || a.name.localeCompare(b.name));
+    return { chainId, dir, archives };
+  }
+
+  /**
+   * The chains in the store. ROOT may also be a single chain directory (it then holds archive files
+   * and its name is the chain id).
+   */
+  async listChains(): Promise<ChainListing[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.root);
+    } catch (e) {
+      throw ioError(e, `cannot read store ${this.root}`);
+    }
+    if (names.some((n) => NAME_RE.test(n))) return [await this.readChainDir(this.root, basename(this.root))];
+    const out: ChainListing[] = [];
+    for (const n of names.sort()) {
+      if (CHAIN_RE.test(n) && (await isDir(join(this.root, n)))) out.push(await this.readChainDir(join(this.root, n), n));
+    }
+    return out;
+  }
+
+  /** The one chain of the store; an error when there are none or several (then a chain dir must be named). */
+  async onlyChain(): Promise<ChainListing> {
+    const chains = (await this.listChains()).filter((c) => c.archives.length > 0);
+    if (chains.length === 0) throw new UsageError(`no archives in ${this.root}`);
+    if (chains.length > 1) {
+      throw new UsageError(`${this.root} holds ${chains.length} chains; name one: ${chains.map((c) => c.dir).join(', ')}`);
+    }
+    return chains[0];
+  }
+
+  async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
+    if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
+    const dir = join(this.root, chainId);
+    try {
+      await mkdir(dir, { recursive: true });
+    } catch (e) {
+      throw ioError(e, `cannot create chain directory ${dir}`);
+    }
+    await this.cleanup(dir);
+    const finalPath = join(dir, archiveFileName(sequence, archiveId));
+    const tmp = tempNameFor(finalPath);
+    let fh: FileHandle;
+    try {
+      fh = await open(tmp, 'wx', 0o644);
+    } catch (e) {
+      throw ioError(e, `cannot create ${tmp}`);
+    }
+    let pos = 0;
+    let closed = false;
+    const close = async (): Promise<void> => {
+      if (!closed) {
+        closed = true;
+        await fh.close();
+      }
+    };
+    return {
+      path: finalPath,
+      sink: {
+        async write(chunk: Uint8Array): Promise<void> {
+          let at = 0;
+          try {
+            while (at < chunk.length) {
+              const { bytesWritten } = await fh.write(chunk, at, chunk.length - at, pos);
+              at += bytesWritten;
+              pos += bytesWritten;
+            }
+          } catch (e) {
+            throw ioError(e, `cannot write ${tmp}`);
+          }
+        },
+      },
+      async commit(): Promise<void> {
+        try {
+          await fh.sync();
+          await close();
+          // link() fails if the final name exists: an archive is never replaced.
+          await link(tmp, finalPath);
+          await unlink(tmp);
+          await fsyncDir(dir);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new UnsafeError('ARCHIVE_EXISTS', `${finalPath} already exists; not replacing it`);
+          throw ioError(e, `cannot commit ${finalPath}`);
+        }
+      },
+      async abort(): Promise<void> {
+        await close().catch(() => {});
+        await rm(tmp, { force: true });
+      },
+    };
+  }
+
+  /** Remove temporary files left by writers that are no longer running. */
+  async cleanup(dir: string): Promise<string[]> {
+    const removed: string[] = [];
+    for (const n of await readdir(dir)) {
+      const m = TEMP_RE.exec(n);
+      if (m && !pidAlive(Number(m[1]))) {
+        await rm(join(dir, n), { force: true });
+        removed.push(n);
+      }
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,44 @@
+/** Pipes: an archive written to a Writable (stdout) with backpressure, or read from a Readable (stdin). */
+import type { Readable, Writable } from 'node:stream';
+import { ioError } from '../errors.js';
+import type { ArchiveSink } from '../archive/writer.js';
+
+export function writableSink(w: Writable, what = 'standard output'): ArchiveSink {
+  let failure: unknown;
+  w.on('error', (e) => {
+    failure = e;
+  });
+  return {
+    write(chunk: Uint8Array): Promise<void> {
+      if (failure) return Promise.reject(ioError(failure, `cannot write to ${what}`));
+      return new Promise((resolve, reject) => {
+        const onError = (e: unknown): void => reject(ioError(e, `cannot write to ${what}`));
+        w.once('error', onError);
+        const done = (): void => {
+          w.off('error', onError);
+          resolve();
+        };
+        if (w.write(chunk)) done();
+        else w.once('drain', done);
+      });
+    },
+  };
+}
+
+/** Resolves when everything written to `w` has been handed to the OS. */
+export function endWritable(w: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (w === process.stdout) {
+      // stdout is never ended; wait for its buffer to drain.
+      if (w.writableLength === 0) resolve();
+      else w.once('drain', () => resolve());
+      return;
+    }
+    w.once('error', reject);
+    w.end(() => resolve());
+  });
+}
+
+export function readableSource(r: Readable): AsyncIterable<Uint8Array> {
+  return r as AsyncIterable<Uint8Array>;
+}

@@ -1,0 +1,255 @@
+/**
+ * Targets that apply writes to: a sparse image file or a block device.
+ *
+ * Zeroing (ZERO records and UNMAP extents) is never skipped:
+ * - image: punch a hole (reads back as zeroes, frees space); if the filesystem cannot, zero the range
+ *   with fallocate(ZERO_RANGE); if that fails too, write zeroes.
+ * - block device: fallocate(PUNCH_HOLE) (the kernel's WRITE_ZEROES with unmap, guaranteed to read back
+ *   zero, never falls back); if unsupported, ioctl(BLKZEROOUT) (guaranteed zeroes; the kernel writes
+ *   them when the device has no offload); if that fails, write zeroes.
+ * A plain BLKDISCARD is not used: a discard may leave old data readable.
+ *
+ * State (which archive the target holds) lives beside an image (`IMAGE.thinarchive.json`) and, for a
+ * block device, in the state directory (see TargetStateStore). Both are replaced atomically.
+ */
+import { constants as fsc } from 'node:fs';
+import { mkdir, open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { ioError, UnsafeError, UsageError } from '../errors.js';
+import { writeFileAtomic } from '../fsutil.js';
+import { thinio } from '../native.js';
+
+export type TargetKind = 'image' | 'blockdev';
+
+export interface TargetState {
+  version: 1;
+  volumeUuid: string;
+  chainId: string;
+  blockSize: number;
+  volumeSize: number;
+  /** The last archive fully applied; the target holds exactly its state. */
+  archiveId: string;
+  sequence: number;
+  status: 'clean' | 'applying';
+  /** Set while an archive is being applied: the target is between `archiveId` and this one. */
+  applying?: { archiveId: string; parentId: string | null; sequence: number; chainId: string; startedAt: string };
+  updatedAt: string;
+}
+
+export interface ZeroStats {
+  punched: number;
+  zeroedRange: number;
+  zeroedOut: number;
+  written: number;
+}
+
+const ZERO_WRITE_CHUNK = 1 << 20;
+
+export function defaultStateDir(): string {
+  return process.env.THINARCHIVE_STATE_DIR || '/var/lib/thinarchive';
+}
+
+export function stateFileFor(kind: TargetKind, path: string, stateDir = defaultStateDir()): string {
+  if (kind === 'image') return `${path}.thinarchive.json`;
+  return join(stateDir, 'blockdev', `${encodeURIComponent(path)}.json`);
+}
+
+export class FileTarget {
+  readonly zeroStats: ZeroStats = { punched: 0, zeroedRange: 0, zeroedOut: 0, written: 0 };
+  private zeroBuf: Buffer | undefined;
+  private punchWorks = true;
+  private zeroRangeWorks = true;
+  private zeroOutWorks = true;
+
+  private constructor(
+    readonly kind: TargetKind,
+    readonly path: string,
+    private readonly fh: FileHandle,
+    public size: number,
+    readonly stateFile: string,
+  ) {}
+
+  /**
+   * Open a target for writing. A block device is opened exclusively (O_EXCL): a mounted or otherwise
+   * exclusively held device is refused. An image must exist unless `create` is set, in which case it
+   * must not exist yet and is created sparse at `createSize`.
+   */
+  static async open(path: string, opts: { create?: boolean; createSize?: number; stateDir?: string } = {}): Promise<FileTarget> {
+    let st: import("node:fs").Stats | undefined;
+    try {
+      st = await stat(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `cannot inspect target ${path}`);
+    }
+    if (st?.isBlockDevice()) {
+      let fh: FileHandle;
+      try {
+        fh = await open(path, fsc.O_RDWR | fsc.O_EXCL);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EBUSY') throw new UnsafeError('TARGET_BUSY', `target ${path} is in use (mounted or held open exclusively); refusing to write`);
+        if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') throw new UnsafeError('TARGET_READONLY', `target ${path} cannot be opened for writing (${code})`);
+        throw ioError(e, `cannot open target ${path}`);
+      }
+      const size = thinio().blkGetSize64(fh.fd);
+      return new FileTarget('blockdev', path, fh, size, stateFileFor('blockdev', path, opts.stateDir));
+    }
+    if (st && !st.isFile()) throw new UsageError(`target ${path} is neither an image file nor a block device`);
+    if (!st && !opts.create) throw new UsageError(`target ${path} does not exist (use --create to make a new image)`);
+    if (st && opts.create) throw new UnsafeError('TARGET_EXISTS', `target ${path} already exists; --create makes a new image only`);
+    let fh: FileHandle;
+    try {
+      fh = st ? await open(path, 'r+') : await open(path, 'wx', 0o600);
+      if (!st) await fh.truncate(opts.createSize ?? 0);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') throw new UnsafeError('TARGET_READONLY', `target ${path} cannot be opened for writing (${code})`);
+      throw ioError(e, `cannot open target ${path}`);
+    }
+    const size = st ? st.size : (opts.createSize ?? 0);
+    const stateFile = stateFileFor('image', path, opts.stateDir);
+    // A state file without its image is stale (the image was removed): a new image starts with none.
+    if (!st) await rm(stateFile, { force: true });
+    return new FileTarget('image', path, fh, size, stateFile);
+  }
+
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  async readState(): Promise<TargetState | null> {
+    let text: string;
+    try {
+      text = await readFile(this.stateFile, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(e, `cannot read target state ${this.stateFile}`);
+    }
+    try {
+      const s = JSON.parse(text) as TargetState;
+      if (s.version !== 1 || typeof s.archiveId !== 'string' || (s.status !== 'clean' && s.status !== 'applying')) throw new Error('bad');
+      return s;
+    } catch {
+      throw new UnsafeError('TARGET_STATE_CORRUPT', `target state file ${this.stateFile} is unreadable; refusing to guess the target's state`);
+    }
+  }
+
+  async writeState(s: TargetState): Promise<void> {
+    try {
+      if (this.kind === 'blockdev') await mkdir(dirname(this.stateFile), { recursive: true });
+      await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n');
+    } catch (e) {
+      throw ioError(e, `cannot write target state ${this.stateFile}`);
+    }
+  }
+
+  /** Make the target exactly `size` bytes (images) or check that it is large enough (block devices). */
+  async ensureSize(size: number): Promise<void> {
+    if (this.kind === 'blockdev') {
+      if (this.size < size) {
+        throw new UnsafeError('TARGET_TOO_SMALL', `target ${this.path} has ${this.size} bytes, the volume needs ${size}`);
+      }
+      return;
+    }
+    if (this.size !== size) {
+      try {
+        await this.fh.truncate(size);
+      } catch (e) {
+        throw ioError(e, `cannot resize target ${this.path}`);
+      }
+      this.size = size;
+    }
+  }
+
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    let at = 0;
+    try {
+      while (at < buf.length) {
+        const { bytesWritten } = await this.fh.write(buf, at, buf.length - at, position + at);
+        if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        at += bytesWritten;
+      }
+    } catch (e) {
+      throw ioError(e, `cannot write target ${this.path} at byte ${position + at}`);
+    }
+  }
+
+  async read(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+    try {
+      const { bytesRead } = await this.fh.read(buf, offset, length, position);
+      return bytesRead;
+    } catch (e) {
+      throw ioError(e, `cannot read target ${this.path} at byte ${position}`);
+    }
+  }
+
+  /** Make [offset, offset+length) read back as zeroes, by the cheapest method that guarantees it. */
+  async zero(offset: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    const io = thinio();
+    const fd = this.fh.fd;
+    const unsupported = (e: unknown): boolean => {
+      const code = (e as NodeJS.ErrnoException).code;
+      return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'EINVAL' || code === 'ENOTTY' || code === 'ENODEV';
+    };
+    if (this.punchWorks) {
+      try {
+        io.punchHole(fd, offset, length);
+        this.zeroStats.punched += length;
+        return;
+      } catch (e) {
+        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
+        this.punchWorks = false;
+      }
+    }
+    if (this.kind === 'image' && this.zeroRangeWorks) {
+      try {
+        io.zeroRange(fd, offset, length);
+        this.zeroStats.zeroedRange += length;
+        return;
+      } catch (e) {
+        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
+        this.zeroRangeWorks = false;
+      }
+    }
+    if (this.kind === 'blockdev' && this.zeroOutWorks) {
+      try {
+        io.blkZeroOut(fd, offset, length);
+        this.zeroStats.zeroedOut += length;
+        return;
+      } catch (e) {
+        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
+        this.zeroOutWorks = false;
+      }
+    }
+    this.zeroBuf ??= Buffer.alloc(ZERO_WRITE_CHUNK);
+    for (let at = 0; at < length; at += ZERO_WRITE_CHUNK) {
+      const n = Math.min(ZERO_WRITE_CHUNK, length - at);
+      await this.write(this.zeroBuf.subarray(0, n), offset + at);
+    }
+    this.zeroStats.written += length;
+  }
+
+  /** Flush written data to stable storage. */
+  async sync(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      throw ioError(e, `cannot flush target ${this.path}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+export function describeZeroStats(z: ZeroStats): string {
+  const parts: string[] = [];
+  if (z.punched) parts.push(`${z.punched} B punched/unmapped`);
+  if (z.zeroedRange) parts.push(`${z.zeroedRange} B zero-ranged`);
+  if (z.zeroedOut) parts.push(`${z.zeroedOut} B zeroed out`);
+  if (z.written) parts.push(`${z.written} B written as zeroes`);
+  return parts.join(', ') || 'none';
+}
+
