@@ -3,6 +3,7 @@
  * The only place that prints or exits. Exit codes are documented in README.md ("Exit codes").
  */
 import { Command, CommanderError, Option } from 'commander';
+import { pino } from 'pino';
 import { ThinarchiveError, UsageError, type ExitClass } from '../errors.js';
 import { apply } from '../commands/apply.js';
 import { info } from '../commands/info.js';
@@ -19,6 +20,9 @@ export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, interna
 const exitFor: Record<ExitClass, number> = { runtime: EXIT.runtime, usage: EXIT.usage, verify: EXIT.verify, unsafe: EXIT.unsafe };
 
 const controller = new AbortController();
+/** JSON-lines log on standard error, at the level THINARCHIVE_LOG names (off by default). */
+const log = pino({ level: process.env.THINARCHIVE_LOG || 'silent', base: undefined }, pino.destination(2));
+
 /** Standard input, opened only when an archive is actually read from it. */
 const stdin: AsyncIterable<Uint8Array> = { [Symbol.asyncIterator]: () => process.stdin[Symbol.asyncIterator]() };
 let interrupted = false;
@@ -102,7 +106,7 @@ function buildProgram(): Command {
       const progress = new Progress('apply');
       const res = await apply({
         inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin,
-        signal: controller.signal, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
+        signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });
       progress.done();
       if (o.json) json(res);

@@ -19,6 +19,7 @@ import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import { FileTarget, type TargetState, type ZeroStats } from '../target/file-target.js';
 import { resolveArchiveInputs } from './inputs.js';
+import { silentLogger, type Logger } from '../log.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -36,6 +37,7 @@ export interface ApplyOptions {
   stateDir?: string;
   signal?: AbortSignal;
   onProgress?: (p: ApplyProgress) => void;
+  log?: Logger;
 }
 
 export interface AppliedArchive {
@@ -193,6 +195,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     const created = !!opts.create;
     if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
     const target = await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
+    target.log = opts.log ?? silentLogger;
     try {
       const state = created ? null : await target.readState();
       const start = planStart(headers, state, { fresh: created, force: !!opts.force });
@@ -237,6 +240,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
             version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
             archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
           });
+          opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
           result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });
           result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
         }

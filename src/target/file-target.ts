@@ -17,6 +17,7 @@ import { mkdir, open, readFile, rm, stat, type FileHandle } from 'node:fs/promis
 import { dirname, join } from 'node:path';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
+import { silentLogger, type Logger } from '../log.js';
 import { thinio } from '../native.js';
 
 export type TargetKind = 'image' | 'blockdev';
@@ -60,6 +61,8 @@ export class FileTarget {
   private punchWorks = true;
   private zeroRangeWorks = true;
   private zeroOutWorks = true;
+  /** Told when zeroing falls back to a slower method. */
+  log: Logger = silentLogger;
 
   private constructor(
     readonly kind: TargetKind,
@@ -200,6 +203,7 @@ export class FileTarget {
       } catch (e) {
         if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
         this.punchWorks = false;
+        this.log.warn({ target: this.path, code: (e as NodeJS.ErrnoException).code }, 'hole punching unsupported; zeroing instead');
       }
     }
     if (this.kind === 'image' && this.zeroRangeWorks) {
@@ -220,6 +224,7 @@ export class FileTarget {
       } catch (e) {
         if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
         this.zeroOutWorks = false;
+        this.log.warn({ target: this.path, code: (e as NodeJS.ErrnoException).code }, 'BLKZEROOUT unsupported; writing zeroes');
       }
     }
     this.zeroBuf ??= Buffer.alloc(ZERO_WRITE_CHUNK);
