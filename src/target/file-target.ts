@@ -45,6 +45,8 @@ export interface ZeroStats {
 }
 
 const ZERO_WRITE_CHUNK = 1 << 20;
+/** errno codes meaning "this zeroing method is not supported here" (as opposed to a real failure). */
+const UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENODEV']);
 
 export function defaultStateDir(): string {
   return process.env.THINARCHIVE_STATE_DIR || '/var/lib/thinarchive';
@@ -58,9 +60,8 @@ export function stateFileFor(kind: TargetKind, path: string, stateDir = defaultS
 export class FileTarget {
   readonly zeroStats: ZeroStats = { punched: 0, zeroedRange: 0, zeroedOut: 0, written: 0 };
   private zeroBuf: Buffer | undefined;
-  private punchWorks = true;
-  private zeroRangeWorks = true;
-  private zeroOutWorks = true;
+  /** Zeroing methods in order of preference; each guarantees the range reads back as zeroes. */
+  private readonly zeroMethods: { stat: keyof ZeroStats; broken: boolean; run: (fd: number, off: number, len: number) => void }[];
   /** Told when zeroing falls back to a slower method. */
   log: Logger = silentLogger;
 
@@ -70,7 +71,15 @@ export class FileTarget {
     private readonly fh: FileHandle,
     public size: number,
     readonly stateFile: string,
-  ) {}
+  ) {
+    const io = thinio();
+    this.zeroMethods = [
+      { stat: 'punched', broken: false, run: io.punchHole },
+      kind === 'image'
+        ? { stat: 'zeroedRange', broken: false, run: io.zeroRange }
+        : { stat: 'zeroedOut', broken: false, run: io.blkZeroOut },
+    ];
+  }
 
   /**
    * Open a target for writing. A block device is opened exclusively (O_EXCL): a mounted or otherwise
@@ -189,42 +198,19 @@ export class FileTarget {
   /** Make [offset, offset+length) read back as zeroes, by the cheapest method that guarantees it. */
   async zero(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
-    const io = thinio();
     const fd = this.fh.fd;
-    const unsupported = (e: unknown): boolean => {
-      const code = (e as NodeJS.ErrnoException).code;
-      return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'EINVAL' || code === 'ENOTTY' || code === 'ENODEV';
-    };
-    if (this.punchWorks) {
+    for (const m of this.zeroMethods) {
+      if (m.broken) continue;
       try {
-        io.punchHole(fd, offset, length);
-        this.zeroStats.punched += length;
+        m.run(fd, offset, length);
+        this.zeroStats[m.stat] += length;
         return;
       } catch (e) {
-        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
-        this.punchWorks = false;
-        this.log.warn({ target: this.path, code: (e as NodeJS.ErrnoException).code }, 'hole punching unsupported; zeroing instead');
-      }
-    }
-    if (this.kind === 'image' && this.zeroRangeWorks) {
-      try {
-        io.zeroRange(fd, offset, length);
-        this.zeroStats.zeroedRange += length;
-        return;
-      } catch (e) {
-        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
-        this.zeroRangeWorks = false;
-      }
-    }
-    if (this.kind === 'blockdev' && this.zeroOutWorks) {
-      try {
-        io.blkZeroOut(fd, offset, length);
-        this.zeroStats.zeroedOut += length;
-        return;
-      } catch (e) {
-        if (!unsupported(e)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
-        this.zeroOutWorks = false;
-        this.log.warn({ target: this.path, code: (e as NodeJS.ErrnoException).code }, 'BLKZEROOUT unsupported; writing zeroes');
+        const code = (e as NodeJS.ErrnoException).code ?? '';
+        if (!UNSUPPORTED.has(code)) throw ioError(e, `cannot zero ${length} bytes of ${this.path} at ${offset}`);
+        // Unsupported here: never try this method again on this target, fall through to the next.
+        m.broken = true;
+        this.log.warn({ target: this.path, method: m.stat, code }, 'zeroing method unsupported; falling back');
       }
     }
     this.zeroBuf ??= Buffer.alloc(ZERO_WRITE_CHUNK);
