@@ -34,7 +34,7 @@ async function replay(bytes: Uint8Array, feed = 1 << 16): Promise<{ header: Arch
       for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) image.fill(0, e.firstBlock * BS, Math.min(image.length, (e.firstBlock + e.blockCount) * BS));
     } else if (ev.type === 'data') {
       const p = ev.payload;
-      const res = await pool.decode(p.buffer.slice(p.byteOffset, p.byteOffset + p.length) as ArrayBuffer, ev.record.codec, ev.record.rawLen, BS, ev.record.hashes, true);
+      const res = await pool.decode(p.buffer.slice(p.byteOffset, p.byteOffset + p.length) as ArrayBuffer, ev.record, BS, true);
       expect(res.ok, res.error).toBe(true);
       Buffer.from(res.raw!).copy(image, ev.record.firstBlock * BS);
     } else if (ev.type === 'zero') {

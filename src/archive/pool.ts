@@ -7,6 +7,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { ThinarchiveError } from '../errors.js';
+import type { DataRecordHead } from '../format/types.js';
 
 export interface EncodeRun {
   zero: boolean;
@@ -14,6 +15,7 @@ export interface EncodeRun {
   count: number;
   rawLen?: number;
   codec?: number;
+  storedHash?: bigint;
   hashes?: ArrayBuffer;
   stored?: ArrayBuffer;
 }
@@ -108,10 +110,15 @@ export class WorkerPool {
     return this.run({ op: 'encode', buf, len, firstBlock, blockSize, level }, [buf]);
   }
 
-  /** Decompress a record payload (transferred) and check its block hashes. */
-  decode(stored: ArrayBuffer, codec: number, rawLen: number, blockSize: number, hashes: BigUint64Array, wantData: boolean): Promise<DecodeResult> {
-    const h = hashes.slice().buffer;
-    return this.run({ op: 'decode', stored, codec, rawLen, blockSize, hashes: h, wantData }, [stored, h]);
+  /**
+   * Check a record's stored payload (transferred) against its stored hash, decompress it into exactly
+   * rawLen bytes and check every block hash.
+   */
+  decode(stored: ArrayBuffer, record: Pick<DataRecordHead, 'codec' | 'rawLen' | 'storedHash' | 'hashes'>, blockSize: number, wantData: boolean): Promise<DecodeResult> {
+    const h = record.hashes.slice().buffer;
+    return this.run({
+      op: 'decode', stored, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, blockSize, hashes: h, wantData,
+    }, [stored, h]);
   }
 
   /** Hash the blocks of `len` bytes of `buf` (transferred); also reports which blocks are all zero. */

@@ -4,8 +4,10 @@
  * same file runs from src/ under the test runner and from dist/ when installed.
  *
  * encode: split a read buffer into runs of all-zero and data blocks; hash each data block (xxh64 of the
- *         uncompressed bytes) and zstd-compress each data run; a run that does not shrink is stored raw.
- * decode: decompress one record's payload into exactly rawLen bytes and check every block's hash.
+ *         uncompressed bytes) and zstd-compress each data run; a run that does not shrink is stored raw;
+ *         hash the stored bytes.
+ * decode: check one record's stored payload against its hash, decompress it into exactly rawLen bytes
+ *         and check every block's hash.
  * hash:   hash the blocks of a buffer (for comparing a target with a chain).
  */
 'use strict';
@@ -65,7 +67,8 @@ function encode(api, msg) {
       const codec = storedLen > 0 ? CODEC_ZSTD : CODEC_NONE;
       const stored = codec === CODEC_ZSTD ? Buffer.from(scratch.subarray(0, storedLen)) : Buffer.from(raw);
       const storedBuf = stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.length);
-      runs.push({ zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, hashes: hashes.buffer, stored: storedBuf });
+      const storedHash = api.h64Raw(stored);
+      runs.push({ zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, storedHash, hashes: hashes.buffer, stored: storedBuf });
       transfer.push(hashes.buffer, storedBuf);
     }
     i = j;
@@ -75,9 +78,14 @@ function encode(api, msg) {
 
 function decode(api, msg) {
   const stored = Buffer.from(msg.stored);
+  // A damaged payload is reported even when it still decompresses to the right bytes (zstd ignores
+  // some bits); the blocks are still decoded and hashed so that damage can be located to a block.
+  const storedOk = api.h64Raw(stored) === msg.storedHash;
+  const storedNote = storedOk ? '' : 'stored payload does not match its checksum; ';
+  const fail = (/** @type {string} */ error, /** @type {number[] | undefined} */ badBlocks) => ({ result: { ok: false, error: storedNote + error, badBlocks }, transfer: [] });
   let raw;
   if (msg.codec === CODEC_NONE) {
-    if (stored.length !== msg.rawLen) return { result: { ok: false, error: 'stored length differs from raw length' }, transfer: [] };
+    if (stored.length !== msg.rawLen) return fail('stored length differs from raw length');
     raw = stored;
   } else if (msg.codec === CODEC_ZSTD) {
     const out = Buffer.allocUnsafe(msg.rawLen);
@@ -85,18 +93,20 @@ function decode(api, msg) {
     try {
       n = dctx.decompress(out, stored);
     } catch (e) {
-      return { result: { ok: false, error: `payload does not decompress: ${e && e.message}` }, transfer: [] };
+      return fail(`payload does not decompress: ${e && e.message}`);
     }
-    if (n !== msg.rawLen) return { result: { ok: false, error: `payload decompresses to ${n} bytes, expected ${msg.rawLen}` }, transfer: [] };
+    if (n !== msg.rawLen) return fail(`payload decompresses to ${n} bytes, expected ${msg.rawLen}`);
     raw = out;
   } else {
-    return { result: { ok: false, error: `unknown codec ${msg.codec}` }, transfer: [] };
+    return fail(`unknown codec ${msg.codec}`);
   }
   const want = new BigUint64Array(msg.hashes);
   const got = hashBlocks(api, raw, msg.blockSize);
+  if (got.length !== want.length) return fail(`payload holds ${got.length} block(s), the record lists ${want.length} hash(es)`);
   const bad = [];
   for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) bad.push(i);
-  if (bad.length > 0) return { result: { ok: false, badBlocks: bad, error: `checksum mismatch in ${bad.length} block(s)` }, transfer: [] };
+  if (bad.length > 0) return fail(`checksum mismatch in ${bad.length} block(s)`, bad);
+  if (!storedOk) return fail('the decompressed blocks are intact');
   if (!msg.wantData) return { result: { ok: true }, transfer: [] };
   const rawBuf = raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length);
   return { result: { ok: true, raw: rawBuf }, transfer: [rawBuf] };

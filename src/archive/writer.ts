@@ -231,7 +231,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
       const at = pos;
       await frame(FrameType.DATA, encodeDataBody({
         firstBlock: r.first, blockCount: r.count, codec: r.codec === Codec.ZSTD ? Codec.ZSTD : Codec.NONE,
-        rawLen: r.rawLen!, storedLen: stored.length, hashes: new BigUint64Array(r.hashes!),
+        rawLen: r.rawLen!, storedLen: stored.length, storedHash: r.storedHash!, hashes: new BigUint64Array(r.hashes!),
       }));
       await put(stored, false);
       totals.dataBlocks += r.count;
@@ -248,6 +248,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     const free: ArrayBuffer[] = [];
     const inflight: Promise<{ runs: EncodeRun[]; buf: ArrayBuffer }>[] = [];
     const drainOne = async (): Promise<void> => {
+      signal?.throwIfAborted();
       const res = await inflight.shift()!;
       free.push(res.buf);
       for (const r of res.runs) await emitRun(r);
@@ -281,6 +282,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     }
     await flushZero();
     await writeIndex();
+    signal?.throwIfAborted();
 
     const trailer: Trailer = { ...totals, lastIndexOffset, indexCount, digest: digest.digest() };
     const trailerAt = pos;

@@ -34,7 +34,11 @@ function err(text: string): void {
   process.stderr.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 function json(value: unknown, toStderr = false): void {
-  const text = JSON.stringify(value, null, 2) + '\n';
+  // Byte arrays (digests) print as hex strings, as in the text output.
+  const text = JSON.stringify(value, function (this: Record<string, unknown>, key, v) {
+    const raw = this[key];
+    return raw instanceof Uint8Array ? Buffer.from(raw).toString('hex') : v;
+  }, 2) + '\n';
   if (toStderr) process.stderr.write(text);
   else process.stdout.write(text);
 }
@@ -152,8 +156,14 @@ function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const onSignal = (): void => {
-    if (interrupted) process.exit(EXIT.interrupted);
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) {
+      // Second signal: stop now, by the signal itself (worker threads inside a native call would
+      // delay process.exit). Temporary files left behind are removed by the next run.
+      process.removeAllListeners(signal);
+      process.kill(process.pid, signal);
+      return;
+    }
     interrupted = true;
     controller.abort();
   };
@@ -161,6 +171,10 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGTERM', onSignal);
   process.stdout.on('error', () => {});
   try {
+    if (argv.length <= 2) {
+      buildProgram().outputHelp({ error: true });
+      return EXIT.usage;
+    }
     await buildProgram().parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {

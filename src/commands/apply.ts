@@ -114,7 +114,7 @@ const DECODE_WINDOW_PER_WORKER = 3;
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
   events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: FileTarget, pool: WorkerPool,
-  opts: { fresh: boolean; total: number | undefined; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
+  opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
   const size = h.volumeSize;
@@ -132,8 +132,8 @@ async function applyStream(
     const w = window.shift()!;
     const res = await w.p;
     if (!res.ok) {
-      const block = res.badBlocks?.length ? ` (block ${w.first + res.badBlocks[0]})` : '';
-      throw new FormatError('PAYLOAD_CORRUPT', `record at block ${w.first}${block}: ${res.error}`, w.offset);
+      const bad = res.badBlocks?.length ? `, first bad block ${w.first + res.badBlocks[0]}` : '';
+      throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${w.first}: ${res.error}${bad}`, w.offset, opts.label);
     }
     const raw = new Uint8Array(res.raw!);
     await target.write(raw, w.first * bs);
@@ -149,7 +149,7 @@ async function applyStream(
         const r = ev.record;
         const p = ev.payload;
         const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
-        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r.codec, r.rawLen, bs, r.hashes, true) });
+        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r, bs, true) });
         if (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {
         while (window.length > 0) await writeOldest();
@@ -234,7 +234,8 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
           }
           // A target created by this run is all holes: zeroing it again is skipped for its first archive.
           const fresh = created && i === start && start === 0;
-          const r = await applyStream(events, h, target, pool, { fresh, total, signal: opts.signal, onProgress: opts.onProgress });
+          const label = fromStdin ? 'standard input' : files[i].path;
+          const r = await applyStream(events, h, target, pool, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
           await target.sync();
           await target.writeState({
             version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
-import { ioError, ThinarchiveError, UsageError } from '../errors.js';
+import { ioError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { withPool } from '../archive/pool.js';
 import { ArchiveFile } from '../archive/reader.js';
 import { normalizeExtents, writeArchive, type ArchiveSink, type NewArchive, type WriteProgress } from '../archive/writer.js';
@@ -157,7 +157,14 @@ export async function send(opts: SendOptions): Promise<SendResult> {
     let sink: ArchiveSink;
     let pending: Awaited<ReturnType<DirectoryStore['createArchive']>> | undefined;
     if (typeof opts.to === 'string') {
-      pending = await new DirectoryStore(opts.to).createArchive(header.chainId, header.sequence, header.archiveId!);
+      const store = new DirectoryStore(opts.to);
+      // Never fork a chain: the parent must be the newest archive of its chain in this store.
+      const newer = (await store.chainArchives(header.chainId)).filter((a) => a.sequence >= header.sequence);
+      if (newer.length > 0) {
+        throw new UnsafeError('CHAIN_FORK', `the chain in ${opts.to} already has sequence ${newer[0].sequence} (${newer[0].name}); `
+          + `an archive on parent ${header.parentId} would fork it (send from the newest archive, or start a new chain with a full send)`);
+      }
+      pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
       sink = pending.sink;
       path = pending.path;
     } else {
@@ -167,6 +174,7 @@ export async function send(opts: SendOptions): Promise<SendResult> {
       const res = await withPool((pool) => writeArchive({
         header, extents: extents(), source, sink, pool, level: opts.level, signal: opts.signal, onProgress: opts.onProgress,
       }));
+      opts.signal?.throwIfAborted();
       await pending?.commit();
       pending = undefined;
       const bs = blockSize;

@@ -83,7 +83,7 @@ async function verifyOne(
         const p = ev.payload;
         const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
         const offset = ev.offset;
-        pending.push(pool.decode(buf, r.codec, r.rawLen, header!.blockSize, r.hashes, false).then((res) => {
+        pending.push(pool.decode(buf, r, header!.blockSize, false).then((res) => {
           if (res.ok) return;
           if (res.badBlocks?.length) {
             for (const i of res.badBlocks) {
@@ -116,8 +116,11 @@ async function verifyOne(
   return { v, header };
 }
 
-/** Check the links of one chain's archives, given in sequence order. */
-function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader }[], findings: Finding[]): void {
+/**
+ * Check the links of one chain's archives, given in sequence order. A chain read from a store must
+ * start with its full archive; archive files named on their own are checked only against each other.
+ */
+function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[], findings: Finding[]): void {
   let prev: ArchiveHeader | undefined;
   for (const { v, header } of chain) {
     if (!header) {
@@ -125,7 +128,7 @@ function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader }[], fin
       continue;
     }
     if (!prev) {
-      if (!header.full && header.sequence > 0 && chain[0].header === header) {
+      if (chain[0].store && !header.full && header.sequence > 0 && chain[0].header === header) {
         findings.push({ code: 'MISSING_ARCHIVE', detail: 'CHAIN_START', archive: v.archive,
           message: `the chain starts at sequence ${header.sequence}: archives 0..${header.sequence - 1} are missing` });
       }
@@ -146,12 +149,12 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const archives: VerifiedArchive[] = [];
   // Group inputs: a directory is every chain in it (each checked for links); files are checked alone
   // and, when several of one chain are named, for links too.
-  type Group = { label: string; items: { label: string; open: () => AsyncIterable<Uint8Array> }[] };
+  type Group = { label: string; store: boolean; items: { label: string; open: () => AsyncIterable<Uint8Array> }[] };
   const groups: Group[] = [];
   for (const ref of opts.inputs) {
     if (ref === '-') {
       if (!opts.stdin) throw new ThinarchiveError('USAGE', 'no standard input', 'usage');
-      groups.push({ label: '-', items: [{ label: 'standard input', open: () => opts.stdin! }] });
+      groups.push({ label: '-', store: false, items: [{ label: 'standard input', open: () => opts.stdin! }] });
       continue;
     }
     let isDir = false;
@@ -162,23 +165,25 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       continue;
     }
     if (isDir) {
-      for (const c of await new DirectoryStore(ref).listChains()) {
-        groups.push({ label: c.dir, items: c.archives.map((a) => ({ label: a.path, open: () => createReadStream(a.path, { highWaterMark: 1 << 20 }) })) });
+      const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);
+      if (chains.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this directory' });
+      for (const c of chains) {
+        groups.push({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => createReadStream(a.path, { highWaterMark: 1 << 20 }) })) });
       }
     } else {
-      groups.push({ label: ref, items: [{ label: ref, open: () => createReadStream(ref, { highWaterMark: 1 << 20 }) }] });
+      groups.push({ label: ref, store: false, items: [{ label: ref, open: () => createReadStream(ref, { highWaterMark: 1 << 20 }) }] });
     }
   }
   let bytesRead = 0;
   await withPool(async (pool) => {
-    const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader }[]>();
+    const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[]>();
     for (const g of groups) {
-      const results: { v: VerifiedArchive; header?: ArchiveHeader }[] = [];
+      const results: { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[] = [];
       for (const it of g.items) {
         const r = await verifyOne(it.label, it.open(), pool, findings, opts);
         bytesRead += r.v.bytes;
         archives.push(r.v);
-        results.push(r);
+        results.push({ ...r, store: g.store });
       }
       for (const r of results) {
         const key = r.header?.chainId ?? `?${r.v.archive}`;

@@ -288,6 +288,7 @@ export function encodeDataBody(r: DataRecordHead): Uint8Array {
   b[12] = r.codec;
   dv.setUint32(16, r.rawLen, true);
   dv.setUint32(20, r.storedLen, true);
+  dv.setBigUint64(24, r.storedHash, true);
   b.set(new Uint8Array(r.hashes.buffer, r.hashes.byteOffset, r.blockCount * 8), DATA_BODY_HEAD);
   return b;
 }
@@ -311,7 +312,10 @@ export function decodeDataBody(b: Uint8Array, offset: number): DataRecordHead {
   // Copy the hashes out so they are 8-byte aligned and independent of the read buffer.
   const hashes = new BigUint64Array(blockCount);
   new Uint8Array(hashes.buffer).set(b.subarray(DATA_BODY_HEAD));
-  return { firstBlock: u64(dv, 0, 'record start', offset), blockCount, codec: codec as CodecCode, rawLen, storedLen, hashes };
+  return {
+    firstBlock: u64(dv, 0, 'record start', offset), blockCount, codec: codec as CodecCode, rawLen, storedLen,
+    storedHash: dv.getBigUint64(24, true), hashes,
+  };
 }
 
 export function encodeZeroBody(z: ZeroRecord): Uint8Array {

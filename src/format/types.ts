@@ -57,6 +57,8 @@ export interface DataRecordHead {
   codec: CodecCode;
   rawLen: number;
   storedLen: number;
+  /** xxh64 of the stored payload bytes (as written: compressed or raw). */
+  storedHash: bigint;
   /** xxh64 of each block's uncompressed bytes. */
   hashes: BigUint64Array;
 }

@@ -6,7 +6,7 @@
  * final name (never over an existing file) and the directory fsynced: no partial archive is ever
  * visible under a final name. Leftover temporary files of dead writers are removed by `cleanup`.
  */
-import { link, mkdir, open, readdir, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { fsyncDir, tempNameFor } from '../fsutil.js';
@@ -103,6 +103,12 @@ export class DirectoryStore {
     return chains[0];
   }
 
+  /** The archives of one chain in this store (none when the chain has no directory here). */
+  async chainArchives(chainId: string): Promise<StoredArchive[]> {
+    const dir = join(this.root, chainId);
+    return (await isDir(dir)) ? (await this.readChainDir(dir, chainId)).archives : [];
+  }
+
   async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
     if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
     const dir = join(this.root, chainId);
@@ -111,7 +117,10 @@ export class DirectoryStore {
     } catch (e) {
       throw ioError(e, `cannot create chain directory ${dir}`);
     }
-    await this.cleanup(dir);
+    // Temporary files of dead writers, in every chain of the store.
+    for (const n of await readdir(this.root)) {
+      if (CHAIN_RE.test(n) && (await isDir(join(this.root, n)))) await this.cleanup(join(this.root, n));
+    }
     const finalPath = join(dir, archiveFileName(sequence, archiveId));
     const tmp = tempNameFor(finalPath);
     let fh: FileHandle;
@@ -160,6 +169,8 @@ export class DirectoryStore {
       async abort(): Promise<void> {
         await close().catch(() => {});
         await rm(tmp, { force: true });
+        // A chain directory this send created and left empty goes too (fails harmlessly otherwise).
+        await rmdir(dir).catch(() => {});
       },
     };
   }

@@ -94,6 +94,7 @@ export class FileTarget {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `cannot inspect target ${path}`);
     }
     if (st?.isBlockDevice()) {
+      if (opts.create) throw new UnsafeError('TARGET_EXISTS', `target ${path} is a block device; --create makes a new image file only`);
       let fh: FileHandle;
       try {
         fh = await open(path, fsc.O_RDWR | fsc.O_EXCL);

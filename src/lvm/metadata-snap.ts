@@ -1,0 +1,428 @@
+/**
+ * The metadata snapshot discipline: how thinarchive reserves, uses and releases a thin pool's
+ * metadata snapshot without ever releasing somebody else's, and without leaving its own behind.
+ *
+ * The kernel allows one metadata snapshot per pool (reserving a second fails with EBUSY, releasing
+ * when none is held with EINVAL); it survives reboots and costs metadata space while held. Other
+ * tools (thin_ls, backup programs, an administrator) use the same single slot, so:
+ *
+ *  1. A per-pool lock file (pool-lock.ts) serialises thinarchive processes on one pool.
+ *  2. Under the lock, the pool status is read. A held snapshot is released only when it is provably
+ *     thinarchive's own, left by a process that is gone: the reservation record (below) names the
+ *     same held root and its process is dead (pid gone or reused, or another boot). Otherwise
+ *     thinarchive refuses with UnsafeError METADATA_SNAP_HELD and releases nothing - unless `force`,
+ *     which releases it with a warning in the log.
+ *  3. A record `<stateDir>/reservations/<dm vg>-<dm pool>.json` is written durably before
+ *     reserving (state "reserving") and again right after, with the held root read back from the
+ *     pool status (state "held"). A thinarchive killed at any point (SIGKILL, power loss) is thus
+ *     recognised by the next run. (Killed between the reserve and the second write, the record
+ *     says "reserving" without a root: the next run cannot prove the snapshot is thinarchive's and
+ *     refuses, saying so.)
+ *  4. fn runs with the tmeta device path. Then, whatever fn did, the snapshot is released - if it
+ *     still is ours (same held root); if someone else released it meanwhile, what fn read cannot be
+ *     trusted: UnsafeError METADATA_SNAP_LOST.
+ *  5. While held, SIGINT/SIGTERM/SIGHUP release it first: fn's AbortSignal fires, the snapshot is
+ *     released, the lock removed, and the signal re-raised when no other listener handles it (so
+ *     the process still dies of it).
+ *
+ * LV snapshots must be created *before* reserving: the metadata snapshot shows the pool as it was
+ * when reserved.
+ */
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CommandError, ThinarchiveError, UnsafeError, ioError } from '../errors.js';
+import { fsyncDir, writeFileAtomic } from '../fsutil.js';
+import { type Logger, silentLogger } from '../log.js';
+import { type LvmExec, runLvmCommand } from './exec.js';
+import { assertLvmName, dmName, poolDmName, tmetaPath } from './names.js';
+import { type PoolLock, type ProcessIdentity, acquirePoolLock, identityFrom, isAlive, selfIdentity } from './pool-lock.js';
+import type { PoolStatus, PoolStatusOk } from './pool-status.js';
+import { poolMessage, poolStatus } from './tools.js';
+
+export interface PoolRef {
+  vg: string;
+  pool: string;
+}
+
+export interface MetadataSnapshotOptions {
+  /** Where locks and reservation records live; default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive. */
+  stateDir?: string;
+  /** Release a metadata snapshot held by someone else instead of refusing (logged as a warning). */
+  force?: boolean;
+  logger?: Logger;
+  exec?: LvmExec;
+  /** How long to wait for another thinarchive process on the same pool; default 120 s. */
+  lockTimeoutMs?: number;
+  /** Release on SIGINT/SIGTERM/SIGHUP while held; default true. */
+  handleSignals?: boolean;
+  /** Aborts waiting for the lock (not fn: fn gets its own signal). */
+  signal?: AbortSignal;
+}
+
+export interface HeldMetadataSnapshot {
+  pool: PoolRef;
+  /** /dev/mapper/<dm vg>-<dm pool>_tmeta: give it to thin_delta / thin_dump with -m */
+  tmeta: string;
+  /** the metadata block of the snapshot, as the pool status reports it */
+  heldRoot: number;
+  /** aborted when a signal arrives: stop and return (the snapshot is being released) */
+  signal: AbortSignal;
+}
+
+/** The reservation record, `<stateDir>/reservations/<dm vg>-<dm pool>.json`. */
+export interface ReservationRecord extends ProcessIdentity {
+  version: 1;
+  vg: string;
+  pool: string;
+  state: 'reserving' | 'held';
+  heldRoot: number | null;
+  time: string;
+}
+
+/** An error from fn with the release failure attached (fn's error is never replaced). */
+export interface WithReleaseError {
+  releaseError?: Error;
+}
+
+export function defaultStateDir(): string {
+  const env = process.env['THINARCHIVE_STATE_DIR'];
+  return env !== undefined && env !== '' ? env : '/var/lib/thinarchive';
+}
+
+export function reservationPath(stateDir: string, pool: PoolRef): string {
+  return join(stateDir, 'reservations', `${dmName(pool.vg, pool.pool)}.json`);
+}
+
+export function poolLockPath(stateDir: string, pool: PoolRef): string {
+  return join(stateDir, 'locks', `${dmName(pool.vg, pool.pool)}.lock`);
+}
+
+/** Read a reservation record; null when there is none. A malformed record reads as null. */
+export async function readReservationRecord(stateDir: string, pool: PoolRef): Promise<ReservationRecord | null> {
+  const path = reservationPath(stateDir, pool);
+  let raw: string;
+  try {
+    raw = await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw ioError(e, `reading ${path}`);
+  }
+  try {
+    const v = JSON.parse(raw) as ReservationRecord;
+    const id = identityFrom(v);
+    if (!id || v.version !== 1 || (v.state !== 'reserving' && v.state !== 'held')) return null;
+    if (v.heldRoot !== null && !(typeof v.heldRoot === 'number' && Number.isSafeInteger(v.heldRoot))) return null;
+    return { ...v, ...id };
+  } catch {
+    return null;
+  }
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+type HandledSignal = (typeof SIGNALS)[number];
+
+/**
+ * Reserve the pool's metadata snapshot, run fn with the tmeta path, release it (also when fn
+ * fails, and on SIGINT/SIGTERM/SIGHUP). See the module comment for the rules.
+ */
+export async function withMetadataSnapshot<T>(
+  pool: PoolRef,
+  opts: MetadataSnapshotOptions,
+  fn: (tmeta: string, held: HeldMetadataSnapshot) => Promise<T>,
+): Promise<T> {
+  assertLvmName(pool.vg, 'VG');
+  assertLvmName(pool.pool, 'pool');
+  const ctx = new Context(pool, opts);
+  const lock = await acquirePoolLock(poolLockPath(ctx.stateDir, pool), {
+    timeoutMs: opts.lockTimeoutMs ?? 120_000,
+    logger: ctx.logger,
+    what: ctx.what,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  try {
+    await ctx.preflight();
+    return await ctx.run(lock, fn);
+  } finally {
+    await lock.release();
+  }
+}
+
+class Context {
+  readonly stateDir: string;
+  readonly logger: Logger;
+  readonly what: string;
+  private readonly exec: LvmExec;
+  private readonly recordPath: string;
+
+  constructor(
+    readonly pool: PoolRef,
+    private readonly opts: MetadataSnapshotOptions,
+  ) {
+    this.stateDir = opts.stateDir ?? defaultStateDir();
+    this.logger = opts.logger ?? silentLogger;
+    this.exec = opts.exec ?? runLvmCommand;
+    this.what = `${pool.vg}/${pool.pool}`;
+    this.recordPath = reservationPath(this.stateDir, pool);
+  }
+
+  private status(): Promise<PoolStatus> {
+    return poolStatus(this.pool.vg, this.pool.pool, { exec: this.exec });
+  }
+
+  private async okStatus(): Promise<PoolStatusOk> {
+    const st = await this.status();
+    if (st.state !== 'ok') {
+      throw new ThinarchiveError('POOL_FAILED', `thin pool ${this.what} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before using it`);
+    }
+    return st;
+  }
+
+  private message(m: 'reserve_metadata_snap' | 'release_metadata_snap'): Promise<void> {
+    return poolMessage(this.pool.vg, this.pool.pool, m, { exec: this.exec });
+  }
+
+  private async writeRecord(me: ProcessIdentity, state: ReservationRecord['state'], heldRoot: number | null): Promise<void> {
+    const rec: ReservationRecord = {
+      version: 1,
+      vg: this.pool.vg,
+      pool: this.pool.pool,
+      state,
+      heldRoot,
+      pid: me.pid,
+      bootId: me.bootId,
+      startTime: me.startTime,
+      time: new Date().toISOString(),
+    };
+    try {
+      await mkdir(join(this.stateDir, 'reservations'), { recursive: true, mode: 0o700 });
+      await writeFileAtomic(this.recordPath, `${JSON.stringify(rec, null, 2)}\n`);
+    } catch (e) {
+      throw ioError(e, `writing the reservation record ${this.recordPath}`);
+    }
+  }
+
+  private async removeRecord(): Promise<void> {
+    try {
+      await rm(this.recordPath, { force: true });
+      await fsyncDir(join(this.stateDir, 'reservations')).catch(() => {});
+    } catch (e) {
+      // A record left behind is harmless: with no held root it is discarded by the next run.
+      this.logger.warn({ record: this.recordPath, err: (e as Error).message }, 'could not remove the reservation record');
+    }
+  }
+
+  /** Under the lock, before reserving: recover our own stale reservation, refuse anyone else's. */
+  async preflight(): Promise<void> {
+    const st = await this.okStatus();
+    if (st.mode === 'ro') {
+      throw new ThinarchiveError('POOL_READ_ONLY', `thin pool ${this.what} is read-only (metadata error or full metadata): its metadata snapshot cannot be reserved or released`);
+    }
+    if (st.needsCheck) {
+      throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${this.what} is flagged needs_check: run thin_check / lvconvert --repair first`);
+    }
+    const rec = await readReservationRecord(this.stateDir, this.pool);
+    if (st.heldRoot === null) {
+      if (rec) {
+        this.logger.debug({ record: rec }, 'discarding a reservation record: the pool holds no metadata snapshot');
+        await this.removeRecord();
+      }
+      return;
+    }
+    // This very process counts as gone: holding the pool lock, no other call in it can be using the
+    // snapshot (a release that failed earlier in this process left it).
+    const me = await selfIdentity();
+    const isMe = rec !== null && rec.pid === me.pid && rec.bootId === me.bootId && rec.startTime === me.startTime;
+    const ownerAlive = rec ? !isMe && (await isAlive(rec)) : false;
+    if (rec && rec.state === 'held' && rec.heldRoot === st.heldRoot && !ownerAlive) {
+      this.logger.warn(
+        { pool: this.what, heldRoot: st.heldRoot, record: rec },
+        'releasing a metadata snapshot left behind by a thinarchive process that is gone',
+      );
+      await this.message('release_metadata_snap');
+      await this.removeRecord();
+      return;
+    }
+    if (this.opts.force) {
+      this.logger.warn(
+        { pool: this.what, heldRoot: st.heldRoot, record: rec, recordOwnerAlive: ownerAlive },
+        'FORCE: releasing a metadata snapshot that thinarchive did not reserve; whoever holds it will read garbage',
+      );
+      await this.message('release_metadata_snap');
+      await this.removeRecord();
+      return;
+    }
+    let who: string;
+    if (rec && ownerAlive && rec.heldRoot === st.heldRoot) {
+      who = `thinarchive process ${rec.pid} (still running) holds it`;
+    } else if (rec && rec.state === 'reserving' && !ownerAlive) {
+      who = `thinarchive process ${rec.pid} died while reserving a metadata snapshot (${rec.time}), so this one is probably a leftover of it, but that cannot be proven`;
+    } else {
+      who = 'another program (thin_ls, a backup tool, an administrator) holds it';
+    }
+    throw new UnsafeError(
+      'METADATA_SNAP_HELD',
+      `thin pool ${this.what} already has a metadata snapshot (held root ${st.heldRoot}) that this run did not reserve: ${who}. ` +
+        `thinarchive will not release it. Wait until it is released, or if nothing uses it, release it with ` +
+        `"dmsetup message ${poolDmName(this.pool.vg, this.pool.pool)} 0 release_metadata_snap" or rerun with --force.`,
+    );
+  }
+
+  /** Reserve, record, run fn, release; signals release first. */
+  async run<T>(lock: PoolLock, fn: (tmeta: string, held: HeldMetadataSnapshot) => Promise<T>): Promise<T> {
+    const me = await selfIdentity();
+    const ac = new AbortController();
+    let interrupted: HandledSignal | null = null;
+    let releasing: Promise<Error | undefined> | undefined;
+
+    const reserving = this.reserve(me);
+    reserving.catch(() => {}); // observed below; no unhandled rejection meanwhile
+    const releaseOnce = (): Promise<Error | undefined> =>
+      (releasing ??= reserving.then(
+        (root) => this.release(root),
+        () => undefined, // nothing was reserved
+      ));
+
+    const handlers = new Map<HandledSignal, () => void>();
+    const removeHandlers = (): void => {
+      for (const [s, h] of handlers) process.removeListener(s, h);
+      handlers.clear();
+    };
+    if (this.opts.handleSignals ?? true) {
+      for (const s of SIGNALS) {
+        const h = (): void => {
+          if (interrupted) {
+            // A second signal: stop waiting for the release. The reservation record lets the next
+            // run recognise and release the snapshot.
+            this.logger.warn({ pool: this.what, signal: s }, 'second signal: not waiting for the metadata snapshot release');
+            removeHandlers();
+            if (process.listenerCount(s) === 0) process.kill(process.pid, s);
+            return;
+          }
+          interrupted = s;
+          this.logger.warn({ pool: this.what, signal: s }, 'signal received: releasing the metadata snapshot');
+          ac.abort(new ThinarchiveError('INTERRUPTED', `interrupted by ${s}`));
+          void releaseOnce()
+            .then((err) => {
+              if (err) this.logger.warn({ pool: this.what, err: err.message }, 'releasing the metadata snapshot after a signal failed');
+              return lock.release();
+            })
+            .finally(() => {
+              removeHandlers();
+              // Nobody else handles it: die of it, as without us.
+              if (process.listenerCount(s) === 0) process.kill(process.pid, s);
+            });
+        };
+        handlers.set(s, h);
+        process.on(s, h);
+      }
+    }
+
+    try {
+      const root = await reserving;
+      const held: HeldMetadataSnapshot = { pool: this.pool, tmeta: tmetaPath(this.pool.vg, this.pool.pool), heldRoot: root, signal: ac.signal };
+      let result: T | undefined;
+      let failed = false;
+      let fnError: unknown;
+      if (interrupted) {
+        failed = true;
+        fnError = ac.signal.reason;
+      } else {
+        try {
+          result = await fn(held.tmeta, held);
+        } catch (e) {
+          failed = true;
+          fnError = e;
+        }
+      }
+      const releaseError = await releaseOnce();
+      if (failed) {
+        if (releaseError) attachReleaseError(fnError, releaseError);
+        throw fnError;
+      }
+      if (releaseError) throw releaseError;
+      if (interrupted) throw ac.signal.reason;
+      return result as T;
+    } finally {
+      if (interrupted) await releaseOnce();
+      else removeHandlers();
+    }
+  }
+
+  /** Record intent, reserve, read the held root back, record it. Returns the held root. */
+  private async reserve(me: ProcessIdentity): Promise<number> {
+    await this.writeRecord(me, 'reserving', null);
+    try {
+      await this.message('reserve_metadata_snap');
+    } catch (e) {
+      await this.removeRecord();
+      if (e instanceof CommandError && /busy/i.test(e.stderr)) {
+        throw new UnsafeError(
+          'METADATA_SNAP_HELD',
+          `thin pool ${this.what}: another program reserved the metadata snapshot just now (EBUSY); thinarchive will not release it`,
+        );
+      }
+      throw e;
+    }
+    try {
+      const st = await this.okStatus();
+      if (st.heldRoot === null) {
+        throw new ThinarchiveError('METADATA_SNAP_MISSING', `thin pool ${this.what}: reserved a metadata snapshot but the status shows none held`);
+      }
+      await this.writeRecord(me, 'held', st.heldRoot);
+      this.logger.info({ pool: this.what, heldRoot: st.heldRoot }, 'reserved the metadata snapshot');
+      return st.heldRoot;
+    } catch (e) {
+      // We did reserve it: undo that before reporting.
+      try {
+        await this.message('release_metadata_snap');
+        await this.removeRecord();
+      } catch (e2) {
+        attachReleaseError(e, e2 as Error);
+      }
+      throw e;
+    }
+  }
+
+  /** Release our snapshot if it still is ours. Returns the error instead of throwing it. */
+  private async release(root: number): Promise<Error | undefined> {
+    let st: PoolStatusOk;
+    try {
+      st = await this.okStatus();
+    } catch (e) {
+      return releaseFailed(e as Error, this.what, root);
+    }
+    if (st.heldRoot !== root) {
+      await this.removeRecord();
+      return new UnsafeError(
+        'METADATA_SNAP_LOST',
+        `thin pool ${this.what}: the metadata snapshot thinarchive reserved (root ${root}) was released by another program while in use` +
+          `${st.heldRoot !== null ? ` (root ${st.heldRoot} is held now and was left alone)` : ''}; what was read from it cannot be trusted`,
+      );
+    }
+    try {
+      await this.message('release_metadata_snap');
+    } catch (e) {
+      // The record stays: the next run recognises the snapshot as ours once this process is gone.
+      return releaseFailed(e as Error, this.what, root);
+    }
+    await this.removeRecord();
+    this.logger.info({ pool: this.what, heldRoot: root }, 'released the metadata snapshot');
+    return undefined;
+  }
+}
+
+function releaseFailed(e: Error, what: string, root: number): Error {
+  const msg = `thin pool ${what}: releasing the metadata snapshot (root ${root}) failed: ${e.message}; ` +
+    'it stays reserved (costing metadata space) until the next thinarchive run on this pool releases it';
+  if (e instanceof CommandError) return new CommandError('METADATA_SNAP_RELEASE_FAILED', msg, e.argv, e.exitCode, e.stderr);
+  return new ThinarchiveError('METADATA_SNAP_RELEASE_FAILED', msg, 'runtime', { cause: e });
+}
+
+function attachReleaseError(err: unknown, releaseError: Error): void {
+  if (err === null || typeof err !== 'object') return;
+  try {
+    Object.defineProperty(err, 'releaseError', { value: releaseError, enumerable: true, configurable: true, writable: true });
+  } catch {
+    // a frozen error object: nothing to attach to
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Parser for the status line of a thin-pool target (pure): `dmsetup status <dm vg>-<dm pool>-tpool`.
+ *
+ *   <start> <length> thin-pool <transaction id> <used meta>/<total meta> <used data>/<total data>
+ *     <held metadata root> ro|rw|out_of_data_space ignore_discard|discard_passdown|no_discard_passdown
+ *     error_if_no_space|queue_if_no_space needs_check|- <metadata low watermark>
+ *
+ * e.g. (Linux 6.1, lvm 2.03.16):
+ *   0 6291456 thin-pool 3 126/1024 1189/49152 - rw no_discard_passdown queue_if_no_space - 256
+ *   0 6291456 thin-pool 3 127/1024 1189/49152 82 rw no_discard_passdown queue_if_no_space - 256
+ *
+ * Metadata counts are metadata blocks (4 KiB), data counts pool blocks. The held root is the
+ * metadata block of the reserved metadata snapshot, '-' when none is held. A failed pool prints
+ * `Fail` instead of everything after `thin-pool`; an error reading the status prints `Error`
+ * (drivers/md/dm-thin.c, pool_status()). Older kernels stop after the held root, or before the low
+ * watermark: the trailing fields are optional here.
+ */
+import { FormatError } from '../errors.js';
+
+export type PoolMode = 'rw' | 'ro' | 'out_of_data_space';
+export type DiscardMode = 'passdown' | 'no_passdown' | 'ignore';
+
+export interface PoolStatusOk {
+  state: 'ok';
+  /** sectors: the target's start and length in the dm table */
+  start: number;
+  length: number;
+  transactionId: number;
+  metadataUsedBlocks: number;
+  metadataTotalBlocks: number;
+  dataUsedBlocks: number;
+  dataTotalBlocks: number;
+  /** metadata block of the held metadata snapshot, or null ('-') */
+  heldRoot: number | null;
+  /** null when the kernel does not print it */
+  mode: PoolMode | null;
+  discard: DiscardMode | null;
+  /** what a write does when the data space is full; null when not printed */
+  whenFull: 'error' | 'queue' | null;
+  needsCheck: boolean;
+  metadataLowWatermark: number | null;
+  /** 100 * used / total, 0 when total is 0 */
+  dataPercent: number;
+  metadataPercent: number;
+}
+
+export interface PoolStatusBad {
+  /** 'fail': the pool is in failure mode; 'error': the kernel could not read its metadata */
+  state: 'fail' | 'error';
+  start: number;
+  length: number;
+}
+
+export type PoolStatus = PoolStatusOk | PoolStatusBad;
+
+const UINT = /^[0-9]+$/;
+
+function bad(line: string, detail: string): FormatError {
+  return new FormatError('POOL_STATUS', `thin-pool status ${JSON.stringify(line.slice(0, 200))}: ${detail}`);
+}
+
+function uint(line: string, s: string | undefined, what: string): number {
+  if (s === undefined || !UINT.test(s)) throw bad(line, `${what} is ${s === undefined ? 'missing' : JSON.stringify(s)}`);
+  const n = Number(s);
+  if (!Number.isSafeInteger(n)) throw bad(line, `${what} ${s} is too large`);
+  return n;
+}
+
+function fraction(line: string, s: string | undefined, what: string): [number, number] {
+  const m = s === undefined ? null : /^([0-9]+)\/([0-9]+)$/.exec(s);
+  if (!m) throw bad(line, `${what} is ${s === undefined ? 'missing' : JSON.stringify(s)}, want USED/TOTAL`);
+  const used = uint(line, m[1], what);
+  const total = uint(line, m[2], what);
+  if (used > total) throw bad(line, `${what} ${s}: used exceeds total`);
+  return [used, total];
+}
+
+const pct = (used: number, total: number): number => (total === 0 ? 0 : (100 * used) / total);
+
+/** Parse the output of `dmsetup status <pool>-tpool` (one line; surrounding whitespace ignored). */
+export function parsePoolStatus(text: string): PoolStatus {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  if (lines.length !== 1) throw bad(text, lines.length === 0 ? 'empty' : `${lines.length} lines, want one thin-pool target`);
+  const line = lines[0]!;
+  const f = line.split(/\s+/);
+  const start = uint(line, f[0], 'start');
+  const length = uint(line, f[1], 'length');
+  if (f[2] !== 'thin-pool') throw bad(line, `target type is ${JSON.stringify(f[2] ?? '')}, not thin-pool`);
+  if (f[3] === 'Fail' || f[3] === 'Error') {
+    if (f.length !== 4) throw bad(line, `unexpected fields after ${f[3]}`);
+    return { state: f[3] === 'Fail' ? 'fail' : 'error', start, length };
+  }
+  if (f.length < 7) throw bad(line, 'too few fields');
+  const transactionId = uint(line, f[3], 'transaction id');
+  const [metadataUsedBlocks, metadataTotalBlocks] = fraction(line, f[4], 'metadata usage');
+  const [dataUsedBlocks, dataTotalBlocks] = fraction(line, f[5], 'data usage');
+  const heldRoot = f[6] === '-' ? null : uint(line, f[6], 'held metadata root');
+
+  let mode: PoolMode | null = null;
+  if (f[7] !== undefined) {
+    if (f[7] !== 'rw' && f[7] !== 'ro' && f[7] !== 'out_of_data_space') throw bad(line, `unknown pool mode ${JSON.stringify(f[7])}`);
+    mode = f[7];
+  }
+  let discard: DiscardMode | null = null;
+  if (f[8] !== undefined) {
+    const d = ({ discard_passdown: 'passdown', no_discard_passdown: 'no_passdown', ignore_discard: 'ignore' } as const)[f[8] as 'discard_passdown'];
+    if (d === undefined) throw bad(line, `unknown discard mode ${JSON.stringify(f[8])}`);
+    discard = d;
+  }
+  let whenFull: 'error' | 'queue' | null = null;
+  if (f[9] !== undefined) {
+    if (f[9] !== 'error_if_no_space' && f[9] !== 'queue_if_no_space') throw bad(line, `unknown no-space mode ${JSON.stringify(f[9])}`);
+    whenFull = f[9] === 'error_if_no_space' ? 'error' : 'queue';
+  }
+  let needsCheck = false;
+  if (f[10] !== undefined) {
+    if (f[10] !== 'needs_check' && f[10] !== '-') throw bad(line, `unknown needs_check field ${JSON.stringify(f[10])}`);
+    needsCheck = f[10] === 'needs_check';
+  }
+  const metadataLowWatermark = f[11] === undefined ? null : uint(line, f[11], 'metadata low watermark');
+  if (f.length > 12) throw bad(line, `unexpected field ${JSON.stringify(f[12])}`);
+
+  return {
+    state: 'ok',
+    start,
+    length,
+    transactionId,
+    metadataUsedBlocks,
+    metadataTotalBlocks,
+    dataUsedBlocks,
+    dataTotalBlocks,
+    heldRoot,
+    mode,
+    discard,
+    whenFull,
+    needsCheck,
+    metadataLowWatermark,
+    dataPercent: pct(dataUsedBlocks, dataTotalBlocks),
+    metadataPercent: pct(metadataUsedBlocks, metadataTotalBlocks),
+  };
+}
+
+export { dmName, poolDmName, tmetaPath } from './names.js';
