@@ -1,10 +1,15 @@
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+    // The LVM fixture capture is a tool run on purpose (see fixtures/lvm/README.md), not a test.
+    exclude: process.env.THINARCHIVE_CAPTURE_LVM_FIXTURES === '1'
+      ? configDefaults.exclude
+      : [...configDefaults.exclude, 'test/lab/lvm-fixtures.test.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });
