@@ -65,8 +65,11 @@ function encode(api, msg) {
         storedLen = 0;
       }
       const codec = storedLen > 0 ? CODEC_ZSTD : CODEC_NONE;
-      const stored = codec === CODEC_ZSTD ? Buffer.from(scratch.subarray(0, storedLen)) : Buffer.from(raw);
-      const storedBuf = stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.length);
+      // One copy into a buffer of its own, which is transferred to the main thread.
+      const src = codec === CODEC_ZSTD ? scratch.subarray(0, storedLen) : raw;
+      const storedBuf = new ArrayBuffer(src.length);
+      const stored = new Uint8Array(storedBuf);
+      stored.set(src);
       const storedHash = api.h64Raw(stored);
       runs.push({ zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, storedHash, hashes: hashes.buffer, stored: storedBuf });
       transfer.push(hashes.buffer, storedBuf);

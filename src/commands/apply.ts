@@ -17,7 +17,7 @@ import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.j
 import { ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
-import { FileTarget, type TargetState, type ZeroStats } from '../target/file-target.js';
+import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
 import { resolveArchiveInputs } from './inputs.js';
 import { silentLogger, type Logger } from '../log.js';
 
@@ -50,7 +50,7 @@ export interface AppliedArchive {
 
 export interface ApplyResult {
   target: string;
-  targetKind: 'image' | 'blockdev';
+  targetKind: TargetKind;
   applied: AppliedArchive[];
   skipped: string[];
   state: { archiveId: string; sequence: number; chainId: string };

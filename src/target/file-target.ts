@@ -20,7 +20,7 @@ import { writeFileAtomic } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { thinio } from '../native.js';
 
-export type TargetKind = 'image' | 'blockdev';
+export type TargetKind = 'image' | 'blockdev' | 'lv';
 
 export interface TargetState {
   version: 1;
@@ -48,6 +48,59 @@ const ZERO_WRITE_CHUNK = 1 << 20;
 /** errno codes meaning "this zeroing method is not supported here" (as opposed to a real failure). */
 const UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENODEV']);
 
+/** Where a target's state is kept: a JSON file (images, block devices) or LV tags (LV targets). */
+export interface TargetStateStore {
+  /** Names the place, for messages. */
+  readonly where: string;
+  read(): Promise<TargetState | null>;
+  /** Replace the state atomically and durably. */
+  write(s: TargetState): Promise<void>;
+}
+
+/** A way to make a byte range of the target read back as zeroes. */
+export interface ZeroMethod {
+  stat: keyof ZeroStats;
+  broken: boolean;
+  run: (fd: number, offset: number, length: number) => void;
+}
+
+function parseState(text: string): TargetState | null {
+  try {
+    const s = JSON.parse(text) as TargetState;
+    if (s.version === 1 && typeof s.archiveId === 'string' && (s.status === 'clean' || s.status === 'applying')) return s;
+  } catch {
+    // fall through
+  }
+  return null;
+}
+
+/** State in a JSON file, replaced atomically (temporary file, fsync, rename, fsync directory). */
+export class JsonStateStore implements TargetStateStore {
+  constructor(readonly where: string) {}
+
+  async read(): Promise<TargetState | null> {
+    let text: string;
+    try {
+      text = await readFile(this.where, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(e, `cannot read target state ${this.where}`);
+    }
+    const s = parseState(text);
+    if (!s) throw new UnsafeError('TARGET_STATE_CORRUPT', `target state file ${this.where} is unreadable; refusing to guess the target's state`);
+    return s;
+  }
+
+  async write(s: TargetState): Promise<void> {
+    try {
+      await mkdir(dirname(this.where), { recursive: true });
+      await writeFileAtomic(this.where, JSON.stringify(s, null, 2) + '\n');
+    } catch (e) {
+      throw ioError(e, `cannot write target state ${this.where}`);
+    }
+  }
+}
+
 export function defaultStateDir(): string {
   return process.env.THINARCHIVE_STATE_DIR || '/var/lib/thinarchive';
 }
@@ -61,7 +114,7 @@ export class FileTarget {
   readonly zeroStats: ZeroStats = { punched: 0, zeroedRange: 0, zeroedOut: 0, written: 0 };
   private zeroBuf: Buffer | undefined;
   /** Zeroing methods in order of preference; each guarantees the range reads back as zeroes. */
-  private readonly zeroMethods: { stat: keyof ZeroStats; broken: boolean; run: (fd: number, off: number, len: number) => void }[];
+  private readonly zeroMethods: ZeroMethod[];
   /** Told when zeroing falls back to a slower method. */
   log: Logger = silentLogger;
 
@@ -70,10 +123,11 @@ export class FileTarget {
     readonly path: string,
     private readonly fh: FileHandle,
     public size: number,
-    readonly stateFile: string,
+    readonly stateStore: TargetStateStore,
+    zeroMethods?: ZeroMethod[],
   ) {
     const io = thinio();
-    this.zeroMethods = [
+    this.zeroMethods = zeroMethods ?? [
       { stat: 'punched', broken: false, run: io.punchHole },
       kind === 'image'
         ? { stat: 'zeroedRange', broken: false, run: io.zeroRange }
@@ -87,6 +141,17 @@ export class FileTarget {
    * must not exist yet and is created sparse at `createSize`.
    */
   static async open(path: string, opts: { create?: boolean; createSize?: number; stateDir?: string } = {}): Promise<FileTarget> {
+    return FileTarget.openWith(path, opts);
+  }
+
+  /**
+   * Open with a given state store and zeroing methods (used by LV targets, which are block devices
+   * whose state lives in LV tags and whose zeroing must not allocate pool space).
+   */
+  static async openWith(
+    path: string,
+    opts: { create?: boolean; createSize?: number; stateDir?: string; kind?: TargetKind; stateStore?: TargetStateStore; zeroMethods?: ZeroMethod[] },
+  ): Promise<FileTarget> {
     let st: import("node:fs").Stats | undefined;
     try {
       st = await stat(path);
@@ -105,7 +170,8 @@ export class FileTarget {
         throw ioError(e, `cannot open target ${path}`);
       }
       const size = thinio().blkGetSize64(fh.fd);
-      return new FileTarget('blockdev', path, fh, size, stateFileFor('blockdev', path, opts.stateDir));
+      const store = opts.stateStore ?? new JsonStateStore(stateFileFor('blockdev', path, opts.stateDir));
+      return new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods);
     }
     if (st && !st.isFile()) throw new UsageError(`target ${path} is neither an image file nor a block device`);
     if (!st && !opts.create) throw new UsageError(`target ${path} does not exist (use --create to make a new image)`);
@@ -123,42 +189,24 @@ export class FileTarget {
     const stateFile = stateFileFor('image', path, opts.stateDir);
     // A state file without its image is stale (the image was removed): a new image starts with none.
     if (!st) await rm(stateFile, { force: true });
-    return new FileTarget('image', path, fh, size, stateFile);
+    return new FileTarget('image', path, fh, size, new JsonStateStore(stateFile));
   }
 
   get fd(): number {
     return this.fh.fd;
   }
 
-  async readState(): Promise<TargetState | null> {
-    let text: string;
-    try {
-      text = await readFile(this.stateFile, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw ioError(e, `cannot read target state ${this.stateFile}`);
-    }
-    try {
-      const s = JSON.parse(text) as TargetState;
-      if (s.version !== 1 || typeof s.archiveId !== 'string' || (s.status !== 'clean' && s.status !== 'applying')) throw new Error('bad');
-      return s;
-    } catch {
-      throw new UnsafeError('TARGET_STATE_CORRUPT', `target state file ${this.stateFile} is unreadable; refusing to guess the target's state`);
-    }
+  readState(): Promise<TargetState | null> {
+    return this.stateStore.read();
   }
 
-  async writeState(s: TargetState): Promise<void> {
-    try {
-      if (this.kind === 'blockdev') await mkdir(dirname(this.stateFile), { recursive: true });
-      await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n');
-    } catch (e) {
-      throw ioError(e, `cannot write target state ${this.stateFile}`);
-    }
+  writeState(s: TargetState): Promise<void> {
+    return this.stateStore.write(s);
   }
 
   /** Make the target exactly `size` bytes (images) or check that it is large enough (block devices). */
   async ensureSize(size: number): Promise<void> {
-    if (this.kind === 'blockdev') {
+    if (this.kind !== 'image') {
       if (this.size < size) {
         throw new UnsafeError('TARGET_TOO_SMALL', `target ${this.path} has ${this.size} bytes, the volume needs ${size}`);
       }
