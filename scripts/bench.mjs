@@ -394,14 +394,25 @@ class Runner {
     this.timeFile = join(dir, 'time.out');
     this.waitedTotal = 0;
     this.evictWorks = null;
+    this.primed = new Set();
   }
 
-  /** Make `files` cold (evict them from the page cache) or warm (read them), the same for every tool. */
+  /**
+   * Make `files` cold (evicted from this kernel's page cache) or warm (read into it), the same for
+   * every tool. Before its first cold run a file is read once: on a virtual disk the host may cache
+   * what was read before, and the first reader of a freshly written file would otherwise pay for
+   * everyone (see docs/PERFORMANCE.md, "Caches").
+   */
   prepareCache(files) {
     sh('sync', []);
+    const read = (f) => sh('sh', ['-c', 'cat "$1" > /dev/null', 'sh', f]);
     if (this.opts.warm) {
-      for (const f of files) sh('sh', ['-c', 'cat "$1" > /dev/null', 'sh', f]);
+      for (const f of files) read(f);
       return 'warm';
+    }
+    for (const f of files) {
+      if (!this.primed.has(f)) read(f);
+      this.primed.add(f);
     }
     for (const f of files) sh('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none']);
     if (this.evictWorks === null && which('fincore')) {
@@ -570,6 +581,7 @@ async function main() {
       thinarchive: sh(node, [TA, '--version']).stdout.trim(),
       gitCommit: git(['rev-parse', '--short', 'HEAD']),
       gitDirtySrc: git(['status', '--porcelain', '--', 'src']).split('\n').filter(Boolean).length,
+      distBuiltAt: fs.statSync(join(ROOT, 'dist/cli/main.js')).mtime.toISOString(),
       loadavgAtStart: loadavg(),
     };
     log(`machine: ${machine.nproc} cpu ${machine.cpuModel}, ${fmtBytes(machine.memoryBytes)}, kernel ${machine.kernel}, node ${machine.node}, load ${machine.loadavgAtStart.join(' ')}`);
@@ -596,6 +608,13 @@ async function main() {
     };
     const M = results.measurements;
 
+    // 2. Context: reading the image with dd, out of the page cache (how fast the "disk" is).
+    M.readImage = await measure(runner, 'dd read image', 1, () => ({
+      cmd: 'dd', args: [`if=${img}`, 'of=/dev/null', 'bs=4M', 'status=none'], opts: { cacheFiles: [img] },
+    }));
+    M.readImage.name = 'dd if=image of=/dev/null bs=4M (context: source read speed)';
+    M.readImage.bytes = opts.size;
+
     // 2a. Fixed cost of one invocation: a full send of a 1 MiB image (process, worker pool, fsyncs).
     const tiny = join(dir, 'tiny.img');
     generateImage(tiny, MiB, opts.seed + 99);
@@ -608,7 +627,7 @@ async function main() {
     M.version = await measure(runner, 'thinarchive --version', opts.runs, () => ({ ...ta('--version') }));
     M.version.name = 'thinarchive --version (node + CLI start)';
 
-    // 2. Full send vs zstd on the same allocated bytes; runs interleaved (A B C A B C ...).
+    // 3. Full send vs zstd on the same allocated bytes; runs interleaved (A B C A B C ...).
     const zOut = join(dir, 'baseline.zst');
     let fullArchive = null;
     let sendStats = null;
@@ -651,7 +670,7 @@ async function main() {
     M.zstdWholeImage = { ...merge('zstd -3 -T0 whole image (holes read as zeroes) + fsync', zstdWhole), bytes: comp.allocated, imageBytes: opts.size, outBytes: zstdWhole[0].runs[0].outBytes };
     fs.rmSync(`${zOut}.whole`, { force: true });
 
-    // 3. Apply (into a new sparse image) vs dd of the same data bytes into a new file.
+    // 4. Apply (into a new sparse image) vs dd of the same data bytes into a new file.
     const target = join(dir, 'target.img');
     const ddOut = join(dir, 'dd.out');
     const applies = [];
@@ -685,7 +704,7 @@ async function main() {
     results.checks = { applyMatchesImage: same.status === 0 };
     if (same.status !== 0) log(`ERROR: applied target differs from the image: ${same.stdout}${same.stderr}`);
 
-    // 4. Verify; zstd -t (decompress + check) for context.
+    // 5. Verify; zstd -t (decompress + check) for context.
     let verifyStats = null;
     const verifies = [];
     const zstdTests = [];
@@ -706,7 +725,7 @@ async function main() {
     M.zstdTest = { ...merge('zstd -t (decompress + content checksum, 1 thread)', zstdTests), bytes: comp.allocated };
     results.checks.verifyOk = verifyStats.ok;
 
-    // 5. Incremental: rewrite ~1.5% of the image, send against the full archive.
+    // 6. Incremental: rewrite ~1.5% of the image, send against the full archive.
     const delta = join(dir, 'delta.xml');
     const changedRaw = join(dir, 'changed.raw');
     results.incremental = makeIncremental(img, regions, opts.seed, 0.015, delta, changedRaw);
@@ -750,7 +769,7 @@ async function main() {
     if (same2.status !== 0) log(`ERROR: target after the incremental differs from the image: ${same2.stdout}${same2.stderr}`);
     for (const f of [target, `${target}.thinarchive.json`, allocRaw, nonzeroRaw, changedRaw, `${zOut}.incr`]) fs.rmSync(f, { force: true });
 
-    // 6. Peak RSS of the full send as the image grows (same layout generator: same data density).
+    // 7. Peak RSS of the full send as the image grows (same layout generator: same data density).
     results.rssCurve = [{ size: opts.size, allocated: comp.allocated, peakRssBytes: M.sendFull.peakRssBytes, seconds: M.sendFull.seconds }];
     for (const size of opts.rssSizes) {
       const p = join(dir, `image-${size}.img`);
@@ -764,7 +783,7 @@ async function main() {
     }
     results.rssCurve.sort((a, b) => a.size - b.size);
 
-    // 7. Optional CPU profile of one full send (main thread and workers).
+    // 8. Optional CPU profile of one full send (main thread and workers).
     if (opts.profile) {
       const pdir = join(dirname(opts.out), 'profile');
       fs.rmSync(pdir, { recursive: true, force: true });
@@ -795,7 +814,7 @@ function report(r) {
   const m = r.machine;
   const lines = [];
   const p = (s = '') => lines.push(s);
-  p(`thinarchive ${m.thinarchive} (git ${m.gitCommit}${m.gitDirtySrc ? `, ${m.gitDirtySrc} uncommitted src files` : ''}) — ${r.date}`);
+  p(`thinarchive ${m.thinarchive} (git ${m.gitCommit}${m.gitDirtySrc ? `, ${m.gitDirtySrc} uncommitted src files` : ''}; dist built ${m.distBuiltAt}) — ${r.date}`);
   p(`machine: ${m.nproc} x ${m.cpuModel}, ${fmtBytes(m.memoryBytes)} RAM, kernel ${m.kernel}, node ${m.node}, ${m.zstd.replace(/^\*+\s*|\s*\*+$/g, '')}, ${m.filesystem}`);
   const im = r.image;
   p(`image: ${fmtBytes(im.size)} seed ${im.seed}, ${im.regions} regions: random ${fmtMiB(im.random)}, text ${fmtMiB(im.text)}, zero-filled ${fmtMiB(im.zero)}, holes ${fmtMiB(im.hole)}; allocated ${fmtMiB(im.allocated)} (non-zero ${fmtMiB(im.nonzero)})`);
@@ -827,6 +846,7 @@ function report(r) {
   const vg = M.verify.bytes / M.verify.seconds / 1e9;
   row('verify', M.verify, M.verify.bytes, `${vg.toFixed(2)} GB/s`, `>=1 GB/s ${ok(vg >= 1)}`);
   row('', M.zstdTest, M.zstdTest.bytes, '(context)');
+  row('read source', M.readImage, M.readImage.bytes, '(context)');
   const w = rows[0].map((_, c) => Math.max(...rows.map((x) => x[c].length)));
   for (const [i, x] of rows.entries()) {
     p(x.map((c, j) => (j >= 2 && j !== 6 ? c.padStart(w[j]) : c.padEnd(w[j]))).join('  ').trimEnd());

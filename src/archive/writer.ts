@@ -244,7 +244,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     const progress: WriteProgress = { bytesRead: 0, bytesTotal: mapEnd.dataBlocks * blockSize, bytesWritten: 0 };
     const blocksPerJob = Math.max(1, Math.floor(MAX_RECORD_RAW / blockSize));
     const jobBytes = blocksPerJob * blockSize;
-    const window = pool.size * 2 + 2;
+    const window = pool.size + 2;
     const free: ArrayBuffer[] = [];
     const inflight: Promise<{ runs: EncodeRun[]; buf: ArrayBuffer }>[] = [];
     const drainOne = async (): Promise<void> => {

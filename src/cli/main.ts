@@ -9,6 +9,8 @@ import { apply } from '../commands/apply.js';
 import { info } from '../commands/info.js';
 import { list } from '../commands/list.js';
 import { send } from '../commands/send.js';
+import { DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, sendLv, type SendLvResult } from '../commands/send-lv.js';
+import type { WriteProgress } from '../archive/writer.js';
 import { verify } from '../commands/verify.js';
 import { endWritable, writableSink } from '../store/stream.js';
 import { describeZeroStats } from '../target/file-target.js';
@@ -71,38 +73,74 @@ function buildProgram(): Command {
 
   program
     .command('send')
-    .description('write a full or incremental archive of an image file or block device')
-    .requiredOption('--image <path>', 'image file or block device to archive')
-    .option('--changes <delta.xml>', 'thin_delta XML of what changed since the parent (incremental)')
-    .option('--parent <archive|dir>', 'the archive this one follows (a store directory: its newest archive)')
+    .description('write a full or incremental archive of a thin LV (VG/LV: managed snapshots), a user-managed snapshot, or an image')
+    .argument('[volume]', 'thin LV to send, as VG/LV (the newest state, through a managed snapshot)')
+    .option('--image <path>', 'image file or block device to archive instead of an LV')
     .requiredOption('--to <dir|->', "store directory, or '-' for standard output")
-    .addOption(new Option('--block-size <size>', 'block size of a new chain (power of two, 4K..4M)').argParser(sizeOption('--block-size')))
+    .option('--full', 'LV: a full archive even when the chain has a base snapshot')
+    .option('--chain <name>', `LV: chain name, one per destination (default "${DEFAULT_CHAIN}")`)
+    .option('--snapshot <vg/snap>', 'send this user-managed thin snapshot (nothing is created or removed)')
+    .option('--base <vg/snap>', 'with --snapshot: the older snapshot the incremental starts from (needs --parent)')
+    .addOption(new Option('--max-data-percent <n>', `LV: refuse when the pool's data usage is above N% (default ${DEFAULT_MAX_DATA_PERCENT})`).argParser(intOption('--max-data-percent', 0, 100)))
+    .addOption(new Option('--max-metadata-percent <n>', `LV: refuse when the pool's metadata usage is above N% (default ${DEFAULT_MAX_METADATA_PERCENT})`).argParser(intOption('--max-metadata-percent', 0, 100)))
+    .option('--force-release', "LV: release a pool metadata snapshot held by another program (it will read garbage)")
+    .option('--state-dir <dir>', 'LV: where locks and reservation records are kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--changes <delta.xml>', 'image: thin_delta XML of what changed since the parent (incremental)')
+    .option('--parent <archive|dir>', 'image or --snapshot: the archive this one follows (a store directory: its newest archive)')
+    .addOption(new Option('--block-size <size>', 'image: block size of a new chain (power of two, 4K..4M)').argParser(sizeOption('--block-size')))
     .addOption(new Option('--level <n>', 'zstd compression level (1..19)').argParser(intOption('--level', 1, 19)).default(3))
-    .option('--name <name>', 'volume name recorded in the header (default: the image file name)')
-    .option('--volume-uuid <uuid>', 'stable volume UUID for a new chain (default: random)')
-    .option('--dry-run', 'print what would be written, without reading any data')
+    .option('--name <name>', 'image: volume name recorded in the header (default: the image file name)')
+    .option('--volume-uuid <uuid>', 'image: stable volume UUID for a new chain (default: random)')
+    .option('--dry-run', 'print what would be written, without reading any data (an LV send snapshots and removes the snapshot)')
     .option('--json', 'print the result as JSON')
-    .action(async (o) => {
+    .action(async (volume: string | undefined, o) => {
+      const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease', 'stateDir'];
+      const imageFlags = ['changes', 'blockSize', 'name', 'volumeUuid'];
+      const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+      const lvSend = volume !== undefined || o.snapshot !== undefined;
+      if (lvSend === (o.image !== undefined)) {
+        throw new UsageError(lvSend ? 'send either a volume (VG/LV or --snapshot) or --image, not both' : 'name what to send: VG/LV, --snapshot VG/SNAP or --image PATH');
+      }
+      const misplaced = (lvSend ? imageFlags : lvFlags).filter((k) => o[k] !== undefined);
+      if (misplaced.length) throw new UsageError(`${misplaced.map(flag).join(', ')} ${misplaced.length > 1 ? 'do' : 'does'} not go with ${lvSend ? 'an LV send' : '--image'}`);
       const toStdout = o.to === '-';
       const progress = new Progress('send');
-      const res = await send({
-        image: o.image, changes: o.changes, parent: o.parent, blockSize: o.blockSize, level: o.level, name: o.name,
-        volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal,
-        to: toStdout ? { sink: writableSink(process.stdout), label: 'standard output' } : o.to,
-        onProgress: (p) => progress.update(p.bytesRead, p.bytesTotal),
-      });
+      const to = toStdout ? { sink: writableSink(process.stdout), label: 'standard output', end: () => endWritable(process.stdout) } : o.to;
+      const onProgress = (p: WriteProgress): void => progress.update(p.bytesRead, p.bytesTotal);
+      const res = lvSend
+        ? await sendLv({
+          volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, maxDataPercent: o.maxDataPercent,
+          maxMetadataPercent: o.maxMetadataPercent, forceRelease: !!o.forceRelease, stateDir: o.stateDir, dryRun: !!o.dryRun, level: o.level,
+          logger: log, signal: controller.signal, onProgress,
+        })
+        : await send({
+          image: o.image, changes: o.changes, parent: o.parent, blockSize: o.blockSize, level: o.level, name: o.name,
+          volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal, to, onProgress,
+        });
       progress.done();
-      if (toStdout && !o.dryRun) await endWritable(process.stdout);
       if (o.json) json(res, toStdout && !o.dryRun);
-      else err(printSend(res));
+      else {
+        err(printSend(res));
+        if ('snapshot' in res) {
+          const r = res as SendLvResult;
+          const snap = (x: { vg: string; name: string; thinId: number }): string => `${x.vg}/${x.name} (thin id ${x.thinId})`;
+          err(`  snapshot ${snap(r.snapshot)}${r.base ? `, delta from ${snap(r.base)}` : ''}; pool ${r.pool}, chunk ${r.poolChunkSize} B${r.chain !== null ? `; chain "${r.chain}"` : ''}`);
+          if (r.recovered.length) err(`  made base after an interrupted send: ${r.recovered.join(', ')}`);
+          if (r.removed.length) err(`  removed: ${r.removed.join(', ')}`);
+          for (const w of r.warnings) err(`  warning: ${w}`);
+        }
+      }
     });
 
   program
     .command('apply')
-    .description('replay archives onto an image file or block device')
+    .description('replay archives onto an image file, a block device or a logical volume (VG/LV)')
     .argument('<archives...>', "archive files, store/chain directories, or '-' for standard input")
-    .requiredOption('--to <target>', 'image file or block device')
-    .option('--create', 'create a new sparse image of the volume size')
+    .requiredOption('--to <target>', 'image file, block device, or VG/LV (state kept in LV tags)')
+    .option('--create', 'create a new sparse image, or with --pool a new thin LV, of the volume size')
+    .option('--pool <VG/POOL>', 'thin pool --create makes a new LV target in')
+    .option('--snapshot-target', 'LV targets: keep a read-only thin snapshot of the target after each applied archive')
+    .addOption(new Option('--keep <n>', 'with --snapshot-target: keep the N newest snapshots (default: all)').argParser(intOption('--keep', 1, 1_000_000)))
     .option('--force', 'allow a full archive to overwrite a target with other or no recorded state')
     .option('--state-dir <dir>', 'where block-device target state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
     .option('--json', 'print the result as JSON')
@@ -110,11 +148,20 @@ function buildProgram(): Command {
       const progress = new Progress('apply');
       const res = await apply({
         inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin,
+        pool: o.pool, snapshotTarget: !!o.snapshotTarget, keep: o.keep,
         signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });
       progress.done();
       if (o.json) json(res);
-      else err(printApply(res, describeZeroStats(res.zeroing)));
+      else {
+        const lines = [printApply(res, describeZeroStats(res.zeroing))];
+        if (res.lv?.created) lines.push(`created thin LV ${res.lv.vg}/${res.lv.lv} in pool ${res.lv.pool}`);
+        if (res.lv?.noDiscardReason) lines.push(`zeroing wrote zeroes instead of discarding: ${res.lv.noDiscardReason}`);
+        for (const s of res.snapshots?.created ?? []) lines.push(`snapshot ${res.lv!.vg}/${s.name} (sequence ${s.sequence})`);
+        for (const n of res.snapshots?.removed ?? []) lines.push(`removed old snapshot ${res.lv!.vg}/${n}`);
+        if (res.snapshots) lines.push(`snapshots kept: ${res.snapshots.kept.map((s) => s.name).join(', ') || 'none'}`);
+        err(lines.join('\n'));
+      }
     });
 
   program

@@ -10,6 +10,9 @@
  *   the data is flushed. A failure leaves "applying"; applying the same archive again completes it.
  * From standard input the trailer can only be checked at the end: the target then stays "applying"
  * until the whole stream has been verified.
+ *
+ * A target `VG/LV` (two LVM names, not an existing path) is a logical volume: see lv-target.ts (state
+ * in LV tags, discard-based zeroing on thin LVs, `--create --pool`, `--snapshot-target --keep N`).
  */
 import { FormatError, UnsafeError, UsageError } from '../errors.js';
 import { withPool, type WorkerPool } from '../archive/pool.js';
@@ -19,7 +22,9 @@ import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
 import { resolveArchiveInputs } from './inputs.js';
+import { LvTarget, lvTargetSpec, parsePoolSpec, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
 import { silentLogger, type Logger } from '../log.js';
+import type { LvmExec } from '../lvm/exec.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -32,6 +37,14 @@ export interface ApplyOptions {
   to: string;
   create?: boolean;
   force?: boolean;
+  /** LV targets: the thin pool (`VG/POOL`) --create makes the new LV in. */
+  pool?: string;
+  /** LV targets: keep a read-only thin snapshot of the target after each applied archive. */
+  snapshotTarget?: boolean;
+  /** with snapshotTarget: keep this many newest snapshots (default: all) */
+  keep?: number;
+  /** LV targets: how LVM commands are run (tests); default execa with the logger. */
+  lvmExec?: LvmExec;
   /** The bytes of `-` (standard input). */
   stdin?: AsyncIterable<Uint8Array>;
   stateDir?: string;
@@ -55,6 +68,10 @@ export interface ApplyResult {
   skipped: string[];
   state: { archiveId: string; sequence: number; chainId: string };
   zeroing: ZeroStats;
+  /** LV targets only */
+  lv?: LvTargetReport;
+  /** with --snapshot-target */
+  snapshots?: TargetSnapshots;
 }
 
 function describeState(s: TargetState): string {
@@ -191,10 +208,30 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
       headers = files.map((f) => f.header);
     }
 
-    // A new image is created only once the archives are known to fit it.
+    // A new image (or LV) is created only once the archives are known to fit it.
     const created = !!opts.create;
     if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
-    const target = await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
+    const lvRef = await lvTargetSpec(opts.to);
+    if (!lvRef) {
+      if (opts.pool !== undefined) throw new UsageError(`--pool is for LV targets (VG/LV); ${opts.to} is a path`);
+      if (opts.snapshotTarget) throw new UsageError(`--snapshot-target is for thin LV targets (VG/LV); ${opts.to} is a path`);
+    }
+    if (opts.keep !== undefined && !opts.snapshotTarget) throw new UsageError('--keep goes with --snapshot-target');
+    if (lvRef && created && opts.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lvRef.vg}/POOL (the thin pool to make it in)`);
+    if (lvRef && !created && opts.pool !== undefined) throw new UsageError('--pool goes with --create');
+    let lvt: LvTarget | undefined;
+    if (lvRef) {
+      lvt = await LvTarget.open({
+        ...lvRef,
+        ...(created ? { createPool: parsePoolSpec(opts.pool!, lvRef.vg), createSize: headers[0].volumeSize } : {}),
+        neededSize: Math.max(...headers.map((h) => h.volumeSize)),
+        blockSize: headers[0].blockSize,
+        ...(opts.snapshotTarget ? { snapshot: opts.keep !== undefined ? { keep: opts.keep } : {} } : {}),
+        ...(opts.lvmExec ? { exec: opts.lvmExec } : {}),
+        log: opts.log ?? silentLogger,
+      });
+    }
+    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
     target.log = opts.log ?? silentLogger;
     try {
       const state = created ? null : await target.readState();
@@ -203,15 +240,24 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         target: opts.to, targetKind: target.kind, applied: [], skipped: headers.slice(0, start).map((h) => h.archiveId),
         state: state ? { archiveId: state.archiveId, sequence: state.sequence, chainId: state.chainId } : { archiveId: '', sequence: -1, chainId: '' },
         zeroing: target.zeroStats,
+        ...(lvt ? { lv: lvt.report } : {}),
+        ...(lvt && opts.snapshotTarget ? { snapshots: lvt.snapshots } : {}),
       };
-      if (start >= headers.length) return result;
+      if (start >= headers.length) {
+        // Nothing to apply; a clean target still gets its snapshot if it has none (e.g. the run
+        // that applied it failed while taking it).
+        if (state?.status === 'clean') await lvt?.afterClean(state);
+        return result;
+      }
 
+      // The state as last read or written (an LV target's state costs an lvs call to read).
+      let current: TargetState | null = state;
       await withPool(async (pool) => {
         for (let i = start; i < headers.length; i++) {
           const h = headers[i];
           const t0 = performance.now();
           await target.ensureSize(h.volumeSize);
-          const prev = await target.readState();
+          const prev = current;
           const applying: TargetState = {
             version: 1, volumeUuid: h.volumeUuid, chainId: prev?.chainId ?? h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
             archiveId: prev?.archiveId ?? '', sequence: prev?.sequence ?? -1, status: 'applying',
@@ -237,18 +283,21 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
           const label = fromStdin ? 'standard input' : files[i].path;
           const r = await applyStream(events, h, target, pool, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
           await target.sync();
-          await target.writeState({
+          current = {
             version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
             archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
-          });
+          };
+          await target.writeState(current);
           opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
+          await lvt?.afterClean(h);
           result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });
           result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
         }
       });
       return result;
     } finally {
-      await target.close();
+      if (lvt) await lvt.close();
+      else await target.close();
     }
   } finally {
     for (const f of files) await f.close();
