@@ -30,6 +30,7 @@ import * as fs from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mulberry32Float } from './lib/prng.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const KiB = 1024;
@@ -114,17 +115,8 @@ const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(
 
 // ------------------------------------------------------------------------------------ data sources
 
-/** mulberry32: a small, fast, seeded 32-bit PRNG (layout decisions and text). */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (layout decisions and text): floats in [0, 1). */
+const rng = mulberry32Float;
 
 /** Incompressible bytes: the AES-256-CTR keystream of a key derived from the seed and a label. */
 function randomStream(seed, label) {

@@ -29,6 +29,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { mulberry32 } from './lib/prng.mjs';
 
 const BS = 4096;
 const VOLUME_SIZE = 1024 * 1024 + 1000;
@@ -57,17 +58,7 @@ const KIND_NAME = { 1: 'DATA', 2: 'ZERO', 3: 'UNMAP' };
 
 // ------------------------------------------------------------------------------------ volume contents
 
-/** mulberry32: a small seeded PRNG (the same bytes on every platform). */
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0);
-  };
-}
+const prng = mulberry32;
 
 function fillRandom(buf, start, end, rnd) {
   for (let i = start; i < end; i += 4) {

@@ -36,6 +36,7 @@ import { chunked, listSource, MemorySink, MemorySource } from '../../test/helper
 import { WorkerPool, type DecodeResult } from './pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from './reader.js';
 import { writeArchive, type NewArchive } from './writer.js';
+import { mulberry32 } from '../../scripts/lib/prng.mjs';
 
 const BS = 4096;
 const EXHAUSTIVE = process.env.THINARCHIVE_EXHAUSTIVE === '1';
@@ -299,16 +300,7 @@ async function build(h: NewArchive, src: Buffer, list: MapExtent[]): Promise<Bas
   return { bytes, spans: spans(bytes), image: image!, header: (o.events[0] as Extract<ArchiveEvent, { type: 'header' }>).header, events: o.events };
 }
 
-function rnd(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+const rnd = mulberry32;
 
 /**
  * The big base: 1030 blocks alternating compressible/zero (1030 records), an UNMAP hole, a ZERO

@@ -18,6 +18,7 @@ import { chunked, listSource, MemorySink, MemorySource } from '../../test/helper
 import { WorkerPool } from './pool.js';
 import { ArchiveFile, readArchive } from './reader.js';
 import { writeArchive, type NewArchive } from './writer.js';
+import { mulberry32 } from '../../scripts/lib/prng.mjs';
 
 let pool: WorkerPool;
 let dir: string;
@@ -49,16 +50,7 @@ interface Scenario {
   chunk: number;
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+const rng = mulberry32;
 
 /**
  * Block contents: 0 random, 1 zero, 2 text, 3 one repeated byte, 4 zero but the last byte,

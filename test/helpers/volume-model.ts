@@ -11,20 +11,12 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { mulberry32Float } from '../../scripts/lib/prng.mjs';
 
 export const POOL_BLOCK = 64 * 1024;
 
-/** Small deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Small deterministic PRNG (mulberry32): floats in [0, 1). */
+export const prng = mulberry32Float;
 
 const WORDS = (
   'thin pool volume snapshot archive block extent metadata chain sequence parent device mapper ' +

@@ -12,13 +12,9 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { labAvailable, labLeftovers, runInLab } from './lab.js';
+import { labLeftovers, runInLab, requireLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
-const ciSet = (): boolean => {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-};
 
 function srcFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => {
@@ -66,13 +62,7 @@ function parseResults(tsv: string): Results {
 
 describe('apply --to VG/LV in the thin-LVM lab', () => {
   it('replicates an ext4 thin LV chain into a thin LV in another VG: state tags, discards, snapshots, refusals, resume', async (ctx) => {
-    const avail = await labAvailable();
-    if (!avail.ok) {
-      if (ciSet()) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
-      console.warn(`thin-LVM lab skipped: ${avail.reason}`);
-      ctx.skip(`lab not available: ${avail.reason}`);
-      return;
-    }
+    await requireLab(ctx);
     const t0 = performance.now();
     const how = ensureDist();
     const run = await runInLab({

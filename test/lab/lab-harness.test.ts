@@ -5,12 +5,8 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LabError, labAvailable, labLeftovers, labPoolSetup, runInLab } from './lab.js';
+import { LabError, labAvailable, labLeftovers, labPoolSetup, runInLab, ciSet } from './lab.js';
 
-const ciSet = (): boolean => {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-};
 const avail = await labAvailable();
 if (!avail.ok && !ciSet()) console.warn(`thin-LVM lab harness tests skipped: ${avail.reason}`);
 

@@ -3,14 +3,10 @@
 // thin_delta between the snapshots, activation of a snapshot with -K, and node reading it inside.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
 import { describe, expect, it } from 'vitest';
-import { labAvailable, labLeftovers, labPoolSetup, runInLab } from './lab.js';
+import { labLeftovers, labPoolSetup, runInLab, requireLab } from './lab.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-const ciSet = (): boolean => {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-};
 
 // Everything below runs inside the guest (bash -eE -o pipefail). Results go to $LAB_OUT.
 const SCRIPT = String.raw`
@@ -86,13 +82,7 @@ function heldRoot(statusLine: string): string {
 
 describe('thin-LVM lab', () => {
   it('boots once and runs pool, snapshots, lvs, dmsetup, thin_delta and node inside', async (ctx) => {
-    const avail = await labAvailable();
-    if (!avail.ok) {
-      if (ciSet()) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
-      console.warn(`thin-LVM lab skipped: ${avail.reason}`);
-      ctx.skip(`lab not available: ${avail.reason}`);
-      return;
-    }
+    await requireLab(ctx);
     const t0 = performance.now();
     const run = await runInLab({ script: SCRIPT, disks: [{ sizeBytes: 4 * GiB }], timeoutMs: 150_000 });
     const total = performance.now() - t0;

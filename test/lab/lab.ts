@@ -186,6 +186,24 @@ async function checkAvailable(): Promise<{ ok: true } | { ok: false; reason: str
 }
 
 /** Single-quote for bash. */
+/** True when the CI variable is set (to anything but empty, 0 or false). */
+export function ciSet(): boolean {
+  const v = (process.env.CI ?? '').trim().toLowerCase();
+  return v !== '' && v !== '0' && v !== 'false';
+}
+
+/**
+ * Gate at the start of a lab test: returns when the lab can run. When it cannot, the test fails under
+ * CI (a skipped lab tier is a failure there) and is skipped elsewhere, with the reason printed.
+ */
+export async function requireLab(ctx: { skip: (note?: string) => void }): Promise<void> {
+  const avail = await labAvailable();
+  if (avail.ok) return;
+  if (ciSet()) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
+  console.warn(`thin-LVM lab skipped: ${avail.reason}`);
+  ctx.skip(`lab not available: ${avail.reason}`);
+}
+
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }

@@ -6,15 +6,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { labAvailable, labLeftovers, labPoolSetup, runInLab } from './lab.js';
+import { labLeftovers, labPoolSetup, runInLab, requireLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
 const POOL = 'thin-pool';
-const ciSet = (): boolean => {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-};
 
 /** dist/ if it is at least as new as every src file lvm depends on; otherwise compile to a cache dir. */
 function compiledDir(): { dir: string; how: string } {
@@ -54,13 +50,7 @@ interface Result {
 
 describe('src/lvm in the thin-LVM lab', () => {
   it('reports, snapshots, the metadata snapshot discipline, thin_delta and thin_dump on a real pool', async (ctx) => {
-    const avail = await labAvailable();
-    if (!avail.ok) {
-      if (ciSet()) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
-      console.warn(`thin-LVM lab skipped: ${avail.reason}`);
-      ctx.skip(`lab not available: ${avail.reason}`);
-      return;
-    }
+    await requireLab(ctx);
     const t0 = performance.now();
     const compiled = compiledDir();
     const tCompile = performance.now() - t0;

@@ -15,16 +15,12 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
-import { labAvailable, labLeftovers, labPoolSetup, runInLab, type LabRun } from './lab.js';
+import { labLeftovers, labPoolSetup, runInLab, type LabRun, requireLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
 const POOL = 'thin-pool';
 const CHUNK = 65536;
-const ciSet = (): boolean => {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-};
 
 function sourcesOf(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
@@ -83,13 +79,7 @@ afterAll(async () => {
 
 describe('send VG/LV in the thin-LVM lab', () => {
   it('a chain of a full and incremental sends of a filesystem in use applies to an image identical to each snapshot', async (ctx) => {
-    const avail = await labAvailable();
-    if (!avail.ok) {
-      if (ciSet()) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
-      console.warn(`thin-LVM lab skipped: ${avail.reason}`);
-      ctx.skip(`lab not available: ${avail.reason}`);
-      return;
-    }
+    await requireLab(ctx);
     const t0 = performance.now();
     const build = cliBuild();
     const tBuild = performance.now() - t0;
