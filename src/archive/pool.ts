@@ -114,11 +114,15 @@ export class WorkerPool {
    * Check a record's stored payload (transferred) against its stored hash, decompress it into exactly
    * rawLen bytes and check every block hash.
    */
-  decode(stored: ArrayBuffer, record: Pick<DataRecordHead, 'codec' | 'rawLen' | 'storedHash' | 'hashes'>, blockSize: number, wantData: boolean): Promise<DecodeResult> {
+  decode(
+    stored: ArrayBuffer, record: Pick<DataRecordHead, 'codec' | 'rawLen' | 'storedHash' | 'hashes'>, blockSize: number, wantData: boolean,
+    /** A buffer to decompress into (transferred), e.g. one returned by an earlier decode. */
+    out?: ArrayBuffer,
+  ): Promise<DecodeResult> {
     const h = record.hashes.slice().buffer;
     return this.run({
-      op: 'decode', stored, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, blockSize, hashes: h, wantData,
-    }, [stored, h]);
+      op: 'decode', stored, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, blockSize, hashes: h, wantData, out,
+    }, out ? [stored, h, out] : [stored, h]);
   }
 
   /** Hash the blocks of `len` bytes of `buf` (transferred); also reports which blocks are all zero. */

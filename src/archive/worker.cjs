@@ -24,6 +24,8 @@ const dctx = new binding.DCtx();
 let zeros = Buffer.alloc(0);
 /** @type {Buffer} */
 let scratch = Buffer.alloc(0);
+/** @type {Buffer} */
+let decodeScratch = Buffer.alloc(0);
 
 function isZero(/** @type {Buffer} */ b) {
   if (zeros.length < b.length) zeros = Buffer.alloc(b.length);
@@ -91,7 +93,13 @@ function decode(api, msg) {
     if (stored.length !== msg.rawLen) return fail('stored length differs from raw length');
     raw = stored;
   } else if (msg.codec === CODEC_ZSTD) {
-    const out = Buffer.allocUnsafe(msg.rawLen);
+    // Decompress into the caller's recycled buffer when it gave one large enough.
+    // Without wantData the bytes are only checked: decompress into this worker's own scratch buffer.
+    let out;
+    if (!msg.wantData) {
+      if (decodeScratch.length < msg.rawLen) decodeScratch = Buffer.allocUnsafe(msg.rawLen);
+      out = decodeScratch.subarray(0, msg.rawLen);
+    } else out = msg.out && msg.out.byteLength >= msg.rawLen ? Buffer.from(msg.out, 0, msg.rawLen) : Buffer.allocUnsafe(msg.rawLen);
     let n;
     try {
       n = dctx.decompress(out, stored);
@@ -111,7 +119,8 @@ function decode(api, msg) {
   if (bad.length > 0) return fail(`checksum mismatch in ${bad.length} block(s)`, bad);
   if (!storedOk) return fail('the decompressed blocks are intact');
   if (!msg.wantData) return { result: { ok: true }, transfer: [] };
-  const rawBuf = raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length);
+  // Hand back a buffer of exactly the payload (no copy when it already is one).
+  const rawBuf = raw.byteOffset === 0 && raw.length === raw.buffer.byteLength ? raw.buffer : raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length);
   return { result: { ok: true, raw: rawBuf }, transfer: [rawBuf] };
 }
 

@@ -17,7 +17,7 @@
 import { FormatError, UnsafeError, UsageError } from '../errors.js';
 import { withPool, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
-import { ExtentKind } from '../format/constants.js';
+import { Codec, ExtentKind, MAX_RECORD_RAW } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
@@ -126,7 +126,8 @@ export function checkChain(headers: ArchiveHeader[]): void {
   }
 }
 
-const DECODE_WINDOW_PER_WORKER = 3;
+const DECODE_WINDOW_PER_WORKER = 2;
+const MAX_WRITES_IN_FLIGHT = 2;
 
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
@@ -153,10 +154,19 @@ async function applyStream(
       throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${w.first}: ${res.error}${bad}`, w.offset, opts.label);
     }
     const raw = new Uint8Array(res.raw!);
-    await target.write(raw, w.first * bs);
-    dataBytes += raw.length;
-    progress();
+    // Writes to distinct offsets overlap with each other and with decoding; a few at a time.
+    const write = target.write(raw, w.first * bs).then(() => {
+      dataBytes += raw.length;
+      if (raw.byteLength === MAX_RECORD_RAW && spare.length < limit) spare.push(raw.buffer as ArrayBuffer);
+      progress();
+    });
+    write.catch(() => {}); // handled when awaited below
+    writes.push(write);
+    if (writes.length > MAX_WRITES_IN_FLIGHT) await writes.shift();
   };
+  const writes: Promise<void>[] = [];
+  /** Full-size output buffers of finished writes, decompressed into again (bounded memory, less GC). */
+  const spare: ArrayBuffer[] = [];
   try {
     for await (const ev of events) {
       opts.signal?.throwIfAborted();
@@ -166,16 +176,18 @@ async function applyStream(
         const r = ev.record;
         const p = ev.payload;
         const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
-        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r, bs, true) });
+        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r, bs, true, r.codec === Codec.ZSTD ? spare.pop() : undefined) });
         if (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {
         while (window.length > 0) await writeOldest();
+        while (writes.length > 0) await writes.shift();
         await zero(ev.record.firstBlock, ev.record.blockCount);
       }
     }
     while (window.length > 0) await writeOldest();
+    while (writes.length > 0) await writes.shift();
   } finally {
-    await Promise.allSettled(window.map((w) => w.p));
+    await Promise.allSettled([...window.map((w) => w.p), ...writes]);
   }
   return { dataBytes, zeroBytes };
 }
