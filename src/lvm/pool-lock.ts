@@ -17,6 +17,7 @@ import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ThinarchiveError, ioError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { pidExists } from '../process.js';
 
 /** Who holds something: enough to tell, later, whether that process is still running. */
 export interface ProcessIdentity {
@@ -50,15 +51,6 @@ export async function processStartTime(pid: number): Promise<number | null> {
 
 export async function selfIdentity(): Promise<ProcessIdentity> {
   return { pid: process.pid, bootId: await currentBootId(), startTime: await processStartTime(process.pid) };
-}
-
-function pidExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

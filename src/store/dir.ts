@@ -12,6 +12,7 @@ import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { fsyncDir, tempNameFor } from '../fsutil.js';
 import { ARCHIVE_EXTENSION } from '../format/constants.js';
 import type { ArchiveSink } from '../archive/writer.js';
+import { pidExists } from '../process.js';
 
 export interface StoredArchive {
   name: string;
@@ -49,15 +50,6 @@ async function isDir(p: string): Promise<boolean> {
     return (await stat(p)).isDirectory();
   } catch {
     return false;
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -180,7 +172,7 @@ export class DirectoryStore {
     const removed: string[] = [];
     for (const n of await readdir(dir)) {
       const m = TEMP_RE.exec(n);
-      if (m && !pidAlive(Number(m[1]))) {
+      if (m && !pidExists(Number(m[1]))) {
         await rm(join(dir, n), { force: true });
         removed.push(n);
       }
