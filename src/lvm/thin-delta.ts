@@ -34,8 +34,8 @@
  * - `nr_data_blocks` is 0 under `-m` (metadata snapshot) in 0.9: it is never used. `uuid` is always
  *   empty. 1.x adds `flags="1"` when needs_check is set, and some 1.x builds add `version="2"`.
  */
-import sax from 'sax';
-import type { SAXParser, Tag } from 'sax';
+import type { Tag } from 'sax';
+import { SaxDocumentReader } from './sax-reader.js';
 import { FormatError, UsageError } from '../errors.js';
 
 export interface ThinDeltaHeader {
@@ -76,8 +76,6 @@ export interface OpenThinDeltaOptions {
 
 /** The header (superblock and diff start tags) must appear within this many characters. */
 export const MAX_HEADER_CHARS = 64 * 1024;
-/** Input is fed to the XML parser in slices of at most this many characters. */
-const SLICE_CHARS = 16 * 1024;
 
 /** thin_delta's element names for the four kinds of run. */
 const KINDS = {
@@ -138,7 +136,7 @@ export async function openThinDelta(
       [Symbol.asyncIterator]() {
         if (used) throw new UsageError('the ranges of a thin delta can be iterated only once');
         used = true;
-        return reader.ranges();
+        return reader.items();
       },
     },
   };
@@ -146,19 +144,7 @@ export async function openThinDelta(
   return delta;
 }
 
-class DeltaReader {
-  private readonly parser: SAXParser;
-  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
-  /** The current chunk of text and how much of it has been fed to the parser. */
-  private text = '';
-  private textPos = 0;
-  private sourceDone = false;
-  /** Set once the source has ended and the document was checked to be complete. */
-  private finished = false;
-  /** The first error, rethrown by every later step. */
-  private failure: { err: unknown } | undefined;
-
-  // Document state.
+class DeltaReader extends SaxDocumentReader<ChangedRange> {
   private readonly stack: Frame[] = [];
   private seenSuperblock = false;
   private seenDiff = false;
@@ -170,45 +156,12 @@ class DeltaReader {
   /** The coalesced range being built, not yet queued. */
   private pending: ChangedRange | undefined;
 
-  // Output queue: ranges parsed from the current slice, handed out before the next slice is fed.
-  private queue: ChangedRange[] = [];
-  private queueHead = 0;
-  maxQueued = 0;
-
   constructor(
-    private readonly source: AsyncIterator<string | Uint8Array>,
+    source: AsyncIterator<string | Uint8Array>,
     private readonly volumeBlocks: number | undefined,
-    private readonly file: string | undefined,
+    file: string | undefined,
   ) {
-    // Strict mode: well-formedness errors are errors, names are case-sensitive.
-    const p = sax.parser(true, { position: true });
-    p.onerror = (e) => {
-      // sax messages carry "\nLine: ..\nColumn: ..\nChar: .."; keep the first line.
-      throw this.error('DELTA_XML', `not well-formed XML: ${e.message.split('\n')[0]}`, p.position);
-    };
-    p.onopentag = (tag) => this.openTag(tag as Tag);
-    p.onclosetag = (name) => this.closeTag(name);
-    p.ontext = (t) => {
-      // Only indentation between elements; anything else is not thin_delta output.
-      if (/\S/.test(t)) throw this.error('DELTA_XML', `unexpected text ${JSON.stringify(t.trim().slice(0, 40))}`, p.position);
-    };
-    p.oncdata = () => {
-      throw this.error('DELTA_XML', 'unexpected CDATA section', p.position);
-    };
-    p.ondoctype = () => {
-      throw this.error('DELTA_XML', 'unexpected DOCTYPE', p.position);
-    };
-    // Comments and processing instructions (an <?xml ...?> declaration) carry nothing: ignored.
-    this.parser = p;
-  }
-
-  private error(code: string, message: string, offset?: number): FormatError {
-    return new FormatError(code, `thin_delta output: ${message}`, offset, this.file);
-  }
-
-  /** Offset of the '<' of the tag being handled (sax counts characters). */
-  private tagOffset(): number {
-    return Math.max(0, this.parser.startTagPosition - 1);
+    super(source, file, 'thin_delta', 'DELTA_XML');
   }
 
   async readHeader(): Promise<ThinDeltaHeader> {
@@ -226,78 +179,16 @@ class DeltaReader {
     return this.header;
   }
 
-  async *ranges(): AsyncGenerator<ChangedRange, void, undefined> {
-    try {
-      for (;;) {
-        while (this.queueHead < this.queue.length) {
-          const r = this.queue[this.queueHead]!;
-          this.queueHead++;
-          yield r;
-        }
-        this.queue = [];
-        this.queueHead = 0;
-        if (this.finished) return;
-        await this.step();
-      }
-    } finally {
-      // Early exit by the consumer (break / return / throw) or an error: release the source.
-      if (!this.finished) await this.closeSource();
-    }
-  }
-
-  async closeSource(): Promise<void> {
-    if (this.sourceDone) return;
-    this.sourceDone = true;
-    try {
-      await this.source.return?.();
-    } catch {
-      // The source's own clean-up failure is not ours to report.
-    }
-  }
-
-  /** Feed the next slice of input to the parser, pulling a chunk from the source when needed. */
-  private async step(): Promise<void> {
-    if (this.failure) throw this.failure.err;
-    try {
-      if (this.textPos >= this.text.length) {
-        this.text = '';
-        this.textPos = 0;
-        if (this.sourceDone) return this.finish();
-        const next = await this.source.next();
-        if (next.done) {
-          this.sourceDone = true;
-          this.text = this.decoder.decode(); // flush: throws on a dangling partial UTF-8 sequence
-          if (this.text === '') return this.finish();
-        } else {
-          this.text = typeof next.value === 'string' ? next.value : this.decoder.decode(next.value, { stream: true });
-        }
-      }
-      const end = Math.min(this.text.length, this.textPos + SLICE_CHARS);
-      this.parser.write(this.text.slice(this.textPos, end));
-      this.textPos = end;
-      this.maxQueued = Math.max(this.maxQueued, this.queue.length - this.queueHead);
-    } catch (err) {
-      const failure = (err as NodeJS.ErrnoException | undefined)?.code === 'ERR_ENCODING_INVALID_ENCODED_DATA'
-        ? this.error('DELTA_XML', 'input is not valid UTF-8', this.parser.position)
-        : err; // FormatErrors from the handlers, or the source's own error, unchanged
-      this.failure = { err: failure };
-      throw failure;
-    }
-  }
-
-  /** The source has ended: the document must be complete. */
-  private finish(): void {
+  protected checkComplete(): void {
     if (!this.closedSuperblock) {
       // A truncated delta must never be taken for a shorter one.
       throw this.error('DELTA_TRUNCATED', this.seenSuperblock
         ? 'document ended before </superblock> (thin_delta died or its output was cut short)'
         : 'document ended before <superblock> (empty or cut-short output)', this.parser.position);
     }
-    this.parser.close(); // reports anything left unbalanced after the root (sax's own checks)
-    this.finished = true;
   }
 
-  private openTag(tag: Tag): void {
+  protected openTag(tag: Tag): void {
     const name = tag.name;
     const top = this.stack[this.stack.length - 1];
     if (!top) {
@@ -341,7 +232,7 @@ class DeltaReader {
     }
   }
 
-  private closeTag(name: string): void {
+  protected closeTag(name: string): void {
     // sax (strict) has already checked that `name` matches the open tag.
     const frame = this.stack.pop();
     if (!frame) return;

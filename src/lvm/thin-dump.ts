@@ -32,8 +32,8 @@
  * - Defs are kept in memory (as coalesced ranges) until the end: only 1.x dumps of several devices
  *   have them; a single-device dump has nothing shared to factor out.
  */
-import sax from 'sax';
-import type { SAXParser, Tag } from 'sax';
+import type { Tag } from 'sax';
+import { SaxDocumentReader } from './sax-reader.js';
 import { FormatError, ThinarchiveError, UsageError } from '../errors.js';
 
 export interface ThinDumpHeader {
@@ -83,7 +83,6 @@ export interface OpenThinDumpOptions {
 
 /** The superblock start tag must appear within this many characters. */
 export const MAX_DUMP_HEADER_CHARS = 64 * 1024;
-const SLICE_CHARS = 16 * 1024;
 const DECIMAL = /^[0-9]+$/;
 
 const SINGLE_ATTRS = new Set(['origin_block', 'data_block', 'time']);
@@ -122,22 +121,14 @@ export async function openThinDump(
       [Symbol.asyncIterator]() {
         if (used) throw new UsageError('the ranges of a thin dump can be iterated only once');
         used = true;
-        return reader.ranges();
+        return reader.items();
       },
     },
     blocksSeen: () => reader.blocksSeen,
   };
 }
 
-class DumpReader {
-  private readonly parser: SAXParser;
-  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
-  private text = '';
-  private textPos = 0;
-  private sourceDone = false;
-  private finished = false;
-  private failure: { err: unknown } | undefined;
-
+class DumpReader extends SaxDocumentReader<MappedRange> {
   private readonly stack: Frame[] = [];
   private seenSuperblock = false;
   private closedSuperblock = false;
@@ -151,39 +142,13 @@ class DumpReader {
   private pending: MappedRange | undefined;
   blocksSeen = 0;
 
-  private queue: MappedRange[] = [];
-  private queueHead = 0;
-
   constructor(
-    private readonly source: AsyncIterator<string | Uint8Array>,
+    source: AsyncIterator<string | Uint8Array>,
     private readonly devId: number | undefined,
     private readonly volumeBlocks: number | undefined,
-    private readonly file: string | undefined,
+    file: string | undefined,
   ) {
-    const p = sax.parser(true, { position: true });
-    p.onerror = (e) => {
-      throw this.error('DUMP_XML', `not well-formed XML: ${e.message.split('\n')[0]}`, p.position);
-    };
-    p.onopentag = (tag) => this.openTag(tag as Tag);
-    p.onclosetag = (name) => this.closeTag(name);
-    p.ontext = (t) => {
-      if (/\S/.test(t)) throw this.error('DUMP_XML', `unexpected text ${JSON.stringify(t.trim().slice(0, 40))}`, p.position);
-    };
-    p.oncdata = () => {
-      throw this.error('DUMP_XML', 'unexpected CDATA section', p.position);
-    };
-    p.ondoctype = () => {
-      throw this.error('DUMP_XML', 'unexpected DOCTYPE', p.position);
-    };
-    this.parser = p;
-  }
-
-  private error(code: string, message: string, offset?: number): FormatError {
-    return new FormatError(code, `thin_dump output: ${message}`, offset, this.file);
-  }
-
-  private tagOffset(): number {
-    return Math.max(0, this.parser.startTagPosition - 1);
+    super(source, file, 'thin_dump', 'DUMP_XML');
   }
 
   private notFound(): ThinarchiveError {
@@ -204,73 +169,15 @@ class DumpReader {
     return this.header;
   }
 
-  async *ranges(): AsyncGenerator<MappedRange, void, undefined> {
-    try {
-      for (;;) {
-        while (this.queueHead < this.queue.length) {
-          const r = this.queue[this.queueHead]!;
-          this.queueHead++;
-          yield r;
-        }
-        this.queue = [];
-        this.queueHead = 0;
-        if (this.finished) return;
-        await this.step();
-      }
-    } finally {
-      if (!this.finished) await this.closeSource();
-    }
-  }
-
-  async closeSource(): Promise<void> {
-    if (this.sourceDone) return;
-    this.sourceDone = true;
-    try {
-      await this.source.return?.();
-    } catch {
-      // not ours to report
-    }
-  }
-
-  private async step(): Promise<void> {
-    if (this.failure) throw this.failure.err;
-    try {
-      if (this.textPos >= this.text.length) {
-        this.text = '';
-        this.textPos = 0;
-        if (this.sourceDone) return this.finish();
-        const next = await this.source.next();
-        if (next.done) {
-          this.sourceDone = true;
-          this.text = this.decoder.decode();
-          if (this.text === '') return this.finish();
-        } else {
-          this.text = typeof next.value === 'string' ? next.value : this.decoder.decode(next.value, { stream: true });
-        }
-      }
-      const end = Math.min(this.text.length, this.textPos + SLICE_CHARS);
-      this.parser.write(this.text.slice(this.textPos, end));
-      this.textPos = end;
-    } catch (err) {
-      const failure = (err as NodeJS.ErrnoException | undefined)?.code === 'ERR_ENCODING_INVALID_ENCODED_DATA'
-        ? this.error('DUMP_XML', 'input is not valid UTF-8', this.parser.position)
-        : err;
-      this.failure = { err: failure };
-      throw failure;
-    }
-  }
-
-  private finish(): void {
+  protected checkComplete(): void {
     if (!this.closedSuperblock) {
       throw this.error('DUMP_TRUNCATED', this.seenSuperblock
         ? 'document ended before </superblock> (thin_dump died or its output was cut short)'
         : 'document ended before <superblock> (empty or cut-short output)', this.parser.position);
     }
-    this.parser.close();
-    this.finished = true;
   }
 
-  private openTag(tag: Tag): void {
+  protected openTag(tag: Tag): void {
     const name = tag.name;
     const attrs = tag.attributes;
     const top = this.stack[this.stack.length - 1];
@@ -320,7 +227,7 @@ class DumpReader {
     }
   }
 
-  private closeTag(_name: string): void {
+  protected closeTag(_name: string): void {
     const frame = this.stack.pop();
     if (!frame) return;
     if (frame.el === 'def') {
