@@ -156,27 +156,25 @@ export interface RecordAt {
   payload?: Uint8Array;
 }
 
-/** Random access to an archive stored in a seekable file. */
-export class ArchiveFile {
-  readonly path: string;
-  readonly fh: FileHandle;
+/**
+ * Random access to the bytes of one stored archive: a local file, or an object in a remote store
+ * (ranged reads). `label` names it in messages (a path or a URL).
+ */
+export interface ByteSource {
+  readonly label: string;
   readonly size: number;
-  header!: ArchiveHeader;
-  trailer!: Trailer;
-  trailerOffset = 0;
-  /** Offset of the first map frame. */
-  mapOffset = 0;
-  private indexes: IndexSummary[] | undefined;
+  /** Up to `len` bytes at `offset`; fewer only at the end of the source. */
+  read(offset: number, len: number): Promise<Uint8Array>;
+  /** The bytes from `start` to the end, in order. */
+  stream(start?: number): AsyncIterable<Uint8Array>;
+  close(): Promise<void>;
+}
 
-  private constructor(path: string, fh: FileHandle, size: number) {
-    this.path = path;
-    this.fh = fh;
-    this.size = size;
-  }
+/** A ByteSource over a local regular file. */
+export class FileByteSource implements ByteSource {
+  private constructor(readonly label: string, private readonly fh: FileHandle, readonly size: number) {}
 
-  /** Open and read the header and trailer. Does not read the map or any record. */
-  static async open(path: string): Promise<ArchiveFile> {
-    await initHash();
+  static async open(path: string): Promise<FileByteSource> {
     let fh: FileHandle;
     try {
       fh = await open(path, 'r');
@@ -186,30 +184,85 @@ export class ArchiveFile {
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new FormatError('NOT_A_FILE', 'not a regular file', undefined, path);
-      const a = new ArchiveFile(path, fh, st.size);
-      await a.readEnds();
-      return a;
+      return new FileByteSource(path, fh, st.size);
     } catch (e) {
       await fh.close();
       throw e;
     }
   }
 
+  async read(offset: number, len: number): Promise<Uint8Array> {
+    const b = Buffer.allocUnsafe(len);
+    let at = 0;
+    while (at < len) {
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await this.fh.read(b, at, len - at, offset + at));
+      } catch (e) {
+        throw ioError(e, `cannot read archive ${this.label}`);
+      }
+      if (bytesRead === 0) break;
+      at += bytesRead;
+    }
+    return at === len ? b : b.subarray(0, at);
+  }
+
+  stream(start = 0): AsyncIterable<Uint8Array> {
+    return createReadStream(this.label, { start, highWaterMark: 1 << 20 });
+  }
+
   async close(): Promise<void> {
     await this.fh.close();
+  }
+}
+
+/** Random access to a stored archive (a local file or any ByteSource). */
+export class ArchiveFile {
+  /** The archive's name in messages: a path or a URL. */
+  readonly path: string;
+  readonly src: ByteSource;
+  readonly size: number;
+  header!: ArchiveHeader;
+  trailer!: Trailer;
+  trailerOffset = 0;
+  /** Offset of the first map frame. */
+  mapOffset = 0;
+  private indexes: IndexSummary[] | undefined;
+
+  private constructor(src: ByteSource) {
+    this.path = src.label;
+    this.src = src;
+    this.size = src.size;
+  }
+
+  /** Open a local archive file and read the header and trailer. Does not read the map or any record. */
+  static async open(path: string): Promise<ArchiveFile> {
+    return ArchiveFile.openSource(await FileByteSource.open(path));
+  }
+
+  /** Read the header and trailer of an archive in `src`; closes `src` when that fails. */
+  static async openSource(src: ByteSource): Promise<ArchiveFile> {
+    await initHash();
+    try {
+      const a = new ArchiveFile(src);
+      await a.readEnds();
+      return a;
+    } catch (e) {
+      await src.close();
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.src.close();
   }
 
   private async pread(offset: number, len: number): Promise<Uint8Array> {
     if (offset < 0 || offset + len > this.size) {
       throw new FormatError('TRUNCATED', `archive is truncated: ${len} bytes at ${offset} lie past its end (${this.size} bytes)`, offset, this.path);
     }
-    const b = Buffer.allocUnsafe(len);
-    let at = 0;
-    while (at < len) {
-      const { bytesRead } = await this.fh.read(b, at, len - at, offset + at);
-      if (bytesRead === 0) throw new FormatError('TRUNCATED', 'archive is truncated', offset + at, this.path);
-      at += bytesRead;
-    }
+    const b = await this.src.read(offset, len);
+    if (b.length < len) throw new FormatError('TRUNCATED', 'archive is truncated', offset + b.length, this.path);
     return b;
   }
 
@@ -246,7 +299,7 @@ export class ArchiveFile {
 
   /** Stream the archive's bytes from `start` (default: all of it). */
   stream(start = 0): AsyncIterable<Uint8Array> {
-    return createReadStream(this.path, { start, highWaterMark: 1 << 20 });
+    return this.src.stream(start);
   }
 
   /** Iterate the map frames (validated) without reading any record. */

@@ -7,26 +7,16 @@
  * visible under a final name. Leftover temporary files of dead writers are removed by `cleanup`.
  */
 import { link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { fsyncDir, tempNameFor } from '../fsutil.js';
 import { ARCHIVE_EXTENSION } from '../format/constants.js';
-import type { ArchiveSink } from '../archive/writer.js';
 import { pidExists } from '../process.js';
 
-export interface StoredArchive {
-  name: string;
-  path: string;
-  chainId: string;
-  sequence: number;
-  archiveId: string;
-}
+import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
+import { FileByteSource, type ByteSource } from '../archive/reader.js';
 
-export interface ChainListing {
-  chainId: string;
-  dir: string;
-  archives: StoredArchive[];
-}
+export type { ChainListing, PendingArchive, StoredArchive } from './types.js';
 
 const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
 const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -34,15 +24,6 @@ const TEMP_RE = /^\..+\.tmp-(\d+)-[0-9a-z]+$/;
 
 export function archiveFileName(sequence: number, archiveId: string): string {
   return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
-}
-
-export interface PendingArchive {
-  readonly path: string;
-  readonly sink: ArchiveSink;
-  /** Make the archive durable and visible under its final name. */
-  commit(): Promise<void>;
-  /** Remove the temporary file. Safe to call after a failed commit. */
-  abort(): Promise<void>;
 }
 
 async function isDir(p: string): Promise<boolean> {
@@ -53,8 +34,27 @@ async function isDir(p: string): Promise<boolean> {
   }
 }
 
-export class DirectoryStore {
+export class DirectoryStore implements ArchiveStore {
   constructor(readonly root: string) {}
+
+  get url(): string {
+    return this.root;
+  }
+
+  openArchive(a: StoredArchive): Promise<ByteSource> {
+    return FileByteSource.open(a.path);
+  }
+
+  async deleteArchive(a: StoredArchive): Promise<void> {
+    try {
+      await unlink(a.path);
+      await fsyncDir(dirname(a.path));
+    } catch (e) {
+      throw ioError(e, `cannot delete ${a.path}`);
+    }
+  }
+
+  async close(): Promise<void> {}
 
   private async readChainDir(dir: string, chainId: string): Promise<ChainListing> {
     const archives: StoredArchive[] = [];
