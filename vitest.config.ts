@@ -10,6 +10,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // One Ceph radosgw per run, started by the first S3 test file that needs it (test/servers/ceph.ts).
+    globalSetup: ['./test/servers/ceph-global.ts'],
     reporters: ['default', './test/summary-reporter.ts'],
   },
 });

@@ -22,6 +22,12 @@
  *                   0.4 CPU on average is repeated once (the disturbed attempt is kept in the JSON)
  *   --profile       also run one full send under node --cpu-prof and summarize it (bench-out/profile/)
  *   --quick         512 MiB image, 1 run each, RSS curve at 256M: a smoke test of the script
+ *   --section restore   only the restore section (chain of 10, restore of a point vs replaying apply)
+ *   --restore-size N    image size of the restore section (default: the smaller of --size and 1G)
+ *   --section ssh       only the ssh:// section: send to a private sshd on 127.0.0.1 against cat | ssh of the
+ *                       same archive, and apply back (scripts/bench-ssh.mjs; image: the smaller of --size and 1G)
+ *   --section s3        only the S3 section: send to / apply from a local Ceph radosgw (scripts/bench-s3.mjs;
+ *                       image: the smaller of --size and 1G; --runs sends each)
  *
  * The tool under test is a snapshot of dist/ (+ build/Release/thinio.node) copied at start, so an
  * `npm run build` by someone else during the run cannot change it half-way. Needs: bin/thinarchive
@@ -72,6 +78,8 @@ function parseArgs(argv) {
     else if (a === '--wait-quiet') o.waitQuiet = Number(val());
     else if (a === '--profile') o.profile = true;
     else if (a === '--quick') Object.assign(o, { size: 512 * MiB, runs: 1, rssSizes: [256 * MiB] });
+    else if (a === '--section') o.section = val();
+    else if (a === '--restore-size') o.restoreSize = parseSize(val());
     else if (a === '--help' || a === '-h') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] + '*/\n');
       process.exit(0);
@@ -534,6 +542,15 @@ function summarizeProfiles(dir) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
+  if (opts.section === 'restore') return mainRestore(opts);
+  if (opts.section === 'ssh') {
+    const { benchSsh } = await import('./bench-ssh.mjs');
+    return benchSsh({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log });
+  }
+  if (opts.section === 's3') {
+    const { benchS3 } = await import('./bench-s3.mjs');
+    return benchS3({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log });
+  }
   const started = performance.now();
   for (const t of ['zstd', 'dd', 'fallocate', 'cmp', 'sync']) if (!which(t)) throw new Error(`${t} is needed (apt-get install ${t === 'zstd' ? 'zstd' : 'coreutils util-linux diffutils'})`);
   if (!fs.existsSync('/usr/bin/time')) throw new Error('GNU time is needed: apt-get install -y time');
@@ -803,6 +820,9 @@ async function main() {
     results.targets.verify.met = results.targets.verify.gbPerSecond >= 1;
     results.targets.peakRss.met = worstRss <= 200e6;
 
+    // 9. Restore of a point of a chain of 10 (a separate section: benchRestore).
+    results.restore = await benchRestore(opts, dir, ta, runner);
+
     results.totalSeconds = +((performance.now() - started) / 1000).toFixed(1);
     results.loadavgAtEnd = loadavg();
     results.waitedForQuietSeconds = +runner.waitedTotal.toFixed(1);
@@ -876,8 +896,104 @@ function report(r) {
       for (const f of t.top) p(`  ${String(f.pct).padStart(5)}%  ${String(f.ms).padStart(6)} ms  ${f.fn}`);
     }
   }
+  if (r.restore) for (const l of reportRestore(r.restore)) p(l);
   p(`total bench time ${r.totalSeconds} s (waited ${r.waitedForQuietSeconds} s for quiet)`);
   process.stdout.write(lines.join('\n') + '\n');
+}
+
+// ---------------------------------------------------------------------------------------- restore
+
+/**
+ * The restore section: a chain of 10 archives of one image (the full archive, then 9 incrementals
+ * each rewriting 5% of the image in scattered places plus a few discards), then
+ * - `restore --at 9` and `restore --at 5` (each block read once, from the newest archive <= the
+ *   point that holds it: archive bytes read reported per archive),
+ * - for comparison, `apply` of archives 0..9 onto a new image (replays every archive: reads all of them).
+ * Both results are compared with the image as it was at that point (cmp).
+ */
+async function benchRestore(opts, dir, ta, runner) {
+  const size = opts.restoreSize ?? Math.min(opts.size, GiB);
+  const sdir = join(dir, 'restore');
+  fs.mkdirSync(sdir, { recursive: true });
+  const img = join(sdir, 'source.img');
+  const store = join(sdir, 'store');
+  const run = (...a) => { const c = ta(...a); return JSON.parse(sh(c.cmd, c.args).stdout); };
+  let t = performance.now();
+  const { regions } = generateImage(img, size, opts.seed + 1000);
+  const sends = [run('send', '--image', img, '--to', store, '--json')];
+  const points = {};
+  for (let i = 1; i < 10; i++) {
+    const delta = join(sdir, `delta-${i}.xml`);
+    makeIncremental(img, regions, opts.seed + 1000 + i, 0.05, delta, join(sdir, 'changed.raw'));
+    sends.push(run('send', '--image', img, '--changes', delta, '--parent', store, '--to', store, '--json'));
+    if (i === 5) {
+      points[5] = join(sdir, 'point-5.img');
+      sh('cp', ['--sparse=always', img, points[5]]);
+    }
+  }
+  points[9] = img;
+  fs.rmSync(join(sdir, 'changed.raw'), { force: true });
+  const chainSeconds = (performance.now() - t) / 1000;
+  log(`restore section: chain of 10 archives of a ${fmtBytes(size)} image made in ${chainSeconds.toFixed(1)} s`);
+  const archiveBytes = sends.map((x) => x.archiveBytes);
+  const out = { size, archives: sends.map((x) => ({ sequence: x.sequence, archiveBytes: x.archiveBytes, rawBytes: x.rawBytes })), restores: [] };
+  for (const n of [9, 5]) {
+    const target = join(sdir, `restored-${n}.img`);
+    let res;
+    const m = await measure(runner, `restore --at ${n}`, 1, () => ({
+      ...ta('restore', store, '--at', String(n), '--to', target, '--create', '--json'),
+      opts: { cacheFiles: sends.slice(0, n + 1).map((x) => x.path), before: () => { fs.rmSync(target, { force: true }); fs.rmSync(`${target}.thinarchive.json`, { force: true }); } },
+      after: (r) => { res = JSON.parse(r.stdout); return {}; },
+    }));
+    const same = sh('cmp', [points[n], target], { allowFail: true }).status === 0;
+    if (!same) log(`ERROR: restore --at ${n} differs from the image at that point`);
+    const archivesUpTo = archiveBytes.slice(0, n + 1).reduce((a, b) => a + b, 0);
+    out.restores.push({
+      point: n, seconds: m.seconds, peakRssBytes: m.peakRssBytes, bytesRead: res.bytesRead, dataBytes: res.dataBytes, archivesUpTo,
+      perArchive: res.archives.map((a) => ({ sequence: a.sequence, records: a.records, bytesRead: a.bytesRead, rereads: a.rereads })), matches: same,
+    });
+    fs.rmSync(target, { force: true });
+  }
+  const target = join(sdir, 'applied.img');
+  const m = await measure(runner, 'apply 0..9 (replay)', 1, () => ({
+    ...ta('apply', ...sends.map((x) => x.path), '--to', target, '--create', '--json'),
+    opts: { cacheFiles: sends.map((x) => x.path), before: () => { fs.rmSync(target, { force: true }); fs.rmSync(`${target}.thinarchive.json`, { force: true }); } },
+  }));
+  const same = sh('cmp', [img, target], { allowFail: true }).status === 0;
+  out.replay = { point: 9, seconds: m.seconds, peakRssBytes: m.peakRssBytes, bytesRead: archiveBytes.reduce((a, b) => a + b, 0), matches: same };
+  fs.rmSync(sdir, { recursive: true, force: true });
+  return out;
+}
+
+function reportRestore(r) {
+  const lines = [''];
+  lines.push(`restore (chain of 10 of a ${fmtBytes(r.size)} image; archives ${r.archives.map((a) => fmtMiB(a.archiveBytes)).join(', ')}):`);
+  for (const x of r.restores) {
+    lines.push(`  restore --at ${x.point}: ${x.seconds.toFixed(2)} s, read ${fmtMiB(x.bytesRead)} of archives (archives 0..${x.point} hold ${fmtMiB(x.archivesUpTo)}), `
+      + `wrote ${fmtMiB(x.dataBytes)}, peak RSS ${fmtMiB(x.peakRssBytes)}, re-reads ${x.perArchive.reduce((a, b) => a + b.rereads, 0)}, matches: ${x.matches}`);
+    lines.push(`    per archive: ${x.perArchive.map((a) => `${a.sequence}: ${fmtMiB(a.bytesRead)}`).join(', ')}`);
+  }
+  const p = r.replay;
+  lines.push(`  apply 0..9 (replay): ${p.seconds.toFixed(2)} s, read ${fmtMiB(p.bytesRead)}, peak RSS ${fmtMiB(p.peakRssBytes)}, matches: ${p.matches}`);
+  return lines;
+}
+
+/** --section restore: only the restore section (uses the built tree directly, no snapshot of dist/). */
+async function mainRestore(opts) {
+  const dir = fs.mkdtempSync(join(opts.tmpdir, 'thinarchive-bench-restore-'));
+  try {
+    const TA = join(ROOT, 'bin/thinarchive');
+    const ta = (...a) => ({ cmd: process.execPath, args: [TA, ...a] });
+    const r = await benchRestore(opts, dir, ta, new Runner(opts, dir));
+    for (const l of reportRestore(r)) process.stdout.write(`${l}\n`);
+    fs.mkdirSync(dirname(opts.out), { recursive: true });
+    const out = opts.out.replace(/\.json$/, '-restore.json');
+    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), options: { ...opts, out: undefined }, restore: r }, null, 2) + '\n');
+    log(`results written to ${out}`);
+    if (!r.restores.every((x) => x.matches) || !r.replay.matches) process.exitCode = 1;
+  } finally {
+    if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 main().catch((e) => {

@@ -6,16 +6,21 @@ import { Command, CommanderError, Option } from 'commander';
 import { pino } from 'pino';
 import { ThinarchiveError, UsageError, type ExitClass } from '../errors.js';
 import { apply } from '../commands/apply.js';
+import { describeRecovery, recover } from '../commands/recover.js';
 import { info } from '../commands/info.js';
 import { list } from '../commands/list.js';
 import { send } from '../commands/send.js';
 import { DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, sendLv, type SendLvResult } from '../commands/send-lv.js';
 import type { WriteProgress } from '../archive/writer.js';
 import { verify } from '../commands/verify.js';
+import { closeStores, type StoreOptions } from '../commands/inputs.js';
+import { remoteApplyDestination, type RemoteApplyResult } from '../commands/remote-apply.js';
 import { endWritable, writableSink } from '../store/stream.js';
-import { describeZeroStats } from '../target/file-target.js';
+import { describeZeroStats, targetHooks } from '../target/file-target.js';
+import { journalHooks } from '../target/undo-journal.js';
 import { TOOL_VERSION } from '../version.js';
-import { parseSize, printApply, printInfo, printList, printSend, printVerify, Progress } from './output.js';
+import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
+import { parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress } from './output.js';
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
 
@@ -61,6 +66,8 @@ function sizeOption(name: string) {
   };
 }
 
+const chainCtx: CliContext = { json: (v) => json(v), out, err, signal: controller.signal, log, verifyExit: EXIT.verify };
+
 function buildProgram(): Command {
   const program = new Command();
   program
@@ -70,13 +77,27 @@ function buildProgram(): Command {
     .showHelpAfterError(false)
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) })
     .exitOverride();
+  // Options for remote stores, accepted before or after the command name.
+  program
+    .option('-o, --ssh-option <option>', 'ssh:// stores and --apply-remote: pass "-o OPTION" to ssh (repeatable; e.g. Ciphers=aes128-gcm@openssh.com, Compression=yes, IdentityFile=KEY, Port=2222)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--s3-endpoint <url>', 's3:// stores: the S3 endpoint URL (default: from AWS_ENDPOINT_URL or the AWS config)')
+    .addOption(new Option('--retain-days <n>', 's3:// stores: object-lock retention of new archives, in days').argParser(intOption('--retain-days', 1, 36500)));
+  const storeOptions = (): StoreOptions => {
+    const g = program.opts();
+    return { sshOptions: (g.sshOption as string[]).flatMap((x) => ['-o', x]), s3Endpoint: g.s3Endpoint, retainDays: g.retainDays };
+  };
+  chainCtx.storeOptions = storeOptions;
 
   program
     .command('send')
     .description('write a full or incremental archive of a thin LV (VG/LV: managed snapshots), a user-managed snapshot, or an image')
     .argument('[volume]', 'thin LV to send, as VG/LV (the newest state, through a managed snapshot)')
     .option('--image <path>', 'image file or block device to archive instead of an LV')
-    .requiredOption('--to <dir|->', "store directory, or '-' for standard output")
+    .option('--to <store|->', "store: a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix; or '-' for standard output")
+    .option('--apply-remote <ssh://[user@]host[:port]>', 'instead of --to: replicate, running "thinarchive apply -" on that host over ssh')
+    .option('--remote-to <target>', 'with --apply-remote: the remote target (image path, block device or VG/LV)')
+    .option('--remote-command <cmd>', 'with --apply-remote: the thinarchive command on the remote host (default "thinarchive")')
+    .option('--remote-arg <arg>', 'with --apply-remote: an argument for the remote apply, e.g. --create (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--full', 'LV: a full archive even when the chain has a base snapshot')
     .option('--chain <name>', `LV: chain name, one per destination (default "${DEFAULT_CHAIN}")`)
     .option('--snapshot <vg/snap>', 'send this user-managed thin snapshot (nothing is created or removed)')
@@ -103,24 +124,33 @@ function buildProgram(): Command {
       }
       const misplaced = (lvSend ? imageFlags : lvFlags).filter((k) => o[k] !== undefined);
       if (misplaced.length) throw new UsageError(`${misplaced.map(flag).join(', ')} ${misplaced.length > 1 ? 'do' : 'does'} not go with ${lvSend ? 'an LV send' : '--image'}`);
+      if ((o.to === undefined) === (o.applyRemote === undefined)) throw new UsageError(o.to === undefined ? 'name where the archive goes: --to STORE|- or --apply-remote ssh://HOST' : '--to and --apply-remote do not go together');
+      const remoteFlags = ['remoteTo', 'remoteCommand'].filter((k) => o[k] !== undefined).concat(o.remoteArg.length ? ['remoteArg'] : []);
+      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flag).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
+      if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       const toStdout = o.to === '-';
       const progress = new Progress('send');
-      const to = toStdout ? { sink: writableSink(process.stdout), label: 'standard output', end: () => endWritable(process.stdout) } : o.to;
+      const remote = o.applyRemote === undefined ? undefined
+        : remoteApplyDestination({ host: o.applyRemote, target: o.remoteTo, remoteCommand: o.remoteCommand, remoteArgs: o.remoteArg, storeOptions: storeOptions() });
+      const to = remote ? remote.dest : toStdout ? { sink: writableSink(process.stdout), label: 'standard output', end: () => endWritable(process.stdout) } : o.to;
       const onProgress = (p: WriteProgress): void => progress.update(p.bytesRead, p.bytesTotal);
       const res = lvSend
         ? await sendLv({
           volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, maxDataPercent: o.maxDataPercent,
           maxMetadataPercent: o.maxMetadataPercent, forceRelease: !!o.forceRelease, stateDir: o.stateDir, dryRun: !!o.dryRun, level: o.level,
-          logger: log, signal: controller.signal, onProgress,
+          logger: log, signal: controller.signal, onProgress, storeOptions: storeOptions(),
         })
         : await send({
           image: o.image, changes: o.changes, parent: o.parent, blockSize: o.blockSize, level: o.level, name: o.name,
-          volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal, to, onProgress,
+          volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal, to, onProgress, storeOptions: storeOptions(),
         });
+      const applied: RemoteApplyResult | undefined = remote?.result();
+      if (applied) res.remoteApply = applied;
       progress.done();
       if (o.json) json(res, toStdout && !o.dryRun);
       else {
         err(printSend(res));
+        if (applied) err(printRemoteApply(applied));
         if ('snapshot' in res) {
           const r = res as SendLvResult;
           const snap = (x: { vg: string; name: string; thinId: number }): string => `${x.vg}/${x.name} (thin id ${x.thinId})`;
@@ -135,7 +165,7 @@ function buildProgram(): Command {
   program
     .command('apply')
     .description('replay archives onto an image file, a block device or a logical volume (VG/LV)')
-    .argument('<archives...>', "archive files, store/chain directories, or '-' for standard input")
+    .argument('<archives...>', "archive files or URLs, stores/chains (directories, ssh:// or s3:// URLs), or '-' for standard input")
     .requiredOption('--to <target>', 'image file, block device, or VG/LV (state kept in LV tags)')
     .option('--create', 'create a new sparse image, or with --pool a new thin LV, of the volume size')
     .option('--pool <VG/POOL>', 'thin pool --create makes a new LV target in')
@@ -143,15 +173,20 @@ function buildProgram(): Command {
     .addOption(new Option('--keep <n>', 'with --snapshot-target: keep the N newest snapshots (default: all)').argParser(intOption('--keep', 1, 1_000_000)))
     .option('--force', 'allow a full archive to overwrite a target with other or no recorded state')
     .option('--state-dir <dir>', 'where block-device target state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--no-undo', 'no undo journal / rollback snapshot: faster, but an interrupted apply can only be completed (apply again), not rolled back')
+    .option('--repair', 'rewrite only the blocks whose checksums differ from the chain\'s newest state (a diverged target)')
     .option('--json', 'print the result as JSON')
     .action(async (archives: string[], o) => {
+      if (o.repair) return runRepair(archives, o, chainCtx);
+      testKillHook();
       const progress = new Progress('apply');
       const res = await apply({
-        inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin,
+        inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin, noUndo: o.undo === false, storeOptions: storeOptions(),
         pool: o.pool, snapshotTarget: !!o.snapshotTarget, keep: o.keep,
         signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });
       progress.done();
+      if (res.recovered) err(`recovered first: ${describeRecovery(res.recovered)}`);
       if (o.json) json(res);
       else {
         const lines = [printApply(res, describeZeroStats(res.zeroing))];
@@ -165,13 +200,26 @@ function buildProgram(): Command {
     });
 
   program
+    .command('recover')
+    .description('roll back a target whose apply was interrupted to its previous state (apply also does this first)')
+    .argument('<target>', 'image file, block device, or VG/LV')
+    .option('--state-dir <dir>', 'where block-device target state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--json', 'print the result as JSON')
+    .action(async (target: string, o) => {
+      const res = await recover({ target, stateDir: o.stateDir, log });
+      if (o.json) json(res);
+      else err(describeRecovery(res));
+    });
+
+  addVerifyAgainstOptions(program
     .command('verify')
     .description('check archives completely: every block checksum, the structure, the digest and the chain links')
-    .argument('<archives...>', "archive files, store/chain directories, or '-' for standard input")
+    .argument('<archives...>', "archive files or URLs, stores/chains (directories, ssh:// or s3:// URLs), or '-' for standard input"))
     .option('--json', 'print the report as JSON')
     .action(async (archives: string[], o) => {
+      if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
       const progress = new Progress('verify');
-      const res = await verify({ inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined) });
+      const res = await verify({ inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined), storeOptions: storeOptions() });
       progress.done();
       if (o.json) json(res);
       else out(printVerify(res));
@@ -181,25 +229,41 @@ function buildProgram(): Command {
   program
     .command('info')
     .description("show an archive's header, map and trailer (reads no payload)")
-    .argument('<archive>', "archive file, or '-' for standard input")
+    .argument('<archive>', "archive file or URL, a store or chain (its newest archive), or '-' for standard input")
     .option('--json', 'print as JSON')
     .action(async (archive: string, o) => {
-      const res = await info({ archive, stdin });
+      const res = await info({ archive, stdin, storeOptions: storeOptions() });
       if (o.json) json(res);
       else out(printInfo(res));
     });
 
   program
     .command('list')
-    .description('list the chains and archives of a store directory')
-    .argument('<dir>', 'store directory')
+    .description('list the chains and archives of a store')
+    .argument('<store>', 'store: a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix')
     .option('--json', 'print as JSON')
     .action(async (dir: string, o) => {
-      const res = await list({ dir });
+      const res = await list({ dir, storeOptions: storeOptions() });
       if (o.json) json(res);
       else out(printList(res));
     });
+  registerChainCommands(program, chainCtx);
   return program;
+}
+
+/**
+ * Test-only (crash tests, docs/JOURNAL.md): THINARCHIVE_TEST_KILL_AFTER_WRITES=N kills this process
+ * with SIGKILL after N target writes and undo-journal flushes of an apply, counted together.
+ */
+function testKillHook(): void {
+  const n = Number(process.env.THINARCHIVE_TEST_KILL_AFTER_WRITES ?? '');
+  if (!Number.isInteger(n) || n <= 0) return;
+  let count = 0;
+  const tick = (): void => {
+    if (++count >= n) process.kill(process.pid, 'SIGKILL');
+  };
+  targetHooks.afterWrite = tick;
+  journalHooks.afterFlush = tick;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -223,8 +287,10 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     await buildProgram().parseAsync(argv);
+    await closeStores();
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {
+    await closeStores();
     if (interrupted) {
       err('thinarchive: interrupted');
       return EXIT.interrupted;

@@ -2,6 +2,7 @@
 import type { ApplyResult } from '../commands/apply.js';
 import type { ArchiveInfo } from '../commands/info.js';
 import type { ListedChain } from '../commands/list.js';
+import type { RemoteApplyResult } from '../commands/remote-apply.js';
 import type { SendResult } from '../commands/send.js';
 import type { VerifyResult } from '../commands/verify.js';
 
@@ -25,6 +26,14 @@ export function parseSize(s: string): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
+/** One line on what a remote apply (send --apply-remote) did, from its --json result. */
+export function printRemoteApply(r: RemoteApplyResult): string {
+  const res = r.result as { applied?: unknown[]; skipped?: unknown[]; state?: { sequence?: number; archiveId?: string } } | string;
+  if (typeof res !== 'object' || res === null) return `applied on ${r.host} to ${r.target}`;
+  const state = res.state ? `; target now at sequence ${res.state.sequence} (archive ${res.state.archiveId})` : '';
+  return `applied on ${r.host} to ${r.target}: ${res.applied?.length ?? 0} archive(s) applied, ${res.skipped?.length ?? 0} skipped${state}`;
+}
+
 function rate(bytes: number, seconds: number): string {
   return seconds > 0 ? `${formatBytes(bytes / seconds)}/s` : '-';
 }
@@ -39,7 +48,7 @@ export function printSend(r: SendResult): string {
   }
   return [
     `sent ${kind} archive ${r.archiveId} (sequence ${r.sequence} of chain ${r.chainId})`,
-    r.path ? `  file: ${r.path}` : '  to standard output',
+    r.path ? `  file: ${r.path}` : r.remoteApply ? `  streamed to thinarchive apply on ${r.remoteApply.host}` : '  to standard output',
     `  read ${formatBytes(r.dataBytes + r.zeroBytes)}: ${formatBytes(r.rawBytes)} data, ${formatBytes(r.zeroBytes)} zero; unmapped ${formatBytes(r.unmapBytes)}`,
     `  archive ${formatBytes(r.archiveBytes)} (data compressed to ${r.rawBytes ? ((100 * r.storedBytes) / r.rawBytes).toFixed(1) : '0'}%) in ${r.seconds.toFixed(2)} s, ${rate(r.dataBytes + r.zeroBytes, r.seconds)}`,
   ].join('\n');
@@ -98,8 +107,11 @@ export function printList(chains: ListedChain[]): string {
   const lines: string[] = [];
   for (const c of chains) {
     lines.push(`chain ${c.chainId}  volume ${c.volume ?? '?'} ${c.volumeUuid ?? ''}  (${c.dir})`);
+    const v = c.verified;
+    if (v) lines.push(`  last verify --against: ${v.ok ? 'ok' : 'FAILED'} ${v.at}, ${v.target} (${v.mode}) at sequence ${v.sequence}: ${v.blocksChecked} blocks, ${v.mismatchedBlocks} mismatched`);
     for (const a of c.archives) {
-      lines.push(`  ${String(a.sequence).padStart(4)}  ${a.full ? 'full' : 'incr'}  ${a.created ?? '?'}  ${formatBytes(a.bytes).padStart(10)}  ${a.archiveId}  ${a.status}`);
+      const merged = a.merged ? `  merged ${a.merged.fromSequence}..${a.merged.toSequence}` : '';
+      lines.push(`  ${String(a.sequence).padStart(4)}  ${a.full ? 'full' : 'incr'}  ${a.created ?? '?'}  ${formatBytes(a.bytes).padStart(10)}  ${a.archiveId}  ${a.status}${merged}`);
     }
   }
   return lines.join('\n');

@@ -7,21 +7,30 @@
  * - the first archive to apply must sit on the target's recorded state (its parent is the archive the
  *   target holds); a full archive goes only onto a new target, or with --force;
  * - the target's state is marked "applying" (durably) before the first write and "clean" only after
- *   the data is flushed. A failure leaves "applying"; applying the same archive again completes it.
+ *   the data is flushed. A failure leaves "applying".
+ * - crash safety (docs/JOURNAL.md): before anything is written, an image or block-device target gets
+ *   an undo journal (the old contents of every range, made durable before the range is written) and
+ *   a thin LV target a rollback snapshot; a failed or killed apply is rolled back to the previous
+ *   state by `recover`, which apply also runs first on its target. With --no-undo there is neither:
+ *   applying the same archive again completes an interrupted apply.
  * From standard input the trailer can only be checked at the end: the target then stays "applying"
  * until the whole stream has been verified.
  *
  * A target `VG/LV` (two LVM names, not an existing path) is a logical volume: see lv-target.ts (state
  * in LV tags, discard-based zeroing on thin LVs, `--create --pool`, `--snapshot-target --keep N`).
  */
+import { lstat } from 'node:fs/promises';
+import { resolve as resolvePath } from 'node:path';
 import { FormatError, UnsafeError, UsageError } from '../errors.js';
 import { withPool, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
 import { Codec, ExtentKind, MAX_RECORD_RAW } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
-import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
-import { resolveArchiveInputs } from './inputs.js';
+import { FileTarget, undoFileFor, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
+import { UndoJournal, type JournaledTarget } from '../target/undo-journal.js';
+import { resolveArchiveInputs, type StoreOptions } from './inputs.js';
+import { recover, type RecoverResult } from './recover.js';
 import { LvTarget, lvTargetSpec, parsePoolSpec, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
@@ -33,6 +42,8 @@ export interface ApplyProgress {
 }
 
 export interface ApplyOptions {
+  /** Options for remote stores the archives are read from (ssh options, S3 endpoint, ...). */
+  storeOptions?: StoreOptions;
   inputs: string[];
   to: string;
   create?: boolean;
@@ -48,6 +59,8 @@ export interface ApplyOptions {
   /** The bytes of `-` (standard input). */
   stdin?: AsyncIterable<Uint8Array>;
   stateDir?: string;
+  /** No undo journal / rollback snapshot: faster; an interrupted apply is completed by applying again. */
+  noUndo?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: ApplyProgress) => void;
   log?: Logger;
@@ -72,6 +85,10 @@ export interface ApplyResult {
   lv?: LvTargetReport;
   /** with --snapshot-target */
   snapshots?: TargetSnapshots;
+  /** what the recovery run before applying did, when it did something */
+  recovered?: RecoverResult;
+  /** bytes of old contents kept in undo journals (0 with --no-undo or on thin LVs) */
+  undoBytes: number;
 }
 
 function describeState(s: TargetState): string {
@@ -171,11 +188,14 @@ async function applyStream(
     for await (const ev of events) {
       opts.signal?.throwIfAborted();
       if (ev.type === 'map') {
+        // (announced first: the undo journal keeps all their old contents with one flush)
+        if (!opts.fresh) for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) target.announce(e.firstBlock * bs, rangeBytes(e.firstBlock, e.blockCount, size, bs));
         for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) await zero(e.firstBlock, e.blockCount);
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
         const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
         window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r, bs, true, r.codec === Codec.ZSTD ? spare.pop() : undefined) });
         if (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {
@@ -192,14 +212,36 @@ async function applyStream(
   return { dataBytes, zeroBytes };
 }
 
+/** The journal of an image this apply creates: no entries; rolling back removes the image. */
+async function journalForNewImage(path: string, h: ArchiveHeader, stateDir: string | undefined): Promise<UndoJournal> {
+  if (await exists(path)) throw new UnsafeError('TARGET_EXISTS', `target ${path} already exists; --create makes a new image only`);
+  const none: JournaledTarget = {
+    kind: 'image', path, fd: -1,
+    read: () => Promise.reject(new Error('a new image has nothing to journal')),
+  };
+  return UndoJournal.create(undoFileFor('image', path, stateDir), {
+    version: 1, target: resolvePath(path), kind: 'image', archiveId: h.archiveId, sequence: h.sequence,
+    prevSize: 0, prevState: null, created: true, createdAt: new Date().toISOString(),
+  }, none);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
-  const inputs = await resolveArchiveInputs(opts.inputs);
+  const inputs = await resolveArchiveInputs(opts.inputs, opts.storeOptions);
   const files: ArchiveFile[] = [];
   try {
     // 1. Everything that can be checked before touching the target.
     for (const inp of inputs) {
       if (inp.kind === 'file') {
-        const f = await ArchiveFile.open(inp.path);
+        const f = await inp.open();
         files.push(f);
         await f.preflight();
       }
@@ -231,6 +273,17 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     if (opts.keep !== undefined && !opts.snapshotTarget) throw new UsageError('--keep goes with --snapshot-target');
     if (lvRef && created && opts.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lvRef.vg}/POOL (the thin pool to make it in)`);
     if (lvRef && !created && opts.pool !== undefined) throw new UsageError('--pool goes with --create');
+    // A target left by an interrupted apply is rolled back first (or, without undo, left to be completed).
+    // Only when this apply would go ahead on the interrupted target: a refused apply touches nothing.
+    const accept = (s: TargetState | null): boolean => {
+      try {
+        planStart(headers, created ? null : s, { fresh: created, force: !!opts.force });
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const rec = await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept });
     let lvt: LvTarget | undefined;
     if (lvRef) {
       lvt = await LvTarget.open({
@@ -241,9 +294,19 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         ...(opts.snapshotTarget ? { snapshot: opts.keep !== undefined ? { keep: opts.keep } : {} } : {}),
         ...(opts.lvmExec ? { exec: opts.lvmExec } : {}),
         log: opts.log ?? silentLogger,
+        stateDir: opts.stateDir,
       });
     }
-    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
+    // A new image gets its journal (which says "created: remove me to roll back") before it exists.
+    let createJournal: UndoJournal | undefined;
+    if (!lvRef && created && !opts.noUndo) createJournal = await journalForNewImage(opts.to, headers[0], opts.stateDir);
+    let target: FileTarget;
+    try {
+      target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
+    } catch (e) {
+      await createJournal?.discard();
+      throw e;
+    }
     target.log = opts.log ?? silentLogger;
     try {
       const state = created ? null : await target.readState();
@@ -254,6 +317,8 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         zeroing: target.zeroStats,
         ...(lvt ? { lv: lvt.report } : {}),
         ...(lvt && opts.snapshotTarget ? { snapshots: lvt.snapshots } : {}),
+        ...(rec.action !== 'none' || rec.interrupted ? { recovered: rec } : {}),
+        undoBytes: 0,
       };
       if (start >= headers.length) {
         // Nothing to apply; a clean target still gets its snapshot if it has none (e.g. the run
@@ -268,15 +333,35 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         for (let i = start; i < headers.length; i++) {
           const h = headers[i];
           const t0 = performance.now();
-          await target.ensureSize(h.volumeSize);
+          target.checkSize(h.volumeSize);
           const prev = current;
+          // A target created by this run is all holes: zeroing it again is skipped for its first archive.
+          const fresh = created && i === start && start === 0;
+          // The rollback point, made durable before the state says "applying" (docs/JOURNAL.md).
+          let journal: UndoJournal | undefined;
+          if (!opts.noUndo && lvt?.report.thin) await lvt.takeRollbackSnapshot(h.archiveId);
+          else if (fresh && createJournal) journal = createJournal;
+          else if (!opts.noUndo && target.undoPath) {
+            journal = await UndoJournal.create(target.undoPath, {
+              version: 1, target: target.kind === 'image' ? resolvePath(opts.to) : target.path, kind: target.kind, archiveId: h.archiveId, sequence: h.sequence,
+              prevSize: target.size, prevState: prev, created: fresh && target.kind === 'image', createdAt: new Date().toISOString(),
+            }, target);
+          }
           const applying: TargetState = {
             version: 1, volumeUuid: h.volumeUuid, chainId: prev?.chainId ?? h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
             archiveId: prev?.archiveId ?? '', sequence: prev?.sequence ?? -1, status: 'applying',
-            applying: { archiveId: h.archiveId, parentId: h.parentId, sequence: h.sequence, chainId: h.chainId, startedAt: new Date().toISOString() },
+            applying: { archiveId: h.archiveId, parentId: h.parentId, sequence: h.sequence, chainId: h.chainId, startedAt: new Date().toISOString(), ...(journal ? { undo: journal.path } : {}) },
             updatedAt: new Date().toISOString(),
           };
-          await target.writeState(applying);
+          try {
+            await target.writeState(applying);
+          } catch (e) {
+            await journal?.discard().catch(() => {});
+            throw e;
+          }
+          // A new image needs no journal entries: rolling back removes it.
+          if (journal && !journal.header.created) target.undo = journal;
+          await target.ensureSize(h.volumeSize);
           let events: AsyncGenerator<ArchiveEvent>;
           let total: number | undefined;
           if (fromStdin) {
@@ -290,16 +375,26 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
               throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
             }
           }
-          // A target created by this run is all holes: zeroing it again is skipped for its first archive.
-          const fresh = created && i === start && start === 0;
           const label = fromStdin ? 'standard input' : files[i].path;
-          const r = await applyStream(events, h, target, pool, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
-          await target.sync();
+          let r: { dataBytes: number; zeroBytes: number };
+          try {
+            r = await applyStream(events, h, target, pool, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
+            await target.sync();
+          } finally {
+            target.undo = undefined;
+            await journal?.close();
+          }
           current = {
             version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
             archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
           };
           await target.writeState(current);
+          // The new state is durable: the rollback point is not needed any more.
+          if (journal) {
+            result.undoBytes += journal.bytesJournaled;
+            await journal.discard();
+          }
+          if (!opts.noUndo && lvt?.report.thin) await lvt.dropRollbackSnapshot();
           opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
           await lvt?.afterClean(h);
           result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });

@@ -1,10 +1,12 @@
 /**
  * info: what an archive holds, from its header, map and trailer, without reading any payload when
- * it is a file (from standard input the archive is read through, payloads unverified).
+ * it is stored (a file, or an archive in a store: ranged reads); from standard input the archive is
+ * read through, payloads unverified. A store or chain (directory or URL) means its newest archive.
  */
-import { ArchiveFile, readArchive } from '../archive/reader.js';
+import { readArchive } from '../archive/reader.js';
 import { FormatError } from '../errors.js';
 import type { ArchiveHeader, MapEnd, Trailer } from '../format/types.js';
+import { openArchiveRef, type StoreOptions } from './inputs.js';
 
 export interface ArchiveInfo {
   archive: string;
@@ -14,7 +16,7 @@ export interface ArchiveInfo {
   bytes: number;
 }
 
-export async function info(opts: { archive: string; stdin?: AsyncIterable<Uint8Array> }): Promise<ArchiveInfo> {
+export async function info(opts: { archive: string; stdin?: AsyncIterable<Uint8Array>; storeOptions?: StoreOptions }): Promise<ArchiveInfo> {
   if (opts.archive === '-') {
     let header: ArchiveHeader | undefined;
     let map: MapEnd | undefined;
@@ -25,10 +27,10 @@ export async function info(opts: { archive: string; stdin?: AsyncIterable<Uint8A
     }
     throw new FormatError('TRUNCATED', 'archive ended without a trailer', undefined, 'standard input');
   }
-  const f = await ArchiveFile.open(opts.archive);
+  const f = await openArchiveRef(opts.archive, opts.storeOptions);
   try {
     const map = await f.preflight();
-    return { archive: opts.archive, header: f.header, map, trailer: f.trailer, bytes: f.size };
+    return { archive: f.path, header: f.header, map, trailer: f.trailer, bytes: f.size };
   } finally {
     await f.close();
   }

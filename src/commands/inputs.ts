@@ -1,9 +1,87 @@
-/** Resolving what the user names on the command line into archives. */
+/**
+ * Resolving what the user names on the command line into archives, in any store: a local archive file
+ * or directory, `ssh://...` or `s3://...` (a store, a chain in it, or one archive: a URL ending in
+ * `.tna`), or `-` for standard input.
+ *
+ * Stores are opened once per process and shared (`storeFor`); `closeStores` releases their
+ * connections (the CLI calls it when a command ends).
+ */
 import { stat } from 'node:fs/promises';
+import { ArchiveFile, type ByteSource } from '../archive/reader.js';
 import { ioError, UsageError } from '../errors.js';
 import { DirectoryStore } from '../store/dir.js';
+import { isStoreUrl, openStore, type StoreOptions } from '../store/open.js';
+import type { ArchiveStore, StoredArchive } from '../store/types.js';
 
-export type ArchiveInput = { kind: 'file'; path: string } | { kind: 'stdin' };
+export type { StoreOptions } from '../store/open.js';
+
+/**
+ * One archive to read: `path` is a local path or a URL (for messages); `open` reads its header and
+ * trailer from wherever it is stored.
+ */
+export type ArchiveInput = { kind: 'file'; path: string; open(): Promise<ArchiveFile> } | { kind: 'stdin' };
+
+const stores = new Map<string, Promise<ArchiveStore>>();
+
+/** The store `url` names (a directory path or a store URL), opened once per process. */
+export function storeFor(url: string, opts: StoreOptions = {}): Promise<ArchiveStore> {
+  if (!isStoreUrl(url)) return Promise.resolve(new DirectoryStore(url));
+  const key = `${url}\0${JSON.stringify(opts)}`;
+  let s = stores.get(key);
+  if (!s) {
+    s = openStore(url, opts);
+    stores.set(key, s);
+    s.catch(() => stores.delete(key));
+  }
+  return s;
+}
+
+/** Close every store `storeFor` opened (their ssh connections). */
+export async function closeStores(): Promise<void> {
+  const all = [...stores.values()];
+  stores.clear();
+  await Promise.allSettled(all.map(async (p) => (await p).close()));
+}
+
+/** True when `ref` names one archive in a remote store rather than a store or chain (`….tna`). */
+function isArchiveUrl(ref: string): boolean {
+  return /\.tna$/i.test(ref.replace(/\/+$/, ''));
+}
+
+/** Split `scheme://…/dir/NAME.tna` into the store holding it and its name. */
+function splitArchiveUrl(url: string): { parent: string; name: string } {
+  const u = url.replace(/\/+$/, '');
+  const i = u.lastIndexOf('/');
+  return { parent: u.slice(0, i), name: u.slice(i + 1) };
+}
+
+/** The archives a remote ref names: one archive (URL ending in .tna) or the one chain of a store. */
+async function remoteArchives(ref: string, opts: StoreOptions): Promise<{ store: ArchiveStore; archives: StoredArchive[] }> {
+  if (isArchiveUrl(ref)) {
+    const { parent, name } = splitArchiveUrl(ref);
+    const store = await storeFor(parent, opts);
+    const found = (await store.listChains()).flatMap((c) => c.archives).find((a) => a.name === name);
+    if (!found) throw new UsageError(`no archive ${name} in ${parent} (archive names look like 0000000003-<uuid>.tna)`);
+    return { store, archives: [found] };
+  }
+  const store = await storeFor(ref, opts);
+  return { store, archives: (await store.onlyChain()).archives };
+}
+
+/** Open a stored archive's header and trailer. */
+export async function openStored(store: ArchiveStore, a: StoredArchive): Promise<ArchiveFile> {
+  return ArchiveFile.openSource(await store.openArchive(a));
+}
+
+/** The bytes of a stored archive from the start, as a stream; the source is closed at the end. */
+export async function* streamStored(store: ArchiveStore, a: StoredArchive): AsyncGenerator<Uint8Array> {
+  const src: ByteSource = await store.openArchive(a);
+  try {
+    yield* src.stream(0);
+  } finally {
+    await src.close();
+  }
+}
 
 async function kindOf(path: string): Promise<'file' | 'dir'> {
   try {
@@ -16,27 +94,63 @@ async function kindOf(path: string): Promise<'file' | 'dir'> {
   throw new UsageError(`${path} is neither an archive file nor a directory`);
 }
 
-/** An archive file, or a store/chain directory meaning its newest archive. */
+/**
+ * The archive a single reference means: an archive file or archive URL, or a store/chain (directory or
+ * URL) meaning its newest archive. Returns it opened (header and trailer read).
+ */
+export async function openArchiveRef(ref: string, opts: StoreOptions = {}): Promise<ArchiveFile> {
+  if (isStoreUrl(ref)) {
+    const { store, archives } = await remoteArchives(ref, opts);
+    return openStored(store, archives[archives.length - 1]);
+  }
+  return ArchiveFile.open(await resolveArchiveRef(ref));
+}
+
+/** A local archive file, or a store/chain directory meaning its newest archive. */
 export async function resolveArchiveRef(ref: string): Promise<string> {
+  if (isStoreUrl(ref)) throw new UsageError(`${ref} is not a local archive`);
   if ((await kindOf(ref)) === 'file') return ref;
   const chain = await new DirectoryStore(ref).onlyChain();
   return chain.archives[chain.archives.length - 1].path;
 }
 
 /**
- * Archive files and directories (each meaning every archive of its one chain, in order), or `-` alone
- * for standard input.
+ * Archive files and archive URLs, directories and store URLs (each meaning every archive of its one
+ * chain, in order), or `-` alone for standard input.
  */
-export async function resolveArchiveInputs(refs: string[]): Promise<ArchiveInput[]> {
+export async function resolveArchiveInputs(refs: string[], opts: StoreOptions = {}): Promise<ArchiveInput[]> {
   if (refs.length === 0) throw new UsageError('no archive given');
   if (refs.includes('-')) {
     if (refs.length > 1) throw new UsageError("'-' (standard input) cannot be combined with other archives");
     return [{ kind: 'stdin' }];
   }
   const out: ArchiveInput[] = [];
+  const local = (path: string): ArchiveInput => ({ kind: 'file', path, open: () => ArchiveFile.open(path) });
   for (const ref of refs) {
-    if ((await kindOf(ref)) === 'file') out.push({ kind: 'file', path: ref });
-    else for (const a of (await new DirectoryStore(ref).onlyChain()).archives) out.push({ kind: 'file', path: a.path });
+    if (isStoreUrl(ref)) {
+      const { store, archives } = await remoteArchives(ref, opts);
+      for (const a of archives) out.push({ kind: 'file', path: a.path, open: () => openStored(store, a) });
+    } else if ((await kindOf(ref)) === 'file') out.push(local(ref));
+    else for (const a of (await new DirectoryStore(ref).onlyChain()).archives) out.push(local(a.path));
   }
   return out;
+}
+
+/** One chain (or one named archive) of a remote ref, for reading archives through as streams. */
+export interface RemoteReadGroup {
+  label: string;
+  /** True for a chain of a store; false for one archive named by URL. */
+  store: boolean;
+  items: { label: string; open: () => AsyncIterable<Uint8Array> }[];
+}
+
+/** Every chain of a remote store (or the one archive a `.tna` URL names), as streams. */
+export async function remoteReadGroups(ref: string, opts: StoreOptions = {}): Promise<RemoteReadGroup[]> {
+  if (isArchiveUrl(ref)) {
+    const { store, archives } = await remoteArchives(ref, opts);
+    return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a) })) }];
+  }
+  const store = await storeFor(ref, opts);
+  return (await store.listChains()).filter((c) => c.archives.length > 0)
+    .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a) })) }));
 }

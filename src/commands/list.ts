@@ -1,7 +1,7 @@
-/** list: the chains of a directory store and their archives, from headers and trailers only. */
-import { ArchiveFile } from '../archive/reader.js';
+/** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
-import { DirectoryStore } from '../store/dir.js';
+import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from './chain-state.js';
+import { openStored, storeFor, type StoreOptions } from './inputs.js';
 
 export interface ListedArchive {
   path: string;
@@ -14,6 +14,8 @@ export interface ListedArchive {
   volumeSize: number | null;
   bytes: number;
   rawBytes: number | null;
+  /** A merged archive (merge, prune): the sequences it covers; it holds the state of `toSequence`. */
+  merged?: MergedInfo | null;
   /** 'complete': header and trailer read and consistent; otherwise the reason it is not. */
   status: string;
 }
@@ -21,27 +23,30 @@ export interface ListedArchive {
 export interface ListedChain {
   chainId: string;
   dir: string;
+  /** The last `verify --against` of the chain (directory stores), or null. */
+  verified: VerificationRecord | null;
   volume: string | null;
   volumeUuid: string | null;
   archives: ListedArchive[];
 }
 
-export async function list(opts: { dir: string }): Promise<ListedChain[]> {
+export async function list(opts: { dir: string; storeOptions?: StoreOptions }): Promise<ListedChain[]> {
   const out: ListedChain[] = [];
-  for (const c of await new DirectoryStore(opts.dir).listChains()) {
-    const chain: ListedChain = { chainId: c.chainId, dir: c.dir, volume: null, volumeUuid: null, archives: [] };
+  const store = await storeFor(opts.dir, opts.storeOptions);
+  for (const c of await store.listChains()) {
+    const chain: ListedChain = { chainId: c.chainId, dir: c.dir, volume: null, volumeUuid: null, archives: [], verified: await readVerification(c.dir) };
     for (const a of c.archives) {
       const item: ListedArchive = {
         path: a.path, sequence: a.sequence, archiveId: a.archiveId, parentId: null, full: false, created: null,
         volume: null, volumeSize: null, bytes: 0, rawBytes: null, status: 'complete',
       };
       try {
-        const f = await ArchiveFile.open(a.path);
+        const f = await openStored(store, a);
         try {
           const h = f.header;
           Object.assign(item, {
             parentId: h.parentId, full: h.full, created: new Date(h.createdMs).toISOString(), volume: h.meta.volume.name,
-            volumeSize: h.volumeSize, bytes: f.size, rawBytes: f.trailer.rawBytes,
+            volumeSize: h.volumeSize, bytes: f.size, rawBytes: f.trailer.rawBytes, merged: mergedInfo(h) ?? null,
           });
           if (h.archiveId !== a.archiveId || h.sequence !== a.sequence || h.chainId !== c.chainId) item.status = 'misnamed: the header does not match the file name';
           chain.volume ??= h.meta.volume.name;
@@ -54,6 +59,15 @@ export async function list(opts: { dir: string }): Promise<ListedChain[]> {
         item.status = `unreadable: ${e.message}`;
       }
       chain.archives.push(item);
+    }
+    // Archives a merged archive covers are superseded (left by merge --keep-originals or an interrupted prune).
+    for (const x of chain.archives) {
+      const xs = x.sequence;
+      const xe = x.merged?.toSequence ?? x.sequence;
+      if (x.status === 'complete' && chain.archives.some((y) => y !== x && y.merged && y.merged.fromSequence <= xs && xe <= y.merged.toSequence
+        && (y.merged.toSequence - y.merged.fromSequence > xe - xs))) {
+        x.status = 'superseded by a merged archive (the next prune deletes it)';
+      }
     }
     out.push(chain);
   }

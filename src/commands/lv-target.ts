@@ -74,7 +74,14 @@ import { assertLvmName, dmName, isLvmName, lvDevicePath } from '../lvm/names.js'
 import type { LvInfo } from '../lvm/report.js';
 import { deactivate, listLvs, poolStatus, removeLv } from '../lvm/tools.js';
 import { thinio, type ThinIO } from '../native.js';
-import { FileTarget, type TargetState, type TargetStateStore, type ZeroMethod, type ZeroStats } from '../target/file-target.js';
+import { join } from 'node:path';
+import { defaultStateDir, FileTarget, type TargetState, type TargetStateStore, type ZeroMethod, type ZeroStats } from '../target/file-target.js';
+import { journalExists, readJournal, removeJournal, replayJournal } from '../target/undo-journal.js';
+
+/** The undo journal of a thick LV target: STATE_DIR/lv/VG/LV.undo (thin LVs use a rollback snapshot). */
+export function lvUndoFile(vg: string, lv: string, stateDir = defaultStateDir()): string {
+  return join(stateDir, 'lv', vg, `${lv}.undo`);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Target spec
@@ -121,6 +128,8 @@ export function parsePoolSpec(spec: string, targetVg: string): string {
 export const TAG_PREFIX = 'ta_';
 export const TAG_CREATED = 'ta_created';
 export const TAG_SNAP = 'ta_snap';
+/** The rollback snapshot of a thin LV target while an archive is applied (see "Rollback snapshots"). */
+export const TAG_ROLLBACK = 'ta_rollback';
 const TAG_FMT = 'ta_fmt_1';
 const SAFE = /^[A-Za-z0-9_+.-]+$/;
 const STATE_KEYS = new Set([
@@ -129,6 +138,7 @@ const STATE_KEYS = new Set([
 ]);
 
 export const snapOfTag = (lvUuid: string): string => tag('snapof', lvUuid);
+export const rollbackOfTag = (lvUuid: string): string => tag('rollbackof', lvUuid);
 
 function tag(key: string, value: string | number): string {
   const t = `${TAG_PREFIX}${key}_${value}`;
@@ -326,8 +336,8 @@ export class LvTagStateStore implements TargetStateStore {
     return tagsToState(tags, `${this.vg}/${this.lv}`);
   }
 
-  async write(s: TargetState): Promise<void> {
-    const want = stateToTags(s);
+  async write(s: TargetState | null): Promise<void> {
+    const want = s ? stateToTags(s) : [];
     this.primed = undefined;
     const cur = this.known ?? (await mustLv(this.exec, this.vg, this.lv, this.uuid)).tags;
     const del = stateTags(cur).filter((t) => !want.includes(t));
@@ -429,11 +439,14 @@ export interface OpenLvTargetOptions extends LvRef {
   snapshot?: { keep?: number };
   exec?: LvmExec;
   log?: Logger;
+  /** where a thick LV's undo journal is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive) */
+  stateDir?: string;
 }
 
 export class LvTarget {
   readonly snapshots: TargetSnapshots = { created: [], removed: [], kept: [] };
   private closed = false;
+  private rollbackName: string | undefined;
 
   private constructor(
     readonly target: FileTarget,
@@ -484,6 +497,7 @@ export class LvTarget {
         throw new UsageError(`${where} (lv_attr ${info.attr}) is not a volume apply can write to`);
       }
       if (info.tags.includes(TAG_SNAP)) throw new UnsafeError('TARGET_IS_SNAPSHOT', `${where} is a target snapshot kept by --snapshot-target; apply to its origin, or to a new LV`);
+      if (info.tags.includes(TAG_ROLLBACK)) throw new UnsafeError('TARGET_IS_SNAPSHOT', `${where} is the rollback snapshot of an apply to ${info.origin ?? 'another LV'}; run thinarchive recover on that LV`);
       if (info.readOnly) throw new UnsafeError('TARGET_READONLY', `${where} is read-only (lv_attr ${info.attr})`);
       const thin = info.isThinVolume;
       if (o.snapshot && !thin) throw new UsageError(`--snapshot-target needs a thin LV; ${where} is not one (lv_attr ${info.attr})`);
@@ -515,7 +529,11 @@ export class LvTarget {
 
       const store = new LvTagStateStore(exec, vg, lv, info.uuid);
       store.prime(info.tags); // listed a moment ago: apply's first readState() need not list again
-      target = await FileTarget.openWith(devicePath, { kind: 'lv', stateStore: store, ...(zeroMethods ? { zeroMethods } : {}) });
+      target = await FileTarget.openWith(devicePath, {
+        kind: 'lv', stateStore: store, ...(zeroMethods ? { zeroMethods } : {}),
+        // thick LVs: an undo journal like a block device's (thin LVs: the rollback snapshot)
+        ...(thin ? {} : { undoPath: lvUndoFile(vg, lv, o.stateDir) }),
+      });
       statsRef = target.zeroStats;
       target.log = log;
       const opens = await openCount(exec, vg, lv);
@@ -569,6 +587,42 @@ export class LvTarget {
       ours = ours.slice(0, keep);
     }
     this.snapshots.kept = ours;
+  }
+
+  /**
+   * Before an archive is written to a thin LV: take its rollback snapshot (a thin snapshot of the LV
+   * as it is, carrying a copy of the LV's state tags). Made before the state says "applying".
+   */
+  async takeRollbackSnapshot(archiveId: string): Promise<void> {
+    const { vg, lv, uuid } = this.report;
+    const all = await vgLvs(this.exec, vg);
+    for (const old of all.filter((l) => l.tags.includes(TAG_ROLLBACK) && l.tags.includes(rollbackOfTag(uuid)))) {
+      await removeLv(vg, old.name, { exec: this.exec, requireTag: rollbackOfTag(uuid) });
+    }
+    const info = byName(all, lv);
+    if (!info || info.uuid !== uuid) throw new UnsafeError('LV_REPLACED', `logical volume ${vg}/${lv} changed underneath`);
+    let name = `${lv}_ta_rollback`;
+    if (byName(all, name)) name = `${lv}_ta_rollback_${uuid.replace(/-/g, '').slice(0, 8)}`;
+    if (byName(all, name)) throw new UnsafeError('SNAPSHOT_NAME_TAKEN', `cannot name the rollback snapshot: ${vg}/${name} exists`);
+    assertLvmName(name, 'snapshot LV');
+    const argv = ['lvcreate', '-s', '--setactivationskip', 'n', '-n', name, '--addtag', TAG_ROLLBACK, '--addtag', rollbackOfTag(uuid), '--addtag', tag('rbfor', archiveId)];
+    for (const t of stateTags(info.tags)) argv.push('--addtag', t);
+    argv.push(`${vg}/${lv}`);
+    await this.exec(argv);
+    const snap = byName(await vgLvs(this.exec, vg), name);
+    if (!snap || !snap.isThinVolume || snap.origin !== lv) {
+      throw new ThinarchiveError('NOT_THIN_SNAPSHOT', `${vg}/${name} was created but is not a thin snapshot of ${lv} (attr ${snap?.attr ?? 'none'})`);
+    }
+    this.rollbackName = name;
+    this.log.info({ target: `${vg}/${lv}`, snapshot: name, archiveId }, 'rollback snapshot taken');
+  }
+
+  /** After the new state is durable: the rollback snapshot is not needed any more. */
+  async dropRollbackSnapshot(): Promise<void> {
+    if (!this.rollbackName) return;
+    const { vg, uuid } = this.report;
+    await removeLv(vg, this.rollbackName, { exec: this.exec, requireTag: rollbackOfTag(uuid) });
+    this.rollbackName = undefined;
   }
 
   /** Close the device; deactivate the LV again if this run activated it. */
@@ -629,4 +683,114 @@ async function planThinZeroing(exec: LvmExec, all: readonly LvInfo[], vg: string
     return { unit: 0, reason: `${devicePath}'s discard granularity ${q.granularity} does not divide the pool chunk ${chunk}` };
   }
   return { unit: chunk };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+export interface LvRecovery {
+  action: 'none' | 'restored-snapshot' | 'stale-snapshot-removed' | 'removed-created' | 'rolled-back' | 'stale-journal-removed';
+  interrupted?: { archiveId: string; sequence: number };
+  state: { archiveId: string; sequence: number; status: TargetState['status'] } | null;
+  snapshot?: string;
+}
+
+/**
+ * Roll a thin LV target back after an interrupted apply: `lvconvert --merge` of the rollback snapshot
+ * (tried in the lab, LVM 2.03.16: with the origin not open, the snapshot replaces the origin at once;
+ * the LV keeps its name, uuid and tags), then the state tags copied on the snapshot are written back.
+ * An LV created by the interrupted apply (`--create`, no previous state) is removed instead.
+ * A rollback snapshot next to an LV that is not applying is stale and removed.
+ * Without a rollback snapshot (--no-undo, thick LVs) an interrupted apply is completed by applying the
+ * same archive again: UnsafeError NO_UNDO (from apply: reported, not an error).
+ */
+export async function recoverLv(o: LvRef & { exec?: LvmExec; log?: Logger; fromApply: boolean; stateDir?: string; accept?: (s: TargetState | null) => boolean }): Promise<LvRecovery> {
+  const { vg, lv } = o;
+  const log = o.log ?? silentLogger;
+  const exec = o.exec ?? createLvmExec({ logger: log });
+  const where = `${vg}/${lv}`;
+  const all = await vgLvs(exec, vg);
+  const info = byName(all, lv);
+  if (!info || info.tags.includes(TAG_SNAP) || info.tags.includes(TAG_ROLLBACK)) return { action: 'none', state: null };
+  const state = tagsToState(info.tags, where);
+  const short = (s: TargetState | null): LvRecovery['state'] => (s ? { archiveId: s.archiveId, sequence: s.sequence, status: s.status } : null);
+  const snaps = all.filter((l) => l.tags.includes(TAG_ROLLBACK) && l.tags.includes(rollbackOfTag(info.uuid)));
+  if (state?.status === 'applying') {
+    const a = state.applying!;
+    const interrupted = { archiveId: a.archiveId, sequence: a.sequence };
+    // (apply: only when it would go ahead on the interrupted target; otherwise it refuses, untouched)
+    if (o.accept && !o.accept(state)) return { action: 'none', state: short(state), interrupted };
+    const snap = snaps.find((l) => l.tags.includes(tag('rbfor', a.archiveId)));
+    const journal = lvUndoFile(vg, lv, o.stateDir);
+    if (!snap && await journalExists(journal)) {
+      // A thick LV: replay its undo journal.
+      const j = await readJournal(journal);
+      if (j.header.archiveId !== a.archiveId || j.header.target !== lvDevicePath(vg, lv)) {
+        throw new UnsafeError('JOURNAL_MISMATCH', `undo journal ${journal} is of archive ${j.header.archiveId} on ${j.header.target}, but ${where} is applying archive ${a.archiveId}; refusing to roll back`);
+      }
+      let activated = false;
+      if (!info.active) {
+        await exec(['lvchange', '-ay', ...(info.activationSkip ? ['-K'] : []), where]);
+        activated = true;
+      }
+      const store = new LvTagStateStore(exec, vg, lv, info.uuid);
+      try {
+        const t = await FileTarget.openWith(lvDevicePath(vg, lv), { kind: 'lv', stateStore: store });
+        let r: { entries: number; bytes: number };
+        try {
+          r = await replayJournal(journal, j, t);
+        } finally {
+          await t.close();
+        }
+        store.prime((await mustLv(exec, vg, lv, info.uuid)).tags);
+        await store.write(j.header.prevState ? { ...j.header.prevState, updatedAt: new Date().toISOString() } : null);
+        await removeJournal(journal);
+        log.info({ target: where, entries: r.entries, bytes: r.bytes }, 'recovery: rolled back with the undo journal');
+      } finally {
+        if (activated) await deactivate(vg, lv, { exec }).catch(() => {});
+      }
+      return { action: 'rolled-back', state: short(j.header.prevState), interrupted };
+    }
+    if (!snap) {
+      if (o.fromApply) return { action: 'none', state: short(state), interrupted };
+      throw new UnsafeError('NO_UNDO', `${where} was interrupted while applying archive ${a.archiveId} (sequence ${a.sequence}) and has no rollback snapshot (--no-undo, or a thick LV): apply that archive again to complete it`);
+    }
+    if (!snap.isThinVolume || snap.origin !== lv) {
+      throw new UnsafeError('ROLLBACK_SNAPSHOT', `${vg}/${snap.name} is tagged as the rollback snapshot of ${where} but is not a thin snapshot of it (origin ${snap.origin ?? 'none'}); refusing to roll back`);
+    }
+    if (info.active) {
+      const opens = await openCount(exec, vg, lv);
+      if (opens > 0) throw new UnsafeError('TARGET_BUSY', `${where} is open (device-mapper open count ${opens}); close it before it is rolled back`);
+    }
+    const prev = tagsToState(snap.tags, `${vg}/${snap.name}`);
+    if (prev === null && info.tags.includes(TAG_CREATED)) {
+      // The LV was created by the interrupted apply: going back means removing it.
+      await removeLv(vg, lv, { exec, requireTag: TAG_CREATED });
+      await removeLv(vg, snap.name, { exec, requireTag: rollbackOfTag(info.uuid) });
+      log.info({ target: where }, 'recovery: removed the LV created by the interrupted apply');
+      return { action: 'removed-created', state: null, interrupted, snapshot: snap.name };
+    }
+    await exec(['lvm', 'lvconvert', '--merge', `${vg}/${snap.name}`]);
+    const after = await vgLvs(exec, vg);
+    const now = byName(after, lv);
+    if (!now || now.uuid !== info.uuid || byName(after, snap.name)) {
+      throw new ThinarchiveError('ROLLBACK_MERGE', `lvconvert --merge ${vg}/${snap.name} did not put the snapshot in place of ${where} (the merge may be deferred until ${where} is deactivated)`);
+    }
+    const store = new LvTagStateStore(exec, vg, lv, info.uuid);
+    store.prime(now.tags);
+    await store.write(prev === null ? null : { ...prev, updatedAt: new Date().toISOString() });
+    for (const other of snaps.filter((l) => l.name !== snap.name)) await removeLv(vg, other.name, { exec, requireTag: rollbackOfTag(info.uuid) });
+    log.info({ target: where, snapshot: snap.name }, 'recovery: rolled back from the rollback snapshot');
+    return { action: 'restored-snapshot', state: short(prev), interrupted, snapshot: snap.name };
+  }
+  const stale = lvUndoFile(vg, lv, o.stateDir);
+  if (await journalExists(stale)) {
+    await removeJournal(stale);
+    return { action: 'stale-journal-removed', state: short(state) };
+  }
+  if (snaps.length > 0) {
+    for (const l of snaps) await removeLv(vg, l.name, { exec, requireTag: rollbackOfTag(info.uuid) });
+    return { action: 'stale-snapshot-removed', state: short(state), snapshot: snaps.map((l) => l.name).join(', ') };
+  }
+  return { action: 'none', state: short(state) };
 }

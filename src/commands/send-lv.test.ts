@@ -279,6 +279,25 @@ describe('sendLv against an emulated pool', () => {
     expect((await sendLv({ ...base(), volume: `${VG}/vol`, dryRun: true, full: true })).full).toBe(true);
   });
 
+  it('an incremental of a volume grown since its base takes the new area from thin_dump: mapped DATA, the rest UNMAP', async () => {
+    // base 1 GiB (16384 blocks), volume now 2 GiB; blocks 20000-20005 are mapped in both (kept by an
+    // lvreduce before the growth), which thin_delta calls `same`: they must be sent all the same
+    w.lvs[1]!.mapped.push([20000, 6]);
+    w.delta.push({ kind: 'same', begin: 20000, length: 6 });
+    w.lvs.push({ ...w.lvs[1]!, name: 'vol_ta_default_4', uuid: lvmUuid(), thinId: 9, origin: 'vol', attr: 'Vri---t--k', active: false, size: GiB,
+      tags: snapshotTags({ originUuid: VOL_UUID, chain: 'default', chainId: CHAIN_ID, archiveId: ARCH(4), sequence: 4, createdAt: '2024-01-01T00:00:00Z' }, false) });
+    await mkdir(join(store, CHAIN_ID));
+    await writeFile(join(store, CHAIN_ID, archiveFileName(4, ARCH(4))), '');
+    const r = await sendLv({ ...base(), volume: `${VG}/vol`, dryRun: true });
+    const from = GiB / CHUNK;
+    // below the base's end: the delta (different 100, right_only 2000-2003; left_only 1000-1004);
+    // past it: 20000-20005 DATA, the other blocks UNMAP
+    expect(r).toMatchObject({ full: false, volumeSize: 2 * GiB, dataBytes: (5 + 6) * CHUNK, unmapBytes: (5 + from - 6) * CHUNK });
+    expect(w.calls.filter((c) => /^thin_(delta|dump) /.test(c) && !c.includes(' -V')).map((c) => c.split(' ')[0])).toEqual(['thin_delta', 'thin_dump']);
+    expect(w.held).toBeNull();
+    expect(names()).toEqual([POOL, 'vol', 'vol_ta_default_4']);
+  });
+
   it('refuses a pool above the data threshold before creating anything', async () => {
     w.dataUsed = 95;
     await expect(sendLv({ ...base(), volume: `${VG}/vol` })).rejects.toThrow(/data usage is 95\.0%, above the limit of 90% \(--max-data-percent\)/);

@@ -25,6 +25,10 @@
  * `--full` on a chain that has a base: a full archive whose parent is the base's archive, in the same
  * chain and sequence order (apply accepts it on a target at the parent, or on a new target).
  *
+ * Resized volumes: an archive has the snapshot's size. After a shrink the delta's ranges past the end
+ * are clamped. After a growth the area past the base's end is taken from thin_dump of the new snapshot
+ * (mapped: DATA, the rest: UNMAP), not from the delta: see grownExtents.
+ *
  * User-managed snapshots (`--snapshot VG/SNAP [--base VG/SNAP] [--parent ARCHIVE|DIR]`): nothing is
  * created, tagged or removed. Without --base a full archive (continuing --parent's chain when given);
  * with --base an incremental base -> snapshot on top of --parent, whose header must name the base
@@ -45,9 +49,10 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
-import { ArchiveFile } from '../archive/reader.js';
 import type { NewArchive, WriteProgress } from '../archive/writer.js';
+import { ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader, MapExtent, SnapshotIdentity } from '../format/types.js';
+import { volumeBlocks } from '../format/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { defaultStateDir, withMetadataSnapshot } from '../lvm/metadata-snap.js';
@@ -62,9 +67,9 @@ import {
   type ToolOptions, type ToolOutput,
 } from '../lvm/tools.js';
 import { FileVolume } from '../source/volume.js';
-import { DirectoryStore } from '../store/dir.js';
+import type { StoreOptions } from '../store/open.js';
 import { TOOL_VERSION } from '../version.js';
-import { resolveArchiveRef } from './inputs.js';
+import { openArchiveRef, storeFor } from './inputs.js';
 import {
   archiveBlockSizeFor, checkLevel, checkNoFork, dryRunResult, openDestination, poolFileExtents, writeAndCommit, type PoolRange, type SendDestination,
   type SendResult,
@@ -98,6 +103,8 @@ export interface SendLvOptions {
   /** With `snapshot`: the archive (or store directory: its newest) the new archive follows. */
   parent?: string;
   to: SendDestination;
+  /** Options for remote stores (ssh options, S3 endpoint, ...). */
+  storeOptions?: StoreOptions;
   /** Managed: a full archive even when the chain has a base. */
   full?: boolean;
   /** Managed: the chain name; default "default". */
@@ -347,11 +354,26 @@ interface Transfer {
   header: NewArchive;
   snap: SnapshotRef;
   base: SnapshotRef | null;
+  /** The base snapshot's size in bytes (incrementals). */
+  baseSize?: number;
   /** Activate the snapshot for reading; returns its device and how to put it back. */
   activate: () => Promise<{ dev: string; restore: () => Promise<void> }>;
 }
 
-async function mapFromMetadata(t: Transfer, o: SendLvOptions, ctx: Ctx): Promise<ToolOutput> {
+/** The map files of a transfer: the delta (incremental) or dump (full), and a dump of a grown volume. */
+interface MapFiles {
+  main: ToolOutput;
+  /** Incremental of a volume grown since the base: thin_dump of the new snapshot, for the new area. */
+  grown: ToolOutput | null;
+}
+
+/** The first archive block of the area an incremental takes from thin_dump (past the base's end), or null. */
+function grownFrom(t: Transfer): number | null {
+  if (!t.base || t.baseSize === undefined || t.baseSize >= t.header.volumeSize) return null;
+  return Math.floor(t.baseSize / t.header.blockSize);
+}
+
+async function mapFromMetadata(t: Transfer, o: SendLvOptions, ctx: Ctx): Promise<MapFiles> {
   const pool = { vg: t.vg, pool: t.pool };
   return withMetadataSnapshot(pool, {
     ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
@@ -361,20 +383,60 @@ async function mapFromMetadata(t: Transfer, o: SendLvOptions, ctx: Ctx): Promise
   }, async (tmeta, held) => {
     const signal = ctx.signal ? AbortSignal.any([ctx.signal, held.signal]) : held.signal;
     const run = { exec: ctx.exec, signal, ...(o.tmpDir !== undefined ? { dir: o.tmpDir } : {}) };
-    return t.base ? thinDelta(tmeta, t.base.thinId, t.snap.thinId, run) : thinDump(tmeta, t.snap.thinId, run);
+    if (!t.base) return { main: await thinDump(tmeta, t.snap.thinId, run), grown: null };
+    const main = await thinDelta(tmeta, t.base.thinId, t.snap.thinId, run);
+    try {
+      return { main, grown: grownFrom(t) === null ? null : await thinDump(tmeta, t.snap.thinId, run) };
+    } catch (e) {
+      await main.remove();
+      throw e;
+    }
   });
 }
 
-/** The archive extents of the map file: checks it is about the right devices and pool block size. */
-function mapExtents(t: Transfer, file: string): AsyncGenerator<MapExtent> {
+/**
+ * An incremental of a volume grown since its base: the delta's extents before block `from`, then the
+ * new snapshot's whole map from there (mapped: DATA, the rest: UNMAP). The delta alone is not enough
+ * there: the area past the base's end held whatever the target holds there (an image reads zeroes, an
+ * LV target older data), and lvreduce keeps the pool's mappings past the new end, so a volume grown
+ * again reads old data there that thin_delta calls `same`.
+ */
+async function* grownExtents(delta: AsyncIterable<MapExtent>, dump: AsyncIterable<MapExtent>, from: number, blocks: number): AsyncGenerator<MapExtent> {
+  for await (const e of delta) {
+    if (e.firstBlock >= from) continue;
+    yield { ...e, blockCount: Math.min(e.blockCount, from - e.firstBlock) };
+  }
+  let at = from;
+  for await (const e of dump) {
+    const end = e.firstBlock + e.blockCount;
+    if (end <= from) continue;
+    const first = Math.max(e.firstBlock, from);
+    if (first > at) yield { firstBlock: at, blockCount: first - at, kind: ExtentKind.UNMAP };
+    yield { firstBlock: first, blockCount: end - first, kind: ExtentKind.DATA };
+    at = end;
+  }
+  if (at < blocks) yield { firstBlock: at, blockCount: blocks - at, kind: ExtentKind.UNMAP };
+}
+
+/** The archive extents of the map files: checks they are about the right devices and pool block size. */
+function mapExtents(t: Transfer, files: MapFiles): AsyncGenerator<MapExtent> {
+  const from = grownFrom(t);
+  if (files.grown && from !== null) {
+    const { blockSize, volumeSize } = t.header;
+    return grownExtents(mapFile(t, files.main.path, t.base), mapFile(t, files.grown.path, null), from, volumeBlocks(volumeSize, blockSize));
+  }
+  return mapFile(t, files.main.path, t.base);
+}
+
+/** The extents of one map file: a thin_delta from `base` to the snapshot, or (base null) its thin_dump. */
+function mapFile(t: Transfer, file: string, base: SnapshotRef | null): AsyncGenerator<MapExtent> {
   const { blockSize, volumeSize } = t.header;
   const checkChunk = (bytes: number): void => {
     if (bytes !== t.chunk) {
       throw new ThinarchiveError('POOL_CHUNK_MISMATCH', `${file}: the pool metadata says blocks of ${bytes} bytes, lvs says the pool's chunk size is ${t.chunk}`);
     }
   };
-  if (t.base) {
-    const base = t.base;
+  if (base) {
     return poolFileExtents(file, async (stream) => {
       const d = await openThinDelta(stream, { file });
       checkChunk(d.header.blockSizeBytes);
@@ -395,9 +457,9 @@ function mapExtents(t: Transfer, file: string): AsyncGenerator<MapExtent> {
 async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number): Promise<SendResult> {
   const map = await mapFromMetadata(t, o, ctx);
   try {
-    if (o.dryRun) return await dryRunResult(t.header, mapExtents(t, map.path), started);
+    if (o.dryRun) return await dryRunResult(t.header, mapExtents(t, map), started);
     ctx.signal?.throwIfAborted();
-    const dest = await openDestination(o.to, t.header);
+    const dest = await openDestination(o.to, t.header, o.storeOptions);
     let restore: (() => Promise<void>) | undefined;
     try {
       const act = await t.activate();
@@ -408,7 +470,7 @@ async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number
           throw new ThinarchiveError('SNAPSHOT_SIZE', `${act.dev} is ${source.size} bytes, lvs says ${t.header.volumeSize}`);
         }
         return await writeAndCommit(dest, {
-          header: t.header, extents: mapExtents(t, map.path), source, level: o.level, signal: ctx.signal, onProgress: o.onProgress, started,
+          header: t.header, extents: mapExtents(t, map), source, level: o.level, signal: ctx.signal, onProgress: o.onProgress, started,
         });
       } finally {
         await source.close();
@@ -420,7 +482,8 @@ async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number
       }
     }
   } finally {
-    await map.remove();
+    await map.main.remove();
+    await map.grown?.remove();
   }
 }
 
@@ -465,9 +528,9 @@ async function poolChecks(vg: string, lv: LvInfo, lvs: readonly LvInfo[], o: Sen
   return { pool, chunk: poolLv.chunkSizeBytes };
 }
 
-async function storeHolds(to: SendDestination, chainId: string, archiveId: string): Promise<boolean> {
+async function storeHolds(to: SendDestination, chainId: string, archiveId: string, storeOptions?: StoreOptions): Promise<boolean> {
   if (typeof to !== 'string' || !UUID.test(chainId)) return false;
-  return (await new DirectoryStore(to).chainArchives(chainId)).some((a) => a.archiveId === archiveId);
+  return (await (await storeFor(to, storeOptions)).chainArchives(chainId)).some((a) => a.archiveId === archiveId);
 }
 
 export async function sendLv(o: SendLvOptions): Promise<SendLvResult> {
@@ -525,7 +588,7 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
     let snaps = classifyChainSnapshots(lvs, lv.uuid, chain);
     let changed = false;
     for (const p of snaps.pending) {
-      if (p.tags.archiveId && (await storeHolds(o.to, p.tags.chainId, p.tags.archiveId))
+      if (p.tags.archiveId && (await storeHolds(o.to, p.tags.chainId, p.tags.archiveId, o.storeOptions))
         && (!snaps.base || (p.tags.chainId === snaps.base.tags.chainId && p.tags.sequence > snaps.base.tags.sequence))) {
         log.warn({ snapshot: `${vg}/${p.lv.name}`, archiveId: p.tags.archiveId }, 'a run died after committing its archive: making its snapshot the base');
         await delTag(vg, p.lv.name, TAG_PENDING, ctx.tools);
@@ -570,11 +633,11 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
 
     if (typeof o.to === 'string') {
       // A store must hold the base's archive for an incremental to be of any use there.
-      if (!full && !(await storeHolds(o.to, chainId, parentId!))) {
+      if (!full && !(await storeHolds(o.to, chainId, parentId!, o.storeOptions))) {
         throw new UnsafeError('PARENT_NOT_IN_STORE', `${o.to} does not hold archive ${parentId} (sequence ${sequence - 1} of chain ${chainId}), which the base snapshot `
           + `${vg}/${baseInfo!.lv.name} of chain "${chain}" corresponds to; send to the store that holds that chain, use another --chain for this store, or --full`);
       }
-      await checkNoFork(o.to, { chainId, sequence, parentId });
+      await checkNoFork(o.to, { chainId, sequence, parentId }, o.storeOptions);
     }
 
     const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
@@ -594,7 +657,7 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
         volume: { vg, lv: lvName, lvUuid: lv.uuid }, snap, base: full ? null : base,
       });
       result = await transfer({
-        vg, pool, chunk, header, snap, base,
+        vg, pool, chunk, header, snap, base, ...(base ? { baseSize: baseInfo!.lv.sizeBytes } : {}),
         activate: async () => ({
           dev: await activateReadOnly(vg, name, ctx.tools),
           restore: () => deactivate(vg, name, ctx.cleanup),
@@ -667,7 +730,7 @@ async function sendUserSnapshot(o: SendLvOptions, ctx: Ctx, started: number): Pr
 
   let parent: ArchiveHeader | undefined;
   if (o.parent !== undefined) {
-    const pf = await ArchiveFile.open(await resolveArchiveRef(o.parent));
+    const pf = await openArchiveRef(o.parent, o.storeOptions);
     parent = pf.header;
     await pf.close();
   }
@@ -690,7 +753,7 @@ async function sendUserSnapshot(o: SendLvOptions, ctx: Ctx, started: number): Pr
     volume, snap, base,
   });
   const result = await transfer({
-    vg, pool, chunk, header, snap, base,
+    vg, pool, chunk, header, snap, base, ...(baseLv ? { baseSize: baseLv.sizeBytes } : {}),
     activate: async () => {
       const wasActive = snapLv.active;
       const dev = await activateReadOnly(vg, s.lv, ctx.tools);

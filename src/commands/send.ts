@@ -11,7 +11,6 @@ import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
 import { ioError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { withPool } from '../archive/pool.js';
-import { ArchiveFile } from '../archive/reader.js';
 import {
   normalizeExtents, writeArchive, type ArchiveSink, type NewArchive, type VolumeSource, type WriteProgress,
 } from '../archive/writer.js';
@@ -21,18 +20,22 @@ import type { ArchiveHeader, MapExtent } from '../format/types.js';
 import { rangeBytes, volumeBlocks } from '../format/types.js';
 import { openThinDelta } from '../lvm/thin-delta.js';
 import { FileVolume } from '../source/volume.js';
-import { DirectoryStore } from '../store/dir.js';
-import { resolveArchiveRef } from './inputs.js';
+import type { StoreOptions } from '../store/open.js';
+import type { RemoteApplyResult } from './remote-apply.js';
+import type { ArchiveStore } from '../store/types.js';
+import { openArchiveRef, storeFor } from './inputs.js';
 import { TOOL_VERSION } from '../version.js';
 
 export interface SendOptions {
   image: string;
   /** thin_delta XML describing what changed since the parent. */
   changes?: string;
-  /** Parent archive (file) or a store directory (its newest archive). */
+  /** Parent archive (file or URL) or a store (directory or URL: its newest archive). */
   parent?: string;
-  /** Store directory, or a sink for a pipe (then `toLabel` names it). */
+  /** Store (directory, ssh:// or s3:// URL), or a sink for a pipe (then `label` names it). */
   to: SendDestination;
+  /** Options for remote stores (ssh options, S3 endpoint, ...). */
+  storeOptions?: StoreOptions;
   blockSize?: number;
   level?: number;
   name?: string;
@@ -60,6 +63,8 @@ export interface SendResult {
   storedBytes: number;
   archiveBytes: number;
   seconds: number;
+  /** With `send --apply-remote`: what the remote apply reported. */
+  remoteApply?: RemoteApplyResult;
 }
 
 /** Largest power of two that divides `n`, within the archive's block size limits. */
@@ -121,8 +126,8 @@ export function deltaFileExtents(path: string, blockSize: number, volumeSize: nu
   }, blockSize, volumeSize);
 }
 
-/** Where an archive goes: a store directory, or a sink (a pipe) that `label` names and `end` flushes. */
-export type SendDestination = string | { sink: ArchiveSink; label: string; end?: () => Promise<void> };
+/** Where an archive goes: a store (directory or URL), or a sink (a pipe) that `label` names and `end` flushes. */
+export type SendDestination = string | { sink: ArchiveSink; label: string; end?: () => Promise<void>; abort?: () => Promise<void> };
 
 export function checkLevel(level: number | undefined): void {
   if (level !== undefined && (!Number.isInteger(level) || level < 1 || level > 19)) {
@@ -165,10 +170,11 @@ export interface OpenedDestination {
 }
 
 /** Never fork a chain: the new archive's sequence must be past every archive of its chain in the store. */
-export async function checkNoFork(store: string, header: Pick<NewArchive, 'chainId' | 'sequence' | 'parentId'>): Promise<void> {
-  const newer = (await new DirectoryStore(store).chainArchives(header.chainId)).filter((a) => a.sequence >= header.sequence);
+export async function checkNoFork(store: string | ArchiveStore, header: Pick<NewArchive, 'chainId' | 'sequence' | 'parentId'>, storeOptions?: StoreOptions): Promise<void> {
+  const s = typeof store === 'string' ? await storeFor(store, storeOptions) : store;
+  const newer = (await s.chainArchives(header.chainId)).filter((a) => a.sequence >= header.sequence);
   if (newer.length > 0) {
-    throw new UnsafeError('CHAIN_FORK', `the chain in ${store} already has sequence ${newer[0].sequence} (${newer[0].name}); `
+    throw new UnsafeError('CHAIN_FORK', `the chain in ${s.url} already has sequence ${newer[0].sequence} (${newer[0].name}); `
       + `an archive on parent ${header.parentId} would fork it (send from the newest archive, or start a new chain with a full send)`);
   }
 }
@@ -177,12 +183,24 @@ export async function checkNoFork(store: string, header: Pick<NewArchive, 'chain
  * Start an archive at its destination. A store directory refuses to fork a chain: the new archive's
  * sequence must be past every archive of its chain already there.
  */
-export async function openDestination(to: SendDestination, header: NewArchive): Promise<OpenedDestination> {
+export async function openDestination(to: SendDestination, header: NewArchive, storeOptions?: StoreOptions): Promise<OpenedDestination> {
   if (typeof to !== 'string') {
-    return { path: null, sink: to.sink, commit: async () => to.end?.(), abort: async () => {} };
+    let ended = false;
+    return {
+      path: null,
+      sink: to.sink,
+      commit: async () => {
+        ended = true;
+        await to.end?.();
+      },
+      abort: async () => {
+        if (!ended) await to.abort?.();
+      },
+    };
   }
-  await checkNoFork(to, header);
-  const pending = await new DirectoryStore(to).createArchive(header.chainId, header.sequence, header.archiveId!);
+  const store = await storeFor(to, storeOptions);
+  await checkNoFork(store, header);
+  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
   let committed = false;
   return {
     path: pending.path,
@@ -240,8 +258,7 @@ export async function send(opts: SendOptions): Promise<SendResult> {
   try {
     let parent: ArchiveHeader | undefined;
     if (opts.parent !== undefined) {
-      const ref = await resolveArchiveRef(opts.parent);
-      const pf = await ArchiveFile.open(ref);
+      const pf = await openArchiveRef(opts.parent, opts.storeOptions);
       parent = pf.header;
       await pf.close();
     }
@@ -269,7 +286,7 @@ export async function send(opts: SendOptions): Promise<SendResult> {
     };
     const extents = (): AsyncIterable<MapExtent> => (full ? source.allocatedExtents(blockSize) : deltaFileExtents(opts.changes!, blockSize, source.size));
     if (opts.dryRun) return await dryRunResult(header, extents(), started);
-    const dest = await openDestination(opts.to, header);
+    const dest = await openDestination(opts.to, header, opts.storeOptions);
     return await writeAndCommit(dest, { header, extents: extents(), source, level: opts.level, signal: opts.signal, onProgress: opts.onProgress, started });
   } finally {
     await source.close();

@@ -12,6 +12,8 @@ import { readArchive } from '../archive/reader.js';
 import { createReadStream } from 'node:fs';
 import type { ArchiveHeader, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
+import { isStoreUrl } from '../store/open.js';
+import { remoteReadGroups, type StoreOptions } from './inputs.js';
 
 export type FindingCode =
   | 'CHECKSUM_MISMATCH' | 'PAYLOAD_CORRUPT' | 'TRUNCATED' | 'STRUCTURE' | 'MISSING_ARCHIVE' | 'BROKEN_LINK' | 'UNREADABLE';
@@ -52,6 +54,8 @@ export interface VerifyOptions {
   stdin?: AsyncIterable<Uint8Array>;
   onProgress?: (p: { archive: string; bytesRead: number }) => void;
   signal?: AbortSignal;
+  /** Options for remote stores (ssh options, S3 endpoint, ...). */
+  storeOptions?: StoreOptions;
 }
 
 function findingOf(e: unknown, archive: string): Finding {
@@ -132,6 +136,8 @@ function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader; store: 
         findings.push({ code: 'MISSING_ARCHIVE', detail: 'CHAIN_START', archive: v.archive,
           message: `the chain starts at sequence ${header.sequence}: archives 0..${header.sequence - 1} are missing` });
       }
+    } else if (header.parentId === prev.archiveId && header.sequence > prev.sequence) {
+      // Linked to the archive before it: a sequence gap there is a merged archive (docs/FORMAT.md, "Merged archives").
     } else if (header.sequence !== prev.sequence + 1) {
       findings.push({ code: 'MISSING_ARCHIVE', detail: 'SEQUENCE_GAP', archive: v.archive,
         message: `sequence ${prev.sequence + 1}${header.sequence > prev.sequence + 2 ? `..${header.sequence - 1}` : ''} is missing before sequence ${header.sequence}` });
@@ -155,6 +161,13 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     if (ref === '-') {
       if (!opts.stdin) throw new ThinarchiveError('USAGE', 'no standard input', 'usage');
       groups.push({ label: '-', store: false, items: [{ label: 'standard input', open: () => opts.stdin! }] });
+      continue;
+    }
+    if (isStoreUrl(ref)) {
+      // A remote store (every chain in it) or one archive URL, read through as streams.
+      const remote = await remoteReadGroups(ref, opts.storeOptions);
+      if (remote.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this store' });
+      groups.push(...remote);
       continue;
     }
     let isDir = false;

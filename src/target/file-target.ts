@@ -19,6 +19,10 @@ import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { thinio } from '../native.js';
+import type { UndoJournal } from './undo-journal.js';
+
+/** Test-only hooks (set by the CLI from THINARCHIVE_TEST_KILL_AFTER_WRITES, see docs/JOURNAL.md). */
+export const targetHooks: { afterWrite?: () => void } = {};
 
 export type TargetKind = 'image' | 'blockdev' | 'lv';
 
@@ -33,7 +37,11 @@ export interface TargetState {
   sequence: number;
   status: 'clean' | 'applying';
   /** Set while an archive is being applied: the target is between `archiveId` and this one. */
-  applying?: { archiveId: string; parentId: string | null; sequence: number; chainId: string; startedAt: string };
+  applying?: {
+    archiveId: string; parentId: string | null; sequence: number; chainId: string; startedAt: string;
+    /** the undo journal of this apply (absent with --no-undo, and for thin LV targets) */
+    undo?: string;
+  };
   updatedAt: string;
 }
 
@@ -110,6 +118,23 @@ export function stateFileFor(kind: TargetKind, path: string, stateDir = defaultS
   return join(stateDir, 'blockdev', `${encodeURIComponent(path)}.json`);
 }
 
+/** Whether a block device is read-only (/sys/dev/block/MAJ:MIN/ro); false when that cannot be read. */
+async function blockDeviceReadOnly(path: string): Promise<boolean> {
+  try {
+    const dev = (await stat(path, { bigint: true })).rdev;
+    const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+    const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
+    return (await readFile(`/sys/dev/block/${major}:${minor}/ro`, 'utf8')).trim() === '1';
+  } catch {
+    return false;
+  }
+}
+
+/** The undo journal's place: beside the state file (IMAGE.thinarchive.undo; STATE_DIR/blockdev/DEV.undo). */
+export function undoFileFor(kind: TargetKind, path: string, stateDir = defaultStateDir()): string {
+  return stateFileFor(kind, path, stateDir).replace(/\.json$/, '.undo');
+}
+
 export class FileTarget {
   readonly zeroStats: ZeroStats = { punched: 0, zeroedRange: 0, zeroedOut: 0, written: 0 };
   private zeroBuf: Buffer | undefined;
@@ -117,6 +142,10 @@ export class FileTarget {
   private readonly zeroMethods: ZeroMethod[];
   /** Told when zeroing falls back to a slower method. */
   log: Logger = silentLogger;
+  /** While set, every write and zeroing first journals the range's old contents (durably). */
+  undo: UndoJournal | undefined;
+  /** Where this target's undo journal lives (undefined: none possible). */
+  undoPath: string | undefined;
 
   private constructor(
     readonly kind: TargetKind,
@@ -150,7 +179,7 @@ export class FileTarget {
    */
   static async openWith(
     path: string,
-    opts: { create?: boolean; createSize?: number; stateDir?: string; kind?: TargetKind; stateStore?: TargetStateStore; zeroMethods?: ZeroMethod[] },
+    opts: { create?: boolean; createSize?: number; stateDir?: string; kind?: TargetKind; stateStore?: TargetStateStore; zeroMethods?: ZeroMethod[]; undoPath?: string },
   ): Promise<FileTarget> {
     let st: import("node:fs").Stats | undefined;
     try {
@@ -169,16 +198,23 @@ export class FileTarget {
         if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') throw new UnsafeError('TARGET_READONLY', `target ${path} cannot be opened for writing (${code})`);
         throw ioError(e, `cannot open target ${path}`);
       }
+      // A read-only block device (blockdev --setro) may still open for writing: ask sysfs.
+      if (await blockDeviceReadOnly(path)) {
+        await fh.close();
+        throw new UnsafeError('TARGET_READONLY', `target ${path} cannot be opened for writing (the block device is read-only)`);
+      }
       const size = thinio().blkGetSize64(fh.fd);
       const store = opts.stateStore ?? new JsonStateStore(stateFileFor('blockdev', path, opts.stateDir));
-      return new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods);
+      const t = new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods);
+      t.undoPath = opts.undoPath ?? (opts.stateStore ? undefined : undoFileFor('blockdev', path, opts.stateDir));
+      return t;
     }
     if (st && !st.isFile()) throw new UsageError(`target ${path} is neither an image file nor a block device`);
     if (!st && !opts.create) throw new UsageError(`target ${path} does not exist (use --create to make a new image)`);
     if (st && opts.create) throw new UnsafeError('TARGET_EXISTS', `target ${path} already exists; --create makes a new image only`);
     let fh: FileHandle;
     try {
-      fh = st ? await open(path, 'r+') : await open(path, 'wx', 0o600);
+      fh = st ? await open(path, 'r+') : await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL, 0o600); // read too: the undo journal reads old contents
       if (!st) await fh.truncate(opts.createSize ?? 0);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
@@ -189,7 +225,9 @@ export class FileTarget {
     const stateFile = stateFileFor('image', path, opts.stateDir);
     // A state file without its image is stale (the image was removed): a new image starts with none.
     if (!st) await rm(stateFile, { force: true });
-    return new FileTarget('image', path, fh, size, new JsonStateStore(stateFile));
+    const t = new FileTarget('image', path, fh, size, new JsonStateStore(stateFile));
+    t.undoPath = undoFileFor('image', path, opts.stateDir);
+    return t;
   }
 
   get fd(): number {
@@ -204,15 +242,22 @@ export class FileTarget {
     return this.stateStore.write(s);
   }
 
+  /** Check that a block device is large enough for a volume of `size` bytes (images: always). */
+  checkSize(size: number): void {
+    if (this.kind !== 'image' && this.size < size) {
+      throw new UnsafeError('TARGET_TOO_SMALL', `target ${this.path} has ${this.size} bytes, the volume needs ${size}`);
+    }
+  }
+
   /** Make the target exactly `size` bytes (images) or check that it is large enough (block devices). */
   async ensureSize(size: number): Promise<void> {
     if (this.kind !== 'image') {
-      if (this.size < size) {
-        throw new UnsafeError('TARGET_TOO_SMALL', `target ${this.path} has ${this.size} bytes, the volume needs ${size}`);
-      }
+      this.checkSize(size);
       return;
     }
     if (this.size !== size) {
+      // Shrinking cuts the tail off: journal it first.
+      if (size < this.size) await this.undo?.protect(size, this.size - size);
       try {
         await this.fh.truncate(size);
       } catch (e) {
@@ -222,7 +267,29 @@ export class FileTarget {
     }
   }
 
+  /** Put an image back to `size` bytes (rolling back; block devices: nothing to do). */
+  async setSize(size: number): Promise<void> {
+    if (this.kind !== 'image') return;
+    try {
+      await this.fh.truncate(size);
+    } catch (e) {
+      throw ioError(e, `cannot resize target ${this.path}`);
+    }
+    this.size = size;
+  }
+
+  /** The range will be written soon: its old contents can be journaled ahead (batching the journal's flushes). */
+  announce(position: number, length: number): void {
+    this.undo?.announce(position, length);
+  }
+
   async write(buf: Uint8Array, position: number): Promise<void> {
+    if (this.undo) await this.undo.protect(position, buf.length);
+    await this.writeRaw(buf, position);
+    targetHooks.afterWrite?.();
+  }
+
+  private async writeRaw(buf: Uint8Array, position: number): Promise<void> {
     let at = 0;
     try {
       while (at < buf.length) {
@@ -247,6 +314,12 @@ export class FileTarget {
   /** Make [offset, offset+length) read back as zeroes, by the cheapest method that guarantees it. */
   async zero(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
+    if (this.undo) await this.undo.protect(offset, length);
+    await this.zeroRaw(offset, length);
+    targetHooks.afterWrite?.();
+  }
+
+  private async zeroRaw(offset: number, length: number): Promise<void> {
     const fd = this.fh.fd;
     for (const m of this.zeroMethods) {
       if (m.broken) continue;
@@ -265,7 +338,7 @@ export class FileTarget {
     this.zeroBuf ??= Buffer.alloc(ZERO_WRITE_CHUNK);
     for (let at = 0; at < length; at += ZERO_WRITE_CHUNK) {
       const n = Math.min(ZERO_WRITE_CHUNK, length - at);
-      await this.write(this.zeroBuf.subarray(0, n), offset + at);
+      await this.writeRaw(this.zeroBuf.subarray(0, n), offset + at);
     }
     this.zeroStats.written += length;
   }

@@ -8,54 +8,18 @@
 // the snapshot's mapped size.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { copyFileSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
+import { cliBuild } from './cli-build.js';
+import { hostTempDir, sha256File } from './host-files.js';
 import { labLeftovers, labPoolSetup, runInLab, type LabRun, requireLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
 const POOL = 'thin-pool';
 const CHUNK = 65536;
-
-function sourcesOf(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) return sourcesOf(p);
-    return (e.name.endsWith('.ts') && !e.name.endsWith('.test.ts')) || e.name.endsWith('.cjs') ? [p] : [];
-  });
-}
-
-/**
- * The build the CLI runs from: dist/ when no source is newer than its output, otherwise a fresh
- * compile of src/ into a cache directory (with worker.cjs, and links to build/ and package.json).
- */
-function cliBuild(): { dir: string; how: string } {
-  const src = join(ROOT, 'src');
-  const outOf = (base: string, f: string): string => join(base, relative(src, f).replace(/\.ts$/, '.js'));
-  const dist = join(ROOT, 'dist');
-  const newer = sourcesOf(src).filter((f) => !existsSync(outOf(dist, f)) || statSync(outOf(dist, f)).mtimeMs < statSync(f).mtimeMs);
-  if (newer.length === 0) return { dir: dist, how: 'dist/' };
-  const cache = join(ROOT, 'node_modules', '.cache', 'thinarchive-lab-send');
-  const out = join(cache, 'dist');
-  rmSync(out, { recursive: true, force: true });
-  const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json'), '--outDir', out], { encoding: 'utf8' });
-  if (!existsSync(join(out, 'cli', 'main.js'))) throw new Error(`compiling src/ failed:\n${tsc.stdout}${tsc.stderr}`);
-  copyFileSync(join(src, 'archive', 'worker.cjs'), join(out, 'archive', 'worker.cjs'));
-  // dist/ finds the native addon at ../build and its version at ../package.json
-  for (const f of ['build', 'package.json']) if (!existsSync(join(cache, f))) symlinkSync(join(ROOT, f), join(cache, f));
-  return { dir: out, how: `a fresh compile in ${out} (dist/ is older than ${relative(ROOT, newer[0]!)}${newer.length > 1 ? ` and ${newer.length - 1} more` : ''})` };
-}
-
-async function sha256(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
 
 type SendJson = SendLvResult;
 interface SnapJson {
@@ -72,19 +36,13 @@ export THINARCHIVE_STATE_DIR="$LAB_WORK/state"
 . "$GUEST_SCRIPT"
 `;
 
-const tmpDirs: string[] = [];
-afterAll(async () => {
-  for (const d of tmpDirs) await rm(d, { recursive: true, force: true });
-});
-
 describe('send VG/LV in the thin-LVM lab', () => {
   it('a chain of a full and incremental sends of a filesystem in use applies to an image identical to each snapshot', async (ctx) => {
     await requireLab(ctx);
     const t0 = performance.now();
     const build = cliBuild();
     const tBuild = performance.now() - t0;
-    const host = await mkdtemp(join(tmpdir(), 'ta-lab-send-'));
-    tmpDirs.push(host);
+    const host = await hostTempDir('ta-lab-send-');
     const [store, store2] = ['store', 'store2'].map((n) => join(host, n));
     for (const d of [store, store2]) mkdirSync(d!);
     const launcher = join(ROOT, 'test', 'lab', 'send-lv-cli.mjs');
@@ -190,7 +148,7 @@ describe('send VG/LV in the thin-LVM lab', () => {
       for (const [i, s] of archives.entries()) {
         ta('apply', s.path!, '--to', image, ...(i === 0 ? ['--create'] : []), '--json');
         const want = snaps[i]!;
-        expect(await sha256(image), `${image} after archive ${i} vs snapshot ${want.lv}`).toBe(want.sha256);
+        expect(await sha256File(image), `${image} after archive ${i} vs snapshot ${want.lv}`).toBe(want.sha256);
         const allocated = statSync(image).blocks * 512;
         const mapped = Math.round((want.dataPercent / 100) * want.size);
         let fsck = '';

@@ -1,0 +1,117 @@
+/**
+ * prune DIR --keep N [--keep-within DURATION]: shorten a chain to the points worth keeping.
+ *
+ * Kept: the newest N points, every point created within DURATION, and always the newest. Every kept
+ * point must stay restorable and identical, so nothing a kept point needs is deleted: the archives
+ * between two kept points (and those up to the first kept point, starting from the full) are merged
+ * into one archive holding the kept point's state (merge.ts), and only then are the originals
+ * deleted. Each merged archive is durable before any original goes, so a prune that is interrupted
+ * at any moment leaves a valid chain (the path by parent links goes through the merged archive); the
+ * next prune deletes the leftovers. `--dry-run` prints the plan and changes nothing.
+ */
+import { UsageError } from '../errors.js';
+import type { StoreOptions } from '../store/open.js';
+import { mergeGroup } from './merge.js';
+import { openChain, type ChainArchive } from './chain-state.js';
+
+export interface PruneOptions {
+  dir: string;
+  keep?: number;
+  /** milliseconds */
+  keepWithin?: number;
+  dryRun?: boolean;
+  level?: number;
+  now?: number;
+  signal?: AbortSignal;
+  storeOptions?: StoreOptions;
+}
+
+export interface PrunePlanMerge {
+  /** sequences (points) of the archives merged, oldest first */
+  points: number[];
+  archiveIds: string[];
+  /** the point the merged archive holds (kept) */
+  keeps: number;
+  /** written by this run (not in a dry run) */
+  path?: string;
+  archiveBytes?: number;
+}
+
+export interface PruneResult {
+  dryRun: boolean;
+  chainId: string;
+  kept: { sequence: number; archiveId: string; created: string }[];
+  /** points that are no longer restorable afterwards */
+  dropped: number[];
+  merges: PrunePlanMerge[];
+  /** archive files deleted (or, in a dry run, to delete) */
+  deletes: string[];
+  /** leftovers of an interrupted prune or merge (superseded archives), deleted first */
+  leftovers: string[];
+  seconds: number;
+}
+
+/** "30d", "12h", "90m", "2w", "45s" -> milliseconds. */
+export function parseDuration(s: string): number {
+  const m = /^(\d+)\s*([smhdw])$/i.exec(s.trim());
+  if (!m) throw new UsageError(`cannot read duration ${JSON.stringify(s)} (examples: 45s, 90m, 12h, 30d, 2w)`);
+  const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[m[2].toLowerCase() as 's' | 'm' | 'h' | 'd' | 'w'];
+  return Number(m[1]) * unit;
+}
+
+/** Which archives of the path are kept, and the groups (ending at a kept archive) to merge. */
+export function planPrune(archives: ChainArchive[], keep: number | undefined, keepWithin: number | undefined, now: number): { kept: boolean[]; groups: ChainArchive[][] } {
+  const n = archives.length;
+  const kept = archives.map((a, i) => (keep !== undefined && i >= n - keep) || (keepWithin !== undefined && a.header.createdMs >= now - keepWithin));
+  kept[n - 1] = true;
+  const groups: ChainArchive[][] = [];
+  let start = 0;
+  for (let i = 0; i < n; i++) {
+    if (!kept[i]) continue;
+    if (i > start) groups.push(archives.slice(start, i + 1));
+    start = i + 1;
+  }
+  return { kept, groups };
+}
+
+export async function prune(opts: PruneOptions): Promise<PruneResult> {
+  const started = performance.now();
+  if (opts.keep === undefined && opts.keepWithin === undefined) throw new UsageError('say what to keep: --keep N and/or --keep-within DURATION');
+  if (opts.keep !== undefined && (!Number.isInteger(opts.keep) || opts.keep < 1)) throw new UsageError('--keep must be an integer of at least 1');
+  const chain = await openChain(opts.dir, opts.storeOptions);
+  try {
+    const { kept, groups } = planPrune(chain.archives, opts.keep, opts.keepWithin, opts.now ?? Date.now());
+    const result: PruneResult = {
+      dryRun: !!opts.dryRun, chainId: chain.chainId,
+      kept: chain.archives.filter((_, i) => kept[i]).map((a) => ({ sequence: a.point, archiveId: a.header.archiveId, created: new Date(a.header.createdMs).toISOString() })),
+      dropped: chain.archives.filter((_, i) => !kept[i]).map((a) => a.point),
+      merges: groups.map((g) => ({ points: g.map((a) => a.point), archiveIds: g.map((a) => a.header.archiveId), keeps: g[g.length - 1].point })),
+      deletes: groups.flatMap((g) => g.map((a) => a.stored.path)),
+      leftovers: chain.superseded.map((a) => a.path),
+      seconds: 0,
+    };
+    if (opts.dryRun) {
+      result.seconds = (performance.now() - started) / 1000;
+      return result;
+    }
+    // Leftovers first: the chain's path does not go through them.
+    for (const a of chain.superseded) {
+      opts.signal?.throwIfAborted();
+      await chain.store.deleteArchive(a);
+    }
+    for (let g = 0; g < groups.length; g++) {
+      const group = groups[g];
+      for (const a of group) await a.file.preflight();
+      opts.signal?.throwIfAborted();
+      const r = await mergeGroup(group, chain.writeStore, { level: opts.level, signal: opts.signal });
+      result.merges[g].path = r.path;
+      result.merges[g].archiveBytes = r.archiveBytes;
+      // Durable now: delete what it replaces (the original sharing its id last).
+      for (const a of group) await chain.store.deleteArchive(a.stored);
+    }
+    result.seconds = (performance.now() - started) / 1000;
+    return result;
+  } finally {
+    await chain.close();
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * apply --repair: bring a target that diverged from a chain (edited by mistake, a partial restore,
+ * no common state) to the chain's newest state by rewriting only the blocks whose checksums differ.
+ *
+ * The target is read once (holes of a sparse image are not read: they are zeroes); each block's
+ * xxh64 is compared with the chain's expected state (chain-state.ts). A block that must hold data is
+ * fetched from the newest archive holding it (its record read and checked once, cached while
+ * nearby blocks need it); a block that must read as zeroes is zeroed. Before the first write the
+ * target is marked "applying" a repair marker, and "clean at the newest archive" after the data is
+ * flushed, so later applies continue from it.
+ */
+import { FormatError, UsageError } from '../errors.js';
+import { withPool } from '../archive/pool.js';
+import { FRAME_CHECK_SIZE, FRAME_HEAD_SIZE } from '../format/constants.js';
+import { blockLength } from '../format/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { StoreOptions } from '../store/open.js';
+import { FileTarget, type TargetKind, type ZeroStats } from '../target/file-target.js';
+import { chainSegments, openChain, markRebuilding } from './chain-state.js';
+import { LvTarget, lvTargetSpec } from './lv-target.js';
+import { scanTarget } from './verify-against.js';
+
+export interface RepairOptions {
+  /** A store or chain directory (one chain). */
+  dir: string;
+  to: string;
+  stateDir?: string;
+  signal?: AbortSignal;
+  log?: Logger;
+  storeOptions?: StoreOptions;
+}
+
+export interface RepairResult {
+  target: string;
+  targetKind: TargetKind;
+  chainId: string;
+  archiveId: string;
+  sequence: number;
+  blocks: number;
+  /** blocks compared */
+  blocksChecked: number;
+  /** blocks that differed */
+  badBlocks: number;
+  /** blocks rewritten with data, and blocks zeroed */
+  blocksWritten: number;
+  blocksZeroed: number;
+  bytesWritten: number;
+  /** bytes read from the target (once) */
+  targetBytesRead: number;
+  /** archive bytes read: record frames and payloads of the records that held bad blocks */
+  archiveBytesRead: number;
+  records: number;
+  zeroing: ZeroStats;
+  seconds: number;
+}
+
+export function repairMarker(archiveId: string): string {
+  return `repair-${archiveId}`;
+}
+
+const RECORD_CACHE = 8;
+
+export async function repair(opts: RepairOptions): Promise<RepairResult> {
+  const started = performance.now();
+  const chain = await openChain(opts.dir, opts.storeOptions);
+  try {
+    const files = chain.archives.map((a) => a.file);
+    for (const f of files) await f.preflight();
+    const h = files[files.length - 1].header;
+    const lvRef = await lvTargetSpec(opts.to);
+    const lvt = lvRef ? await LvTarget.open({ ...lvRef, neededSize: h.volumeSize, blockSize: h.blockSize, log: opts.log ?? silentLogger }) : undefined;
+    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { stateDir: opts.stateDir });
+    target.log = opts.log ?? silentLogger;
+    try {
+      const state = await target.readState();
+      await target.ensureSize(h.volumeSize);
+      await markRebuilding(target, state, h, repairMarker(h.archiveId));
+      const bs = h.blockSize;
+      const size = h.volumeSize;
+      const res = {
+        blocksWritten: 0, blocksZeroed: 0, bytesWritten: 0, archiveBytesRead: 0, records: 0,
+      };
+      // A scanning reader over the target (the same file handle: reads and repairs interleave).
+      const source = {
+        size: target.size,
+        read: (b: Uint8Array, o: number, l: number, p: number) => target.read(b, o, l, p),
+      };
+      const totals = await withPool(async (pool) => {
+        const cache = new Map<string, Promise<Uint8Array>>();
+        const recordBytes = (archive: number, offset: number): Promise<Uint8Array> => {
+          const k = `${archive}:${offset}`;
+          let p = cache.get(k);
+          if (!p) {
+            const f = files[archive];
+            p = (async () => {
+              const r = await f.readRecordAt(offset);
+              const d = r.data!;
+              res.records++;
+              res.archiveBytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
+              const pl = r.payload!;
+              const buf = pl.byteOffset === 0 && pl.byteLength === pl.buffer.byteLength ? pl.buffer as ArrayBuffer : new Uint8Array(pl).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
+              const out = await pool.decode(buf, d, bs, true);
+              if (!out.ok) throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${d.firstBlock}: ${out.error}`, offset, f.path);
+              return new Uint8Array(out.raw!);
+            })();
+            p.catch(() => {});
+            cache.set(k, p);
+            if (cache.size > RECORD_CACHE) cache.delete(cache.keys().next().value!);
+          }
+          return p;
+        };
+        return scanTarget({
+          files, segments: chainSegments(files, { hashes: true }), source, pool, blockSize: bs, volumeSize: size, signal: opts.signal,
+          onBad: async (e) => {
+            const len = blockLength(e.block, size, bs);
+            if (e.zero) {
+              await target.zero(e.block * bs, len);
+              res.blocksZeroed++;
+              return;
+            }
+            const rec = e.seg.record!;
+            const raw = await recordBytes(e.seg.archive, rec.offset);
+            const from = (e.block - rec.firstBlock) * bs;
+            await target.write(raw.subarray(from, from + len), e.block * bs);
+            res.blocksWritten++;
+            res.bytesWritten += len;
+          },
+        });
+      });
+      await target.sync();
+      await target.writeState({
+        version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
+        archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
+      });
+      return {
+        target: opts.to, targetKind: target.kind, chainId: h.chainId, archiveId: h.archiveId, sequence: h.sequence,
+        blocks: Math.ceil(size / bs), blocksChecked: totals.blocksChecked, badBlocks: totals.bad, ...res,
+        targetBytesRead: totals.bytesRead, zeroing: target.zeroStats, seconds: (performance.now() - started) / 1000,
+      };
+    } finally {
+      if (lvt) await lvt.close();
+      else await target.close();
+    }
+  } finally {
+    await chain.close();
+  }
+}
+
+export function repairInputs(inputs: string[]): string {
+  if (inputs.length !== 1 || inputs[0] === '-') throw new UsageError('apply --repair takes one store or chain directory');
+  return inputs[0];
+}

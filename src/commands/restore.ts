@@ -1,0 +1,156 @@
+/**
+ * restore DIR --at POINT --to TARGET: build the volume as of any archive of a chain, reading each
+ * block once from the newest archive (at or before the point) that holds it, instead of replaying
+ * every archive. Zeroed and unmapped blocks become holes (images) or are zeroed/discarded (devices,
+ * LVs); on a new image they are left as the holes they already are.
+ *
+ * Safety: every archive up to the point is pre-flighted (header, map, index, trailer) before the
+ * first write. The target must be new (--create), empty (an image with nothing allocated), or hold a
+ * state of the same chain; anything else needs --force. The target's state is marked "applying" a
+ * restore marker (which apply refuses to continue from) before the first write, and recorded as
+ * "clean at the point's archive" once all data is flushed, so apply of the next incremental works.
+ */
+import { stat } from 'node:fs/promises';
+import { UnsafeError, UsageError } from '../errors.js';
+import { withPool } from '../archive/pool.js';
+import { rangeBytes } from '../format/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { StoreOptions } from '../store/open.js';
+import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
+import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, markRebuilding } from './chain-state.js';
+import { LvTarget, lvTargetSpec, parsePoolSpec } from './lv-target.js';
+
+export interface RestoreOptions {
+  dir: string;
+  /** sequence, archive id or time; default: the newest archive */
+  at?: string;
+  to: string;
+  create?: boolean;
+  /** LV targets with --create: the thin pool */
+  pool?: string;
+  force?: boolean;
+  stateDir?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
+  log?: Logger;
+  storeOptions?: StoreOptions;
+}
+
+export interface RestoreResult {
+  target: string;
+  targetKind: TargetKind;
+  chainId: string;
+  archiveId: string;
+  sequence: number;
+  volumeSize: number;
+  /** Bytes written as data. */
+  dataBytes: number;
+  /** Bytes made to read as zeroes (zero and unmapped blocks). */
+  zeroBytes: number;
+  /** Archive payload bytes read, in total and per archive (each record once). */
+  bytesRead: number;
+  archives: ArchiveReadStats[];
+  zeroing: ZeroStats;
+  seconds: number;
+}
+
+/** Marker in a target's "applying" state while a restore runs: apply cannot mistake it for an archive. */
+export function restoreMarker(archiveId: string): string {
+  return `restore-${archiveId}`;
+}
+
+/** Is the target allowed to be overwritten with this chain? Throws UnsafeError when not. */
+export async function checkRestoreTarget(
+  target: FileTarget, state: TargetState | null, chainId: string, volumeUuid: string, opts: { created: boolean; force: boolean; verb: string },
+): Promise<void> {
+  if (opts.created || opts.force) return;
+  if (state) {
+    if (state.chainId === chainId && state.volumeUuid === volumeUuid) return;
+    throw new UnsafeError('CHAIN_MISMATCH', `${target.path} holds archive ${state.archiveId || '(none)'} of chain ${state.chainId}, not of chain ${chainId}; use --force to ${opts.verb} over it`);
+  }
+  if (target.kind === 'image') {
+    const st = await stat(target.path);
+    if (st.size === 0 || st.blocks === 0) return; // nothing allocated: empty
+  }
+  throw new UnsafeError('TARGET_NOT_EMPTY', `${target.path} has no thinarchive state and may hold data; use --force to ${opts.verb} over it`);
+}
+
+export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  const started = performance.now();
+  const chain = await openChain(opts.dir, opts.storeOptions);
+  try {
+    const at = selectPoint(chain.archives, opts.at);
+    const used: ChainArchive[] = chain.archives.slice(0, at + 1);
+    for (const a of used) await a.file.preflight();
+    const h = used[used.length - 1].header;
+
+    const lvRef = await lvTargetSpec(opts.to);
+    if (!lvRef && opts.pool !== undefined) throw new UsageError(`--pool is for LV targets (VG/LV); ${opts.to} is a path`);
+    if (lvRef && opts.create && opts.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lvRef.vg}/POOL`);
+    const created = !!opts.create;
+    const lvt = lvRef
+      ? await LvTarget.open({
+        ...lvRef, ...(created ? { createPool: parsePoolSpec(opts.pool!, lvRef.vg), createSize: h.volumeSize } : {}),
+        neededSize: h.volumeSize, blockSize: h.blockSize, log: opts.log ?? silentLogger,
+      })
+      : undefined;
+    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: created, createSize: h.volumeSize, stateDir: opts.stateDir });
+    target.log = opts.log ?? silentLogger;
+    try {
+      const state = created ? null : await target.readState();
+      await checkRestoreTarget(target, state, h.chainId, h.volumeUuid, { created, force: !!opts.force, verb: 'restore' });
+      await target.ensureSize(h.volumeSize);
+      await markRebuilding(target, state, h, restoreMarker(h.archiveId));
+      const bs = h.blockSize;
+      const size = h.volumeSize;
+      let dataBytes = 0;
+      let zeroBytes = 0;
+      const stats = await withPool(async (pool) => {
+        const reader = new ChainReader(used.map((a) => a.file), pool);
+        const writes: Promise<void>[] = [];
+        try {
+          for (;;) {
+            opts.signal?.throwIfAborted();
+            const seg = await reader.next();
+            if (!seg) break;
+            if (seg.kind === 'data') {
+              const bytes = await reader.bytesOf(seg);
+              const w = target.write(bytes, seg.first * bs);
+              w.catch(() => {});
+              writes.push(w);
+              dataBytes += bytes.length;
+              if (writes.length > 2) await writes.shift();
+            } else {
+              const n = rangeBytes(seg.first, seg.count, size, bs);
+              zeroBytes += n;
+              // A new image is all holes already.
+              if (!(created && target.kind === 'image')) await target.zero(seg.first * bs, n);
+            }
+            reader.done(seg);
+            opts.onProgress?.({ bytesDone: dataBytes + zeroBytes, bytesTotal: size });
+          }
+          while (writes.length > 0) await writes.shift();
+        } finally {
+          await Promise.allSettled(writes);
+          await reader.close();
+        }
+        return reader.stats;
+      });
+      await target.sync();
+      await target.writeState({
+        version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
+        archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
+      });
+      return {
+        target: opts.to, targetKind: target.kind, chainId: h.chainId, archiveId: h.archiveId, sequence: h.sequence, volumeSize: size,
+        dataBytes, zeroBytes, bytesRead: stats.reduce((n, s) => n + s.bytesRead, 0), archives: stats, zeroing: target.zeroStats,
+        seconds: (performance.now() - started) / 1000,
+      };
+    } finally {
+      if (lvt) await lvt.close();
+      else await target.close();
+    }
+  } finally {
+    await chain.close();
+  }
+}
