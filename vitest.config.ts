@@ -10,6 +10,9 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // Test files run three at a time even on two cores: the lab tier's user-mode Linux guests and the
+    // CLI end-to-end tests spend much of their time waiting (LVM commands, process start-up, fsync).
+    maxWorkers: 3,
     // One Ceph radosgw per run, started by the first S3 test file that needs it (test/servers/ceph.ts).
     globalSetup: ['./test/servers/ceph-global.ts'],
     reporters: ['default', './test/summary-reporter.ts'],
