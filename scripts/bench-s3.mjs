@@ -11,10 +11,10 @@
  * written to bench-out/s3.json. Everything it starts is stopped by PID; the temp dirs are removed.
  */
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { loadTsModule } from './lib/lab.mjs';
+import { sha256File as sha256 } from './lib/sha256.mjs';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -34,18 +34,6 @@ function timed(cmd, args, env) {
   } finally {
     fs.rmSync(td, { recursive: true, force: true });
   }
-}
-
-function sha256(path) {
-  const h = createHash('sha256');
-  const fd = fs.openSync(path, 'r');
-  const buf = Buffer.allocUnsafe(4 * MiB);
-  try {
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 /** Baseline: upload a local file with a plain multipart upload (8 MiB parts, 2 in flight); seconds. */

@@ -16,10 +16,10 @@
  * bench-out/ssh.json. The sshd is stopped by PID; the temp dirs are removed.
  */
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { loadTsModule } from './lib/lab.mjs';
+import { sha256File as sha256 } from './lib/sha256.mjs';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -36,18 +36,6 @@ function timedSh(script, env) {
   const rssKiB = Number(fs.readFileSync(tf, 'utf8').trim().split('\n').pop());
   fs.rmSync(join(tf, '..'), { recursive: true, force: true });
   return { seconds, rss: rssKiB * 1024, stdout: r.stdout, stderr: r.stderr };
-}
-
-function sha256(path) {
-  const h = createHash('sha256');
-  const fd = fs.openSync(path, 'r');
-  const buf = Buffer.allocUnsafe(4 * MiB);
-  try {
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
