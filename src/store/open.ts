@@ -5,7 +5,6 @@
 import { UsageError } from '../errors.js';
 import { DirectoryStore } from './dir.js';
 import { parseSshUrl, SshStore } from './ssh.js';
-import { S3Store } from './s3.js';
 import type { ArchiveStore } from './types.js';
 
 /**
@@ -48,8 +47,11 @@ export async function openStore(url: string, opts: StoreOptions = {}): Promise<A
   switch (storeKind(url)) {
     case 'ssh':
       return new SshStore(parseSshUrl(url), opts);
-    case 's3':
+    case 's3': {
+      // Loaded only for s3:// (the AWS SDK takes about a second to import; every other command skips it).
+      const { S3Store } = await import('./s3.js');
       return new S3Store(url, opts);
+    }
     default:
       return new DirectoryStore(url);
   }
