@@ -8,23 +8,18 @@
  */
 import { link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { ioError, UnsafeError, UsageError } from '../errors.js';
+import { ioError, UnsafeError } from '../errors.js';
 import { fsyncDir, tempNameFor } from '../fsutil.js';
-import { ARCHIVE_EXTENSION } from '../format/constants.js';
+import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
 import { pidExists } from '../process.js';
 
 import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
 import { FileByteSource, type ByteSource } from '../archive/reader.js';
 
 export type { ChainListing, PendingArchive, StoredArchive } from './types.js';
+export { archiveFileName } from './layout.js';
 
-const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
-const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const TEMP_RE = /^\..+\.tmp-(\d+)-[0-9a-z]+$/;
-
-export function archiveFileName(sequence: number, archiveId: string): string {
-  return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
-}
 
 async function isDir(p: string): Promise<boolean> {
   try {
@@ -62,8 +57,7 @@ export class DirectoryStore implements ArchiveStore {
       const m = NAME_RE.exec(name);
       if (m) archives.push({ name, path: join(dir, name), chainId, sequence: Number(m[1]), archiveId: m[2] });
     }
-    archives.sort((a, b) => a.sequence - b.sequence || a.name.localeCompare(b.name));
-    return { chainId, dir, archives };
+    return { chainId, dir, archives: sortArchives(archives) };
   }
 
   /**
@@ -87,12 +81,7 @@ export class DirectoryStore implements ArchiveStore {
 
   /** The one chain of the store; an error when there are none or several (then a chain dir must be named). */
   async onlyChain(): Promise<ChainListing> {
-    const chains = (await this.listChains()).filter((c) => c.archives.length > 0);
-    if (chains.length === 0) throw new UsageError(`no archives in ${this.root}`);
-    if (chains.length > 1) {
-      throw new UsageError(`${this.root} holds ${chains.length} chains; name one: ${chains.map((c) => c.dir).join(', ')}`);
-    }
-    return chains[0];
+    return onlyChainOf(this.root, await this.listChains());
   }
 
   /** The archives of one chain in this store (none when the chain has no directory here). */
@@ -102,7 +91,7 @@ export class DirectoryStore implements ArchiveStore {
   }
 
   async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
-    if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
+    checkChainId(chainId);
     const dir = join(this.root, chainId);
     try {
       await mkdir(dir, { recursive: true });

@@ -71,9 +71,8 @@ import { createHash } from 'node:crypto';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
+import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
 
-const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
-const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MIB = 1 << 20;
 export const DEFAULT_PART_SIZE = 8 * MIB;
 const MAX_PART_SIZE = 128 * MIB;
@@ -110,10 +109,6 @@ export function parseS3Url(url: string): S3Location {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$/.test(bucket)) throw new UsageError(`invalid S3 bucket name in ${url}`);
   const prefix = (m[2] ?? '').replace(/^\/+|\/+$/g, '').replace(/\/{2,}/g, '/');
   return { bucket, prefix };
-}
-
-function archiveName(sequence: number, archiveId: string): string {
-  return `${String(sequence).padStart(10, '0')}-${archiveId}.tna`;
 }
 
 /** Part size for part number `n` (1-based): the base size, doubled every 1000 parts, at most 128 MiB. */
@@ -298,10 +293,6 @@ export class S3Store implements ArchiveStore {
     return { name, path: this.keyUrl(key), chainId, sequence: Number(m[1]), archiveId: m[2], ...(size !== undefined ? { size } : {}) };
   }
 
-  private static sorted(a: StoredArchive[]): StoredArchive[] {
-    return a.sort((x, y) => x.sequence - y.sequence || x.name.localeCompare(y.name));
-  }
-
   async listChains(): Promise<ChainListing[]> {
     const root = this.root();
     const keys = await this.listKeys(root);
@@ -319,17 +310,12 @@ export class S3Store implements ArchiveStore {
       }
     }
     // A prefix that is itself a chain (archives directly under it) is that one chain.
-    if (direct.length) return [{ chainId: last, dir: this.url, archives: S3Store.sorted(direct) }];
-    return [...chains.keys()].sort().map((id) => ({ chainId: id, dir: `${this.url}/${id}`, archives: S3Store.sorted(chains.get(id)!) }));
+    if (direct.length) return [{ chainId: last, dir: this.url, archives: sortArchives(direct) }];
+    return [...chains.keys()].sort().map((id) => ({ chainId: id, dir: `${this.url}/${id}`, archives: sortArchives(chains.get(id)!) }));
   }
 
   async onlyChain(): Promise<ChainListing> {
-    const chains = (await this.listChains()).filter((c) => c.archives.length > 0);
-    if (chains.length === 0) throw new UsageError(`no archives in ${this.url}`);
-    if (chains.length > 1) {
-      throw new UsageError(`${this.url} holds ${chains.length} chains; name one: ${chains.map((c) => c.dir).join(', ')}`);
-    }
-    return chains[0];
+    return onlyChainOf(this.url, await this.listChains());
   }
 
   async chainArchives(chainId: string): Promise<StoredArchive[]> {
@@ -340,7 +326,7 @@ export class S3Store implements ArchiveStore {
       const a = this.stored(key, chainId, size);
       if (a) out.push(a);
     }
-    return S3Store.sorted(out);
+    return sortArchives(out);
   }
 
   private keyOf(a: StoredArchive): string {
@@ -472,8 +458,8 @@ export class S3Store implements ArchiveStore {
   }
 
   async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
-    if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
-    const key = `${this.root()}${chainId}/${archiveName(sequence, archiveId)}`;
+    checkChainId(chainId);
+    const key = `${this.root()}${chainId}/${archiveFileName(sequence, archiveId)}`;
     const path = this.keyUrl(key);
     await this.checkObjectLock();
     await this.sweepStaleUploads();

@@ -33,9 +33,8 @@ import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveSink } from '../archive/writer.js';
 import type { StoreOptions } from './open.js';
 import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
+import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
 
-const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
-const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const CHAIN_GLOB = '????????-????-????-????-????????????';
 const TEMP_RE = /^\..+\.tna\.tmp-([A-Za-z0-9.-]+)-(\d+)-[0-9a-z]+$/;
 /** A temporary file not modified for this long belongs to a dead writer. */
@@ -373,16 +372,12 @@ export class SshStore implements ArchiveStore {
         else chains.get(m[1])!.push(a);
       }
     }
-    const sort = (l: StoredArchive[]): StoredArchive[] => l.sort((a, b) => a.sequence - b.sequence || a.name.localeCompare(b.name));
-    if (rootArchives.length > 0) return [{ chainId: rootChain, dir: this.url, archives: sort(rootArchives) }];
-    return [...chains.keys()].sort().map((c) => ({ chainId: c, dir: this.urlFor(posix.join(this.root, c)), archives: sort(chains.get(c)!) }));
+    if (rootArchives.length > 0) return [{ chainId: rootChain, dir: this.url, archives: sortArchives(rootArchives) }];
+    return [...chains.keys()].sort().map((c) => ({ chainId: c, dir: this.urlFor(posix.join(this.root, c)), archives: sortArchives(chains.get(c)!) }));
   }
 
   async onlyChain(): Promise<ChainListing> {
-    const chains = (await this.listChains()).filter((c) => c.archives.length > 0);
-    if (chains.length === 0) throw new UsageError(`no archives in ${this.url}`);
-    if (chains.length > 1) throw new UsageError(`${this.url} holds ${chains.length} chains; name one: ${chains.map((c) => c.dir).join(', ')}`);
-    return chains[0];
+    return onlyChainOf(this.url, await this.listChains());
   }
 
   async chainArchives(chainId: string): Promise<StoredArchive[]> {
@@ -419,8 +414,8 @@ export class SshStore implements ArchiveStore {
   }
 
   async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
-    if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
-    const name = `${String(sequence).padStart(10, '0')}-${archiveId}.tna`;
+    checkChainId(chainId);
+    const name = archiveFileName(sequence, archiveId);
     if (!NAME_RE.test(name)) throw new UsageError(`invalid archive name ${name}`);
     const dir = posix.join(this.root, chainId);
     const finalPath = posix.join(dir, name);

@@ -1,0 +1,37 @@
+/**
+ * The store layout every store shares (src/store/types.ts):
+ * `<root>/<chain-id>/<sequence, 10 digits>-<archive-id>.tna`. Names, their order, and the choice of
+ * the one chain of a store, in one place for the directory, ssh:// and s3:// stores.
+ */
+import { UsageError } from '../errors.js';
+import { ARCHIVE_EXTENSION } from '../format/constants.js';
+import type { ChainListing, StoredArchive } from './types.js';
+
+/** A chain directory's name: the chain id (a UUID). */
+export const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** An archive's file name; groups: sequence, archive id. */
+export const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
+
+export function archiveFileName(sequence: number, archiveId: string): string {
+  return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
+}
+
+/** UsageError unless `chainId` is a valid chain id. */
+export function checkChainId(chainId: string): void {
+  if (!CHAIN_RE.test(chainId)) throw new UsageError(`invalid chain id ${chainId}`);
+}
+
+/** A chain's archives in order: by sequence, then by name. Sorts in place. */
+export function sortArchives(archives: StoredArchive[]): StoredArchive[] {
+  return archives.sort((a, b) => a.sequence - b.sequence || a.name.localeCompare(b.name));
+}
+
+/** The one chain with archives among `chains` of store `url`; UsageError when there are none or several. */
+export function onlyChainOf(url: string, chains: ChainListing[]): ChainListing {
+  const withArchives = chains.filter((c) => c.archives.length > 0);
+  if (withArchives.length === 0) throw new UsageError(`no archives in ${url}`);
+  if (withArchives.length > 1) {
+    throw new UsageError(`${url} holds ${withArchives.length} chains; name one: ${withArchives.map((c) => c.dir).join(', ')}`);
+  }
+  return withArchives[0];
+}
