@@ -12,7 +12,7 @@ import { repair, repairInputs, type RepairResult } from '../commands/repair.js';
 import { restore, type RestoreResult } from '../commands/restore.js';
 import { verifyAgainst, type VerifyAgainstResult } from '../commands/verify-against.js';
 import { describeZeroStats } from '../target/file-target.js';
-import { formatBytes, Progress } from './output.js';
+import { formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
   json: (value: unknown) => void;
@@ -156,7 +156,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .addOption(new Option('--to <seq>', 'sequence of the last archive to merge').argParser(seqOption('--to')).makeOptionMandatory())
     .option('--out <store>', 'write the merged archive to another store (the originals stay)')
     .option('--keep-originals', 'keep the merged archives in the store (readers use the merged one)')
-    .addOption(new Option('--level <n>', 'zstd compression level (1..19)').argParser(seqOption('--level')).default(3))
+    .addOption(new Option('--level <n>', 'zstd compression level (1..19)').argParser(intOption('--level', 1, 19)).default(3))
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
       const res = await merge({ dir, from: o.from, to: o.to, out: o.out, keepOriginals: !!o.keepOriginals, level: o.level, signal: ctx.signal, storeOptions: ctx.storeOptions?.() });
@@ -171,7 +171,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .addOption(new Option('--keep <n>', 'keep the N newest points').argParser(seqOption('--keep')))
     .option('--keep-within <duration>', 'keep every point created within DURATION (45s, 90m, 12h, 30d, 2w)')
     .option('--dry-run', 'print the plan, change nothing')
-    .addOption(new Option('--level <n>', 'zstd compression level of merged archives (1..19)').argParser(seqOption('--level')).default(3))
+    .addOption(new Option('--level <n>', 'zstd compression level of merged archives (1..19)').argParser(intOption('--level', 1, 19)).default(3))
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
       const res = await prune({

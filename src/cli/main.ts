@@ -20,7 +20,7 @@ import { describeZeroStats, targetHooks } from '../target/file-target.js';
 import { journalHooks } from '../target/undo-journal.js';
 import { TOOL_VERSION } from '../version.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
-import { parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress } from './output.js';
+import { intOption, parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress } from './output.js';
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
 
@@ -48,14 +48,6 @@ function json(value: unknown, toStderr = false): void {
   }, 2) + '\n';
   if (toStderr) process.stderr.write(text);
   else process.stdout.write(text);
-}
-
-function intOption(name: string, min: number, max: number) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${name} must be an integer from ${min} to ${max}`);
-    return n;
-  };
 }
 
 function sizeOption(name: string) {

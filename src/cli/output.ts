@@ -1,4 +1,5 @@
 /** Human-readable output and the progress line. */
+import { UsageError } from '../errors.js';
 import type { ApplyResult } from '../commands/apply.js';
 import type { ArchiveInfo } from '../commands/info.js';
 import type { ListedChain } from '../commands/list.js';
@@ -139,4 +140,13 @@ export class Progress {
   done(): void {
     if (this.enabled && this.last > 0) process.stderr.write('\r\x1b[K');
   }
+}
+
+/** An option parser for an integer from `min` to `max`; a UsageError names the option otherwise. */
+export function intOption(name: string, min: number, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${name} must be an integer from ${min} to ${max}`);
+    return n;
+  };
 }
