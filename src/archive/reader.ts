@@ -32,7 +32,7 @@ export type ArchiveEvent =
   | { type: 'zero'; record: ZeroRecord; offset: number }
   | { type: 'trailer'; trailer: Trailer; offset: number; size: number };
 
-interface RawFrame {
+export interface RawFrame {
   type: number;
   head: Uint8Array;
   body: Uint8Array;
@@ -266,7 +266,8 @@ export class ArchiveFile {
     return b;
   }
 
-  private async frameAt(offset: number, expectType?: number): Promise<RawFrame> {
+  /** The frame at `offset` (head decoded, check verified), of type `expectType` when given. Reads no payload. */
+  async frameAt(offset: number, expectType?: number): Promise<RawFrame> {
     const head = await this.pread(offset, FRAME_HEAD_SIZE);
     const fh = withFile(this.path, () => decodeFrameHead(head, offset));
     if (expectType !== undefined && fh.type !== expectType) {

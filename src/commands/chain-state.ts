@@ -20,7 +20,7 @@ import type { WorkerPool } from '../archive/pool.js';
 import { ArchiveFile } from '../archive/reader.js';
 import type { VolumeSource } from '../archive/writer.js';
 import { ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType } from '../format/constants.js';
-import { decodeDataBody, decodeFrameHead, decodeIndexBody, verifyFrameCheck } from '../format/frames.js';
+import { decodeDataBody, decodeIndexBody } from '../format/frames.js';
 import type { ArchiveHeader, IndexEntry, MapExtent } from '../format/types.js';
 import { volumeBlocks } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
@@ -221,27 +221,9 @@ export interface ReadStats {
 }
 
 async function readFrameBody(f: ArchiveFile, offset: number, expect: number, stats?: ReadStats): Promise<Uint8Array> {
-  const head = await f.src.read(offset, FRAME_HEAD_SIZE);
-  if (head.length < FRAME_HEAD_SIZE) throw new FormatError('TRUNCATED', 'archive is truncated', offset, f.path);
-  let fh;
-  try {
-    fh = decodeFrameHead(head, offset);
-  } catch (e) {
-    if (e instanceof FormatError) e.setFile(f.path);
-    throw e;
-  }
-  if (fh.type !== expect) throw new FormatError('BAD_STRUCTURE', `expected frame type ${expect} at offset ${offset}, found ${fh.type}`, offset, f.path);
-  const rest = await f.src.read(offset + FRAME_HEAD_SIZE, fh.bodyLen + FRAME_CHECK_SIZE);
-  if (rest.length < fh.bodyLen + FRAME_CHECK_SIZE) throw new FormatError('TRUNCATED', 'archive is truncated', offset, f.path);
-  const body = rest.subarray(0, fh.bodyLen);
-  try {
-    verifyFrameCheck(head, body, rest.subarray(fh.bodyLen), offset);
-  } catch (e) {
-    if (e instanceof FormatError) e.setFile(f.path);
-    throw e;
-  }
-  if (stats) stats.metaBytes += FRAME_HEAD_SIZE + rest.length;
-  return body;
+  const frame = await f.frameAt(offset, expect);
+  if (stats) stats.metaBytes += frame.head.length + frame.body.length + frame.check.length;
+  return frame.body;
 }
 
 /** Every index entry of an archive, in order, one index frame in memory at a time. */
