@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cliBuild } from './cli-build.js';
-import { labLeftovers, labPoolSetup, runInLab, requireLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
@@ -67,7 +67,7 @@ describe('verify --against VG/LV in the thin-LVM lab', () => {
       script: SCRIPT,
       disks: [{ sizeBytes: 1024 ** 3 }],
       env: { THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), STORE: store, VG, POOL },
-      timeoutMs: 240_000,
+      timeoutMs: 480_000, // about 100 s on CI
     });
     if (run.exitCode !== 0) console.log(run.output.slice(-6000), Object.entries(run.files).map(([k, v]) => `--- ${k}\n${v.slice(0, 2000)}`).join('\n'));
     expect(run.exitCode, run.output.slice(-4000)).toBe(0);
@@ -103,5 +103,5 @@ describe('verify --against VG/LV in the thin-LVM lab', () => {
     expect(sha.r1).toBe(sha.vol_ta_default_1);
     expect(sha.replica).toBe(sha.vol_ta_default_1);
     expect(F['lvs.txt']).toMatch(/r1\s+.*ta_state_clean/);
-  }, 300_000);
+  }, 510_000 + LAB_SLOT_WAIT_MS);
 });

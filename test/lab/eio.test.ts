@@ -16,7 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { expectFailure, runOk, sha256, tempDir, type RunResult, type TempDir } from '../helpers/cli.js';
 import { prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 import { cliBuild } from './cli-build.js';
-import { labLeftovers, requireLab, runInLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const KiB = 1024;
@@ -72,7 +72,7 @@ describe('I/O errors in the lab (device-mapper error and flakey targets)', () =>
         GUEST_SH: join(ROOT, 'test', 'lab', 'eio-guest.sh'), TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'),
         THINARCHIVE_DIST: build.dir, A0: a0.path, A1: a1.path, VOL_BYTES: String(VOL),
       },
-      timeoutMs: 180_000, // about 30 s on an idle machine
+      timeoutMs: 360_000, // about 30 s on an idle machine
     });
     const total = (performance.now() - t0) / 1000;
     const F = run.files;
@@ -132,5 +132,5 @@ describe('I/O errors in the lab (device-mapper error and flakey targets)', () =>
     // no archive, no temporary file (hidden names included), in the store or a chain directory of it
     const left = (R['send_left'] ?? '').trim().split(' ').filter(Boolean);
     expect(left, `left in the store: ${R['send_all']}`).toEqual([]);
-  }, 240_000);
+  }, 390_000 + LAB_SLOT_WAIT_MS);
 });

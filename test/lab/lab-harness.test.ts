@@ -1,11 +1,13 @@
 // The lab harness itself: exit codes and output, results, timeouts that leave nothing running,
-// a guest that never reports, temp files removed, two labs at once, and a disk kept across boots.
+// a guest that never reports, temp files removed, two labs at once, lab slots, and a disk kept
+// across boots.
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LabError, labAvailable, labLeftovers, labPoolSetup, runInLab, ciSet } from './lab.js';
+import { ciSet, LAB_SLOT_WAIT_MS, labAvailable, LabError, labLeftovers, labPoolSetup, runInLab } from './lab.js';
 
 const avail = await labAvailable();
 if (!avail.ok && !ciSet()) console.warn(`thin-LVM lab harness tests skipped: ${avail.reason}`);
@@ -15,10 +17,10 @@ describe.skipIf(!avail.ok && !ciSet())('lab harness', () => {
   beforeAll(async () => {
     if (!avail.ok) throw new Error(`the thin-LVM lab is not available under CI: ${avail.reason}`);
     parent = await mkdtemp(join(tmpdir(), 'thinarchive-labh-'));
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
   afterAll(async () => {
     if (parent) await rm(parent, { recursive: true, force: true });
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
 
   it('returns the script exit code, its output, env, results; removes its files', async () => {
     const run = await runInLab({
@@ -48,7 +50,7 @@ describe.skipIf(!avail.ok && !ciSet())('lab harness', () => {
     expect(existsSync(run.runDir)).toBe(false);
     for (const p of run.diskPaths) expect(existsSync(p)).toBe(false);
     expect(await readdir(parent)).toEqual([]);
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
 
   it('kills the whole UML process group on timeout', async () => {
     const t0 = performance.now();
@@ -61,14 +63,14 @@ describe.skipIf(!avail.ok && !ciSet())('lab harness', () => {
     expect(performance.now() - t0).toBeLessThan(15_000);
     expect(labLeftovers((err as LabError).partial.pid)).toEqual([]);
     expect(await readdir(parent)).toEqual([]);
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
 
   it('reports a guest that ends without the exit marker, with the last output lines', async () => {
     const err = await runInLab({ workDir: parent, script: 'echo about to halt; halt -f' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(LabError);
     expect((err as LabError).message).toMatch(/without a LAB_EXIT marker/);
     expect((err as LabError).message).toContain('about to halt');
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
 
   it('runs two labs at once', async () => {
     const script = `${labPoolSetup({ poolSize: '512M', chunk: '64k' })}
@@ -82,6 +84,33 @@ lvs --noheadings -o lv_name vg | tr -d ' ' | sort | tr '\\n' ' '`;
       expect(r.exitCode, r.output).toBe(0);
       expect(r.output).toContain('pool vol ');
       expect(labLeftovers(r.pid)).toEqual([]);
+    }
+    expect(await readdir(parent)).toEqual([]);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
+
+  it('runs no more guests at once than there are lab slots; a dead process\'s slot is taken over', async () => {
+    const slots = join(parent, 'slots');
+    const saved = { dir: process.env['THINARCHIVE_LAB_SLOT_DIR'], n: process.env['THINARCHIVE_LAB_SLOTS'] };
+    process.env['THINARCHIVE_LAB_SLOT_DIR'] = slots;
+    process.env['THINARCHIVE_LAB_SLOTS'] = '1';
+    try {
+      // a slot file left by a process that is gone
+      const dead = spawnSync('true').pid!;
+      await mkdir(slots);
+      await writeFile(join(slots, 'slot-0'), `${dead} x\n`);
+      const runs = await Promise.all([0, 1].map(() => runInLab({ workDir: parent, script: 'sleep 2; echo ran' })));
+      for (const r of runs) expect(r.output).toBe('ran\n');
+      // one slot: the second guest started only after the first had ended
+      const [first, second] = [...runs].sort((a, b) => a.waitMs - b.waitMs);
+      expect(second!.waitMs, `waits ${runs.map((r) => r.waitMs.toFixed(0))} ms, runs ${runs.map((r) => r.durationMs.toFixed(0))} ms`)
+        .toBeGreaterThanOrEqual(first!.waitMs + first!.durationMs);
+      expect(await readdir(slots)).toEqual([]); // released
+    } finally {
+      for (const [k, v] of [['THINARCHIVE_LAB_SLOT_DIR', saved.dir], ['THINARCHIVE_LAB_SLOTS', saved.n]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      await rm(slots, { recursive: true, force: true });
     }
     expect(await readdir(parent)).toEqual([]);
   }, 120_000);
@@ -109,5 +138,5 @@ dmsetup status vg-pool-tpool`,
     expect(existsSync(disk)).toBe(true);
     await rm(disk);
     expect(await readdir(parent)).toEqual([]);
-  }, 120_000);
+  }, 120_000 + LAB_SLOT_WAIT_MS);
 });

@@ -3,7 +3,7 @@
 // thin_delta between the snapshots, activation of a snapshot with -K, and node reading it inside.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
 import { describe, expect, it } from 'vitest';
-import { labLeftovers, labPoolSetup, runInLab, requireLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -84,7 +84,7 @@ describe('thin-LVM lab', () => {
   it('boots once and runs pool, snapshots, lvs, dmsetup, thin_delta and node inside', async (ctx) => {
     await requireLab(ctx);
     const t0 = performance.now();
-    const run = await runInLab({ script: SCRIPT, disks: [{ sizeBytes: 4 * GiB }], timeoutMs: 150_000 });
+    const run = await runInLab({ script: SCRIPT, disks: [{ sizeBytes: 4 * GiB }], timeoutMs: 300_000 });
     const total = performance.now() - t0;
     console.log(
       `lab timings: boot ${(run.bootMs / 1000).toFixed(2)} s, guest run ${(run.durationMs / 1000).toFixed(2)} s, ` +
@@ -155,5 +155,5 @@ describe('thin-LVM lab', () => {
     expect(nodeSha).not.toBe('30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58');
 
     console.log(`lab test total ${((performance.now() - t0) / 1000).toFixed(2)} s`);
-  }, 180_000);
+  }, 330_000 + LAB_SLOT_WAIT_MS);
 });

@@ -44,7 +44,10 @@ export interface LabRunOptions {
   disks?: LabDisk[];
   /** guest memory; default 1024 */
   memMB?: number;
-  /** whole run including boot; default 180 000. On expiry the UML process group is killed. */
+  /**
+   * whole run including boot, counted from the start of the guest (not the wait for a lab slot);
+   * default 180 000. On expiry the UML process group is killed.
+   */
   timeoutMs?: number;
   /** parent directory of the run's temporary directory; default os.tmpdir() */
   workDir?: string;
@@ -74,6 +77,8 @@ export interface LabRun {
   durationMs: number;
   /** wall time from spawning UML until the guest was set up and about to run the script (-1: never) */
   bootMs: number;
+  /** wall time spent waiting for a lab slot before the guest started (see labSlots) */
+  waitMs: number;
   /** kernel console: boot messages, dm messages, harness markers */
   console: string;
   /** files left in $LAB_OUT, by path relative to it, read as UTF-8 */
@@ -362,6 +367,54 @@ async function readTree(root: string): Promise<Record<string, string>> {
   return files;
 }
 
+/**
+ * How many guests run at once on this host, across all processes (test files run in parallel
+ * workers): THINARCHIVE_LAB_SLOTS, default 2. A user-mode Linux guest keeps a core busy; more guests
+ * than cores only make each slower (and a slow guest looks like a hung one to its timeout).
+ */
+export function labSlots(): number {
+  const n = Number(process.env['THINARCHIVE_LAB_SLOTS'] ?? 2);
+  return Number.isInteger(n) && n >= 1 ? n : 2;
+}
+
+/** Where the slot files live: THINARCHIVE_LAB_SLOT_DIR (tests of the slots), else one per host. */
+function slotDir(): string {
+  return process.env['THINARCHIVE_LAB_SLOT_DIR'] || join(tmpdir(), 'thinarchive-lab-slots');
+}
+
+/**
+ * What a lab test adds to its own guest timeout for the time it may wait for a slot while other
+ * files' guests run (the longest run about 5 minutes on a loaded 2-core host).
+ */
+export const LAB_SLOT_WAIT_MS = 900_000;
+
+/**
+ * Take one of labSlots() slot files (O_EXCL create holding "pid token"); a slot whose owner process
+ * is dead is taken over. Polls until one is free. Returns the release function.
+ */
+async function acquireSlot(): Promise<() => Promise<void>> {
+  const dir = slotDir();
+  await mkdir(dir, { recursive: true });
+  const token = `${process.pid} ${Math.random().toString(36).slice(2)}\n`;
+  for (;;) {
+    for (let i = 0; i < labSlots(); i++) {
+      const p = join(dir, `slot-${i}`);
+      try {
+        await writeFile(p, token, { flag: 'wx' });
+        return async () => {
+          if ((await readFile(p, 'utf8').catch(() => '')) === token) await rm(p, { force: true });
+        };
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      const owner = Number((await readFile(p, 'utf8').catch(() => '')).split(' ')[0]);
+      // A slot file being written has no pid yet; only a dead owner's slot is freed.
+      if (Number.isInteger(owner) && owner > 0 && !alive(owner)) await rm(p, { force: true });
+    }
+    await new Promise((r) => setTimeout(r, 250 + Math.random() * 250));
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -421,7 +474,13 @@ export async function runInLab(opts: LabRunOptions): Promise<LabRun> {
   await sweepStale(parent);
   checkHostPath(join(parent, RUN_PREFIX), 'workDir');
   if (opts.outDir) checkHostPath(resolve(opts.outDir), 'outDir');
-  const runDir = await mkdtemp(join(parent, RUN_PREFIX));
+  const waitStart = performance.now();
+  const release = await acquireSlot();
+  const waitMs = performance.now() - waitStart;
+  const runDir = await mkdtemp(join(parent, RUN_PREFIX)).catch(async (e: unknown) => {
+    await release();
+    throw e;
+  });
   const outDir = resolve(opts.outDir ?? join(runDir, 'out'));
   const keep = opts.keep ?? false;
   const cleanupDisks: string[] = [];
@@ -544,8 +603,11 @@ export async function runInLab(opts: LabRunOptions): Promise<LabRun> {
 
     const output = await readFile(outputPath, 'utf8').catch(() => '');
     const partial = { output, console: consoleText, durationMs, runDir, pid };
+    // Scripts that record results as they go (results.tsv) show how far they got.
+    const results = await readFile(join(outDir, 'results.tsv'), 'utf8').catch(() => '');
     const diag = (): string =>
-      `\n--- last console lines ---\n${tail(consoleText.trimEnd(), 25)}\n--- last script output lines ---\n${tail(output.trimEnd(), 25)}`;
+      `\n--- last console lines ---\n${tail(consoleText.trimEnd(), 25)}\n--- last script output lines ---\n${tail(output.trimEnd(), 25)}`
+      + (results ? `\n--- last lines of $LAB_OUT/results.tsv ---\n${tail(results.trimEnd(), 15).slice(-3000)}` : '');
 
     if (leftovers.length) {
       throw new LabError(`UML processes of group ${pid} survived SIGKILL: ${leftovers.join('; ')}${diag()}`, partial);
@@ -565,6 +627,7 @@ export async function runInLab(opts: LabRunOptions): Promise<LabRun> {
       output,
       durationMs,
       bootMs,
+      waitMs,
       console: consoleText,
       files,
       pid,
@@ -573,6 +636,7 @@ export async function runInLab(opts: LabRunOptions): Promise<LabRun> {
       diskPaths,
     };
   } finally {
+    await release();
     if (!keep) {
       await Promise.all(cleanupDisks.map((p) => rm(p, { force: true })));
       await rm(runDir, { recursive: true, force: true });

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { labLeftovers, labPoolSetup, runInLab, requireLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
@@ -58,7 +58,7 @@ describe('src/lvm in the thin-LVM lab', () => {
       script: SCRIPT,
       disks: [{ sizeBytes: 4 * 1024 ** 3 }],
       env: { THINARCHIVE_DIST: compiled.dir, GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'lvm-guest.mjs'), VG, POOL },
-      timeoutMs: 120_000,
+      timeoutMs: 300_000,
     });
     const total = performance.now() - t0;
     console.log(
@@ -165,5 +165,5 @@ describe('src/lvm in the thin-LVM lab', () => {
     expect(get<Record<string, unknown>>('remove')).toMatchObject({ refused: { code: 'LV_NOT_OURS' }, left: ['snap2', 'thin-pool', 'vol'] });
     expect(get<object>('finalStatus')).toMatchObject({ state: 'ok', heldRoot: null });
 
-  }, 150_000);
+  }, 330_000 + LAB_SLOT_WAIT_MS);
 });

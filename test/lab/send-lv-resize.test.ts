@@ -15,7 +15,7 @@ import { describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, sha256File } from './host-files.js';
-import { labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const MiB = 1024 * 1024;
@@ -39,7 +39,7 @@ describe('send VG/LV: resized volumes, LV targets and pipes in the thin-LVM lab'
         THINARCHIVE_DIST: build.dir, TA_LAUNCHER: launcher, GUEST_SH: join(ROOT, 'test', 'lab', 'send-lv-resize-guest.sh'),
         STORE: store, IMG_DIR: images, THINARCHIVE_STATE_DIR: join(host, 'state'),
       },
-      timeoutMs: 330_000, // 120-240 s measured on a 2-core host at load 4-14; user-mode Linux slows down a lot on a loaded one
+      timeoutMs: 660_000, // 120-240 s measured on a 2-core host at load 4-14; user-mode Linux slows down a lot on a loaded one
     });
     const tLab = performance.now() - t0;
     const F = run.files;
@@ -117,5 +117,5 @@ describe('send VG/LV: resized volumes, LV targets and pipes in the thin-LVM lab'
       `guest timeline (ms): ${Object.entries(R).filter(([k]) => k.startsWith('t_')).map(([k, v]) => `${k.slice(2)} ${v}`).join(', ')}`,
       ...rows,
     ].join('\n'));
-  }, 400_000);
+  }, 700_000 + LAB_SLOT_WAIT_MS);
 });

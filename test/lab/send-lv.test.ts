@@ -14,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, sha256File } from './host-files.js';
-import { labLeftovers, labPoolSetup, runInLab, type LabRun, requireLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab, type LabRun } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
@@ -54,7 +54,7 @@ describe('send VG/LV in the thin-LVM lab', () => {
         THINARCHIVE_DIST: build.dir, TA_LAUNCHER: launcher, GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'send-lv-guest.sh'), REPO: ROOT,
         VG, POOL, STORE: store!, STORE2: store2!,
       },
-      timeoutMs: 240_000, // about 90 s on an idle machine; UML slows down a lot on a loaded one
+      timeoutMs: 480_000, // about 90 s on an idle machine; UML slows down a lot on a loaded one
     });
     const tLab = performance.now() - t0 - tBuild;
     if (run.exitCode !== 0) console.log(run.output, run.console.slice(-3000), Object.entries(run.files).map(([k, v]) => `--- ${k}\n${v.slice(0, 3000)}`).join('\n'));
@@ -178,5 +178,5 @@ describe('send VG/LV in the thin-LVM lab', () => {
       `fstrim: ${[1, 2, 3].map((r) => file(`fstrim-${r}.txt`)).join('; ')}`,
       ...rows,
     ].join('\n'));
-  }, 300_000);
+  }, 510_000 + LAB_SLOT_WAIT_MS);
 });
