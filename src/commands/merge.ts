@@ -14,13 +14,13 @@
  * The merged archive is written through the store (temporary name, fsync, link) and is durable
  * before any original is deleted: an interrupted merge leaves a valid chain.
  */
-import { UsageError } from '../errors.js';
+import { ThinarchiveError, UsageError } from '../errors.js';
 import { withPool } from '../archive/pool.js';
 import { writeArchive, type NewArchive } from '../archive/writer.js';
 import { ExtentKind } from '../format/constants.js';
 import type { MapExtent } from '../format/types.js';
 import { openStore, type StoreOptions } from '../store/open.js';
-import type { ArchiveStore } from '../store/types.js';
+import type { ArchiveStore, StoredArchive } from '../store/types.js';
 import { TOOL_VERSION } from '../version.js';
 import { ChainReader, chainSegments, mergedInfo, openChain, type ChainArchive } from './chain-state.js';
 
@@ -105,6 +105,19 @@ export async function mergeGroup(
   }
 }
 
+/**
+ * Before merge or prune writes anything: every archive it will delete must be deletable (object-lock
+ * retention, a read-only directory); otherwise it is refused with nothing changed.
+ */
+export async function refuseUndeletable(store: ArchiveStore, archives: StoredArchive[], what: string): Promise<void> {
+  try {
+    await store.checkDeletable(archives);
+  } catch (e) {
+    if (e instanceof ThinarchiveError) throw new ThinarchiveError(e.code, `${what} refused, nothing changed: ${e.message}`, e.exitClass, { cause: e });
+    throw e;
+  }
+}
+
 /** Which archives of the chain `--from`/`--to` name (indexes into chain.archives). */
 export function mergeRange(archives: ChainArchive[], from: number, to: number): [number, number] {
   const i = archives.findIndex((a) => a.header.sequence === from);
@@ -122,11 +135,13 @@ export async function merge(opts: MergeOptions): Promise<MergeResult> {
     const [i, j] = mergeRange(chain.archives, opts.from, opts.to);
     const group = chain.archives.slice(i, j + 1);
     for (const a of group) await a.file.preflight();
+    const deleting = opts.out === undefined && !opts.keepOriginals;
+    if (deleting) await refuseUndeletable(chain.store, group.map((a) => a.stored), 'merge');
     const outStore = opts.out !== undefined ? await openStore(opts.out, opts.storeOptions) : chain.writeStore;
     try {
       const r = await mergeGroup(group, outStore, opts);
       const deleted: string[] = [];
-      if (opts.out === undefined && !opts.keepOriginals) {
+      if (deleting) {
         // The merged archive is durable: the originals can go (the one sharing its id last).
         for (const a of group) {
           await chain.store.deleteArchive(a.stored);

@@ -11,7 +11,7 @@
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
-import { mergeGroup } from './merge.js';
+import { mergeGroup, refuseUndeletable } from './merge.js';
 import { openChain, type ChainArchive } from './chain-state.js';
 
 export interface PruneOptions {
@@ -94,6 +94,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       result.seconds = (performance.now() - started) / 1000;
       return result;
     }
+    await refuseUndeletable(chain.store, [...chain.superseded, ...groups.flatMap((g) => g.map((a) => a.stored))], 'prune');
     // Leftovers first: the chain's path does not go through them.
     for (const a of chain.superseded) {
       opts.signal?.throwIfAborted();

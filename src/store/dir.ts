@@ -6,7 +6,8 @@
  * final name (never over an existing file) and the directory fsynced: no partial archive is ever
  * visible under a final name. Leftover temporary files of dead writers are removed by `cleanup`.
  */
-import { link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
 import { fsyncDir, tempNameFor } from '../fsutil.js';
@@ -46,6 +47,16 @@ export class DirectoryStore implements ArchiveStore {
       await fsyncDir(dirname(a.path));
     } catch (e) {
       throw ioError(e, `cannot delete ${a.path}`);
+    }
+  }
+
+  async checkDeletable(archives: StoredArchive[]): Promise<void> {
+    for (const dir of new Set(archives.map((a) => dirname(a.path)))) {
+      try {
+        await access(dir, constants.W_OK);
+      } catch (e) {
+        throw ioError(e, `cannot delete archives in ${dir}`);
+      }
     }
   }
 

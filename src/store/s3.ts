@@ -370,6 +370,21 @@ export class S3Store implements ArchiveStore {
     }
   }
 
+  async checkDeletable(archives: StoredArchive[]): Promise<void> {
+    for (const a of archives) {
+      const h = await this.send<{ ObjectLockRetainUntilDate?: Date; ObjectLockMode?: string; ObjectLockLegalHoldStatus?: string }>(
+        `cannot delete ${a.path}`,
+        new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(a) }),
+      );
+      if (h.ObjectLockLegalHoldStatus === 'ON') {
+        throw new ThinarchiveError('S3_OBJECT_LOCKED', `cannot delete ${a.path}: under an object-lock legal hold`, 'runtime');
+      }
+      if (h.ObjectLockRetainUntilDate && h.ObjectLockRetainUntilDate.getTime() > Date.now()) {
+        throw new ThinarchiveError('S3_OBJECT_LOCKED', `cannot delete ${a.path}: protected by object lock (${h.ObjectLockMode ?? 'retention'}) until ${h.ObjectLockRetainUntilDate.toISOString()}`, 'runtime');
+      }
+    }
+  }
+
   async close(): Promise<void> {
     this.client?.destroy();
     this.client = undefined;

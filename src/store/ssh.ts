@@ -466,6 +466,13 @@ export class SshStore implements ArchiveStore {
     await this.conn.check(`rm ${qp(path)} && { sync ${qp(posix.dirname(path))} 2>/dev/null || sync; }`, `cannot delete ${a.path}`);
   }
 
+  async checkDeletable(archives: StoredArchive[]): Promise<void> {
+    const dirs = [...new Set(archives.map((a) => posix.dirname(this.remotePathOf(a))))];
+    if (dirs.length === 0) return;
+    const script = dirs.map((d) => `{ test -w ${qp(d)} || { echo ${qp(`${d}: not writable`)} >&2; exit 1; }; }`).join(' && ');
+    await this.conn.check(script, 'cannot delete archives');
+  }
+
   async close(): Promise<void> {
     await this.conn.close();
   }
@@ -504,21 +511,27 @@ class SshPendingArchive implements PendingArchive {
       async write(chunk: Uint8Array): Promise<void> {
         const w = self.writer.stdin!;
         if (gone()) throw await self.writeError();
-        if (!w.write(chunk)) {
-          await new Promise<void>((resolve) => {
-            const fin = (): void => {
-              w.off('drain', fin);
-              w.off('close', fin);
-              self.writer.off('exit', fin);
-              resolve();
-            };
-            w.once('drain', fin);
-            w.once('close', fin);
-            self.writer.once('exit', fin);
-            if (gone()) fin();
+        // Wait until the chunk is handed to the pipe (the write callback), not only queued: the
+        // archive writer reuses the chunk's memory afterwards (ArchiveSink).
+        let written = false;
+        await new Promise<void>((resolve) => {
+          let settled = false;
+          const fin = (): void => {
+            if (settled) return;
+            settled = true;
+            w.off('close', fin);
+            self.writer.off('exit', fin);
+            resolve();
+          };
+          w.write(chunk, (e) => {
+            if (!e) written = true;
+            fin();
           });
-          if (gone()) throw await self.writeError();
-        }
+          w.once('close', fin);
+          self.writer.once('exit', fin);
+          if (gone()) fin();
+        });
+        if (!written) throw await self.writeError();
       },
     };
   }

@@ -57,6 +57,12 @@ export interface ArchiveStore {
   openArchive(a: StoredArchive): Promise<ByteSource>;
   /** Delete one archive (prune). */
   deleteArchive(a: StoredArchive): Promise<void>;
+  /**
+   * Throw (a one-line ThinarchiveError) if any of these archives could not be deleted now: a
+   * read-only directory, object-lock retention or a legal hold. Merge and prune ask before they
+   * write anything, so a refusal changes nothing.
+   */
+  checkDeletable(archives: StoredArchive[]): Promise<void>;
   /** Release connections. */
   close(): Promise<void>;
 }

@@ -132,6 +132,32 @@ describe.skipIf(!root)('faults during apply and send', () => {
     expect(readdirSync(dir.join('ro-src')).sort()).toEqual(['t.img', 't.img.thinarchive.json']);
   });
 
+  it('read-only store: prune and merge are refused before anything is written (exit 1)', async () => {
+    const src = dir.join('ro-store-src');
+    const img = dir.join('chain.img');
+    const m = new VolumeModel(img, 2 * MiB);
+    const rand = prng(9);
+    m.write(0, textBytes(rand, 256 * 1024));
+    m.snapshotDelta();
+    await runOk(['send', '--image', img, '--to', src]);
+    for (let i = 1; i < 3; i++) {
+      m.write(i * 512 * 1024, textBytes(rand, 64 * 1024));
+      writeFileSync(dir.join(`ro-d${i}.xml`), m.snapshotDelta());
+      await runOk(['send', '--image', img, '--changes', dir.join(`ro-d${i}.xml`), '--parent', src, '--to', src]);
+    }
+    m.close();
+    const ro = dir.join('ro-store');
+    mkdirSync(ro);
+    sh('mount', '--bind', src, ro);
+    mounts.push(ro);
+    sh('mount', '-o', 'remount,ro,bind', ro);
+    const before = readdirSync(src, { recursive: true }).map(String).sort();
+    expect(before.filter((n) => n.endsWith('.tna'))).toHaveLength(3);
+    expect(expectFailure(await run(['prune', ro, '--keep', '1']), 1)).toMatch(/^thinarchive: prune refused, nothing changed: cannot delete archives in .*(EROFS|read-only)/i);
+    expect(expectFailure(await run(['merge', ro, '--from', '1', '--to', '2']), 1)).toMatch(/merge refused, nothing changed: .*(EROFS|read-only)/i);
+    expect(readdirSync(src, { recursive: true }).map(String).sort()).toEqual(before);
+  });
+
   it('immutable image (chattr +i): refused before anything is written (exit 4)', async () => {
     const img = dir.join('immutable.img');
     await runOk(['apply', a0, '--to', img, '--create']);

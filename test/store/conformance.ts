@@ -183,8 +183,9 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       await expect(store.onlyChain()).rejects.toThrow(/2 chains/);
     });
 
-    it('deleteArchive removes one archive and leaves the others', async () => {
+    it('deleteArchive removes one archive and leaves the others (checkDeletable agrees first)', async () => {
       const victim = (await store.chainArchives(chainB))[0];
+      await store.checkDeletable([victim, ...(await store.chainArchives(chainA))]);
       await store.deleteArchive(victim);
       expect(await store.chainArchives(chainB)).toEqual([]);
       expect((await store.chainArchives(chainA)).map((a) => a.sequence)).toEqual([0, 1, 2]);
