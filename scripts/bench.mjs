@@ -26,6 +26,7 @@
  *   --restore-size N    image size of the restore section (default: the smaller of --size and 1G)
  *   --section ssh       only the ssh:// section: send to a private sshd on 127.0.0.1 against cat | ssh of the
  *                       same archive, and apply back (scripts/bench-ssh.mjs; image: the smaller of --size and 1G)
+ *   --link-mbit N       the ssh section also runs over an emulated N Mbit/s link (default 1000; 0: skip)
  *   --section s3        only the S3 section: send to / apply from a local Ceph radosgw (scripts/bench-s3.mjs;
  *                       image: the smaller of --size and 1G; --runs sends each)
  *
@@ -80,6 +81,7 @@ function parseArgs(argv) {
     else if (a === '--quick') Object.assign(o, { size: 512 * MiB, runs: 1, rssSizes: [256 * MiB] });
     else if (a === '--section') o.section = val();
     else if (a === '--restore-size') o.restoreSize = parseSize(val());
+    else if (a === '--link-mbit') o.linkMbit = Number(val());
     else if (a === '--help' || a === '-h') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] + '*/\n');
       process.exit(0);
@@ -545,7 +547,7 @@ async function main() {
   if (opts.section === 'restore') return mainRestore(opts);
   if (opts.section === 'ssh') {
     const { benchSsh } = await import('./bench-ssh.mjs');
-    return benchSsh({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log });
+    return benchSsh({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log, linkMbit: opts.linkMbit });
   }
   if (opts.section === 's3') {
     const { benchS3 } = await import('./bench-s3.mjs');

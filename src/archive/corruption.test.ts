@@ -421,7 +421,6 @@ describe('(a) single byte flips', () => {
     expect(positions.length).toBeGreaterThan(900);
     const masks = [0x01, 0x80, 0xff, 0x10, 0x04];
     const seen = new Map<string, number>();
-    const started = performance.now();
     for (const [i, { pos, codes }] of positions.entries()) {
       const m = Buffer.from(big.bytes); // (Buffer#slice would share the bytes)
       m[pos] ^= masks[i % masks.length];
@@ -430,7 +429,6 @@ describe('(a) single byte flips', () => {
       seen.set(code, (seen.get(code) ?? 0) + 1);
     }
     expect(seen.get('FRAME_CHECKSUM')).toBeGreaterThan(700);
-    if (!EXHAUSTIVE) expect(performance.now() - started).toBeLessThan(40_000);
   }, EXHAUSTIVE ? 900_000 : undefined);
 
   it('every byte outside the records: ArchiveFile open + preflight fails (except the minor version)', async () => {

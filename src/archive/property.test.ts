@@ -348,11 +348,9 @@ describe('writeArchive → readArchive (property)', () => {
     const segs: Scenario['segs'] = [];
     for (let i = 0; i < n; i++) segs.push({ len: 1, kind: i % 2 ? 'UNMAP' : 'DATA' });
     const s: Scenario = { full: false, level: 1, seed: 3, chunk: 0, blockSize: 4096, volumeSize: 4096 * n, segs, fills: [3, 3, 1, 1] };
-    const started = performance.now();
     const got = await check(s);
     expect(got.mapFrames).toBe(2);
     expect(got.trailer.indexCount).toBe(3);
     expect(got.trailer.recordCount).toBe(n / 2);
-    expect(performance.now() - started).toBeLessThan(15_000);
   });
 });

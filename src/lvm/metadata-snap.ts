@@ -263,7 +263,7 @@ class Context {
       'METADATA_SNAP_HELD',
       `thin pool ${this.what} already has a metadata snapshot (held root ${st.heldRoot}) that this run did not reserve: ${who}. ` +
         `thinarchive will not release it. Wait until it is released, or if nothing uses it, release it with ` +
-        `"dmsetup message ${poolDmName(this.pool.vg, this.pool.pool)} 0 release_metadata_snap" or rerun with --force.`,
+        `"dmsetup message ${poolDmName(this.pool.vg, this.pool.pool)} 0 release_metadata_snap" or rerun send with --force-release.`,
     );
   }
 

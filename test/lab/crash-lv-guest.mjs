@@ -29,6 +29,11 @@ const { apply } = await import(join(DIST, 'commands/apply.js'));
 const { verify } = await import(join(DIST, 'commands/verify.js'));
 
 const sh = (cmd, ...args) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+/** The pool's held metadata snapshot root (dmsetup status: start len thin-pool txid meta data held ...), null when none. */
+const poolHeldRoot = () => {
+  const f = sh('dmsetup', 'status', 'vg-pool-tpool').trim().split(/\s+/);
+  return f[6] === '-' ? null : Number(f[6]);
+};
 const lvs = (vg) => JSON.parse(sh('lvs', '--reportformat', 'json', '-o', 'lv_name,lv_uuid,lv_tags,origin,lv_attr', vg)).report[0].lv;
 const sha = (path) => new Promise((res, rej) => {
   const h = createHash('sha256');
@@ -155,8 +160,16 @@ for (let j = 0; j < SEND_POINTS; j++) {
   p.child.kill('SIGKILL');
   const s = await p.done;
   const afterKill = { tnas: tnas(), snaps: ourSnaps() };
+  const afterKillHeld = poolHeldRoot();
   const next = await cli(['send', 'vg/src', '--to', STORE, '--json', '--level', '1']).done;
-  results.sends.push({ j, killed: s.signal === 'SIGKILL', code: s.code, before, afterKill, nextCode: next.code, nextErr: next.err.slice(-800), after: { tnas: tnas(), snaps: ourSnaps() } });
+  // Killed between reserving the metadata snapshot and recording its root, the snapshot cannot be
+  // proven thinarchive's: the next send refuses (exit 4, documented) and --force-release is the remedy.
+  let forced = null;
+  if (next.code !== 0) {
+    const f = await cli(['send', 'vg/src', '--to', STORE, '--json', '--level', '1', '--force-release']).done;
+    forced = { code: f.code, err: f.err.slice(-800) };
+  }
+  results.sends.push({ j, killed: s.signal === 'SIGKILL', code: s.code, before, afterKill, afterKillHeld, nextCode: next.code, nextErr: next.err.slice(-800), forced, heldAtEnd: poolHeldRoot(), after: { tnas: tnas(), snaps: ourSnaps() } });
   save();
 }
 const v = await verify({ inputs: [STORE] });

@@ -33,6 +33,7 @@ interface Point {
 }
 interface SendPoint {
   j: number; killed: boolean; code: number | null; nextCode: number; nextErr: string;
+  afterKillHeld: number | null; heldAtEnd: number | null; forced: { code: number; err: string } | null;
   before: { tnas: string[]; snaps: string[] }; afterKill: { tnas: string[]; snaps: string[] }; after: { tnas: string[]; snaps: string[] };
 }
 
@@ -136,6 +137,7 @@ describe('crash safety in the thin-LVM lab', () => {
 
     // ---- send points
     expect(R.sends).toHaveLength(SEND_POINTS);
+    let refusedThenForced = 0;
     for (const s of R.sends) {
       const what = JSON.stringify(s);
       expect(s.killed, what).toBe(true);
@@ -145,10 +147,20 @@ describe('crash safety in the thin-LVM lab', () => {
       const base = s.before.snaps.filter((x) => x.endsWith(':base'));
       expect(base.length, what).toBe(1);
       expect(s.afterKill.snaps, what).toContain(base[0]);
-      expect(s.nextCode, what).toBe(0);
+      if (s.nextCode !== 0) {
+        // The one documented refusal: killed between reserving the metadata snapshot and recording its
+        // root, it cannot be proven ours; the next send says so (exit 4) and --force-release completes.
+        expect(s.nextCode, what).toBe(4);
+        expect(s.nextErr, what).toMatch(/died while reserving a metadata snapshot .* cannot be proven.* --force-release/);
+        expect(s.afterKillHeld, what).not.toBeNull();
+        expect(s.forced?.code, what).toBe(0);
+        refusedThenForced++;
+      }
+      expect(s.heldAtEnd, 'no metadata snapshot held after the next send').toBeNull();
       expect(s.after.tnas.length, what).toBe(s.before.tnas.length + 1);
       expect(s.after.snaps.filter((x) => x.endsWith(':base')).length, what).toBe(1);
     }
+    console.log(`send kill points: ${SEND_POINTS}; refused as unprovable then completed with --force-release: ${refusedThenForced}`);
     expect(R.verifyOk).toBe(true);
     expect(R.verifyArchives).toBe(SEND_POINTS + 1);
     expect(R.restoreCode, R.restoreErr).toBe(0);
