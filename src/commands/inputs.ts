@@ -11,6 +11,7 @@ import { ArchiveFile, type ByteSource } from '../archive/reader.js';
 import { ioError, UsageError } from '../errors.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl, openStore, type StoreOptions } from '../store/open.js';
+import { withoutSuperseded } from '../store/layout.js';
 import type { ArchiveStore, StoredArchive } from '../store/types.js';
 
 export type { StoreOptions } from '../store/open.js';
@@ -116,7 +117,8 @@ export async function resolveArchiveRef(ref: string): Promise<string> {
 
 /**
  * Archive files and archive URLs, directories and store URLs (each meaning every archive of its one
- * chain, in order), or `-` alone for standard input.
+ * chain, in order, a merged archive in place of the originals it covers), or `-` alone for standard
+ * input.
  */
 export async function resolveArchiveInputs(refs: string[], opts: StoreOptions = {}): Promise<ArchiveInput[]> {
   if (refs.length === 0) throw new UsageError('no archive given');
@@ -129,9 +131,10 @@ export async function resolveArchiveInputs(refs: string[], opts: StoreOptions = 
   for (const ref of refs) {
     if (isStoreUrl(ref)) {
       const { store, archives } = await remoteArchives(ref, opts);
-      for (const a of archives) out.push({ kind: 'file', path: a.path, open: () => openStored(store, a) });
+      const chain = isArchiveUrl(ref) ? archives : withoutSuperseded(archives);
+      for (const a of chain) out.push({ kind: 'file', path: a.path, open: () => openStored(store, a) });
     } else if ((await kindOf(ref)) === 'file') out.push(local(ref));
-    else for (const a of (await new DirectoryStore(ref).onlyChain()).archives) out.push(local(a.path));
+    else for (const a of withoutSuperseded((await new DirectoryStore(ref).onlyChain()).archives)) out.push(local(a.path));
   }
   return out;
 }

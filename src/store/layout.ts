@@ -35,3 +35,25 @@ export function onlyChainOf(url: string, chains: ChainListing[]): ChainListing {
   }
   return withArchives[0];
 }
+
+/**
+ * A chain's archives without those a merged archive stands in for, from the names alone (FORMAT.md
+ * §3.1): a merged archive takes the sequence of the first archive it replaces and the archive id of
+ * the last, so when several archives carry one id, the one with the lowest sequence covers every
+ * sequence from its own up to the highest carrying that id. Archives inside a covered range are left
+ * by `merge --keep-originals` or an interrupted prune; readers take the merged one. Input in sequence
+ * order; output in the same order.
+ */
+export function withoutSuperseded(archives: StoredArchive[]): StoredArchive[] {
+  const span = new Map<string, { from: number; to: number; by: StoredArchive }>();
+  for (const a of archives) {
+    const s = span.get(a.archiveId);
+    if (!s) span.set(a.archiveId, { from: a.sequence, to: a.sequence, by: a });
+    else {
+      if (a.sequence < s.from) Object.assign(s, { from: a.sequence, by: a });
+      s.to = Math.max(s.to, a.sequence);
+    }
+  }
+  const covering = [...span.values()].filter((s) => s.to > s.from);
+  return archives.filter((a) => !covering.some((c) => c.by !== a && a.sequence >= c.from && a.sequence <= c.to));
+}

@@ -262,6 +262,11 @@ describe('chain management on images', () => {
     const st = listed[0].archives.map((a) => `${a.sequence}:${a.merged ? `m${a.merged.toSequence}` : ''}:${a.status.startsWith('superseded') ? 's' : 'ok'}`);
     expect(st).toEqual(['0:m3:ok', '2::s', '3::s', '4::ok', '5::ok']);
     for (const i of [3, 4, 5]) expect((await restoreHash(s4, i, dir.join(`i-${i}.img`))).sha, `point ${i}`).toBe(hashes[i]);
+    // apply of the store takes the merged archive in place of the originals beside it
+    const ap = dir.join('interrupted-apply.img');
+    const apr = JSON.parse((await runOk(['apply', s4, '--to', ap, '--create', '--json'])).stdout) as { applied: { sequence: number }[] };
+    expect(apr.applied.map((a) => a.sequence)).toEqual([0, 4, 5]);
+    expect(await sha256(ap)).toBe(hashes[5]);
     const p = JSON.parse((await runOk(['prune', s4, '--keep', '3', '--json'])).stdout) as { leftovers: string[] };
     expect(p.leftovers).toHaveLength(2);
     expect(readdirSync(join(s4, readdirSync(s4)[0])).filter((n) => n.endsWith('.tna'))).toHaveLength(3);
