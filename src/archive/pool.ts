@@ -17,12 +17,36 @@ export interface EncodeRun {
   codec?: number;
   storedHash?: bigint;
   hashes?: ArrayBuffer;
+  /** The stored bytes in a buffer of their own (when the job had no output buffer) ... */
   stored?: ArrayBuffer;
+  /** ... or `len` bytes at `at` of the job's input buffer (`buf`: a raw run) or output buffer (`out`). */
+  in?: 'buf' | 'out';
+  at?: number;
+  len?: number;
+}
+
+export interface EncodeResult {
+  runs: EncodeRun[];
+  /** The input buffer, handed back. */
+  buf: ArrayBuffer;
+  /** The output buffer, handed back (when one was given). */
+  out?: ArrayBuffer;
 }
 
 export interface DecodeResult {
   ok: boolean;
   raw?: ArrayBuffer;
+  badBlocks?: number[];
+  error?: string;
+}
+
+/** decodeRecycled's result: every buffer that was sent comes back, in `raw` or in `spare`. */
+export interface RecycledDecodeResult {
+  ok: boolean;
+  /** With wantData: a buffer whose first rawLen bytes are the record's data. */
+  raw?: ArrayBuffer;
+  /** The buffers sent that do not hold the data: reusable at once. */
+  spare: ArrayBuffer[];
   badBlocks?: number[];
   error?: string;
 }
@@ -105,9 +129,13 @@ export class WorkerPool {
     });
   }
 
-  /** Zero-detect, hash and compress `len` bytes of `buf` (transferred) starting at block `firstBlock`. */
-  encode(buf: ArrayBuffer, len: number, firstBlock: number, blockSize: number, level: number): Promise<{ runs: EncodeRun[]; buf: ArrayBuffer }> {
-    return this.run({ op: 'encode', buf, len, firstBlock, blockSize, level }, [buf]);
+  /**
+   * Zero-detect, hash and compress `len` bytes of `buf` (transferred) starting at block `firstBlock`.
+   * With `out` (transferred, at least `len` bytes) the stored bytes of the runs are left in `buf` (raw
+   * runs) and `out` (compressed runs), and both come back: nothing is allocated per job.
+   */
+  encode(buf: ArrayBuffer, len: number, firstBlock: number, blockSize: number, level: number, out?: ArrayBuffer): Promise<EncodeResult> {
+    return this.run({ op: 'encode', buf, len, firstBlock, blockSize, level, out }, out ? [buf, out] : [buf]);
   }
 
   /**
@@ -122,6 +150,21 @@ export class WorkerPool {
     const h = record.hashes.slice().buffer;
     return this.run({
       op: 'decode', stored, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, blockSize, hashes: h, wantData, out,
+    }, out ? [stored, h, out] : [stored, h]);
+  }
+
+  /**
+   * decode for callers that recycle buffers: the payload is the first `storedLen` bytes of `stored`
+   * (transferred); with wantData it is decompressed into `out` (transferred) when that is large
+   * enough. Every buffer sent comes back whole (`raw`, `spare`), also when the record is bad.
+   */
+  decodeRecycled(
+    stored: ArrayBuffer, storedLen: number, record: Pick<DataRecordHead, 'codec' | 'rawLen' | 'storedHash' | 'hashes'>, blockSize: number,
+    wantData: boolean, out?: ArrayBuffer,
+  ): Promise<RecycledDecodeResult> {
+    const h = record.hashes.slice().buffer;
+    return this.run({
+      op: 'decode', recycle: true, stored, storedLen, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, blockSize, hashes: h, wantData, out,
     }, out ? [stored, h, out] : [stored, h]);
   }
 

@@ -22,7 +22,9 @@ import {
 import { initHash } from '../format/hash.js';
 import type { ArchiveHeader, DataRecordHead, IndexEntry, MapEnd, MapExtent, Trailer, ZeroRecord } from '../format/types.js';
 import { ArchiveValidator, canonicalRuns } from '../format/validator.js';
-import { ByteReader } from './byte-reader.js';
+import { ByteReader, PositionalReader, type ArchiveByteReader, type PositionalSource } from './byte-reader.js';
+
+export type { PositionalSource } from './byte-reader.js';
 
 export type ArchiveEvent =
   | { type: 'header'; header: ArchiveHeader; offset: number }
@@ -40,7 +42,7 @@ export interface RawFrame {
   offset: number;
 }
 
-async function readFrame(r: ByteReader, file: string | undefined): Promise<RawFrame> {
+async function readFrame(r: ArchiveByteReader, file: string | undefined): Promise<RawFrame> {
   const offset = r.offset;
   const head = await r.read(FRAME_HEAD_SIZE);
   let fh;
@@ -66,14 +68,30 @@ function withFile<T>(file: string | undefined, fn: () => T): T {
   }
 }
 
+export interface ReadArchiveOptions {
+  /** The archive's name in messages. */
+  file?: string;
+  /**
+   * A buffer to read the next payload into (it must hold `n` bytes, else a new one is used). The
+   * payload of a 'data' event is then the first storedLen bytes of it. Lets a consumer recycle payload
+   * buffers (for example, ones a worker hands back) instead of allocating one per record.
+   */
+  payloadBuffer?: (n: number) => ArrayBuffer | undefined;
+}
+
+function isPositional(s: AsyncIterable<Uint8Array> | PositionalSource): s is PositionalSource {
+  return typeof (s as PositionalSource).readInto === 'function';
+}
+
 /**
  * Stream an archive, validating as it goes. Throws FormatError at the first problem; a stream that
- * ends before the end marker is TRUNCATED; bytes after the end marker are TRAILING_DATA.
+ * ends before the end marker is TRUNCATED; bytes after the end marker are TRAILING_DATA. The source is
+ * a stream of chunks, or positional reads of a file (read in one forward pass all the same).
  */
-export async function* readArchive(source: AsyncIterable<Uint8Array>, opts: { file?: string } = {}): AsyncGenerator<ArchiveEvent> {
+export async function* readArchive(source: AsyncIterable<Uint8Array> | PositionalSource, opts: ReadArchiveOptions = {}): AsyncGenerator<ArchiveEvent> {
   await initHash();
   const file = opts.file;
-  const r = new ByteReader(source, file);
+  const r: ArchiveByteReader = isPositional(source) ? new PositionalReader(source, file) : new ByteReader(source, file);
   const v = new ArchiveValidator(file);
   try {
     const pre = await r.read(PREAMBLE_SIZE);
@@ -109,7 +127,7 @@ export async function* readArchive(source: AsyncIterable<Uint8Array>, opts: { fi
         case FrameType.DATA: {
           const record = withFile(file, () => decodeDataBody(f.body, f.offset));
           v.onData(record, f.offset);
-          const payload = await r.read(record.storedLen, true);
+          const payload = await r.readPayload(record.storedLen, opts.payloadBuffer?.(record.storedLen));
           yield { type: 'data', record, payload, offset: f.offset };
           break;
         }
@@ -167,6 +185,8 @@ export interface ByteSource {
   read(offset: number, len: number): Promise<Uint8Array>;
   /** The bytes from `start` to the end, in order. */
   stream(start?: number): AsyncIterable<Uint8Array>;
+  /** Positional reads into the caller's buffer (a local file): up to `length` bytes, 0 at the end. */
+  readInto?(buf: Uint8Array, offset: number, length: number, position: number): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -211,9 +231,43 @@ export class FileByteSource implements ByteSource {
     return createReadStream(this.label, { start, highWaterMark: 1 << 20 });
   }
 
+  async readInto(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+    try {
+      return (await this.fh.read(buf, offset, length, position)).bytesRead;
+    } catch (e) {
+      throw ioError(e, `cannot read archive ${this.label}`);
+    }
+  }
+
   async close(): Promise<void> {
     await this.fh.close();
   }
+}
+
+/**
+ * A local archive file as a PositionalSource for readArchive, opened at the first read and closed
+ * when reading ends.
+ */
+export function filePositionalSource(path: string): PositionalSource {
+  let fh: Promise<FileHandle> | undefined;
+  return {
+    async readInto(buf, offset, length, position) {
+      fh ??= open(path, 'r').catch((e: unknown) => {
+        throw ioError(e, `cannot open archive ${path}`);
+      });
+      const h = await fh;
+      try {
+        return (await h.read(buf, offset, length, position)).bytesRead;
+      } catch (e) {
+        throw ioError(e, `cannot read archive ${path}`);
+      }
+    },
+    async close() {
+      const h = fh;
+      fh = undefined;
+      if (h) await h.then((x) => x.close(), () => {});
+    },
+  };
 }
 
 /** Random access to a stored archive (a local file or any ByteSource). */
@@ -301,6 +355,16 @@ export class ArchiveFile {
   /** Stream the archive's bytes from `start` (default: all of it). */
   stream(start = 0): AsyncIterable<Uint8Array> {
     return this.src.stream(start);
+  }
+
+  /**
+   * The whole archive for readArchive: positional reads when the source has them (a local file: no
+   * per-chunk buffers, payloads read into recycled ones), else a stream. Closing it leaves `src` open.
+   */
+  readSource(): AsyncIterable<Uint8Array> | PositionalSource {
+    const src = this.src;
+    if (!src.readInto) return src.stream(0);
+    return { readInto: (buf, offset, length, position) => src.readInto!(buf, offset, length, position) };
   }
 
   /** Iterate the map frames (validated) without reading any record. */

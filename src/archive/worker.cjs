@@ -5,9 +5,10 @@
  *
  * encode: split a read buffer into runs of all-zero and data blocks; hash each data block (xxh64 of the
  *         uncompressed bytes) and zstd-compress each data run; a run that does not shrink is stored raw;
- *         hash the stored bytes.
+ *         hash the stored bytes. Compressed runs go into the caller's output buffer, raw runs stay in the
+ *         input buffer; both are handed back (nothing large is allocated per job).
  * decode: check one record's stored payload against its hash, decompress it into exactly rawLen bytes
- *         and check every block's hash.
+ *         and check every block's hash. With `recycle`, every buffer the caller sent comes back to it.
  * hash:   hash the blocks of a buffer (for comparing a target with a chain).
  */
 'use strict';
@@ -46,6 +47,12 @@ function encode(api, msg) {
   const data = Buffer.from(msg.buf, 0, msg.len);
   const bs = msg.blockSize;
   const count = Math.ceil(data.length / bs);
+  // Compressed runs go one after the other into the caller's (recycled) output buffer; a run that
+  // does not compress stays where it is in the input buffer. Both buffers go back to the caller, so
+  // nothing is allocated per job but the small hash arrays. Compressed bytes never overtake the input
+  // they came from: a compressed run is shorter than its raw bytes, so it always fits.
+  const out = msg.out ? Buffer.from(msg.out) : undefined;
+  let outAt = 0;
   const runs = [];
   const transfer = [];
   let i = 0;
@@ -56,38 +63,70 @@ function encode(api, msg) {
     if (zero) {
       runs.push({ zero: true, first: msg.firstBlock + i, count: j - i });
     } else {
-      const raw = data.subarray(i * bs, Math.min(data.length, j * bs));
+      const rawAt = i * bs;
+      const raw = data.subarray(rawAt, Math.min(data.length, j * bs));
       const hashes = hashBlocks(api, raw, bs);
-      if (scratch.length < raw.length) scratch = Buffer.allocUnsafe(raw.length);
+      let dst;
+      if (out && out.length >= outAt + raw.length - 1) dst = out.subarray(outAt, outAt + raw.length - 1);
+      else {
+        if (scratch.length < raw.length) scratch = Buffer.allocUnsafe(raw.length);
+        dst = scratch.subarray(0, raw.length - 1);
+      }
       let storedLen = 0;
       try {
         // Room for raw.length - 1 bytes only: a run that does not shrink fails here and is stored raw.
-        storedLen = cctx.compress(scratch.subarray(0, raw.length - 1), raw, msg.level);
+        storedLen = raw.length > 1 ? cctx.compress(dst, raw, msg.level) : 0;
       } catch {
         storedLen = 0;
       }
       const codec = storedLen > 0 ? CODEC_ZSTD : CODEC_NONE;
-      // One copy into a buffer of its own, which is transferred to the main thread.
-      const src = codec === CODEC_ZSTD ? scratch.subarray(0, storedLen) : raw;
-      const storedBuf = new ArrayBuffer(src.length);
-      const stored = new Uint8Array(storedBuf);
-      stored.set(src);
-      const storedHash = api.h64Raw(stored);
-      runs.push({ zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, storedHash, hashes: hashes.buffer, stored: storedBuf });
-      transfer.push(hashes.buffer, storedBuf);
+      /** @type {Record<string, unknown>} */
+      const run = { zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, hashes: hashes.buffer };
+      if (codec === CODEC_NONE) {
+        run.storedHash = api.h64Raw(raw);
+        Object.assign(run, { in: 'buf', at: rawAt, len: raw.length });
+      } else if (out && dst.buffer === out.buffer) {
+        run.storedHash = api.h64Raw(dst.subarray(0, storedLen));
+        Object.assign(run, { in: 'out', at: outAt, len: storedLen });
+        outAt += storedLen;
+      } else {
+        // No output buffer from the caller: one copy into a buffer of its own, transferred.
+        const storedBuf = new ArrayBuffer(storedLen);
+        const stored = new Uint8Array(storedBuf);
+        stored.set(dst.subarray(0, storedLen));
+        run.storedHash = api.h64Raw(stored);
+        run.stored = storedBuf;
+        transfer.push(storedBuf);
+      }
+      runs.push(run);
+      transfer.push(hashes.buffer);
     }
     i = j;
   }
-  return { result: { runs, buf: msg.buf }, transfer: [...transfer, msg.buf] };
+  return { result: { runs, buf: msg.buf, out: msg.out }, transfer: msg.out ? [...transfer, msg.buf, msg.out] : [...transfer, msg.buf] };
 }
 
 function decode(api, msg) {
-  const stored = Buffer.from(msg.stored);
+  // With msg.recycle the caller recycles its buffers: the payload is the first storedLen bytes of
+  // msg.stored, and every buffer it sent (stored, out) comes back whole in the result, with or
+  // without data in it, also on failure.
+  const recycle = !!msg.recycle;
+  const stored = recycle ? Buffer.from(msg.stored, 0, msg.storedLen) : Buffer.from(msg.stored);
+  const back = (/** @type {ArrayBuffer | undefined} */ keep) => {
+    /** @type {ArrayBuffer[]} */
+    const spare = [];
+    if (!recycle) return spare;
+    for (const b of [msg.stored, msg.out]) if (b && b !== keep) spare.push(b);
+    return spare;
+  };
   // A damaged payload is reported even when it still decompresses to the right bytes (zstd ignores
   // some bits); the blocks are still decoded and hashed so that damage can be located to a block.
   const storedOk = api.h64Raw(stored) === msg.storedHash;
   const storedNote = storedOk ? '' : 'stored payload does not match its checksum; ';
-  const fail = (/** @type {string} */ error, /** @type {number[] | undefined} */ badBlocks) => ({ result: { ok: false, error: storedNote + error, badBlocks }, transfer: [] });
+  const fail = (/** @type {string} */ error, /** @type {number[] | undefined} */ badBlocks) => {
+    const spare = back(undefined);
+    return { result: { ok: false, error: storedNote + error, badBlocks, ...(recycle ? { spare } : {}) }, transfer: spare };
+  };
   let raw;
   if (msg.codec === CODEC_NONE) {
     if (stored.length !== msg.rawLen) return fail('stored length differs from raw length');
@@ -118,10 +157,20 @@ function decode(api, msg) {
   for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) bad.push(i);
   if (bad.length > 0) return fail(`checksum mismatch in ${bad.length} block(s)`, bad);
   if (!storedOk) return fail('the decompressed blocks are intact');
-  if (!msg.wantData) return { result: { ok: true }, transfer: [] };
+  if (!msg.wantData) {
+    const spare = back(undefined);
+    return { result: { ok: true, ...(recycle ? { spare } : {}) }, transfer: spare };
+  }
+  if (recycle && raw.byteOffset === 0 && (raw.buffer === msg.stored || raw.buffer === msg.out)) {
+    // The raw bytes are the first rawLen bytes of one of the caller's buffers: hand it back whole.
+    const rawBuf = /** @type {ArrayBuffer} */ (raw.buffer);
+    const spare = back(rawBuf);
+    return { result: { ok: true, raw: rawBuf, spare }, transfer: [rawBuf, ...spare] };
+  }
   // Hand back a buffer of exactly the payload (no copy when it already is one).
   const rawBuf = raw.byteOffset === 0 && raw.length === raw.buffer.byteLength ? raw.buffer : raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length);
-  return { result: { ok: true, raw: rawBuf }, transfer: [rawBuf] };
+  const spare = back(undefined);
+  return { result: { ok: true, raw: rawBuf, ...(recycle ? { spare } : {}) }, transfer: [rawBuf, ...spare] };
 }
 
 function hash(api, msg) {

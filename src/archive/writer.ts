@@ -17,10 +17,14 @@ import {
 import { initHash } from '../format/hash.js';
 import type { ArchiveHeader, ArchiveMeta, IndexEntry, MapEnd, MapExtent, Trailer } from '../format/types.js';
 import { rangeBytes, volumeBlocks } from '../format/types.js';
-import type { EncodeRun, WorkerPool } from './pool.js';
+import type { EncodeResult, EncodeRun, WorkerPool } from './pool.js';
 import { ExtentSpool } from './spool.js';
 
-/** Where archive bytes go. `write` resolves when the sink accepted the chunk (backpressure). */
+/**
+ * Where archive bytes go. `write` resolves when the sink accepted the chunk (backpressure) and no
+ * longer refers to it: the writer reuses the chunk's memory right after (recycled buffers). A sink
+ * that keeps bytes past that must copy them.
+ */
 export interface ArchiveSink {
   write(chunk: Uint8Array): Promise<void>;
 }
@@ -72,6 +76,8 @@ export interface WriteOptions {
 }
 
 const OUT_BUFFER = 1 << 20;
+/** Chunks from this size on are written as they are; smaller ones are gathered (copied) first. */
+const DIRECT_WRITE = OUT_BUFFER / 4;
 
 /** Coalesces adjacent extents of one kind and splits runs longer than a u32 block count. */
 export async function* normalizeExtents(src: AsyncIterable<MapExtent>, blocks: number, full: boolean): AsyncGenerator<MapExtent> {
@@ -138,28 +144,28 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
   const blocks = volumeBlocks(header.volumeSize, blockSize);
   const digest = createHash('sha256');
 
-  // Output: small frames are gathered into one buffer; payloads go straight through.
+  // Output: frames and small payloads are copied into one reused buffer; large payloads go straight
+  // through. `put` keeps no reference to `b` once it resolves (the caller may reuse its memory).
   let pos = 0;
-  let out: Uint8Array[] = [];
-  let outBytes = 0;
+  const gather = Buffer.allocUnsafeSlow(OUT_BUFFER);
+  let gathered = 0;
   const flush = async (): Promise<void> => {
-    if (outBytes === 0) return;
-    const chunk = out.length === 1 ? out[0] : Buffer.concat(out, outBytes);
-    out = [];
-    outBytes = 0;
-    await sink.write(chunk);
+    if (gathered === 0) return;
+    const n = gathered;
+    gathered = 0;
+    await sink.write(gather.subarray(0, n));
   };
   const put = async (b: Uint8Array, digested: boolean): Promise<void> => {
     if (digested) digest.update(b);
     pos += b.length;
-    if (b.length >= OUT_BUFFER) {
+    if (b.length >= DIRECT_WRITE) {
       await flush();
       await sink.write(b);
       return;
     }
-    out.push(b);
-    outBytes += b.length;
-    if (outBytes >= OUT_BUFFER) await flush();
+    if (gathered + b.length > OUT_BUFFER) await flush();
+    gather.set(b, gathered);
+    gathered += b.length;
   };
   const frame = (type: number, body: Uint8Array): Promise<void> => put(encodeFrame(type, body), true);
 
@@ -216,7 +222,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
       zeroRun = undefined;
       await noteRecord(FrameType.ZERO, z.first, z.count, at);
     };
-    const emitRun = async (r: EncodeRun): Promise<void> => {
+    const emitRun = async (r: EncodeRun, job: EncodeResult): Promise<void> => {
       if (r.zero) {
         if (zeroRun && zeroRun.first + zeroRun.count === r.first && zeroRun.count + r.count <= MAX_EXTENT_BLOCKS) {
           zeroRun.count += r.count;
@@ -227,7 +233,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
         return;
       }
       await flushZero();
-      const stored = new Uint8Array(r.stored!);
+      const stored = r.stored ? new Uint8Array(r.stored) : new Uint8Array(r.in === 'out' ? job.out! : job.buf, r.at!, r.len!);
       const at = pos;
       await frame(FrameType.DATA, encodeDataBody({
         firstBlock: r.first, blockCount: r.count, codec: r.codec === Codec.ZSTD ? Codec.ZSTD : Codec.NONE,
@@ -245,13 +251,17 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     const blocksPerJob = Math.max(1, Math.floor(MAX_RECORD_RAW / blockSize));
     const jobBytes = blocksPerJob * blockSize;
     const window = pool.size + 2;
+    // Input and output buffers of finished jobs, reused: nothing large is allocated per job.
     const free: ArrayBuffer[] = [];
-    const inflight: Promise<{ runs: EncodeRun[]; buf: ArrayBuffer }>[] = [];
+    const freeOut: ArrayBuffer[] = [];
+    const inflight: Promise<EncodeResult>[] = [];
     const drainOne = async (): Promise<void> => {
       signal?.throwIfAborted();
       const res = await inflight.shift()!;
+      for (const r of res.runs) await emitRun(r, res);
+      // Written (or copied) by now: the buffers can be filled again.
       free.push(res.buf);
-      for (const r of res.runs) await emitRun(r);
+      if (res.out) freeOut.push(res.out);
       progress.bytesWritten = pos;
       opts.onProgress?.(progress);
     };
@@ -271,7 +281,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
             got += k;
           }
           progress.bytesRead += len;
-          inflight.push(pool.encode(buf, len, b, blockSize, level));
+          inflight.push(pool.encode(buf, len, b, blockSize, level, freeOut.pop() ?? new ArrayBuffer(jobBytes)));
           if (inflight.length >= window) await drainOne();
         }
       }

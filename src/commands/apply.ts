@@ -146,9 +146,27 @@ export function checkChain(headers: ArchiveHeader[]): void {
 const DECODE_WINDOW_PER_WORKER = 2;
 const MAX_WRITES_IN_FLIGHT = 2;
 
+/**
+ * Record-sized buffers (MAX_RECORD_RAW), reused for the whole apply: payloads are read into them,
+ * decompressed into them, written from them, and go back here (the workers hand them back). Nothing
+ * large is allocated per record, which keeps three isolates' worth of GC slack out of the peak RSS.
+ */
+class RecordBuffers {
+  private readonly free: ArrayBuffer[] = [];
+  take(): ArrayBuffer {
+    return this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
+  }
+  give(b: ArrayBuffer | undefined): void {
+    // (a buffer of another size came from a fallback path: left to the GC)
+    if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
+  }
+  /** For readArchive's payloadBuffer. */
+  readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
+}
+
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
-  events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: FileTarget, pool: WorkerPool,
+  events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: FileTarget, pool: WorkerPool, buffers: RecordBuffers,
   opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
@@ -160,21 +178,22 @@ async function applyStream(
     zeroBytes += n;
     if (!opts.fresh) await target.zero(first * bs, n);
   };
-  const window: { first: number; p: ReturnType<WorkerPool['decode']>; offset: number }[] = [];
+  const window: { first: number; rawLen: number; p: ReturnType<WorkerPool['decodeRecycled']>; offset: number }[] = [];
   const limit = pool.size * DECODE_WINDOW_PER_WORKER;
   const progress = (): void => opts.onProgress?.({ archiveId: h.archiveId, bytesDone: dataBytes + zeroBytes, bytesTotal: opts.total });
   const writeOldest = async (): Promise<void> => {
     const w = window.shift()!;
     const res = await w.p;
+    for (const b of res.spare) buffers.give(b);
     if (!res.ok) {
       const bad = res.badBlocks?.length ? `, first bad block ${w.first + res.badBlocks[0]}` : '';
       throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${w.first}: ${res.error}${bad}`, w.offset, opts.label);
     }
-    const raw = new Uint8Array(res.raw!);
+    const raw = new Uint8Array(res.raw!, 0, w.rawLen);
     // Writes to distinct offsets overlap with each other and with decoding; a few at a time.
     const write = target.write(raw, w.first * bs).then(() => {
       dataBytes += raw.length;
-      if (raw.byteLength === MAX_RECORD_RAW && spare.length < limit) spare.push(raw.buffer as ArrayBuffer);
+      buffers.give(res.raw);
       progress();
     });
     write.catch(() => {}); // handled when awaited below
@@ -182,8 +201,6 @@ async function applyStream(
     if (writes.length > MAX_WRITES_IN_FLIGHT) await writes.shift();
   };
   const writes: Promise<void>[] = [];
-  /** Full-size output buffers of finished writes, decompressed into again (bounded memory, less GC). */
-  const spare: ArrayBuffer[] = [];
   try {
     for await (const ev of events) {
       opts.signal?.throwIfAborted();
@@ -194,9 +211,11 @@ async function applyStream(
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
-        const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        // The payload is the start of a record buffer (readArchive's payloadBuffer), or owns its own.
+        const buf = p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
-        window.push({ first: r.firstBlock, offset: ev.offset, p: pool.decode(buf, r, bs, true, r.codec === Codec.ZSTD ? spare.pop() : undefined) });
+        const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
+        window.push({ first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset, p: pool.decodeRecycled(buf, p.length, r, bs, true, out) });
         if (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {
         while (window.length > 0) await writeOldest();
@@ -247,6 +266,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
       }
     }
     const fromStdin = inputs.length === 1 && inputs[0].kind === 'stdin';
+    const buffers = new RecordBuffers();
     if (fromStdin && !opts.stdin) throw new UsageError('no standard input to read the archive from');
     checkChain(files.map((f) => f.header));
 
@@ -254,7 +274,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     let stdinEvents: AsyncGenerator<ArchiveEvent> | undefined;
     let headers: ArchiveHeader[];
     if (fromStdin) {
-      stdinEvents = readArchive(opts.stdin!, { file: 'standard input' });
+      stdinEvents = readArchive(opts.stdin!, { file: 'standard input', payloadBuffer: buffers.forPayload });
       const first = await stdinEvents.next();
       if (first.done || first.value.type !== 'header') throw new FormatError('BAD_STRUCTURE', 'no archive header on standard input');
       headers = [first.value.header];
@@ -369,7 +389,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
           } else {
             const f = files[i];
             total = f.trailer.rawBytes + f.trailer.zeroBlocks * h.blockSize;
-            events = readArchive(f.stream(), { file: f.path });
+            events = readArchive(f.readSource(), { file: f.path, payloadBuffer: buffers.forPayload });
             const first = await events.next();
             if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {
               throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
@@ -378,7 +398,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
           const label = fromStdin ? 'standard input' : files[i].path;
           let r: { dataBytes: number; zeroBytes: number };
           try {
-            r = await applyStream(events, h, target, pool, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
+            r = await applyStream(events, h, target, pool, buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
             await target.sync();
           } finally {
             target.undo = undefined;

@@ -8,8 +8,8 @@
 import { stat } from 'node:fs/promises';
 import { FormatError, ThinarchiveError } from '../errors.js';
 import { withPool, type WorkerPool } from '../archive/pool.js';
-import { readArchive } from '../archive/reader.js';
-import { createReadStream } from 'node:fs';
+import { filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
+import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { ArchiveHeader, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl } from '../store/open.js';
@@ -67,8 +67,20 @@ function findingOf(e: unknown, archive: string): Finding {
   throw e;
 }
 
+/**
+ * Payload buffers (MAX_RECORD_RAW each), reused: payloads are read into them and the workers hand them
+ * back after checking. Nothing large is allocated per record (less GC slack in the peak RSS).
+ */
+class PayloadBuffers {
+  private readonly free: ArrayBuffer[] = [];
+  readonly take = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW) : undefined);
+  give(b: ArrayBuffer): void {
+    if (b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
+  }
+}
+
 async function verifyOne(
-  label: string, source: AsyncIterable<Uint8Array>, pool: WorkerPool, findings: Finding[], opts: VerifyOptions,
+  label: string, source: AsyncIterable<Uint8Array> | PositionalSource, pool: WorkerPool, findings: Finding[], opts: VerifyOptions, buffers: PayloadBuffers,
 ): Promise<{ v: VerifiedArchive; header?: ArchiveHeader }> {
   const v: VerifiedArchive = { archive: label, ok: false, bytes: 0, dataBlocks: 0, zeroBlocks: 0, rawBytes: 0 };
   let header: ArchiveHeader | undefined;
@@ -77,7 +89,7 @@ async function verifyOne(
   const pending: Promise<void>[] = [];
   const limit = pool.size * 3;
   try {
-    for await (const ev of readArchive(source, { file: label })) {
+    for await (const ev of readArchive(source, { file: label, payloadBuffer: buffers.take })) {
       opts.signal?.throwIfAborted();
       if (ev.type === 'header') {
         header = ev.header;
@@ -85,9 +97,11 @@ async function verifyOne(
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
-        const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        // The payload is the start of a buffer from `buffers` (or owns its own): sent to a worker and back.
+        const buf = p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
         const offset = ev.offset;
-        pending.push(pool.decode(buf, r, header!.blockSize, false).then((res) => {
+        pending.push(pool.decodeRecycled(buf, p.length, r, header!.blockSize, false).then((res) => {
+          for (const b of res.spare) buffers.give(b);
           if (res.ok) return;
           if (res.badBlocks?.length) {
             for (const i of res.badBlocks) {
@@ -155,7 +169,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const archives: VerifiedArchive[] = [];
   // Group inputs: a directory is every chain in it (each checked for links); files are checked alone
   // and, when several of one chain are named, for links too.
-  type Group = { label: string; store: boolean; items: { label: string; open: () => AsyncIterable<Uint8Array> }[] };
+  type Group = { label: string; store: boolean; items: { label: string; open: () => AsyncIterable<Uint8Array> | PositionalSource }[] };
   const groups: Group[] = [];
   for (const ref of opts.inputs) {
     if (ref === '-') {
@@ -181,19 +195,20 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);
       if (chains.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this directory' });
       for (const c of chains) {
-        groups.push({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => createReadStream(a.path, { highWaterMark: 1 << 20 }) })) });
+        groups.push({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => filePositionalSource(a.path) })) });
       }
     } else {
-      groups.push({ label: ref, store: false, items: [{ label: ref, open: () => createReadStream(ref, { highWaterMark: 1 << 20 }) }] });
+      groups.push({ label: ref, store: false, items: [{ label: ref, open: () => filePositionalSource(ref) }] });
     }
   }
   let bytesRead = 0;
+  const buffers = new PayloadBuffers();
   await withPool(async (pool) => {
     const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[]>();
     for (const g of groups) {
       const results: { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[] = [];
       for (const it of g.items) {
-        const r = await verifyOne(it.label, it.open(), pool, findings, opts);
+        const r = await verifyOne(it.label, it.open(), pool, findings, opts, buffers);
         bytesRead += r.v.bytes;
         archives.push(r.v);
         results.push({ ...r, store: g.store });

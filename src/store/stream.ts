@@ -9,17 +9,18 @@ export function writableSink(w: Writable, what = 'standard output'): ArchiveSink
     failure = e;
   });
   return {
+    // Resolves once the stream has handed the chunk to the OS (its write callback), not when it only
+    // queued it: the archive writer reuses the chunk's memory afterwards (ArchiveSink).
     write(chunk: Uint8Array): Promise<void> {
       if (failure) return Promise.reject(ioError(failure, `cannot write to ${what}`));
       return new Promise((resolve, reject) => {
         const onError = (e: unknown): void => reject(ioError(e, `cannot write to ${what}`));
         w.once('error', onError);
-        const done = (): void => {
+        w.write(chunk, (e) => {
           w.off('error', onError);
-          resolve();
-        };
-        if (w.write(chunk)) done();
-        else w.once('drain', done);
+          if (e) reject(ioError(e, `cannot write to ${what}`));
+          else resolve();
+        });
       });
     },
   };
