@@ -64,22 +64,28 @@ export class ByteReader implements ArchiveByteReader {
 
   private take(n: number, fresh: boolean): Uint8Array {
     const first = this.chunks[0];
-    let out: Uint8Array;
     if (first.length >= n && !fresh) {
-      out = first.subarray(0, n);
+      const out = first.subarray(0, n);
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
-    } else {
-      out = new Uint8Array(n);
-      let at = 0;
-      while (at < n) {
-        const c = this.chunks[0];
-        const k = Math.min(c.length, n - at);
-        out.set(c.subarray(0, k), at);
-        at += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
-      }
+      this.avail -= n;
+      this.offset += n;
+      return out;
+    }
+    return this.copyOut(new Uint8Array(n));
+  }
+
+  /** Move the next `out.length` bytes (all in `chunks`) into `out`. */
+  private copyOut(out: Uint8Array): Uint8Array {
+    const n = out.length;
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - at);
+      out.set(k === c.length ? c : c.subarray(0, k), at);
+      at += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
     }
     this.avail -= n;
     this.offset += n;
@@ -102,19 +108,7 @@ export class ByteReader implements ArchiveByteReader {
   async readPayload(n: number, into?: ArrayBuffer): Promise<Uint8Array> {
     if (!into || into.byteLength < n) return this.read(n, true);
     if (!(await this.fill(n))) throw truncated(n, this.avail, this.offset, this.file);
-    const out = new Uint8Array(into, 0, n);
-    let at = 0;
-    while (at < n) {
-      const c = this.chunks[0];
-      const k = Math.min(c.length, n - at);
-      out.set(k === c.length ? c : c.subarray(0, k), at);
-      at += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    this.avail -= n;
-    this.offset += n;
-    return out;
+    return this.copyOut(new Uint8Array(into, 0, n));
   }
 
   /** True when no byte is left. */
