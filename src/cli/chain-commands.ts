@@ -129,7 +129,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
   program
     .command('restore')
     .description('build the volume as of any archive of a chain, reading each block once')
-    .argument('<dir>', 'store or chain directory')
+    .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
     .option('--at <point>', 'sequence number, archive id or time (ISO 8601); default: the newest archive')
     .requiredOption('--to <target>', 'image file, block device, or VG/LV')
     .option('--create', 'create a new sparse image, or with --pool a new thin LV')
@@ -151,7 +151,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
   program
     .command('merge')
     .description('consolidate consecutive archives of a chain into one equivalent archive')
-    .argument('<dir>', 'store or chain directory')
+    .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
     .addOption(new Option('--from <seq>', 'sequence of the first archive to merge').argParser(seqOption('--from')).makeOptionMandatory())
     .addOption(new Option('--to <seq>', 'sequence of the last archive to merge').argParser(seqOption('--to')).makeOptionMandatory())
     .option('--out <store>', 'write the merged archive to another store (the originals stay)')
@@ -167,7 +167,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
   program
     .command('prune')
     .description('keep the newest N points (and/or those within a time), merging what kept points need')
-    .argument('<dir>', 'store or chain directory')
+    .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
     .addOption(new Option('--keep <n>', 'keep the N newest points').argParser(seqOption('--keep')))
     .option('--keep-within <duration>', 'keep every point created within DURATION (45s, 90m, 12h, 30d, 2w)')
     .option('--dry-run', 'print the plan, change nothing')
