@@ -320,6 +320,20 @@ export class ArchiveFile {
     return b;
   }
 
+  /** Fill `buf` from `offset` with the source's positional reads (readInto). */
+  private async preadInto(buf: Uint8Array, offset: number): Promise<Uint8Array> {
+    if (offset < 0 || offset + buf.length > this.size) {
+      throw new FormatError('TRUNCATED', `archive is truncated: ${buf.length} bytes at ${offset} lie past its end (${this.size} bytes)`, offset, this.path);
+    }
+    let got = 0;
+    while (got < buf.length) {
+      const n = await this.src.readInto!(buf, got, buf.length - got, offset + got);
+      if (n === 0) throw new FormatError('TRUNCATED', 'archive is truncated', offset + got, this.path);
+      got += n;
+    }
+    return buf;
+  }
+
   /** The frame at `offset` (head decoded, check verified), of type `expectType` when given. Reads no payload. */
   async frameAt(offset: number, expectType?: number): Promise<RawFrame> {
     const head = await this.pread(offset, FRAME_HEAD_SIZE);
@@ -480,12 +494,18 @@ export class ArchiveFile {
     return undefined;
   }
 
-  /** Read one record (and its payload, unverified) at `offset`. */
-  async readRecordAt(offset: number): Promise<RecordAt> {
+  /**
+   * Read one record (and its payload, unverified) at `offset`. With `into` (large enough, and a source
+   * with positional reads into a buffer) the payload is read into its first storedLen bytes.
+   */
+  async readRecordAt(offset: number, into?: ArrayBuffer): Promise<RecordAt> {
     const f = await this.frameAt(offset);
     if (f.type === FrameType.DATA) {
       const data = withFile(this.path, () => decodeDataBody(f.body, f.offset));
-      const payload = await this.pread(offset + f.head.length + f.body.length + f.check.length, data.storedLen);
+      const at = offset + f.head.length + f.body.length + f.check.length;
+      const payload = into && into.byteLength >= data.storedLen && this.src.readInto
+        ? await this.preadInto(new Uint8Array(into, 0, data.storedLen), at)
+        : await this.pread(at, data.storedLen);
       return { type: 'data', offset, data, payload };
     }
     if (f.type === FrameType.ZERO) return { type: 'zero', offset, zero: withFile(this.path, () => decodeZeroBody(f.body, f.offset)) };

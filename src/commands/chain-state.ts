@@ -19,7 +19,7 @@ import { FormatError, UsageError } from '../errors.js';
 import type { WorkerPool } from '../archive/pool.js';
 import { ArchiveFile } from '../archive/reader.js';
 import type { VolumeSource } from '../archive/writer.js';
-import { ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType } from '../format/constants.js';
+import { Codec, ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType, MAX_RECORD_RAW } from '../format/constants.js';
 import { decodeDataBody, decodeIndexBody } from '../format/frames.js';
 import type { ArchiveHeader, IndexEntry, MapExtent } from '../format/types.js';
 import { volumeBlocks } from '../format/types.js';
@@ -402,13 +402,18 @@ export interface ArchiveReadStats {
 
 interface Decoded { raw: Promise<Uint8Array>; refs: number }
 
+/** Decode output buffers kept for reuse (each MAX_RECORD_RAW bytes). */
+const MAX_FREE_BUFFERS = 16;
+
 const LOOKAHEAD_SEGMENTS = 256;
 
 /**
  * The chain's volume as of its newest archive, read forward: each record is read and decoded (block
  * hashes checked, on the worker pool) once, a few ahead of use; every block comes from the newest
  * archive that holds it. Use either `next()`/`bytesOf()` (segment by segment) or `read()` (as a
- * VolumeSource, positions ascending).
+ * VolumeSource, positions ascending). Decoded records live in buffers that are reused once every
+ * segment of the record is `done` (so bytes from `bytesOf` must not be used after `done`): nothing
+ * record-sized is allocated per record.
  */
 export class ChainReader implements VolumeSource {
   readonly size: number;
@@ -420,6 +425,7 @@ export class ChainReader implements VolumeSource {
   private readonly seenRecords = new Set<string>();
   private ended = false;
   private readonly maxDecodes: number;
+  private readonly free: ArrayBuffer[] = [];
 
   constructor(private readonly files: ArchiveFile[], private readonly pool: WorkerPool, segments?: AsyncIterable<Segment>) {
     const h = files[files.length - 1].header;
@@ -447,28 +453,48 @@ export class ChainReader implements VolumeSource {
     else this.seenRecords.add(k);
     const bs = this.blockSize;
     const raw = (async () => {
-      const r = await f.readRecordAt(s.record!.offset);
+      const into = this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
+      const r = await f.readRecordAt(s.record!.offset, into).catch((e: unknown) => {
+        this.give(into);
+        throw e;
+      });
       const d = r.data!;
       st.records++;
       st.bytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
       const p = r.payload!;
-      const buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : new Uint8Array(p).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
-      const res = await this.pool.decode(buf, d, bs, true);
+      // The payload is the start of `into`, or (a source without positional reads) a buffer of its own.
+      let buf: ArrayBuffer;
+      if (p.buffer === into) buf = into;
+      else {
+        this.give(into);
+        buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : new Uint8Array(p).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
+      }
+      const out = d.codec === Codec.ZSTD ? this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW) : undefined;
+      const res = await this.pool.decodeRecycled(buf, p.length, d, bs, true, out);
+      for (const b of res.spare) this.give(b);
       if (!res.ok) {
         const bad = res.badBlocks?.length ? `, first bad block ${d.firstBlock + res.badBlocks[0]}` : '';
         throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${d.firstBlock}: ${res.error}${bad}`, s.record!.offset, f.path);
       }
-      return new Uint8Array(res.raw!);
+      return new Uint8Array(res.raw!, 0, d.rawLen);
     })();
     raw.catch(() => {}); // awaited when used
     this.decoded.set(k, { raw, refs: 1 });
+  }
+
+  private give(b: ArrayBuffer): void {
+    if (b.byteLength === MAX_RECORD_RAW && this.free.length < MAX_FREE_BUFFERS) this.free.push(b);
   }
 
   private release(s: Segment): void {
     if (s.kind !== 'data') return;
     const k = this.key(s);
     const d = this.decoded.get(k);
-    if (d && --d.refs <= 0) this.decoded.delete(k);
+    if (d && --d.refs <= 0) {
+      this.decoded.delete(k);
+      // Nobody reads this record any more: its buffer is decoded into again.
+      d.raw.then((raw) => this.give(raw.buffer as ArrayBuffer), () => {});
+    }
   }
 
   private async fill(): Promise<void> {

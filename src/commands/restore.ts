@@ -17,7 +17,7 @@ import { rangeBytes } from '../format/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
 import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
-import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, markRebuilding } from './chain-state.js';
+import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, markRebuilding, type Segment } from './chain-state.js';
 import { LvTarget, lvTargetSpec, parsePoolSpec } from './lv-target.js';
 
 export interface RestoreOptions {
@@ -107,7 +107,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       let zeroBytes = 0;
       const stats = await withPool(async (pool) => {
         const reader = new ChainReader(used.map((a) => a.file), pool);
-        const writes: Promise<void>[] = [];
+        // Writes in flight, each with its segment: a segment is done (its record's buffer reusable)
+        // only once its write has finished.
+        const writes: { w: Promise<void>; seg: Segment }[] = [];
+        const finishOldest = async (): Promise<void> => {
+          const { w, seg } = writes.shift()!;
+          await w;
+          reader.done(seg);
+        };
         try {
           for (;;) {
             opts.signal?.throwIfAborted();
@@ -117,21 +124,21 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
               const bytes = await reader.bytesOf(seg);
               const w = target.write(bytes, seg.first * bs);
               w.catch(() => {});
-              writes.push(w);
+              writes.push({ w, seg });
               dataBytes += bytes.length;
-              if (writes.length > 2) await writes.shift();
+              if (writes.length > 2) await finishOldest();
             } else {
               const n = rangeBytes(seg.first, seg.count, size, bs);
               zeroBytes += n;
               // A new image is all holes already.
               if (!(created && target.kind === 'image')) await target.zero(seg.first * bs, n);
+              reader.done(seg);
             }
-            reader.done(seg);
             opts.onProgress?.({ bytesDone: dataBytes + zeroBytes, bytesTotal: size });
           }
-          while (writes.length > 0) await writes.shift();
+          while (writes.length > 0) await finishOldest();
         } finally {
-          await Promise.allSettled(writes);
+          await Promise.allSettled(writes.map((x) => x.w));
           await reader.close();
         }
         return reader.stats;
