@@ -7,8 +7,10 @@ export default defineConfig({
     exclude: process.env.THINARCHIVE_CAPTURE_LVM_FIXTURES === '1'
       ? configDefaults.exclude
       : [...configDefaults.exclude, 'test/lab/lvm-fixtures.test.ts'],
-    testTimeout: 60_000,
-    hookTimeout: 120_000,
+    // Safety nets against a hung test, not speed limits (speed lives in the benchmark): generous, so
+    // that a CI machine slower than this one, or three test files sharing two cores, does not fail.
+    testTimeout: 240_000,
+    hookTimeout: 300_000,
     pool: 'forks',
     // Test files run three at a time even on two cores: the lab tier's user-mode Linux guests and the
     // CLI end-to-end tests spend much of their time waiting (LVM commands, process start-up, fsync).

@@ -348,7 +348,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'thinarchive-corrupt-'));
   big = await buildBig();
   small = await buildSmall();
-}, 60_000);
+}, 300_000);
 
 afterAll(async () => {
   await pool.close();

@@ -71,7 +71,7 @@ beforeAll(async () => {
       files.push(await ArchiveFile.open(pending.path));
     }
   }, 2);
-}, 60_000);
+}, 300_000);
 
 afterAll(async () => {
   for (const f of files) await f.close();

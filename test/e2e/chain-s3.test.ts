@@ -102,7 +102,7 @@ describe.skipIf(!ceph)('chain management on an s3:// store (Ceph radosgw)', () =
     expect(await sha256(p)).toBe(hashes[3]);
     const vp = await run(['verify', url], { env });
     expect(vp.code, show(vp)).toBe(0);
-  }, 180_000);
+  }, 400_000);
 
   it('under object-lock retention, prune and merge are refused before anything is written; the chain still restores', async () => {
     const bucket = await newBucket(raw, 'chainlock', true);
@@ -119,5 +119,5 @@ describe.skipIf(!ceph)('chain management on an s3:// store (Ceph radosgw)', () =
     const t = tmp.join('locked.img');
     await runOk(['restore', url, '--to', t, '--create'], { env });
     expect(await sha256(t)).toBe(hashes[3]);
-  }, 180_000);
+  }, 400_000);
 });

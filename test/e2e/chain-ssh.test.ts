@@ -47,7 +47,7 @@ describe.skipIf(!avail.ok)('chain management on an ssh:// store', () => {
       hashes.push(await sha256(img));
     }
     m.close();
-  }, 120_000);
+  }, 300_000);
 
   afterAll(async () => {
     await sshd?.stop();
@@ -68,5 +68,5 @@ describe.skipIf(!avail.ok)('chain management on an ssh:// store', () => {
     const t = tmp.join('after-prune.img');
     await runOk(['restore', url, '--to', t, '--create', ...o]);
     expect(await sha256(t)).toBe(hashes[2]);
-  }, 120_000);
+  }, 300_000);
 });

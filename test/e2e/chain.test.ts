@@ -98,7 +98,7 @@ describe('chain management on images', () => {
     }
     replica = dir.join('replica.img');
     await runOk(['apply', store, '--to', replica, '--create']);
-  }, 120_000);
+  }, 300_000);
 
   afterAll(async () => {
     model?.close();

@@ -232,5 +232,5 @@ describe('apply killed with SIGKILL at random points, then recovered (image targ
     expect(count((o) => o.scenario === 'chain' && o.via === 'recover' && o.at === idOf(fx.a1))).toBeGreaterThan(0);
     expect(count((o) => o.scenario === 'force' && o.via === 'recover' && o.at === idOf(fx.a2))).toBeGreaterThan(0);
     expect(count((o) => o.scenario === 'create' && o.at === null)).toBeGreaterThan(0);
-  }, 400_000);
+  }, 1_200_000); // 111-341 s measured on 2 shared cores
 });
