@@ -7,7 +7,27 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { ThinarchiveError } from '../errors.js';
+import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { DataRecordHead } from '../format/types.js';
+
+/**
+ * Record-sized buffers (MAX_RECORD_RAW bytes), reused for a whole command: payloads are read into
+ * them, decoded into them, written from them, and come back (the workers hand them back). Nothing
+ * record-sized is allocated per record, which keeps three isolates' worth of GC slack out of the
+ * peak RSS.
+ */
+export class RecordBuffers {
+  private readonly free: ArrayBuffer[] = [];
+  take(): ArrayBuffer {
+    return this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
+  }
+  give(b: ArrayBuffer | undefined): void {
+    // (a buffer of another size came from a fallback path: left to the GC)
+    if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
+  }
+  /** For readArchive's payloadBuffer: a buffer when `n` bytes fit one. */
+  readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
+}
 
 export interface EncodeRun {
   zero: boolean;

@@ -22,9 +22,9 @@
 import { lstat } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { FormatError, UnsafeError, UsageError } from '../errors.js';
-import { withPool, type WorkerPool } from '../archive/pool.js';
+import { RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
-import { Codec, ExtentKind, MAX_RECORD_RAW } from '../format/constants.js';
+import { Codec, ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import { FileTarget, undoFileFor, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
@@ -145,24 +145,6 @@ export function checkChain(headers: ArchiveHeader[]): void {
 
 const DECODE_WINDOW_PER_WORKER = 2;
 const MAX_WRITES_IN_FLIGHT = 2;
-
-/**
- * Record-sized buffers (MAX_RECORD_RAW), reused for the whole apply: payloads are read into them,
- * decompressed into them, written from them, and go back here (the workers hand them back). Nothing
- * large is allocated per record, which keeps three isolates' worth of GC slack out of the peak RSS.
- */
-class RecordBuffers {
-  private readonly free: ArrayBuffer[] = [];
-  take(): ArrayBuffer {
-    return this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
-  }
-  give(b: ArrayBuffer | undefined): void {
-    // (a buffer of another size came from a fallback path: left to the GC)
-    if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
-  }
-  /** For readArchive's payloadBuffer. */
-  readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
-}
 
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(

@@ -16,10 +16,10 @@
  * `ChainReader` reads the chain's volume as of its newest archive, each record once.
  */
 import { FormatError, UsageError } from '../errors.js';
-import type { WorkerPool } from '../archive/pool.js';
+import { RecordBuffers, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile } from '../archive/reader.js';
 import type { VolumeSource } from '../archive/writer.js';
-import { Codec, ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType, MAX_RECORD_RAW } from '../format/constants.js';
+import { Codec, ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType } from '../format/constants.js';
 import { decodeDataBody, decodeIndexBody } from '../format/frames.js';
 import type { ArchiveHeader, IndexEntry, MapExtent } from '../format/types.js';
 import { volumeBlocks } from '../format/types.js';
@@ -402,9 +402,6 @@ export interface ArchiveReadStats {
 
 interface Decoded { raw: Promise<Uint8Array>; refs: number }
 
-/** Decode output buffers kept for reuse (each MAX_RECORD_RAW bytes). */
-const MAX_FREE_BUFFERS = 16;
-
 const LOOKAHEAD_SEGMENTS = 256;
 
 /**
@@ -425,7 +422,7 @@ export class ChainReader implements VolumeSource {
   private readonly seenRecords = new Set<string>();
   private ended = false;
   private readonly maxDecodes: number;
-  private readonly free: ArrayBuffer[] = [];
+  private readonly buffers = new RecordBuffers();
 
   constructor(private readonly files: ArchiveFile[], private readonly pool: WorkerPool, segments?: AsyncIterable<Segment>) {
     const h = files[files.length - 1].header;
@@ -453,9 +450,9 @@ export class ChainReader implements VolumeSource {
     else this.seenRecords.add(k);
     const bs = this.blockSize;
     const raw = (async () => {
-      const into = this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
+      const into = this.buffers.take();
       const r = await f.readRecordAt(s.record!.offset, into).catch((e: unknown) => {
-        this.give(into);
+        this.buffers.give(into);
         throw e;
       });
       const d = r.data!;
@@ -466,12 +463,12 @@ export class ChainReader implements VolumeSource {
       let buf: ArrayBuffer;
       if (p.buffer === into) buf = into;
       else {
-        this.give(into);
+        this.buffers.give(into);
         buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : new Uint8Array(p).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
       }
-      const out = d.codec === Codec.ZSTD ? this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW) : undefined;
+      const out = d.codec === Codec.ZSTD ? this.buffers.take() : undefined;
       const res = await this.pool.decodeRecycled(buf, p.length, d, bs, true, out);
-      for (const b of res.spare) this.give(b);
+      for (const b of res.spare) this.buffers.give(b);
       if (!res.ok) {
         const bad = res.badBlocks?.length ? `, first bad block ${d.firstBlock + res.badBlocks[0]}` : '';
         throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${d.firstBlock}: ${res.error}${bad}`, s.record!.offset, f.path);
@@ -482,10 +479,6 @@ export class ChainReader implements VolumeSource {
     this.decoded.set(k, { raw, refs: 1 });
   }
 
-  private give(b: ArrayBuffer): void {
-    if (b.byteLength === MAX_RECORD_RAW && this.free.length < MAX_FREE_BUFFERS) this.free.push(b);
-  }
-
   private release(s: Segment): void {
     if (s.kind !== 'data') return;
     const k = this.key(s);
@@ -493,7 +486,7 @@ export class ChainReader implements VolumeSource {
     if (d && --d.refs <= 0) {
       this.decoded.delete(k);
       // Nobody reads this record any more: its buffer is decoded into again.
-      d.raw.then((raw) => this.give(raw.buffer as ArrayBuffer), () => {});
+      d.raw.then((raw) => this.buffers.give(raw.buffer as ArrayBuffer), () => {});
     }
   }
 

@@ -7,9 +7,8 @@
  */
 import { stat } from 'node:fs/promises';
 import { FormatError, ThinarchiveError } from '../errors.js';
-import { withPool, type WorkerPool } from '../archive/pool.js';
+import { RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
-import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { ArchiveHeader, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl } from '../store/open.js';
@@ -67,20 +66,8 @@ function findingOf(e: unknown, archive: string): Finding {
   throw e;
 }
 
-/**
- * Payload buffers (MAX_RECORD_RAW each), reused: payloads are read into them and the workers hand them
- * back after checking. Nothing large is allocated per record (less GC slack in the peak RSS).
- */
-class PayloadBuffers {
-  private readonly free: ArrayBuffer[] = [];
-  readonly take = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW) : undefined);
-  give(b: ArrayBuffer): void {
-    if (b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
-  }
-}
-
 async function verifyOne(
-  label: string, source: AsyncIterable<Uint8Array> | PositionalSource, pool: WorkerPool, findings: Finding[], opts: VerifyOptions, buffers: PayloadBuffers,
+  label: string, source: AsyncIterable<Uint8Array> | PositionalSource, pool: WorkerPool, findings: Finding[], opts: VerifyOptions, buffers: RecordBuffers,
 ): Promise<{ v: VerifiedArchive; header?: ArchiveHeader }> {
   const v: VerifiedArchive = { archive: label, ok: false, bytes: 0, dataBlocks: 0, zeroBlocks: 0, rawBytes: 0 };
   let header: ArchiveHeader | undefined;
@@ -89,7 +76,7 @@ async function verifyOne(
   const pending: Promise<void>[] = [];
   const limit = pool.size * 3;
   try {
-    for await (const ev of readArchive(source, { file: label, payloadBuffer: buffers.take })) {
+    for await (const ev of readArchive(source, { file: label, payloadBuffer: buffers.forPayload })) {
       opts.signal?.throwIfAborted();
       if (ev.type === 'header') {
         header = ev.header;
@@ -202,7 +189,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     }
   }
   let bytesRead = 0;
-  const buffers = new PayloadBuffers();
+  const buffers = new RecordBuffers();
   await withPool(async (pool) => {
     const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[]>();
     for (const g of groups) {

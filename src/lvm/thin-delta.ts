@@ -36,7 +36,7 @@
  */
 import type { Tag } from 'sax';
 import { SaxDocumentReader } from './sax-reader.js';
-import { FormatError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 
 export interface ThinDeltaHeader {
   /** Pool block size in 512-byte sectors (the superblock's `data_block_size`). */

@@ -34,7 +34,7 @@
  */
 import type { Tag } from 'sax';
 import { SaxDocumentReader } from './sax-reader.js';
-import { FormatError, ThinarchiveError, UsageError } from '../errors.js';
+import { ThinarchiveError, UsageError } from '../errors.js';
 
 export interface ThinDumpHeader {
   /** Pool block size in 512-byte sectors (the superblock's `data_block_size`). */
