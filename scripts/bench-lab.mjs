@@ -134,7 +134,7 @@ async function main() {
         return files[name];
       },
     });
-    const R = Object.fromEntries(F['results.tsv'].trim().split('\n').map((l) => l.split('\t')));
+    const R = lab.parseResults(F['results.tsv']);
     const io = Object.fromEntries(readFileSync(join(dir, 'io.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((x) => [x.label, x]));
     const sent = (k) => JSON.parse(F[`send-${k}.json`]);
     const mappedLvs = (k) => {

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 
@@ -48,17 +48,6 @@ const VOL = 64 * MiB;
 // The scenario is test/lab/apply-lv-guest.sh, sourced by the harness's bash.
 const SCRIPT = '. "$GUEST_SH"\n';
 
-type Results = Record<string, string>;
-
-function parseResults(tsv: string): Results {
-  const r: Results = {};
-  for (const line of tsv.split('\n')) {
-    if (!line) continue;
-    const i = line.indexOf('\t');
-    r[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return r;
-}
 
 describe('apply --to VG/LV in the thin-LVM lab', () => {
   it('replicates an ext4 thin LV chain into a thin LV in another VG: state tags, discards, snapshots, refusals, resume', async (ctx) => {

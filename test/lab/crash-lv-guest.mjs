@@ -27,12 +27,14 @@ const fx = JSON.parse(execFileSync('cat', [join(FIX, 'fixture.json')], { encodin
 const { recover } = await import(join(DIST, 'commands/recover.js'));
 const { apply } = await import(join(DIST, 'commands/apply.js'));
 const { verify } = await import(join(DIST, 'commands/verify.js'));
+const { parsePoolStatus } = await import(join(DIST, 'lvm/pool-status.js'));
 
 const sh = (cmd, ...args) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-/** The pool's held metadata snapshot root (dmsetup status: start len thin-pool txid meta data held ...), null when none. */
+/** The pool's held metadata snapshot root, null when none (src/lvm's parser of `dmsetup status`). */
 const poolHeldRoot = () => {
-  const f = sh('dmsetup', 'status', 'vg-pool-tpool').trim().split(/\s+/);
-  return f[6] === '-' ? null : Number(f[6]);
+  const st = parsePoolStatus(sh('dmsetup', 'status', 'vg-pool-tpool'));
+  if (st.state !== 'ok') throw new Error(`pool status ${st.state}`);
+  return st.heldRoot;
 };
 const lvs = (vg) => JSON.parse(sh('lvs', '--reportformat', 'json', '-o', 'lv_name,lv_uuid,lv_tags,origin,lv_attr', vg)).report[0].lv;
 const sha = (path) => new Promise((res, rej) => {

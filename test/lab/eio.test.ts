@@ -16,22 +16,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { expectFailure, runOk, sha256, tempDir, type RunResult, type TempDir } from '../helpers/cli.js';
 import { prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 import { cliBuild } from './cli-build.js';
-import { LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const VOL = 4 * MiB;
-
-function parseResults(tsv: string): Record<string, string> {
-  const r: Record<string, string> = {};
-  for (const line of tsv.split('\n')) {
-    if (!line) continue;
-    const i = line.indexOf('\t');
-    r[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return r;
-}
 
 describe('I/O errors in the lab (device-mapper error and flakey targets)', () => {
   let dir: TempDir | undefined;

@@ -27,6 +27,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, relative, resolve } from 'node:path';
+import { ciSet } from '../helpers/host.js';
 
 /** A sparse backing file attached as /dev/ubda, /dev/ubdb, ... in order. */
 export interface LabDisk {
@@ -190,12 +191,7 @@ async function checkAvailable(): Promise<{ ok: true } | { ok: false; reason: str
   return { ok: true };
 }
 
-/** Single-quote for bash. */
-/** True when the CI variable is set (to anything but empty, 0 or false). */
-export function ciSet(): boolean {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-}
+export { ciSet };
 
 /**
  * Gate at the start of a lab test: returns when the lab can run. When it cannot, the test fails under
@@ -209,6 +205,21 @@ export async function requireLab(ctx: { skip: (note?: string) => void }): Promis
   ctx.skip(`lab not available: ${avail.reason}`);
 }
 
+/**
+ * A guest scenario's `$LAB_OUT/results.tsv` ("key<TAB>value" lines, as the scripts append them) as an
+ * object; a later line of the same key wins.
+ */
+export function parseResults(tsv: string): Record<string, string> {
+  const r: Record<string, string> = {};
+  for (const line of tsv.split('\n')) {
+    if (!line) continue;
+    const i = line.indexOf('\t');
+    r[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return r;
+}
+
+/** Single-quote for bash. */
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }

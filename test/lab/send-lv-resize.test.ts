@@ -15,7 +15,7 @@ import { describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, sha256File } from './host-files.js';
-import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const MiB = 1024 * 1024;
@@ -43,7 +43,7 @@ describe('send VG/LV: resized volumes, LV targets and pipes in the thin-LVM lab'
     });
     const tLab = performance.now() - t0;
     const F = run.files;
-    const R = Object.fromEntries((F['results.tsv'] ?? '').split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('\t')), l.slice(l.indexOf('\t') + 1)]));
+    const R = parseResults(F['results.tsv'] ?? '');
     if (run.exitCode !== 0) {
       const errs = Object.entries(F).filter(([k]) => k.endsWith('.err')).map(([k, v]) => `--- ${k}\n${v.slice(-2000)}`);
       console.log(run.output.slice(-4000), run.console.slice(-2000), R, errs.join('\n'));

@@ -22,11 +22,11 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type {} from 'vitest';
+import { ciSet, freePort } from '../helpers/host.js';
 
 const run = promisify(execFile);
 // The SDK's multi-line Node 20 support notice is noise in test output.
@@ -63,26 +63,12 @@ export interface Ceph extends CephState {
   env(): Record<string, string>;
 }
 
-export function ciSet(): boolean {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-}
+export { ciSet };
 
 export function cephAvailable(): { ok: true } | { ok: false; reason: string } {
   const missing = BINARIES.filter((b) => !existsSync(b));
   if (missing.length) return { ok: false, reason: `Ceph is not installed (missing ${missing.join(', ')}; apt-get install radosgw ceph-mon ceph-osd)` };
   return { ok: true };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

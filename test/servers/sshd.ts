@@ -9,18 +9,15 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { ciSet, freePort } from '../helpers/host.js';
 
 const run = promisify(execFile);
 export const SSHD = '/usr/sbin/sshd';
 
-export function ciSet(): boolean {
-  const v = (process.env.CI ?? '').trim().toLowerCase();
-  return v !== '' && v !== '0' && v !== 'false';
-}
+export { ciSet };
 
 export interface Sshd {
   host: string;
@@ -39,17 +36,6 @@ export interface Sshd {
   connectionPids(): Promise<number[]>;
   log(): Promise<string>;
   stop(): Promise<void>;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export function sshdAvailable(): { ok: boolean; reason?: string } {

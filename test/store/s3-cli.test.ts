@@ -105,20 +105,28 @@ describe.skipIf(!ceph)('CLI with an s3:// store (Ceph radosgw)', () => {
     expect(await sha256(first)).toBe(hashes[0]);
   });
 
-  it('a send killed mid-upload leaves no visible archive; its upload is removed by a later sweep once stale', async () => {
-    const big = dir.join('big.img');
-    const m = new VolumeModel(big, 64 * MiB);
+  /**
+   * Start a send of 48 MiB of noise (several parts) to s3://bucket/PREFIX and return once its
+   * multipart upload shows on the server (or after 60 s): the process, its result, the uploads seen.
+   */
+  async function sendUntilUploading(prefix: string, image: string): Promise<{ child: ReturnType<typeof spawnCli>; res: ReturnType<typeof collect>; uploads: string[] }> {
+    const m = new VolumeModel(image, 64 * MiB);
     m.write(0, noiseBytes(48 * MiB));
     m.close();
-    const child = spawnCli(['send', ...endpointArgs, '--image', big, '--to', `s3://${bucket}/killed`], { env });
+    const child = spawnCli(['send', ...endpointArgs, '--image', image, '--to', `s3://${bucket}/${prefix}`], { env });
     const res = collect(child, 120_000);
     const deadline = Date.now() + 60_000;
     let uploads: string[] = [];
     while (Date.now() < deadline) {
-      uploads = await incompleteUploads(raw, bucket, 'killed/');
+      uploads = await incompleteUploads(raw, bucket, `${prefix}/`);
       if (uploads.length) break;
       await new Promise((r) => setTimeout(r, 50));
     }
+    return { child, res, uploads };
+  }
+
+  it('a send killed mid-upload leaves no visible archive; its upload is removed by a later sweep once stale', async () => {
+    const { child, res, uploads } = await sendUntilUploading('killed', dir.join('big.img'));
     expect(uploads).toHaveLength(1);
     await new Promise((r) => setTimeout(r, 300)); // a part or two on the server
     child.kill('SIGKILL');
@@ -138,14 +146,7 @@ describe.skipIf(!ceph)('CLI with an s3:// store (Ceph radosgw)', () => {
   });
 
   it('SIGINT mid-upload: exit 130, no archive, and the multipart upload is aborted (nothing left behind)', async () => {
-    const big = dir.join('big2.img');
-    const m = new VolumeModel(big, 64 * MiB);
-    m.write(0, noiseBytes(48 * MiB));
-    m.close();
-    const child = spawnCli(['send', ...endpointArgs, '--image', big, '--to', `s3://${bucket}/interrupted`], { env });
-    const res = collect(child, 120_000);
-    const deadline = Date.now() + 60_000;
-    while (Date.now() < deadline && (await incompleteUploads(raw, bucket, 'interrupted/')).length === 0) await new Promise((r) => setTimeout(r, 50));
+    const { child, res } = await sendUntilUploading('interrupted', dir.join('big2.img'));
     child.kill('SIGINT');
     const done = await res;
     expect(done.code, show(done)).toBe(130);
