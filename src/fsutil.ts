@@ -1,5 +1,5 @@
 /** Durable file replacement: temporary name, fsync, rename, fsync the directory (NFS-safe). */
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export async function fsyncDir(dir: string): Promise<void> {
@@ -33,4 +33,17 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     throw e;
   }
   await fsyncDir(dirname(path));
+}
+
+/** Where thinarchive keeps its state (locks, reservation records, block-device and LV target state, journals). */
+export function defaultStateDir(): string {
+  return process.env.THINARCHIVE_STATE_DIR || '/var/lib/thinarchive';
+}
+
+/** The sysfs directory of a block device node (`/sys/dev/block/MAJOR:MINOR`), from its device number. */
+export async function sysBlockDir(devicePath: string): Promise<string> {
+  const dev = (await stat(devicePath, { bigint: true })).rdev;
+  const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+  const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
+  return `/sys/dev/block/${major}:${minor}`;
 }

@@ -306,3 +306,10 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     await spool.close();
   }
 }
+
+/** The zstd level option: an integer from 1 to 19 (or unset: the default). */
+export function checkLevel(level: number | undefined): void {
+  if (level !== undefined && (!Number.isInteger(level) || level < 1 || level > 19)) {
+    throw new UsageError('--level must be an integer from 1 to 19');
+  }
+}

@@ -3,16 +3,11 @@
  * (--against) and apply (--repair): options, calls and human-readable output. Registered by main.ts.
  */
 import { Command, Option } from 'commander';
-import type { Logger } from '../log.js';
-import type { StoreOptions } from '../store/open.js';
-import { UsageError } from '../errors.js';
-import { merge, type MergeResult } from '../commands/merge.js';
-import { parseDuration, prune, type PruneResult } from '../commands/prune.js';
-import { repair, repairInputs, type RepairResult } from '../commands/repair.js';
-import { restore, type RestoreResult } from '../commands/restore.js';
-import { verifyAgainst, type VerifyAgainstResult } from '../commands/verify-against.js';
-import { describeZeroStats } from '../target/file-target.js';
-import { formatBytes, intOption, Progress } from './output.js';
+import {
+  merge, parseDuration, prune, repair, repairInputs, restore, UsageError, verifyAgainst,
+  type Logger, type MergeResult, type PruneResult, type RepairResult, type RestoreResult, type StoreOptions, type VerifyAgainstResult,
+} from '../api/index.js';
+import { describeZeroStats, formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
   json: (value: unknown) => void;

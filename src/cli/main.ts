@@ -4,23 +4,15 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { pino } from 'pino';
-import { ThinarchiveError, UsageError, type ExitClass } from '../errors.js';
-import { apply } from '../commands/apply.js';
-import { describeRecovery, recover } from '../commands/recover.js';
-import { info } from '../commands/info.js';
-import { list } from '../commands/list.js';
-import { send } from '../commands/send.js';
-import { DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, sendLv, type SendLvResult } from '../commands/send-lv.js';
-import type { WriteProgress } from '../archive/writer.js';
-import { verify } from '../commands/verify.js';
-import { closeStores, type StoreOptions } from '../commands/inputs.js';
-import { remoteApplyDestination, type RemoteApplyResult } from '../commands/remote-apply.js';
-import { endWritable, writableSink } from '../store/stream.js';
-import { describeZeroStats, targetHooks } from '../target/file-target.js';
-import { journalHooks } from '../target/undo-journal.js';
-import { TOOL_VERSION } from '../version.js';
+import {
+  apply, close, DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, endWritable, info, journalHooks, list, remoteApplyDestination, send,
+  targetHooks, ThinarchiveError, TOOL_VERSION, UsageError, verify, writableSink, recover,
+  type ExitClass, type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
+} from '../api/index.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
-import { intOption, parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress } from './output.js';
+import {
+  describeRecovery, describeZeroStats, intOption, parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress,
+} from './output.js';
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
 
@@ -127,10 +119,10 @@ function buildProgram(): Command {
       const to = remote ? remote.dest : toStdout ? { sink: writableSink(process.stdout), label: 'standard output', end: () => endWritable(process.stdout) } : o.to;
       const onProgress = (p: WriteProgress): void => progress.update(p.bytesRead, p.bytesTotal);
       const res = lvSend
-        ? await sendLv({
+        ? await send({
           volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, maxDataPercent: o.maxDataPercent,
           maxMetadataPercent: o.maxMetadataPercent, forceRelease: !!o.forceRelease, stateDir: o.stateDir, dryRun: !!o.dryRun, level: o.level,
-          logger: log, signal: controller.signal, onProgress, storeOptions: storeOptions(),
+          log, signal: controller.signal, onProgress, storeOptions: storeOptions(),
         })
         : await send({
           image: o.image, changes: o.changes, parent: o.parent, blockSize: o.blockSize, level: o.level, name: o.name,
@@ -144,7 +136,7 @@ function buildProgram(): Command {
         err(printSend(res));
         if (applied) err(printRemoteApply(applied));
         if ('snapshot' in res) {
-          const r = res as SendLvResult;
+          const r = res as SendVolumeResult;
           const snap = (x: { vg: string; name: string; thinId: number }): string => `${x.vg}/${x.name} (thin id ${x.thinId})`;
           err(`  snapshot ${snap(r.snapshot)}${r.base ? `, delta from ${snap(r.base)}` : ''}; pool ${r.pool}, chunk ${r.poolChunkSize} B${r.chain !== null ? `; chain "${r.chain}"` : ''}`);
           if (r.recovered.length) err(`  made base after an interrupted send: ${r.recovered.join(', ')}`);
@@ -279,10 +271,10 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     await buildProgram().parseAsync(argv);
-    await closeStores();
+    await close();
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {
-    await closeStores();
+    await close();
     if (interrupted) {
       err('thinarchive: interrupted');
       return EXIT.interrupted;

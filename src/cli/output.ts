@@ -1,11 +1,7 @@
 /** Human-readable output and the progress line. */
-import { UsageError } from '../errors.js';
-import type { ApplyResult } from '../commands/apply.js';
-import type { ArchiveInfo } from '../commands/info.js';
-import type { ListedChain } from '../commands/list.js';
-import type { RemoteApplyResult } from '../commands/remote-apply.js';
-import type { SendResult } from '../commands/send.js';
-import type { VerifyResult } from '../commands/verify.js';
+import {
+  UsageError, type ApplyResult, type ArchiveInfo, type ListedChain, type RecoverResult, type RemoteApplyResult, type SendResult, type VerifyResult, type ZeroStats,
+} from '../api/index.js';
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -149,4 +145,27 @@ export function intOption(name: string, min: number, max: number) {
     if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${name} must be an integer from ${min} to ${max}`);
     return n;
   };
+}
+
+export function describeZeroStats(z: ZeroStats): string {
+  const parts: string[] = [];
+  if (z.punched) parts.push(`${z.punched} B punched/unmapped`);
+  if (z.zeroedRange) parts.push(`${z.zeroedRange} B zero-ranged`);
+  if (z.zeroedOut) parts.push(`${z.zeroedOut} B zeroed out`);
+  if (z.written) parts.push(`${z.written} B written as zeroes`);
+  return parts.join(', ') || 'none';
+}
+
+/** One line saying what recovery did (for the CLI). */
+export function describeRecovery(r: RecoverResult): string {
+  const st = r.state ? `archive ${r.state.archiveId || '(none)'} (sequence ${r.state.sequence}${r.state.status === 'applying' ? ', itself interrupted' : ''})` : 'no recorded state';
+  const what = r.interrupted ? `the interrupted apply of archive ${r.interrupted.archiveId} (sequence ${r.interrupted.sequence})` : '';
+  switch (r.action) {
+    case 'none': return r.interrupted ? `${r.target}: ${what} has no undo journal; applying that archive again completes it` : `${r.target}: nothing to recover (at ${st})`;
+    case 'rolled-back': return `${r.target}: rolled back ${what} with the undo journal (${r.entries} entries, ${r.bytesRestored} B restored); back at ${st}`;
+    case 'removed-created': return `${r.target}: removed the image created by ${what}`;
+    case 'stale-journal-removed': return `${r.target}: removed a stale undo journal; the target is at ${st}`;
+    case 'restored-snapshot': return `${r.target}: rolled back ${what} from the rollback snapshot ${r.snapshot}; back at ${st}`;
+    case 'stale-snapshot-removed': return `${r.target}: removed a leftover rollback snapshot ${r.snapshot}; the target is at ${st}`;
+  }
 }

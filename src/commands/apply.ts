@@ -27,11 +27,12 @@ import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.j
 import { Codec, ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
-import { FileTarget, undoFileFor, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
+import { FileTarget, type ZeroStats } from '../target/file-target.js';
+import { undoFileFor, type TargetKind, type TargetState } from '../target/state.js';
 import { UndoJournal, type JournaledTarget } from '../target/undo-journal.js';
-import { resolveArchiveInputs, type StoreOptions } from './inputs.js';
-import { recover, type RecoverResult } from './recover.js';
-import { LvTarget, lvTargetSpec, parsePoolSpec, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
+import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
+import { recover, type RecoverResult } from '../target/recover.js';
+import { LvTarget, lvTargetSpec, parsePoolSpec, type LvTargetReport, type TargetSnapshots } from '../target/lv-target.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
 

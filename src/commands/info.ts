@@ -6,7 +6,7 @@
 import { readArchive } from '../archive/reader.js';
 import { FormatError } from '../errors.js';
 import type { ArchiveHeader, MapEnd, Trailer } from '../format/types.js';
-import { openArchiveRef, type StoreOptions } from './inputs.js';
+import { openArchiveRef, type StoreOptions } from '../store/refs.js';
 
 export interface ArchiveInfo {
   archive: string;

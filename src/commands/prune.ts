@@ -11,8 +11,8 @@
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
-import { mergeGroup, refuseUndeletable } from './merge.js';
-import { openChain, type ChainArchive } from './chain-state.js';
+import { mergeGroup, refuseUndeletable } from '../chain/merge-plan.js';
+import { openChain, type ChainArchive } from '../chain/chain-state.js';
 
 export interface PruneOptions {
   dir: string;

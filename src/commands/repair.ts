@@ -15,10 +15,12 @@ import { FRAME_CHECK_SIZE, FRAME_HEAD_SIZE } from '../format/constants.js';
 import { blockLength } from '../format/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
-import { FileTarget, type TargetKind, type ZeroStats } from '../target/file-target.js';
-import { chainSegments, openChain, markRebuilding } from './chain-state.js';
-import { LvTarget, lvTargetSpec } from './lv-target.js';
-import { scanTarget } from './verify-against.js';
+import { FileTarget, type ZeroStats } from '../target/file-target.js';
+import { type TargetKind } from '../target/state.js';
+import { chainSegments, openChain } from '../chain/chain-state.js';
+import { markRebuilding } from '../target/state.js';
+import { LvTarget, lvTargetSpec } from '../target/lv-target.js';
+import { scanTarget } from '../chain/scan.js';
 
 export interface RepairOptions {
   /** A store or chain directory (one chain). */

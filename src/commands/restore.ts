@@ -16,9 +16,11 @@ import { withPool } from '../archive/pool.js';
 import { rangeBytes } from '../format/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
-import { FileTarget, type TargetKind, type TargetState, type ZeroStats } from '../target/file-target.js';
-import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, markRebuilding, type Segment } from './chain-state.js';
-import { LvTarget, lvTargetSpec, parsePoolSpec } from './lv-target.js';
+import { FileTarget, type ZeroStats } from '../target/file-target.js';
+import { type TargetKind, type TargetState } from '../target/state.js';
+import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, type Segment } from '../chain/chain-state.js';
+import { markRebuilding } from '../target/state.js';
+import { LvTarget, lvTargetSpec, parsePoolSpec } from '../target/lv-target.js';
 
 export interface RestoreOptions {
   dir: string;

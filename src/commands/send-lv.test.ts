@@ -14,9 +14,9 @@ import type { LvInfo } from '../lvm/report.js';
 import { archiveFileName } from '../store/dir.js';
 import { withPool } from '../archive/pool.js';
 import { writeArchive } from '../archive/writer.js';
-import {
-  checkPoolForSend, classifyChainSnapshots, parseSnapshotTags, sendLv, snapshotName, snapshotTags, TAG_OURS, TAG_PENDING, volumeUuidForLv,
-} from './send-lv.js';
+import { checkPoolForSend } from '../lvm/pool-status.js';
+import { classifyChainSnapshots, parseSnapshotTags, snapshotName, snapshotTags, TAG_OURS, TAG_PENDING, volumeUuidForLv } from '../source/snapshot-chain.js';
+import { sendLv } from './send-lv.js';
 
 const VG = 'lab-vg';
 const POOL = 'thin-pool';

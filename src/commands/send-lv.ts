@@ -1,97 +1,32 @@
 /**
- * send VG/LV: archive a thin LV that stays in use, from pool metadata and a thin snapshot.
- *
- * Managed snapshots (`send VG/LV`): per volume and chain name, one *base* snapshot records what the
- * newest archive of the chain holds. A send
- *   1. checks the thin tools' version, takes the send lock of (LV, chain), reads `lvs VG`;
- *   2. cleans up after interrupted runs: a *pending* snapshot whose archive is committed in the
- *      destination store is made the base (the run died between commit and rotation); any other
- *      pending snapshot is removed; of several bases (a rotation cut short) the newest stays;
- *   3. checks the pool (before any snapshot): data / metadata usage under the thresholds, not
- *      read-only, out of data space, needs_check or failed;
- *   4. creates the new thin snapshot (tagged ours + `ta_pending` + the ids of the archive it is for),
- *      then reserves the metadata snapshot, runs thin_delta base -> new (incremental) or thin_dump of
- *      the new snapshot (full: mapped blocks only) into a temporary file, and releases it;
- *   5. activates the new snapshot read-only, writes the archive from it and commits it (a store file
- *      is durable; a pipe is flushed);
- *   6. only then makes the new snapshot the base (`ta_pending` removed), removes the old base and
- *      deactivates the new one.
- * A base that is not read-only any more (someone ran lvchange -prw) is refused: it may have changed.
- * A failure before the commit removes the new snapshot (only if it carries our tag) and keeps the old
- * base, so the next run simply retries. A run killed outright leaves a pending snapshot, which the
- * next run removes (or promotes, see 2). `--dry-run` does 1-4, counts the map (no data is read) and
- * removes the snapshot: it leaves nothing behind.
- *
- * `--full` on a chain that has a base: a full archive whose parent is the base's archive, in the same
- * chain and sequence order (apply accepts it on a target at the parent, or on a new target).
- *
- * Resized volumes: an archive has the snapshot's size. After a shrink the delta's ranges past the end
- * are clamped. After a growth the area past the base's end is taken from thin_dump of the new snapshot
- * (mapped: DATA, the rest: UNMAP), not from the delta: see grownExtents.
- *
- * User-managed snapshots (`--snapshot VG/SNAP [--base VG/SNAP] [--parent ARCHIVE|DIR]`): nothing is
- * created, tagged or removed. Without --base a full archive (continuing --parent's chain when given);
- * with --base an incremental base -> snapshot on top of --parent, whose header must name the base
- * snapshot's UUID when it records one. A snapshot that is inactive is activated read-only for the
- * read and deactivated afterwards (its permission stays read-only); an active writable one is refused.
- *
- * Tags of managed snapshots (LVM tags: [A-Za-z0-9_+.-]; all values short):
- *   thinarchive                 created by thinarchive: the only LVs it ever removes
- *   ta_origin_<lv uuid>         the volume (lv_uuid survives renames; thin ids are reused)
- *   ta_chain_<name>             the chain name (--chain, default "default")
- *   ta_chainid_<uuid>           the archive chain id
- *   ta_archive_<uuid>           the archive this snapshot's contents are in
- *   ta_seq_<n>                  that archive's sequence in the chain
- *   ta_time_<YYYYMMDDTHHMMSSZ>  when the snapshot was taken (UTC)
- *   ta_pending                  the archive is not committed yet (a base has no ta_pending)
- * Snapshot names: `<lv>_ta_<chain>_<seq>` (or `ta_<archive id prefix>_<seq>` when that is too long).
+ * send VG/LV: archive a thin LV that stays in use, from pool metadata and a thin snapshot; managed
+ * snapshots (one base per volume and chain, source/snapshot-chain.ts) or user-managed ones
+ * (`--snapshot [--base]`). The steps, their order and what an interrupted run leaves: README
+ * ("send VG/LV") and docs/ARCHITECTURE.md.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
+import { checkLevel, type NewArchive, type WriteProgress } from '../archive/writer.js';
+import { checkNoFork, dryRunResult, openDestination, writeAndCommit, type SendDestination, type SendResult } from '../chain/publish.js';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
-import type { NewArchive, WriteProgress } from '../archive/writer.js';
-import { ExtentKind } from '../format/constants.js';
-import type { ArchiveHeader, MapExtent, SnapshotIdentity } from '../format/types.js';
-import { volumeBlocks } from '../format/types.js';
+import type { ArchiveHeader, SnapshotIdentity } from '../format/types.js';
+import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
-import { defaultStateDir, withMetadataSnapshot } from '../lvm/metadata-snap.js';
 import { assertLvmName, dmName } from '../lvm/names.js';
 import { acquirePoolLock, type PoolLock } from '../lvm/pool-lock.js';
-import type { PoolStatus } from '../lvm/pool-status.js';
+import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
-import { openThinDelta } from '../lvm/thin-delta.js';
-import { openThinDump } from '../lvm/thin-dump.js';
+import { activateReadOnly, createThinSnapshot, deactivate, delTag, listLvs, poolStatus, removeLv, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
+import { archiveBlockSizeFor } from '../source/extents.js';
 import {
-  activateReadOnly, createThinSnapshot, deactivate, delTag, listLvs, poolStatus, removeLv, thinDelta, thinDump, thinToolsVersion,
-  type ToolOptions, type ToolOutput,
-} from '../lvm/tools.js';
+  checkChainName, classifyChainSnapshots, DEFAULT_CHAIN, snapshotName, snapshotTags, TAG_OURS, TAG_PENDING, UUID, volumeUuidForLv,
+} from '../source/snapshot-chain.js';
+import { readThinMap } from '../source/thin-map.js';
 import { FileVolume } from '../source/volume.js';
 import type { StoreOptions } from '../store/open.js';
+import { openArchiveRef, storeFor } from '../store/refs.js';
 import { TOOL_VERSION } from '../version.js';
-import { openArchiveRef, storeFor } from './inputs.js';
-import {
-  archiveBlockSizeFor, checkLevel, checkNoFork, dryRunResult, openDestination, poolFileExtents, writeAndCommit, type PoolRange, type SendDestination,
-  type SendResult,
-} from './send.js';
-
-export const DEFAULT_CHAIN = 'default';
-export const DEFAULT_MAX_DATA_PERCENT = 90;
-export const DEFAULT_MAX_METADATA_PERCENT = 80;
-
-export const TAG_OURS = 'thinarchive';
-export const TAG_PENDING = 'ta_pending';
-const P = {
-  origin: 'ta_origin_',
-  chain: 'ta_chain_',
-  chainId: 'ta_chainid_',
-  archive: 'ta_archive_',
-  seq: 'ta_seq_',
-  time: 'ta_time_',
-} as const;
-
-const CHAIN_NAME = /^[A-Za-z0-9_+.-]{1,64}$/;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface SendLvOptions {
   /** `VG/LV`: the volume (managed snapshots), or the origin a user-managed --snapshot must be of. */
@@ -122,7 +57,7 @@ export interface SendLvOptions {
   /** Parent of the temporary directory for thin_delta / thin_dump output; default os.tmpdir(). */
   tmpDir?: string;
   exec?: LvmExec;
-  logger?: Logger;
+  log?: Logger;
   signal?: AbortSignal;
   onProgress?: (p: WriteProgress) => void;
   /** Wait this long for the metadata snapshot's pool lock; default 120 s. */
@@ -156,143 +91,6 @@ export interface SendLvResult extends SendResult {
   /** Things that went wrong after the archive was committed (the archive is good). */
   warnings: string[];
 }
-
-// ---------------------------------------------------------------------------------------------
-// Tags, names and the pool check (pure)
-
-export interface ChainTags {
-  originUuid: string;
-  chain: string;
-  chainId: string;
-  archiveId: string;
-  sequence: number;
-  createdAt?: string;
-}
-
-/** The tags of a managed snapshot (the pending ones include `ta_pending`). */
-export function snapshotTags(t: ChainTags & { createdAt: string }, pending: boolean): string[] {
-  const time = t.createdAt.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-  const tags = [
-    TAG_OURS, `${P.origin}${t.originUuid}`, `${P.chain}${t.chain}`, `${P.chainId}${t.chainId}`, `${P.archive}${t.archiveId}`,
-    `${P.seq}${t.sequence}`, `${P.time}${time}`,
-  ];
-  if (pending) tags.push(TAG_PENDING);
-  return tags;
-}
-
-/** Read the chain tags of a snapshot; null when a required one is missing or malformed. */
-export function parseSnapshotTags(tags: readonly string[]): (ChainTags & { pending: boolean }) | null {
-  const one = (prefix: string): string | undefined => {
-    const found = tags.filter((t) => t.startsWith(prefix)).map((t) => t.slice(prefix.length));
-    return found.length === 1 ? found[0] : undefined;
-  };
-  const originUuid = one(P.origin);
-  const chain = one(P.chain);
-  const chainId = one(P.chainId);
-  const archiveId = one(P.archive);
-  const seq = one(P.seq);
-  if (!tags.includes(TAG_OURS) || !originUuid || !chain || !chainId || !archiveId || seq === undefined) return null;
-  if (!UUID.test(chainId) || !UUID.test(archiveId) || !/^(0|[1-9][0-9]{0,15})$/.test(seq)) return null;
-  const time = one(P.time);
-  const m = time === undefined ? null : /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(time);
-  return {
-    originUuid, chain, chainId, archiveId, sequence: Number(seq), pending: tags.includes(TAG_PENDING),
-    ...(m ? { createdAt: `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z` } : {}),
-  };
-}
-
-/** The name of a managed snapshot. */
-export function snapshotName(lv: string, chain: string, sequence: number, archiveId: string): string {
-  const name = `${lv}_ta_${chain}_${sequence}`;
-  return name.length <= 127 ? name : `ta_${archiveId.slice(0, 8)}_${sequence}`;
-}
-
-/** RFC 4122 namespace of the name-based volume UUIDs derived from LVM lv_uuids. */
-const LV_UUID_NAMESPACE = '6ee59e3a-e697-47c6-bcae-5db023b20d7a';
-
-/**
- * The archive's volume UUID for an LV. An lv_uuid (32 characters of a 64-letter alphabet) does not fit
- * the header's 16 bytes, so the header gets the name-based (version 5, SHA-1) UUID of the lv_uuid:
- * stable for the LV's life, whatever it is renamed to. The lv_uuid itself is in meta.volume.lvUuid.
- */
-export function volumeUuidForLv(lvUuid: string): string {
-  const h = createHash('sha1').update(Buffer.from(LV_UUID_NAMESPACE.replace(/-/g, ''), 'hex')).update(lvUuid, 'utf8').digest();
-  h[6] = (h[6]! & 0x0f) | 0x50;
-  h[8] = (h[8]! & 0x3f) | 0x80;
-  const x = h.subarray(0, 16).toString('hex');
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
-}
-
-export function checkChainName(chain: string): void {
-  if (!CHAIN_NAME.test(chain)) throw new UsageError(`bad chain name ${JSON.stringify(chain)}: 1 to 64 of A-Z a-z 0-9 _ + . -`);
-}
-
-export interface PoolLimits {
-  maxDataPercent: number;
-  maxMetadataPercent: number;
-}
-
-/** Refuse (UnsafeError) to snapshot on a pool that is full, nearly full, read-only or damaged. */
-export function checkPoolForSend(pool: string, st: PoolStatus, limits: PoolLimits): void {
-  if (st.state !== 'ok') {
-    throw new UnsafeError('POOL_FAILED', `thin pool ${pool} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before sending`);
-  }
-  if (st.needsCheck) throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${pool} is flagged needs_check: run thin_check / lvconvert --repair before sending`);
-  if (st.mode === 'ro') throw new UnsafeError('POOL_READ_ONLY', `thin pool ${pool} is read-only (metadata error or full metadata): not snapshotting it`);
-  if (st.mode === 'out_of_data_space') {
-    throw new UnsafeError('POOL_OUT_OF_SPACE', `thin pool ${pool} is out of data space: extend it (lvextend) before sending`);
-  }
-  const pct = (v: number): string => `${v.toFixed(1)}%`;
-  if (st.dataPercent > limits.maxDataPercent) {
-    throw new UnsafeError('POOL_DATA_FULL', `thin pool ${pool} data usage is ${pct(st.dataPercent)}, above the limit of ${limits.maxDataPercent}% `
-      + '(--max-data-percent): a snapshot keeps blocks the volume overwrites, so it could fill the pool; free or add space, or raise --max-data-percent');
-  }
-  if (st.metadataPercent > limits.maxMetadataPercent) {
-    throw new UnsafeError('POOL_METADATA_FULL', `thin pool ${pool} metadata usage is ${pct(st.metadataPercent)}, above the limit of ${limits.maxMetadataPercent}% `
-      + '(--max-metadata-percent): extend the pool metadata (lvextend --poolmetadatasize) or raise --max-metadata-percent');
-  }
-}
-
-/** What a chain's managed snapshots say: the base, pending snapshots of dead runs, older bases. */
-export interface ChainSnapshots {
-  base: { lv: LvInfo; tags: ChainTags } | null;
-  pending: { lv: LvInfo; tags: ChainTags }[];
-  olderBases: LvInfo[];
-}
-
-/** Sort a chain's managed snapshots (those tagged ours, with this origin and chain name). */
-export function classifyChainSnapshots(lvs: readonly LvInfo[], originUuid: string, chain: string): ChainSnapshots {
-  const out: ChainSnapshots = { base: null, pending: [], olderBases: [] };
-  const bases: { lv: LvInfo; tags: ChainTags }[] = [];
-  for (const lv of lvs) {
-    if (!lv.tags.includes(TAG_OURS) || !lv.tags.includes(`${P.origin}${originUuid}`) || !lv.tags.includes(`${P.chain}${chain}`)) continue;
-    const tags = parseSnapshotTags(lv.tags);
-    if (!tags) {
-      if (lv.tags.includes(TAG_PENDING)) {
-        // Created by a run that died before its tags were all readable: still ours and pending.
-        out.pending.push({ lv, tags: { originUuid, chain, chainId: '', archiveId: '', sequence: -1 } });
-        continue;
-      }
-      throw new UnsafeError('BAD_CHAIN_TAGS', `${lv.vg}/${lv.name} is tagged as a thinarchive snapshot of chain ${chain} but its tags (${lv.tags.join(',')}) are incomplete; `
-        + 'fix or remove it (lvremove) before sending this chain');
-    }
-    if (tags.pending) out.pending.push({ lv, tags });
-    else bases.push({ lv, tags });
-  }
-  bases.sort((a, b) => b.tags.sequence - a.tags.sequence);
-  if (bases.length > 0) {
-    const ids = new Set(bases.map((b) => b.tags.chainId));
-    if (ids.size > 1) {
-      throw new UnsafeError('CHAIN_CONFUSED', `chain ${chain} has base snapshots of different archive chains: `
-        + `${bases.map((b) => `${b.lv.name} (chain ${b.tags.chainId}, sequence ${b.tags.sequence})`).join(', ')}; remove the wrong ones (lvremove)`);
-    }
-    out.base = bases[0];
-    out.olderBases = bases.slice(1).map((b) => b.lv);
-  }
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------
 
 interface Ctx {
   exec: LvmExec;
@@ -342,10 +140,6 @@ function identity(r: SnapshotRef): SnapshotIdentity {
   return { name: `${r.vg}/${r.name}`, uuid: r.uuid, thinId: r.thinId, ...(r.createdAt ? { createdAt: r.createdAt } : {}) };
 }
 
-async function* asData(ranges: AsyncIterable<{ begin: number; length: number }>): AsyncGenerator<PoolRange> {
-  for await (const r of ranges) yield { begin: r.begin, length: r.length, kind: 'data' };
-}
-
 /** The work both kinds of LV send share: the map from pool metadata, then a dry-run count or the archive. */
 interface Transfer {
   vg: string;
@@ -360,104 +154,17 @@ interface Transfer {
   activate: () => Promise<{ dev: string; restore: () => Promise<void> }>;
 }
 
-/** The map files of a transfer: the delta (incremental) or dump (full), and a dump of a grown volume. */
-interface MapFiles {
-  main: ToolOutput;
-  /** Incremental of a volume grown since the base: thin_dump of the new snapshot, for the new area. */
-  grown: ToolOutput | null;
-}
-
-/** The first archive block of the area an incremental takes from thin_dump (past the base's end), or null. */
-function grownFrom(t: Transfer): number | null {
-  if (!t.base || t.baseSize === undefined || t.baseSize >= t.header.volumeSize) return null;
-  return Math.floor(t.baseSize / t.header.blockSize);
-}
-
-async function mapFromMetadata(t: Transfer, o: SendLvOptions, ctx: Ctx): Promise<MapFiles> {
-  const pool = { vg: t.vg, pool: t.pool };
-  return withMetadataSnapshot(pool, {
-    ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
-    force: !!o.forceRelease, logger: ctx.logger, exec: ctx.exec,
-    ...(o.poolLockTimeoutMs !== undefined ? { lockTimeoutMs: o.poolLockTimeoutMs } : {}),
-    ...(ctx.signal ? { signal: ctx.signal } : {}),
-  }, async (tmeta, held) => {
-    const signal = ctx.signal ? AbortSignal.any([ctx.signal, held.signal]) : held.signal;
-    const run = { exec: ctx.exec, signal, ...(o.tmpDir !== undefined ? { dir: o.tmpDir } : {}) };
-    if (!t.base) return { main: await thinDump(tmeta, t.snap.thinId, run), grown: null };
-    const main = await thinDelta(tmeta, t.base.thinId, t.snap.thinId, run);
-    try {
-      return { main, grown: grownFrom(t) === null ? null : await thinDump(tmeta, t.snap.thinId, run) };
-    } catch (e) {
-      await main.remove();
-      throw e;
-    }
-  });
-}
-
-/**
- * An incremental of a volume grown since its base: the delta's extents before block `from`, then the
- * new snapshot's whole map from there (mapped: DATA, the rest: UNMAP). The delta alone is not enough
- * there: the area past the base's end held whatever the target holds there (an image reads zeroes, an
- * LV target older data), and lvreduce keeps the pool's mappings past the new end, so a volume grown
- * again reads old data there that thin_delta calls `same`.
- */
-async function* grownExtents(delta: AsyncIterable<MapExtent>, dump: AsyncIterable<MapExtent>, from: number, blocks: number): AsyncGenerator<MapExtent> {
-  for await (const e of delta) {
-    if (e.firstBlock >= from) continue;
-    yield { ...e, blockCount: Math.min(e.blockCount, from - e.firstBlock) };
-  }
-  let at = from;
-  for await (const e of dump) {
-    const end = e.firstBlock + e.blockCount;
-    if (end <= from) continue;
-    const first = Math.max(e.firstBlock, from);
-    if (first > at) yield { firstBlock: at, blockCount: first - at, kind: ExtentKind.UNMAP };
-    yield { firstBlock: first, blockCount: end - first, kind: ExtentKind.DATA };
-    at = end;
-  }
-  if (at < blocks) yield { firstBlock: at, blockCount: blocks - at, kind: ExtentKind.UNMAP };
-}
-
-/** The archive extents of the map files: checks they are about the right devices and pool block size. */
-function mapExtents(t: Transfer, files: MapFiles): AsyncGenerator<MapExtent> {
-  const from = grownFrom(t);
-  if (files.grown && from !== null) {
-    const { blockSize, volumeSize } = t.header;
-    return grownExtents(mapFile(t, files.main.path, t.base), mapFile(t, files.grown.path, null), from, volumeBlocks(volumeSize, blockSize));
-  }
-  return mapFile(t, files.main.path, t.base);
-}
-
-/** The extents of one map file: a thin_delta from `base` to the snapshot, or (base null) its thin_dump. */
-function mapFile(t: Transfer, file: string, base: SnapshotRef | null): AsyncGenerator<MapExtent> {
-  const { blockSize, volumeSize } = t.header;
-  const checkChunk = (bytes: number): void => {
-    if (bytes !== t.chunk) {
-      throw new ThinarchiveError('POOL_CHUNK_MISMATCH', `${file}: the pool metadata says blocks of ${bytes} bytes, lvs says the pool's chunk size is ${t.chunk}`);
-    }
-  };
-  if (base) {
-    return poolFileExtents(file, async (stream) => {
-      const d = await openThinDelta(stream, { file });
-      checkChunk(d.header.blockSizeBytes);
-      if ((d.header.snap1 !== undefined && d.header.snap1 !== base.thinId) || (d.header.snap2 !== undefined && d.header.snap2 !== t.snap.thinId)) {
-        throw new ThinarchiveError('DELTA_DEVICES', `${file}: thin_delta compared devices ${d.header.snap1} and ${d.header.snap2}, not ${base.thinId} and ${t.snap.thinId}`);
-      }
-      return { poolBytes: d.header.blockSizeBytes, ranges: d.ranges };
-    }, blockSize, volumeSize);
-  }
-  return poolFileExtents(file, async (stream) => {
-    const d = await openThinDump(stream, { devId: t.snap.thinId, file });
-    checkChunk(d.header.blockSizeBytes);
-    return { poolBytes: d.header.blockSizeBytes, ranges: asData(d.ranges) };
-  }, blockSize, volumeSize);
-}
-
 /** Map, then count (dry run) or read the snapshot and write + commit the archive. */
 async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number): Promise<SendResult> {
-  const map = await mapFromMetadata(t, o, ctx);
+  const map = await readThinMap({
+    vg: t.vg, pool: t.pool, chunk: t.chunk, blockSize: t.header.blockSize, volumeSize: t.header.volumeSize, snapThinId: t.snap.thinId,
+    base: t.base ? { thinId: t.base.thinId, sizeBytes: t.baseSize! } : null,
+  }, {
+    exec: ctx.exec, logger: ctx.logger, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
+    forceRelease: !!o.forceRelease, ...(o.poolLockTimeoutMs !== undefined ? { lockTimeoutMs: o.poolLockTimeoutMs } : {}), ...(o.tmpDir !== undefined ? { tmpDir: o.tmpDir } : {}),
+  });
   try {
-    if (o.dryRun) return await dryRunResult(t.header, mapExtents(t, map), started);
+    if (o.dryRun) return await dryRunResult(t.header, map.extents(), started);
     ctx.signal?.throwIfAborted();
     const dest = await openDestination(o.to, t.header, o.storeOptions);
     let restore: (() => Promise<void>) | undefined;
@@ -470,7 +177,7 @@ async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number
           throw new ThinarchiveError('SNAPSHOT_SIZE', `${act.dev} is ${source.size} bytes, lvs says ${t.header.volumeSize}`);
         }
         return await writeAndCommit(dest, {
-          header: t.header, extents: mapExtents(t, map), source, level: o.level, signal: ctx.signal, onProgress: o.onProgress, started,
+          header: t.header, extents: map.extents(), source, level: o.level, signal: ctx.signal, onProgress: o.onProgress, started,
         });
       } finally {
         await source.close();
@@ -482,8 +189,7 @@ async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number
       }
     }
   } finally {
-    await map.main.remove();
-    await map.grown?.remove();
+    await map.remove();
   }
 }
 
@@ -537,9 +243,9 @@ export async function sendLv(o: SendLvOptions): Promise<SendLvResult> {
   const started = performance.now();
   checkLevel(o.level);
   // Commands are logged (debug) through the caller's logger.
-  const exec = o.exec ?? (o.logger ? createLvmExec({ logger: o.logger }) : runLvmCommand);
+  const exec = o.exec ?? (o.log ? createLvmExec({ logger: o.log }) : runLvmCommand);
   const ctx: Ctx = {
-    exec, logger: o.logger ?? silentLogger, ...(o.signal ? { signal: o.signal } : {}),
+    exec, logger: o.log ?? silentLogger, ...(o.signal ? { signal: o.signal } : {}),
     tools: { exec, ...(o.signal ? { signal: o.signal } : {}) }, cleanup: { exec },
   };
   percentOption(o.maxDataPercent, DEFAULT_MAX_DATA_PERCENT, '--max-data-percent');

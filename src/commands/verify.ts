@@ -12,20 +12,8 @@ import { filePositionalSource, readArchive, type PositionalSource } from '../arc
 import type { ArchiveHeader, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl } from '../store/open.js';
-import { remoteReadGroups, type StoreOptions } from './inputs.js';
-
-export type FindingCode =
-  | 'CHECKSUM_MISMATCH' | 'PAYLOAD_CORRUPT' | 'TRUNCATED' | 'STRUCTURE' | 'MISSING_ARCHIVE' | 'BROKEN_LINK' | 'UNREADABLE';
-
-export interface Finding {
-  code: FindingCode;
-  /** The detailed error code (e.g. FRAME_CHECKSUM, DIGEST_MISMATCH). */
-  detail: string;
-  archive: string;
-  message: string;
-  offset?: number;
-  block?: number;
-}
+import type { Finding, FindingCode } from '../chain/findings.js';
+import { remoteReadGroups, type StoreOptions } from '../store/refs.js';
 
 export interface VerifiedArchive {
   archive: string;

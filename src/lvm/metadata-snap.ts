@@ -31,12 +31,12 @@
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CommandError, ThinarchiveError, UnsafeError, ioError } from '../errors.js';
-import { fsyncDir, writeFileAtomic } from '../fsutil.js';
+import { defaultStateDir, fsyncDir, writeFileAtomic } from '../fsutil.js';
 import { type Logger, silentLogger } from '../log.js';
 import { type LvmExec, runLvmCommand } from './exec.js';
 import { assertLvmName, dmName, poolDmName, tmetaPath } from './names.js';
 import { type PoolLock, type ProcessIdentity, acquirePoolLock, identityFrom, isAlive, selfIdentity } from './pool-lock.js';
-import type { PoolStatus, PoolStatusOk } from './pool-status.js';
+import { checkPoolHealth, type PoolStatus, type PoolStatusOk } from './pool-status.js';
 import { poolMessage, poolStatus } from './tools.js';
 
 export interface PoolRef {
@@ -84,10 +84,6 @@ export interface WithReleaseError {
   releaseError?: Error;
 }
 
-export function defaultStateDir(): string {
-  const env = process.env['THINARCHIVE_STATE_DIR'];
-  return env !== undefined && env !== '' ? env : '/var/lib/thinarchive';
-}
 
 export function reservationPath(stateDir: string, pool: PoolRef): string {
   return join(stateDir, 'reservations', `${dmName(pool.vg, pool.pool)}.json`);
@@ -171,9 +167,7 @@ class Context {
 
   private async okStatus(): Promise<PoolStatusOk> {
     const st = await this.status();
-    if (st.state !== 'ok') {
-      throw new ThinarchiveError('POOL_FAILED', `thin pool ${this.what} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before using it`);
-    }
+    checkPoolHealth(this.what, st, 'using its metadata', { readOnly: true, outOfSpace: true, needsCheck: true });
     return st;
   }
 
@@ -213,13 +207,8 @@ class Context {
 
   /** Under the lock, before reserving: recover our own stale reservation, refuse anyone else's. */
   async preflight(): Promise<void> {
-    const st = await this.okStatus();
-    if (st.mode === 'ro') {
-      throw new ThinarchiveError('POOL_READ_ONLY', `thin pool ${this.what} is read-only (metadata error or full metadata): its metadata snapshot cannot be reserved or released`);
-    }
-    if (st.needsCheck) {
-      throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${this.what} is flagged needs_check: run thin_check / lvconvert --repair first`);
-    }
+    const st = await this.status();
+    checkPoolHealth(this.what, st, 'reserving its metadata snapshot', { outOfSpace: true });
     const rec = await readReservationRecord(this.stateDir, this.pool);
     if (st.heldRoot === null) {
       if (rec) {

@@ -15,7 +15,7 @@
  * (drivers/md/dm-thin.c, pool_status()). Older kernels stop after the held root, or before the low
  * watermark: the trailing fields are optional here.
  */
-import { FormatError } from '../errors.js';
+import { FormatError, UnsafeError } from '../errors.js';
 
 export type PoolMode = 'rw' | 'ro' | 'out_of_data_space';
 export type DiscardMode = 'passdown' | 'no_passdown' | 'ignore';
@@ -141,3 +141,39 @@ export function parsePoolStatus(text: string): PoolStatus {
 }
 
 export { dmName, poolDmName, tmetaPath } from './names.js';
+
+/**
+ * Refuse (UnsafeError) to use a thin pool that is damaged: in failure mode, flagged needs_check,
+ * read-only, or out of data space (`purpose` says for what, e.g. "sending"). `allow` lets through
+ * what a caller can still do safely (releasing a metadata snapshot needs only a pool not in failure mode).
+ */
+export function checkPoolHealth(pool: string, st: PoolStatus, purpose: string, allow: { readOnly?: boolean; outOfSpace?: boolean; needsCheck?: boolean } = {}): asserts st is PoolStatusOk {
+  if (st.state !== 'ok') {
+    throw new UnsafeError('POOL_FAILED', `thin pool ${pool} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before ${purpose}`);
+  }
+  if (st.needsCheck && !allow.needsCheck) throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${pool} is flagged needs_check: run thin_check / lvconvert --repair before ${purpose}`);
+  if (st.mode === 'ro' && !allow.readOnly) throw new UnsafeError('POOL_READ_ONLY', `thin pool ${pool} is read-only (metadata error or full metadata): refusing ${purpose}`);
+  if (st.mode === 'out_of_data_space' && !allow.outOfSpace) throw new UnsafeError('POOL_OUT_OF_SPACE', `thin pool ${pool} is out of data space: extend it (lvextend) before ${purpose}`);
+}
+
+export const DEFAULT_MAX_DATA_PERCENT = 90;
+export const DEFAULT_MAX_METADATA_PERCENT = 80;
+
+export interface PoolLimits {
+  maxDataPercent: number;
+  maxMetadataPercent: number;
+}
+
+/** Refuse (UnsafeError) to snapshot on a pool that is damaged (checkPoolHealth) or fuller than the limits. */
+export function checkPoolForSend(pool: string, st: PoolStatus, limits: PoolLimits): void {
+  checkPoolHealth(pool, st, 'sending');
+  const pct = (v: number): string => `${v.toFixed(1)}%`;
+  if (st.dataPercent > limits.maxDataPercent) {
+    throw new UnsafeError('POOL_DATA_FULL', `thin pool ${pool} data usage is ${pct(st.dataPercent)}, above the limit of ${limits.maxDataPercent}% `
+      + '(--max-data-percent): a snapshot keeps blocks the volume overwrites, so it could fill the pool; free or add space, or raise --max-data-percent');
+  }
+  if (st.metadataPercent > limits.maxMetadataPercent) {
+    throw new UnsafeError('POOL_METADATA_FULL', `thin pool ${pool} metadata usage is ${pct(st.metadataPercent)}, above the limit of ${limits.maxMetadataPercent}% `
+      + '(--max-metadata-percent): extend the pool metadata (lvextend --poolmetadatasize) or raise --max-metadata-percent');
+  }
+}

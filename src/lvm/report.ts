@@ -16,7 +16,7 @@
  * - Values are bytes because of `--units b --nosuffix`; a size with a unit suffix is refused rather
  *   than guessed.
  */
-import { FormatError } from '../errors.js';
+import { FormatError, ThinarchiveError } from '../errors.js';
 
 /** The fields listLvs asks for; parseLvsReport needs lv_name, vg_name, lv_uuid and lv_attr at least. */
 export const LVS_FIELDS = [
@@ -205,4 +205,19 @@ export function parseVgsReport(input: string | unknown): VgInfo[] {
     attr: str(row, 'vg_attr', W),
     tags: tagList(row, 'vg_tags', W),
   }));
+}
+
+/** The `discards` and `zero` settings of a thin pool from `lvs --reportformat json -o lv_name,discards,zero` (2.03.16: "passdown"/"nopassdown"/"ignore"; zero: "zero" or ""). */
+export function parsePoolSettings(out: string, what: string): { discards: string; zero: boolean } {
+  let row: Record<string, unknown> | undefined;
+  try {
+    row = (JSON.parse(out) as { report: { lv: Record<string, unknown>[] }[] }).report[0]?.lv[0];
+  } catch {
+    row = undefined;
+  }
+  if (!row) throw new ThinarchiveError('LVS_REPORT', `${what}: unexpected output`);
+  const discards = String(row['discards'] ?? '');
+  const z = row['zero'];
+  const zero = z === 'zero' || z === 1 || z === '1' || z === true;
+  return { discards, zero };
 }

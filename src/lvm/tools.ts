@@ -23,9 +23,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommandError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { type LvmExec, runLvmCommand } from './exec.js';
-import { assertLvmName, assertLvmTag, lvDevicePath, poolDmName } from './names.js';
+import { assertLvmName, assertLvmTag, dmName, lvDevicePath, poolDmName } from './names.js';
 import { type PoolStatus, parsePoolStatus } from './pool-status.js';
-import { LVS_FIELDS, type LvInfo, VGS_FIELDS, type VgInfo, parseLvsReport, parseVgsReport } from './report.js';
+import { LVS_FIELDS, type LvInfo, VGS_FIELDS, type VgInfo, parseLvsReport, parsePoolSettings, parseVgsReport } from './report.js';
 import { type OpenThinDeltaOptions, type ThinDelta, openThinDelta } from './thin-delta.js';
 import { type OpenThinDumpOptions, type ThinDump, openThinDump } from './thin-dump.js';
 
@@ -291,3 +291,55 @@ export function readThinDeltaFile(path: string, opts: OpenThinDeltaOptions = {})
 export function readThinDumpFile(path: string, opts: OpenThinDumpOptions = {}): Promise<ThinDump> {
   return openThinDump(createReadStream(path), { file: path, ...opts });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of LV targets (all through one LvmExec)
+
+
+/** Every LV of a VG (one lvs call); UsageError when the VG does not exist. */
+export async function vgLvs(exec: LvmExec, vg: string): Promise<LvInfo[]> {
+  try {
+    return await listLvs(vg, { exec });
+  } catch (e) {
+    if (e instanceof CommandError && /Volume group .* not found/i.test(e.stderr)) {
+      throw new UsageError(`volume group ${vg} not found`);
+    }
+    throw e;
+  }
+}
+
+export const lvByName = (all: readonly LvInfo[], name: string): LvInfo | null => all.find((l) => l.name === name && !l.hidden) ?? null;
+
+export async function requireLv(exec: LvmExec, vg: string, lv: string, uuid?: string): Promise<LvInfo> {
+  const info = lvByName(await vgLvs(exec, vg), lv);
+  if (!info) throw new UnsafeError('LV_GONE', `logical volume ${vg}/${lv} disappeared`);
+  if (uuid !== undefined && info.uuid !== uuid) {
+    throw new UnsafeError('LV_REPLACED', `logical volume ${vg}/${lv} is no longer the same LV (uuid ${info.uuid}, was ${uuid})`);
+  }
+  return info;
+}
+
+/** One lvchange with every --deltag and --addtag: a single metadata commit. */
+export async function changeTags(exec: LvmExec, vg: string, lv: string, del: readonly string[], add: readonly string[]): Promise<void> {
+  if (del.length === 0 && add.length === 0) return;
+  const argv = ['lvchange'];
+  for (const t of del) argv.push('--deltag', t);
+  for (const t of add) argv.push('--addtag', t);
+  argv.push(`${vg}/${lv}`);
+  await exec(argv);
+}
+
+/** The pool's `discards` and `zero` settings from lvs (2.03.16: "passdown"/"nopassdown"/"ignore"; zero: "zero" or ""). */
+export async function poolSettings(exec: LvmExec, vg: string, pool: string): Promise<{ discards: string; zero: boolean }> {
+  const out = await exec(['lvs', '--reportformat', 'json', '-o', 'lv_name,discards,zero', `${vg}/${pool}`]);
+  return parsePoolSettings(out, `lvs -o discards,zero ${vg}/${pool}`);
+}
+
+/** The device-mapper open count of an active LV. */
+export async function openCount(exec: LvmExec, vg: string, lv: string): Promise<number> {
+  const out = (await exec(['dmsetup', 'info', '-c', '--noheadings', '-o', 'open', dmName(vg, lv)])).trim();
+  const n = Number(out);
+  if (!/^[0-9]+$/.test(out)) throw new ThinarchiveError('DMSETUP_INFO', `dmsetup info ${dmName(vg, lv)}: open count ${JSON.stringify(out)}`);
+  return n;
+}
+

@@ -5,23 +5,11 @@
 import { UsageError } from '../errors.js';
 import { DirectoryStore } from './dir.js';
 import { parseSshUrl, SshStore } from './ssh.js';
+import type { StoreOptions } from './types.js';
+
+export type { StoreOptions } from './types.js';
 import type { ArchiveStore } from './types.js';
 
-/**
- * Options for remote stores, from global command-line options. Open: each store reads the fields it
- * knows and ignores the rest.
- */
-export interface StoreOptions {
-  /** Extra arguments passed to every `ssh` invocation (e.g. `-c aes128-gcm@openssh.com`, `-o Compression=yes`, `-i KEY`). */
-  sshOptions?: string[];
-  /** The `ssh` binary (default `ssh`). */
-  sshCommand?: string;
-  /** S3 endpoint URL (overrides AWS_ENDPOINT_URL and the config files). */
-  s3Endpoint?: string;
-  /** Object-lock retention for new S3 archives, in days. */
-  retainDays?: number;
-  [key: string]: unknown;
-}
 
 /** The URL schemes a store name may have. */
 export type StoreKind = 'dir' | 'ssh' | 's3';

@@ -31,7 +31,7 @@ import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { pidExists } from '../process.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveSink } from '../archive/writer.js';
-import type { StoreOptions } from './open.js';
+import type { StoreOptions } from './types.js';
 import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
 import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
 

@@ -66,3 +66,27 @@ export interface ArchiveStore {
   /** Release connections. */
   close(): Promise<void>;
 }
+
+/** An archive written to a pipe instead of a store: `label` names it, `end` flushes it, `abort` drops it. */
+export interface ArchivePipe {
+  sink: ArchiveSink;
+  label: string;
+  end?: () => Promise<void>;
+  abort?: () => Promise<void>;
+}
+
+/**
+ * Options for remote stores, from global command-line options. Open: each store reads the fields it
+ * knows and ignores the rest.
+ */
+export interface StoreOptions {
+  /** Extra arguments passed to every `ssh` invocation (e.g. `-c aes128-gcm@openssh.com`, `-o Compression=yes`, `-i KEY`). */
+  sshOptions?: string[];
+  /** The `ssh` binary (default `ssh`). */
+  sshCommand?: string;
+  /** S3 endpoint URL (overrides AWS_ENDPOINT_URL and the config files). */
+  s3Endpoint?: string;
+  /** Object-lock retention for new S3 archives, in days. */
+  retainDays?: number;
+  [key: string]: unknown;
+}

@@ -13,37 +13,18 @@
  * block device, in the state directory (see TargetStateStore). Both are replaced atomically.
  */
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { sysBlockDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { thinio } from '../native.js';
+import { JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState, type TargetStateStore } from './state.js';
 import type { UndoJournal } from './undo-journal.js';
 
 /** Test-only hooks (set by the CLI from THINARCHIVE_TEST_KILL_AFTER_WRITES, see docs/JOURNAL.md). */
 export const targetHooks: { afterWrite?: () => void } = {};
 
-export type TargetKind = 'image' | 'blockdev' | 'lv';
 
-export interface TargetState {
-  version: 1;
-  volumeUuid: string;
-  chainId: string;
-  blockSize: number;
-  volumeSize: number;
-  /** The last archive fully applied; the target holds exactly its state. */
-  archiveId: string;
-  sequence: number;
-  status: 'clean' | 'applying';
-  /** Set while an archive is being applied: the target is between `archiveId` and this one. */
-  applying?: {
-    archiveId: string; parentId: string | null; sequence: number; chainId: string; startedAt: string;
-    /** the undo journal of this apply (absent with --no-undo, and for thin LV targets) */
-    undo?: string;
-  };
-  updatedAt: string;
-}
 
 export interface ZeroStats {
   punched: number;
@@ -56,14 +37,6 @@ const ZERO_WRITE_CHUNK = 1 << 20;
 /** errno codes meaning "this zeroing method is not supported here" (as opposed to a real failure). */
 const UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENODEV']);
 
-/** Where a target's state is kept: a JSON file (images, block devices) or LV tags (LV targets). */
-export interface TargetStateStore {
-  /** Names the place, for messages. */
-  readonly where: string;
-  read(): Promise<TargetState | null>;
-  /** Replace the state atomically and durably. */
-  write(s: TargetState): Promise<void>;
-}
 
 /** A way to make a byte range of the target read back as zeroes. */
 export interface ZeroMethod {
@@ -72,68 +45,19 @@ export interface ZeroMethod {
   run: (fd: number, offset: number, length: number) => void;
 }
 
-function parseState(text: string): TargetState | null {
-  try {
-    const s = JSON.parse(text) as TargetState;
-    if (s.version === 1 && typeof s.archiveId === 'string' && (s.status === 'clean' || s.status === 'applying')) return s;
-  } catch {
-    // fall through
-  }
-  return null;
-}
 
-/** State in a JSON file, replaced atomically (temporary file, fsync, rename, fsync directory). */
-export class JsonStateStore implements TargetStateStore {
-  constructor(readonly where: string) {}
 
-  async read(): Promise<TargetState | null> {
-    let text: string;
-    try {
-      text = await readFile(this.where, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw ioError(e, `cannot read target state ${this.where}`);
-    }
-    const s = parseState(text);
-    if (!s) throw new UnsafeError('TARGET_STATE_CORRUPT', `target state file ${this.where} is unreadable; refusing to guess the target's state`);
-    return s;
-  }
 
-  async write(s: TargetState): Promise<void> {
-    try {
-      await mkdir(dirname(this.where), { recursive: true });
-      await writeFileAtomic(this.where, JSON.stringify(s, null, 2) + '\n');
-    } catch (e) {
-      throw ioError(e, `cannot write target state ${this.where}`);
-    }
-  }
-}
-
-export function defaultStateDir(): string {
-  return process.env.THINARCHIVE_STATE_DIR || '/var/lib/thinarchive';
-}
-
-export function stateFileFor(kind: TargetKind, path: string, stateDir = defaultStateDir()): string {
-  if (kind === 'image') return `${path}.thinarchive.json`;
-  return join(stateDir, 'blockdev', `${encodeURIComponent(path)}.json`);
-}
 
 /** Whether a block device is read-only (/sys/dev/block/MAJ:MIN/ro); false when that cannot be read. */
 async function blockDeviceReadOnly(path: string): Promise<boolean> {
   try {
-    const dev = (await stat(path, { bigint: true })).rdev;
-    const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
-    const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
-    return (await readFile(`/sys/dev/block/${major}:${minor}/ro`, 'utf8')).trim() === '1';
+    return (await readFile(`${await sysBlockDir(path)}/ro`, 'utf8')).trim() === '1';
   } catch {
     return false;
   }
 }
 
-/** The undo journal's place: beside the state file (IMAGE.thinarchive.undo; STATE_DIR/blockdev/DEV.undo). */
-export function undoFileFor(kind: TargetKind, path: string, stateDir = defaultStateDir()): string {
-  return stateFileFor(kind, path, stateDir).replace(/\.json$/, '.undo');
-}
 
 export class FileTarget {
   readonly zeroStats: ZeroStats = { punched: 0, zeroedRange: 0, zeroedOut: 0, written: 0 };
@@ -355,14 +279,5 @@ export class FileTarget {
   async close(): Promise<void> {
     await this.fh.close();
   }
-}
-
-export function describeZeroStats(z: ZeroStats): string {
-  const parts: string[] = [];
-  if (z.punched) parts.push(`${z.punched} B punched/unmapped`);
-  if (z.zeroedRange) parts.push(`${z.zeroedRange} B zero-ranged`);
-  if (z.zeroedOut) parts.push(`${z.zeroedOut} B zeroed out`);
-  if (z.written) parts.push(`${z.written} B written as zeroes`);
-  return parts.join(', ') || 'none';
 }
 

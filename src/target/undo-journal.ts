@@ -20,7 +20,7 @@ import { ioError, ThinarchiveError, UnsafeError } from '../errors.js';
 import { fsyncDir } from '../fsutil.js';
 import { initHash, xxh64Parts } from '../format/hash.js';
 import { thinio } from '../native.js';
-import type { TargetKind, TargetState } from './file-target.js';
+import type { TargetKind, TargetState } from './state.js';
 
 const MAGIC = Buffer.from('TAUNDO\x00\x01', 'latin1');
 const ENTRY_MAGIC = 0x544e4555; // "UENT" little-endian

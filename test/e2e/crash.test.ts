@@ -46,11 +46,11 @@ describe('apply killed with SIGKILL at random points, then recovered (image targ
   let dir: TempDir;
   let fx: Fixture;
   /** the library calls the CLI makes, from dist/ (as the CLI runs them) */
-  let lib: { recover: typeof import('../../src/commands/recover.js').recover; apply: typeof import('../../src/commands/apply.js').apply };
+  let lib: { recover: typeof import('../../src/api/index.js').recover; apply: typeof import('../../src/commands/apply.js').apply };
 
   beforeAll(async () => {
     lib = {
-      recover: ((await import(join(REPO, 'dist', 'commands', 'recover.js'))) as typeof import('../../src/commands/recover.js')).recover,
+      recover: ((await import(join(REPO, 'dist', 'api', 'index.js'))) as typeof import('../../src/api/index.js')).recover,
       apply: ((await import(join(REPO, 'dist', 'commands', 'apply.js'))) as typeof import('../../src/commands/apply.js')).apply,
     };
     dir = await tempDir('crash');

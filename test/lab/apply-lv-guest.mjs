@@ -85,7 +85,7 @@ function sha(buf) {
 }
 
 async function zerocheck(vg, lv) {
-  const { LvTarget } = await import(join(DIST, 'commands/lv-target.js'));
+  const { LvTarget } = await import(join(DIST, 'target/lv-target.js'));
   const MiB = 1 << 20;
   const dev = names.lvDevicePath(vg, lv);
   // 8 MiB of random data at the start of a fresh thin LV (64 KiB chunks)
@@ -138,7 +138,7 @@ async function zerocheck(vg, lv) {
 }
 
 async function zeroignore(vg, lv) {
-  const { LvTarget } = await import(join(DIST, 'commands/lv-target.js'));
+  const { LvTarget } = await import(join(DIST, 'target/lv-target.js'));
   const before = dataPercent(vg, lv);
   const log = [];
   const t = await LvTarget.open({ vg, lv, neededSize: 1, blockSize: 65536, log: memoryLogger(log) });
@@ -203,7 +203,8 @@ async function batch(store, ...archives) {
 }
 
 async function tagcommit(vg, lv) {
-  const { LvTagStateStore, stateToTags } = await import(join(DIST, 'commands/lv-target.js'));
+  const { LvTagStateStore } = await import(join(DIST, 'target/lv-target.js'));
+  const { stateToTags } = await import(join(DIST, 'target/lv-tags.js'));
   const info = await tools.getLv(vg, lv);
   const exec = (await import(join(DIST, 'lvm/exec.js'))).runLvmCommand;
   const store = new LvTagStateStore(exec, vg, lv, info.uuid);

@@ -15,7 +15,7 @@ import { ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader, MapExtent } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { ChainReader, chainSegments, type ChainArchive, type Segment } from './chain-state.js';
-import { parseDuration, planPrune } from './prune.js';
+import { parseDuration, planPrune } from '../commands/prune.js';
 
 const BS = 65536;
 const SIZE = 32 * 1024 ** 4; // 32 TiB: 2^29 blocks

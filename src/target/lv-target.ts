@@ -1,82 +1,24 @@
 /**
- * LV targets for apply: `apply ... --to VG/LV` writes into a logical volume (thin or thick), keeps the
- * target's state in LV tags, and can keep read-only thin snapshots of the target after each archive.
- * This module composes the LVM layer (src/lvm) and the file target (src/target); those two do not
- * know each other.
- *
- * Opening (openLvTarget):
- * - `--create --pool VG/POOL`: a new thin LV of the first archive's volume size is created
- *   (`lvcreate -V SIZEb -T VG/POOL -n LV --addtag ta_created`) - only once the plan is validated. A
- *   fresh thin LV reads zeroes, so its first archive skips zeroing. If opening it fails, it is removed.
- * - Otherwise the LV must exist. A read-only LV, a thin pool or other internal LV, and one of our
- *   target snapshots are refused. An inactive LV is activated (and deactivated again at close).
- * - `/dev/VG/LV` is opened O_EXCL (a mounted LV fails with EBUSY: UnsafeError TARGET_BUSY), and then
- *   the device-mapper open count must be 1 (ours): an LV held open by anybody else is refused too
- *   (O_EXCL only excludes other exclusive openers; a plain open(2) elsewhere does not stop it).
- * - The LV must be at least as large as the largest volume of the archives (TARGET_TOO_SMALL; a
- *   thin LV is not grown for you: `lvextend -L SIZE VG/LV`).
- *
- * Zeroing (ZERO records and UNMAP extents) must read back as zeroes and, on a thin LV, must not
- * allocate pool space:
- * - thin LV: for the part of a range made of whole pool chunks, BLKDISCARD. dm-thin unmaps whole
- *   chunks, and an unmapped chunk of a thin LV reads back as zeroes. A discard of a *partial* chunk
- *   succeeds but changes nothing (tried in the lab: old data stays readable), so the unaligned head
- *   and tail of a range get BLKZEROOUT (which writes, and so allocates, at most a chunk at each end).
- *   Discards are used only when the pool's discards mode (`lvs -o discards`: passdown, nopassdown or
- *   ignore) and the live pool target (`dmsetup status`) are not ignore, the thin LV's queue advertises
- *   discards (sysfs discard_max_bytes > 0, discard_granularity dividing the chunk) and the LV has no
- *   external origin (its unmapped blocks would read from the origin, not as zeroes). Otherwise the
- *   whole range gets BLKZEROOUT, which allocates pool space (logged as a warning). If a discard
- *   fails as unsupported at run time, FileTarget falls back to BLKZEROOUT and logs it.
- * - A pool that skips zeroing of newly provisioned chunks (`lvcreate -Zn`) exposes stale pool data in
- *   the unwritten part of a chunk written partially: with such a pool the archive block size must be
- *   a multiple of the chunk size (so that every write and every discard covers whole chunks), or the
- *   target is refused (POOL_SKIPS_ZEROING; `lvchange -Zy VG/POOL`).
- * - thick LV: the FileTarget default (fallocate punch -> BLKZEROOUT -> write zeroes).
- *
- * State in LV tags. Every tag uses [A-Za-z0-9_+.-] only:
- *
- *   ta_fmt_1                  version of this tag scheme
- *   ta_state_clean            the LV holds exactly the archive below  \ exactly one of the two;
- *   ta_state_applying         an archive is being applied              / none at all: no state
- *   ta_volume_<uuid>          volume UUID of the chain
- *   ta_chainid_<uuid>         chain id
- *   ta_archive_<uuid>         last archive fully applied   \ both absent while the first archive
- *   ta_seq_<n>                its sequence number         / of a target is being applied
- *   ta_bs_<n>                 block size (bytes)
- *   ta_size_<n>               volume size (bytes)
- *   ta_updated_<ms>           time of the state change (ms since the epoch)
- *   ta_applying_<uuid>        applying: the archive being applied
- *   ta_applyingseq_<n>        applying: its sequence number
- *   ta_applyingchain_<uuid>   applying: its chain id
- *   ta_applyingparent_<uuid>  applying: its parent (absent for a full archive)
- *   ta_applyingsince_<ms>     applying: when it started
- *   ta_created                (not state) the LV was created by `apply --create`
- *
- * A state change is ONE `lvchange --deltag ... --addtag ... VG/LV` (one VG metadata commit, so it is
- * atomic and durable), then the tags are read back and compared; a mismatch is an error. The LV is
- * identified by its lv_uuid too: an LV renamed or replaced underneath is refused.
- *
- * Target snapshots (`--snapshot-target [--keep N]`): after each archive is applied and the state is
- * clean, `lvcreate -s -pr -n LV_ta_<seq> --addtag ... VG/LV` (one call: read-only from birth), tagged
- *
- *   ta_snap  ta_snapof_<target lv_uuid>  ta_archive_<uuid>  ta_seq_<n>  ta_chainid_<uuid>
- *   ta_volume_<uuid>  ta_taken_<ms>
- *
- * (`LV_ta_<seq>_<archive id prefix>` when that name is taken). The N newest by ta_taken are kept;
- * only LVs carrying ta_snap and ta_snapof_<this LV's uuid> are ever removed.
+ * LV targets (`apply --to VG/LV`, thin or thick): opening (create, activate, exclusive open, size),
+ * state in LV tags (lv-tags.ts; docs/LVM-METADATA.md), zeroing without allocating pool space, target
+ * and rollback snapshots, and recovery of an interrupted apply. Zeroing and recovery: docs/JOURNAL.md.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { CommandError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { join } from 'node:path';
+import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { defaultStateDir, sysBlockDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, type LvmExec } from '../lvm/exec.js';
-import { assertLvmName, dmName, isLvmName, lvDevicePath } from '../lvm/names.js';
+import { assertLvmName, isLvmName, lvDevicePath } from '../lvm/names.js';
 import type { LvInfo } from '../lvm/report.js';
-import { deactivate, listLvs, poolStatus, removeLv } from '../lvm/tools.js';
+import { checkPoolHealth } from '../lvm/pool-status.js';
+import { changeTags, deactivate, lvByName, openCount, poolSettings, poolStatus, removeLv, requireLv, vgLvs } from '../lvm/tools.js';
 import { thinio, type ThinIO } from '../native.js';
-import { join } from 'node:path';
-import { defaultStateDir, FileTarget, type TargetState, type TargetStateStore, type ZeroMethod, type ZeroStats } from '../target/file-target.js';
-import { journalExists, readJournal, removeJournal, replayJournal } from '../target/undo-journal.js';
+import { FileTarget, type ZeroMethod, type ZeroStats } from './file-target.js';
+import { type TargetState, type TargetStateStore } from './state.js';
+import { ourSnapshots, rollbackOfTag, snapOfTag, stateTags, stateToTags, tag, tagsToState, TAG_CREATED, TAG_ROLLBACK, TAG_SNAP, type TargetSnapshot } from './lv-tags.js';
+import { journalExists, readJournal, removeJournal, replayJournal } from './undo-journal.js';
+
 
 /** The undo journal of a thick LV target: STATE_DIR/lv/VG/LV.undo (thin LVs use a rollback snapshot). */
 export function lvUndoFile(vg: string, lv: string, stateDir = defaultStateDir()): string {
@@ -122,179 +64,11 @@ export function parsePoolSpec(spec: string, targetVg: string): string {
   return m[2]!;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Tags
-
-export const TAG_PREFIX = 'ta_';
-export const TAG_CREATED = 'ta_created';
-export const TAG_SNAP = 'ta_snap';
-/** The rollback snapshot of a thin LV target while an archive is applied (see "Rollback snapshots"). */
-export const TAG_ROLLBACK = 'ta_rollback';
-const TAG_FMT = 'ta_fmt_1';
-const SAFE = /^[A-Za-z0-9_+.-]+$/;
-const STATE_KEYS = new Set([
-  'fmt', 'state', 'volume', 'chainid', 'archive', 'seq', 'bs', 'size', 'updated',
-  'applying', 'applyingseq', 'applyingchain', 'applyingparent', 'applyingsince',
-]);
-
-export const snapOfTag = (lvUuid: string): string => tag('snapof', lvUuid);
-export const rollbackOfTag = (lvUuid: string): string => tag('rollbackof', lvUuid);
-
-function tag(key: string, value: string | number): string {
-  const t = `${TAG_PREFIX}${key}_${value}`;
-  if (!SAFE.test(t) || t.length > 1024) throw new UnsafeError('TAG_VALUE', `cannot record ${key}=${JSON.stringify(value)} in an LV tag (only A-Z a-z 0-9 _ + . - are used)`);
-  return t;
-}
-
-/** `ta_<key>_<value>` -> [key, value]; null for other tags (also ta_created, ta_snap). */
-function splitTag(t: string): [string, string] | null {
-  const m = /^ta_([a-z]+)_(.+)$/.exec(t);
-  return m ? [m[1]!, m[2]!] : null;
-}
-
-/** The tags of `tags` that belong to the target state scheme. */
-export function stateTags(tags: readonly string[]): string[] {
-  return tags.filter((t) => {
-    const kv = splitTag(t);
-    return kv !== null && STATE_KEYS.has(kv[0]);
-  });
-}
-
-const ms = (iso: string): number => {
-  const n = Date.parse(iso);
-  return Number.isFinite(n) ? n : Date.now();
-};
-
-/** The tags that record `s` (see the module comment). */
-export function stateToTags(s: TargetState): string[] {
-  const tags = [TAG_FMT, tag('state', s.status), tag('volume', s.volumeUuid), tag('chainid', s.chainId), tag('bs', s.blockSize), tag('size', s.volumeSize), tag('updated', ms(s.updatedAt))];
-  if (s.archiveId !== '') tags.push(tag('archive', s.archiveId), tag('seq', s.sequence));
-  if (s.status === 'applying') {
-    const a = s.applying;
-    if (!a) throw new UnsafeError('TARGET_STATE', 'an "applying" state without the archive being applied');
-    tags.push(tag('applying', a.archiveId), tag('applyingseq', a.sequence), tag('applyingchain', a.chainId), tag('applyingsince', ms(a.startedAt)));
-    if (a.parentId !== null) tags.push(tag('applyingparent', a.parentId));
-  }
-  return tags;
-}
-
-/** Parse the state tags of an LV; null when it carries none. UnsafeError TARGET_STATE_CORRUPT when inconsistent. */
-export function tagsToState(tags: readonly string[], where: string): TargetState | null {
-  const mine = stateTags(tags);
-  if (mine.length === 0) return null;
-  const bad = (why: string): UnsafeError =>
-    new UnsafeError('TARGET_STATE_CORRUPT', `the state tags of ${where} are inconsistent (${why}); refusing to guess the target's state. Tags: ${mine.join(',')}`);
-  const kv = new Map<string, string>();
-  for (const t of mine) {
-    const [k, v] = splitTag(t)!;
-    if (kv.has(k)) throw bad(`two ta_${k}_ tags`);
-    kv.set(k, v);
-  }
-  const get = (k: string): string => {
-    const v = kv.get(k);
-    if (v === undefined) throw bad(`no ta_${k}_ tag`);
-    return v;
-  };
-  const int = (k: string): number => {
-    const v = get(k);
-    if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(Number(v))) throw bad(`ta_${k}_${v} is not a number`);
-    return Number(v);
-  };
-  if (get('fmt') !== '1') throw bad(`tag scheme ta_fmt_${get('fmt')} is not known to this version`);
-  const status = get('state');
-  if (status !== 'clean' && status !== 'applying') throw bad(`unknown state ${status}`);
-  const hasArchive = kv.has('archive');
-  if (hasArchive !== kv.has('seq')) throw bad('ta_archive_ and ta_seq_ go together');
-  if (status === 'clean' && !hasArchive) throw bad('a clean state without ta_archive_');
-  const iso = (k: string): string => new Date(int(k)).toISOString();
-  const s: TargetState = {
-    version: 1,
-    volumeUuid: get('volume'),
-    chainId: get('chainid'),
-    blockSize: int('bs'),
-    volumeSize: int('size'),
-    archiveId: hasArchive ? get('archive') : '',
-    sequence: hasArchive ? int('seq') : -1,
-    status,
-    updatedAt: iso('updated'),
-  };
-  const applyingKeys = ['applying', 'applyingseq', 'applyingchain', 'applyingparent', 'applyingsince'].filter((k) => kv.has(k));
-  if (status === 'applying') {
-    s.applying = { archiveId: get('applying'), parentId: kv.get('applyingparent') ?? null, sequence: int('applyingseq'), chainId: get('applyingchain'), startedAt: iso('applyingsince') };
-  } else if (applyingKeys.length > 0) {
-    throw bad(`a clean state with ta_${applyingKeys[0]}_`);
-  }
-  return s;
-}
-
-// ---------------------------------------------------------------------------------------------
-// LVM helpers (all through the one LvmExec)
-
-/** Every LV of a VG (one lvs call); UsageError when the VG does not exist. */
-async function vgLvs(exec: LvmExec, vg: string): Promise<LvInfo[]> {
-  try {
-    return await listLvs(vg, { exec });
-  } catch (e) {
-    if (e instanceof CommandError && /Volume group .* not found/i.test(e.stderr)) {
-      throw new UsageError(`volume group ${vg} not found`);
-    }
-    throw e;
-  }
-}
-
-const byName = (all: readonly LvInfo[], name: string): LvInfo | null => all.find((l) => l.name === name && !l.hidden) ?? null;
-
-async function mustLv(exec: LvmExec, vg: string, lv: string, uuid?: string): Promise<LvInfo> {
-  const info = byName(await vgLvs(exec, vg), lv);
-  if (!info) throw new UnsafeError('LV_GONE', `logical volume ${vg}/${lv} disappeared`);
-  if (uuid !== undefined && info.uuid !== uuid) {
-    throw new UnsafeError('LV_REPLACED', `logical volume ${vg}/${lv} is no longer the same LV (uuid ${info.uuid}, was ${uuid})`);
-  }
-  return info;
-}
-
-/** One lvchange with every --deltag and --addtag: a single metadata commit. */
-async function changeTags(exec: LvmExec, vg: string, lv: string, del: readonly string[], add: readonly string[]): Promise<void> {
-  if (del.length === 0 && add.length === 0) return;
-  const argv = ['lvchange'];
-  for (const t of del) argv.push('--deltag', t);
-  for (const t of add) argv.push('--addtag', t);
-  argv.push(`${vg}/${lv}`);
-  await exec(argv);
-}
-
-/** The pool's `discards` and `zero` settings from lvs (2.03.16: "passdown"/"nopassdown"/"ignore"; zero: "zero" or ""). */
-async function poolSettings(exec: LvmExec, vg: string, pool: string): Promise<{ discards: string; zero: boolean }> {
-  const out = await exec(['lvs', '--reportformat', 'json', '-o', 'lv_name,discards,zero', `${vg}/${pool}`]);
-  let row: Record<string, unknown> | undefined;
-  try {
-    row = (JSON.parse(out) as { report: { lv: Record<string, unknown>[] }[] }).report[0]?.lv[0];
-  } catch {
-    row = undefined;
-  }
-  if (!row) throw new ThinarchiveError('LVS_REPORT', `lvs -o discards,zero ${vg}/${pool}: unexpected output`);
-  const discards = String(row['discards'] ?? '');
-  const z = row['zero'];
-  const zero = z === 'zero' || z === 1 || z === '1' || z === true;
-  return { discards, zero };
-}
-
-/** The device-mapper open count of an active LV. */
-async function openCount(exec: LvmExec, vg: string, lv: string): Promise<number> {
-  const out = (await exec(['dmsetup', 'info', '-c', '--noheadings', '-o', 'open', dmName(vg, lv)])).trim();
-  const n = Number(out);
-  if (!/^[0-9]+$/.test(out)) throw new ThinarchiveError('DMSETUP_INFO', `dmsetup info ${dmName(vg, lv)}: open count ${JSON.stringify(out)}`);
-  return n;
-}
 
 /** The block queue's discard limits of a device node, from sysfs. null when unreadable. */
 async function discardLimits(devicePath: string): Promise<{ granularity: number; maxBytes: number } | null> {
   try {
-    const st = await stat(devicePath, { bigint: true });
-    const dev = st.rdev;
-    const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
-    const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
-    const q = `/sys/dev/block/${major}:${minor}/queue`;
+    const q = `${await sysBlockDir(devicePath)}/queue`;
     const read = async (f: string): Promise<number> => Number((await readFile(`${q}/${f}`, 'utf8')).trim());
     const granularity = await read('discard_granularity');
     const maxBytes = await read('discard_max_bytes');
@@ -330,7 +104,7 @@ export class LvTagStateStore implements TargetStateStore {
   }
 
   async read(): Promise<TargetState | null> {
-    const tags = this.primed ?? (await mustLv(this.exec, this.vg, this.lv, this.uuid)).tags;
+    const tags = this.primed ?? (await requireLv(this.exec, this.vg, this.lv, this.uuid)).tags;
     this.primed = undefined;
     this.known = tags;
     return tagsToState(tags, `${this.vg}/${this.lv}`);
@@ -339,12 +113,12 @@ export class LvTagStateStore implements TargetStateStore {
   async write(s: TargetState | null): Promise<void> {
     const want = s ? stateToTags(s) : [];
     this.primed = undefined;
-    const cur = this.known ?? (await mustLv(this.exec, this.vg, this.lv, this.uuid)).tags;
+    const cur = this.known ?? (await requireLv(this.exec, this.vg, this.lv, this.uuid)).tags;
     const del = stateTags(cur).filter((t) => !want.includes(t));
     const add = want.filter((t) => !cur.includes(t));
     this.known = undefined;
     await changeTags(this.exec, this.vg, this.lv, del, add);
-    const now = (await mustLv(this.exec, this.vg, this.lv, this.uuid)).tags;
+    const now = (await requireLv(this.exec, this.vg, this.lv, this.uuid)).tags;
     this.known = now;
     const back = stateTags(now).sort();
     const sorted = [...want].sort();
@@ -395,15 +169,6 @@ export function thinZeroMethods(
 
 // ---------------------------------------------------------------------------------------------
 // Opening
-
-export interface TargetSnapshot {
-  name: string;
-  uuid: string;
-  archiveId: string;
-  sequence: number;
-  chainId: string;
-  takenAt: string;
-}
 
 export interface TargetSnapshots {
   created: TargetSnapshot[];
@@ -468,17 +233,17 @@ export class LvTarget {
     }
 
     let all = await vgLvs(exec, vg);
-    let info = byName(all, lv);
+    let info = lvByName(all, lv);
     let created = false;
     if (o.createPool !== undefined) {
       if (info) throw new UnsafeError('TARGET_EXISTS', `logical volume ${where} exists already; --create makes a new thin LV (drop --create to apply to it)`);
-      const pool = byName(all, o.createPool);
+      const pool = lvByName(all, o.createPool);
       if (!pool || !pool.isThinPool) throw new UsageError(`--pool ${vg}/${o.createPool}: ${pool ? 'not a thin pool' : 'no such LV'}`);
       const size = o.createSize ?? o.neededSize;
       if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new UsageError(`cannot create an LV of ${size} bytes (not a positive multiple of 512)`);
       await exec(['lvcreate', '-V', `${size}b`, '-T', `${vg}/${o.createPool}`, '-n', lv, '--addtag', TAG_CREATED]);
       all = await vgLvs(exec, vg);
-      info = byName(all, lv);
+      info = lvByName(all, lv);
       if (!info) throw new UnsafeError('LV_GONE', `logical volume ${where} was created but is not listed`);
       created = true;
       log.info({ target: where, pool: `${vg}/${o.createPool}`, size: info.sizeBytes }, 'created the target thin LV');
@@ -559,8 +324,8 @@ export class LvTarget {
     if (!ours.some((x) => x.archiveId === s.archiveId)) {
       const taken = Date.now();
       let name = `${lv}_ta_${s.sequence}`;
-      if (byName(all, name)) name = `${lv}_ta_${s.sequence}_${s.archiveId.slice(0, 8)}`;
-      if (byName(all, name)) throw new UnsafeError('SNAPSHOT_NAME_TAKEN', `cannot name the target snapshot: ${vg}/${name} exists`);
+      if (lvByName(all, name)) name = `${lv}_ta_${s.sequence}_${s.archiveId.slice(0, 8)}`;
+      if (lvByName(all, name)) throw new UnsafeError('SNAPSHOT_NAME_TAKEN', `cannot name the target snapshot: ${vg}/${name} exists`);
       assertLvmName(name, 'snapshot LV');
       const tags = [TAG_SNAP, snapOfTag(uuid), tag('archive', s.archiveId), tag('seq', s.sequence), tag('chainid', s.chainId), tag('volume', s.volumeUuid), tag('taken', taken)];
       const argv = ['lvcreate', '-s', '-pr', '-n', name];
@@ -568,7 +333,7 @@ export class LvTarget {
       argv.push(`${vg}/${lv}`);
       await this.exec(argv);
       all = await vgLvs(this.exec, vg);
-      const snap = byName(all, name);
+      const snap = lvByName(all, name);
       if (!snap || !snap.isThinVolume || snap.origin !== lv || !snap.readOnly) {
         throw new ThinarchiveError('NOT_THIN_SNAPSHOT', `${vg}/${name} was created but is not a read-only thin snapshot of ${lv} (attr ${snap?.attr ?? 'none'})`);
       }
@@ -599,17 +364,17 @@ export class LvTarget {
     for (const old of all.filter((l) => l.tags.includes(TAG_ROLLBACK) && l.tags.includes(rollbackOfTag(uuid)))) {
       await removeLv(vg, old.name, { exec: this.exec, requireTag: rollbackOfTag(uuid) });
     }
-    const info = byName(all, lv);
+    const info = lvByName(all, lv);
     if (!info || info.uuid !== uuid) throw new UnsafeError('LV_REPLACED', `logical volume ${vg}/${lv} changed underneath`);
     let name = `${lv}_ta_rollback`;
-    if (byName(all, name)) name = `${lv}_ta_rollback_${uuid.replace(/-/g, '').slice(0, 8)}`;
-    if (byName(all, name)) throw new UnsafeError('SNAPSHOT_NAME_TAKEN', `cannot name the rollback snapshot: ${vg}/${name} exists`);
+    if (lvByName(all, name)) name = `${lv}_ta_rollback_${uuid.replace(/-/g, '').slice(0, 8)}`;
+    if (lvByName(all, name)) throw new UnsafeError('SNAPSHOT_NAME_TAKEN', `cannot name the rollback snapshot: ${vg}/${name} exists`);
     assertLvmName(name, 'snapshot LV');
     const argv = ['lvcreate', '-s', '--setactivationskip', 'n', '-n', name, '--addtag', TAG_ROLLBACK, '--addtag', rollbackOfTag(uuid), '--addtag', tag('rbfor', archiveId)];
     for (const t of stateTags(info.tags)) argv.push('--addtag', t);
     argv.push(`${vg}/${lv}`);
     await this.exec(argv);
-    const snap = byName(await vgLvs(this.exec, vg), name);
+    const snap = lvByName(await vgLvs(this.exec, vg), name);
     if (!snap || !snap.isThinVolume || snap.origin !== lv) {
       throw new ThinarchiveError('NOT_THIN_SNAPSHOT', `${vg}/${name} was created but is not a thin snapshot of ${lv} (attr ${snap?.attr ?? 'none'})`);
     }
@@ -638,24 +403,11 @@ export class LvTarget {
 }
 
 /** Our snapshots of the target LV with this uuid (ta_snap and ta_snapof_<uuid>), newest first. */
-export function ourSnapshots(all: readonly LvInfo[], lvUuid: string): TargetSnapshot[] {
-  const of = snapOfTag(lvUuid);
-  const out: (TargetSnapshot & { t: number })[] = [];
-  for (const l of all) {
-    if (!l.tags.includes(TAG_SNAP) || !l.tags.includes(of)) continue;
-    const kv = new Map(l.tags.map(splitTag).filter((x): x is [string, string] => x !== null));
-    const t = Number(kv.get('taken') ?? 0);
-    out.push({ name: l.name, uuid: l.uuid, archiveId: kv.get('archive') ?? '', sequence: Number(kv.get('seq') ?? -1), chainId: kv.get('chainid') ?? '', takenAt: new Date(t).toISOString(), t });
-  }
-  out.sort((a, b) => b.t - a.t || b.sequence - a.sequence);
-  return out.map(({ t: _t, ...rest }) => rest);
-}
-
 /** Decide how to zero on a thin LV: the discard unit (0: BLKZEROOUT only) and why not, when not. */
 async function planThinZeroing(exec: LvmExec, all: readonly LvInfo[], vg: string, info: LvInfo, devicePath: string, blockSize: number): Promise<{ unit: number; reason?: string }> {
   const where = `${vg}/${info.name}`;
   if (!info.pool) return { unit: 0, reason: 'the thin LV reports no pool' };
-  const pool = byName(all, info.pool);
+  const pool = lvByName(all, info.pool);
   if (!pool) return { unit: 0, reason: `pool ${vg}/${info.pool} is not listed` };
   const chunk = pool.chunkSizeBytes;
   if (!(chunk > 0)) return { unit: 0, reason: `pool ${vg}/${info.pool} reports no chunk size` };
@@ -666,12 +418,10 @@ async function planThinZeroing(exec: LvmExec, all: readonly LvInfo[], vg: string
   }
   if (settings.discards === 'ignore') return { unit: 0, reason: `pool ${vg}/${info.pool} has discards=ignore` };
   const st = await poolStatus(vg, info.pool, { exec });
-  if (st.state !== 'ok') throw new ThinarchiveError('POOL_FAILED', `thin pool ${vg}/${info.pool} is in failure mode; repair it before applying to ${where}`);
-  if (st.mode !== null && st.mode !== 'rw') throw new UnsafeError('POOL_NOT_WRITABLE', `thin pool ${vg}/${info.pool} is ${st.mode}; refusing to apply to ${where}`);
-  if (st.needsCheck) throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${vg}/${info.pool} needs a check (thin_check / lvconvert --repair)`);
+  checkPoolHealth(`${vg}/${info.pool}`, st, `writing to ${where}`);
   if (st.discard === 'ignore') return { unit: 0, reason: `the active pool target ${vg}/${info.pool} ignores discards` };
   if (info.origin) {
-    const origin = byName(all, info.origin);
+    const origin = lvByName(all, info.origin);
     if (!origin || !origin.isThinVolume || origin.pool !== info.pool) {
       return { unit: 0, reason: `${where} has the external origin ${info.origin}: its unmapped chunks read from there, not as zeroes` };
     }
@@ -710,7 +460,7 @@ export async function recoverLv(o: LvRef & { exec?: LvmExec; log?: Logger; fromA
   const exec = o.exec ?? createLvmExec({ logger: log });
   const where = `${vg}/${lv}`;
   const all = await vgLvs(exec, vg);
-  const info = byName(all, lv);
+  const info = lvByName(all, lv);
   if (!info || info.tags.includes(TAG_SNAP) || info.tags.includes(TAG_ROLLBACK)) return { action: 'none', state: null };
   const state = tagsToState(info.tags, where);
   const short = (s: TargetState | null): LvRecovery['state'] => (s ? { archiveId: s.archiveId, sequence: s.sequence, status: s.status } : null);
@@ -742,7 +492,7 @@ export async function recoverLv(o: LvRef & { exec?: LvmExec; log?: Logger; fromA
         } finally {
           await t.close();
         }
-        store.prime((await mustLv(exec, vg, lv, info.uuid)).tags);
+        store.prime((await requireLv(exec, vg, lv, info.uuid)).tags);
         await store.write(j.header.prevState ? { ...j.header.prevState, updatedAt: new Date().toISOString() } : null);
         await removeJournal(journal);
         log.info({ target: where, entries: r.entries, bytes: r.bytes }, 'recovery: rolled back with the undo journal');
@@ -772,8 +522,8 @@ export async function recoverLv(o: LvRef & { exec?: LvmExec; log?: Logger; fromA
     }
     await exec(['lvm', 'lvconvert', '--merge', `${vg}/${snap.name}`]);
     const after = await vgLvs(exec, vg);
-    const now = byName(after, lv);
-    if (!now || now.uuid !== info.uuid || byName(after, snap.name)) {
+    const now = lvByName(after, lv);
+    if (!now || now.uuid !== info.uuid || lvByName(after, snap.name)) {
       throw new ThinarchiveError('ROLLBACK_MERGE', `lvconvert --merge ${vg}/${snap.name} did not put the snapshot in place of ${where} (the merge may be deferred until ${where} is deactivated)`);
     }
     const store = new LvTagStateStore(exec, vg, lv, info.uuid);

@@ -24,8 +24,9 @@ import { fsyncDir } from '../fsutil.js';
 import { dirname } from 'node:path';
 import { silentLogger, type Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
-import { FileTarget, JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState } from '../target/file-target.js';
-import { journalExists, readJournal, removeJournal, replayJournal } from '../target/undo-journal.js';
+import { FileTarget } from './file-target.js';
+import { JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState } from './state.js';
+import { journalExists, readJournal, removeJournal, replayJournal } from './undo-journal.js';
 import { lvTargetSpec, recoverLv } from './lv-target.js';
 
 export type RecoverAction =
@@ -188,16 +189,3 @@ async function removeCreated(path: string, stateFile: string): Promise<void> {
   }
 }
 
-/** One line saying what recovery did (for the CLI). */
-export function describeRecovery(r: RecoverResult): string {
-  const st = r.state ? `archive ${r.state.archiveId || '(none)'} (sequence ${r.state.sequence}${r.state.status === 'applying' ? ', itself interrupted' : ''})` : 'no recorded state';
-  const what = r.interrupted ? `the interrupted apply of archive ${r.interrupted.archiveId} (sequence ${r.interrupted.sequence})` : '';
-  switch (r.action) {
-    case 'none': return r.interrupted ? `${r.target}: ${what} has no undo journal; applying that archive again completes it` : `${r.target}: nothing to recover (at ${st})`;
-    case 'rolled-back': return `${r.target}: rolled back ${what} with the undo journal (${r.entries} entries, ${r.bytesRestored} B restored); back at ${st}`;
-    case 'removed-created': return `${r.target}: removed the image created by ${what}`;
-    case 'stale-journal-removed': return `${r.target}: removed a stale undo journal; the target is at ${st}`;
-    case 'restored-snapshot': return `${r.target}: rolled back ${what} from the rollback snapshot ${r.snapshot}; back at ${st}`;
-    case 'stale-snapshot-removed': return `${r.target}: removed a leftover rollback snapshot ${r.snapshot}; the target is at ${st}`;
-  }
-}

@@ -5,8 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { LvInfo } from '../lvm/report.js';
-import type { TargetState, ZeroStats } from '../target/file-target.js';
-import { lvTargetSpec, ourSnapshots, parsePoolSpec, snapOfTag, stateTags, stateToTags, tagsToState, thinZeroMethods } from './lv-target.js';
+import type { ZeroStats } from '../target/file-target.js';
+import type { TargetState } from '../target/state.js';
+import { ourSnapshots, snapOfTag, stateTags, stateToTags, tagsToState } from './lv-tags.js';
+import { lvTargetSpec, parsePoolSpec, thinZeroMethods } from './lv-target.js';
 
 const U = (n: number): string => `${String(n).repeat(8)}-1111-2222-3333-444455556666`;
 

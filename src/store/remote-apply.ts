@@ -11,10 +11,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ThinarchiveError, UsageError, type ExitClass } from '../errors.js';
-import type { StoreOptions } from '../store/open.js';
-import { parseSshUrl, shq, SshConnection, within } from '../store/ssh.js';
-import { writableSink } from '../store/stream.js';
-import type { SendDestination } from './send.js';
+import type { StoreOptions } from './types.js';
+import { parseSshUrl, shq, SshConnection, within } from './ssh.js';
+import { writableSink } from './stream.js';
+import type { ArchivePipe } from './types.js';
 
 export interface RemoteApplyOptions {
   /** `ssh://[user@]host[:port]` (a path, if any, is ignored). */
@@ -68,7 +68,7 @@ export function remoteApplyError(host: string, status: number | null, stderr: st
  * failed; `result()` then holds what it reported. Aborting kills the ssh session: the remote apply
  * sees a truncated archive and fails without completing.
  */
-export function remoteApplyDestination(o: RemoteApplyOptions): { dest: SendDestination; result: () => RemoteApplyResult | undefined } {
+export function remoteApplyDestination(o: RemoteApplyOptions): { dest: ArchivePipe; result: () => RemoteApplyResult | undefined } {
   const t = parseSshUrl(o.host.includes('/', 'ssh://'.length) ? o.host : `${o.host}/`);
   if (!o.target) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
   const conn = new SshConnection(t, { ...o.storeOptions, sshMultiplex: false });
@@ -96,7 +96,7 @@ export function remoteApplyDestination(o: RemoteApplyOptions): { dest: SendDesti
     return c;
   };
   let sink: ReturnType<typeof writableSink> | undefined;
-  const dest: SendDestination = {
+  const dest: ArchivePipe = {
     label,
     sink: {
       async write(chunk: Uint8Array): Promise<void> {

@@ -29,7 +29,6 @@ import type { ArchiveStore, ChainListing, StoredArchive } from '../store/types.j
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { writeFileAtomic } from '../fsutil.js';
-import type { FileTarget, TargetState } from '../target/file-target.js';
 
 /** What the header's `meta.merged` says about a merged archive (see docs/FORMAT.md "Merged archives"). */
 export interface MergedInfo {
@@ -563,19 +562,4 @@ export class ChainReader implements VolumeSource {
     this.decoded.clear();
     await this.it.return?.();
   }
-}
-
-/**
- * Mark a target as being rebuilt (restore, repair) towards the state of `h`: status "applying" under
- * a marker id that no archive has, so that an interrupted rebuild is never taken for an applied
- * archive. The previous state's archive stays recorded.
- */
-export async function markRebuilding(target: FileTarget, state: TargetState | null, h: ArchiveHeader, marker: string): Promise<void> {
-  const now = new Date().toISOString();
-  await target.writeState({
-    version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
-    archiveId: state?.archiveId ?? '', sequence: state?.sequence ?? -1, status: 'applying',
-    applying: { archiveId: marker, parentId: null, sequence: h.sequence, chainId: h.chainId, startedAt: now },
-    updatedAt: now,
-  });
 }

@@ -1,0 +1,92 @@
+/**
+ * Merging consecutive archives of a chain into one equivalent archive (merge, prune): later versions
+ * of a block win; the result takes the last archive's id and the first's parent and sequence
+ * (docs/FORMAT.md, "Merged archives").
+ */
+import { withPool } from '../archive/pool.js';
+import { writeArchive, type NewArchive } from '../archive/writer.js';
+import { ThinarchiveError } from '../errors.js';
+import { ExtentKind } from '../format/constants.js';
+import type { MapExtent } from '../format/types.js';
+import type { ArchiveStore, StoredArchive } from '../store/types.js';
+import { TOOL_VERSION } from '../version.js';
+import { ChainReader, chainSegments, mergedInfo, type ChainArchive } from './chain-state.js';
+
+/** The archive a merge wrote. */
+export interface MergedArchive {
+  chainId: string;
+  archiveId: string;
+  sequence: number;
+  full: boolean;
+  parentId: string | null;
+  merged: { fromSequence: number; toSequence: number; archives: number };
+  path: string;
+  archiveBytes: number;
+  rawBytes: number;
+  /** archive payload bytes read */
+  bytesRead: number;
+}
+
+/** Merge `group` (consecutive archives of the opened chain) into one archive written to `store`. */
+export async function mergeGroup(
+  group: ChainArchive[], store: ArchiveStore, opts: { level?: number; signal?: AbortSignal },
+): Promise<MergedArchive> {
+  const first = group[0].header;
+  const last = group[group.length - 1].header;
+  const count = group.reduce((n, a) => n + (mergedInfo(a.header)?.archives ?? 1), 0);
+  const merged = { fromSequence: first.sequence, toSequence: group[group.length - 1].point, archives: count };
+  const header: NewArchive = {
+    full: first.full, blockSize: last.blockSize, archiveId: last.archiveId, parentId: first.parentId, chainId: last.chainId,
+    sequence: first.sequence, volumeUuid: last.volumeUuid, volumeSize: last.volumeSize, createdMs: last.createdMs,
+    sourceChunkSize: last.sourceChunkSize,
+    meta: { ...last.meta, tool: `thinarchive ${TOOL_VERSION}`, merged },
+  };
+  // The merged archive starts from the first merged archive's base.
+  if (first.meta.base) header.meta.base = first.meta.base;
+  else delete header.meta.base;
+  const files = group.map((a) => a.file);
+  async function* extents(): AsyncGenerator<MapExtent> {
+    for await (const s of chainSegments(files)) {
+      const kind = s.kind === 'data' ? ExtentKind.DATA : s.kind === 'zero' ? ExtentKind.ZERO : ExtentKind.UNMAP;
+      yield { firstBlock: s.first, blockCount: s.count, kind };
+    }
+  }
+  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
+  try {
+    const { res, bytesRead } = await withPool(async (pool) => {
+      const reader = new ChainReader(files, pool);
+      try {
+        const r = await writeArchive({
+          header, extents: extents(), source: reader, sink: pending.sink, pool,
+          level: opts.level, signal: opts.signal,
+        });
+        return { res: r, bytesRead: reader.stats.reduce((n, s) => n + s.bytesRead, 0) };
+      } finally {
+        await reader.close();
+      }
+    });
+    opts.signal?.throwIfAborted();
+    await pending.commit();
+    return {
+      chainId: header.chainId, archiveId: header.archiveId!, sequence: header.sequence, full: header.full, parentId: header.parentId, merged,
+      path: pending.path, archiveBytes: res.bytesWritten, rawBytes: res.trailer.rawBytes, bytesRead,
+    };
+  } catch (e) {
+    await pending.abort().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Before merge or prune writes anything: every archive it will delete must be deletable (object-lock
+ * retention, a read-only directory); otherwise it is refused with nothing changed.
+ */
+export async function refuseUndeletable(store: ArchiveStore, archives: StoredArchive[], what: string): Promise<void> {
+  try {
+    await store.checkDeletable(archives);
+  } catch (e) {
+    if (e instanceof ThinarchiveError) throw new ThinarchiveError(e.code, `${what} refused, nothing changed: ${e.message}`, e.exitClass, { cause: e });
+    throw e;
+  }
+}
+

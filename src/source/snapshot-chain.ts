@@ -1,0 +1,132 @@
+/**
+ * The managed snapshot chain of a thin LV (`send VG/LV`): names and tags of the snapshots thinarchive
+ * creates (a persisted format: docs/LVM-METADATA.md), and which of them is the chain's base.
+ */
+import { createHash } from 'node:crypto';
+import { UnsafeError, UsageError } from '../errors.js';
+import type { LvInfo } from '../lvm/report.js';
+
+export const DEFAULT_CHAIN = 'default';
+
+export const TAG_OURS = 'thinarchive';
+
+export const TAG_PENDING = 'ta_pending';
+
+const P = {
+  origin: 'ta_origin_',
+  chain: 'ta_chain_',
+  chainId: 'ta_chainid_',
+  archive: 'ta_archive_',
+  seq: 'ta_seq_',
+  time: 'ta_time_',
+} as const;
+
+const CHAIN_NAME = /^[A-Za-z0-9_+.-]{1,64}$/;
+
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export interface ChainTags {
+  originUuid: string;
+  chain: string;
+  chainId: string;
+  archiveId: string;
+  sequence: number;
+  createdAt?: string;
+}
+
+/** The tags of a managed snapshot (the pending ones include `ta_pending`). */
+export function snapshotTags(t: ChainTags & { createdAt: string }, pending: boolean): string[] {
+  const time = t.createdAt.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const tags = [
+    TAG_OURS, `${P.origin}${t.originUuid}`, `${P.chain}${t.chain}`, `${P.chainId}${t.chainId}`, `${P.archive}${t.archiveId}`,
+    `${P.seq}${t.sequence}`, `${P.time}${time}`,
+  ];
+  if (pending) tags.push(TAG_PENDING);
+  return tags;
+}
+
+/** Read the chain tags of a snapshot; null when a required one is missing or malformed. */
+export function parseSnapshotTags(tags: readonly string[]): (ChainTags & { pending: boolean }) | null {
+  const one = (prefix: string): string | undefined => {
+    const found = tags.filter((t) => t.startsWith(prefix)).map((t) => t.slice(prefix.length));
+    return found.length === 1 ? found[0] : undefined;
+  };
+  const originUuid = one(P.origin);
+  const chain = one(P.chain);
+  const chainId = one(P.chainId);
+  const archiveId = one(P.archive);
+  const seq = one(P.seq);
+  if (!tags.includes(TAG_OURS) || !originUuid || !chain || !chainId || !archiveId || seq === undefined) return null;
+  if (!UUID.test(chainId) || !UUID.test(archiveId) || !/^(0|[1-9][0-9]{0,15})$/.test(seq)) return null;
+  const time = one(P.time);
+  const m = time === undefined ? null : /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(time);
+  return {
+    originUuid, chain, chainId, archiveId, sequence: Number(seq), pending: tags.includes(TAG_PENDING),
+    ...(m ? { createdAt: `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z` } : {}),
+  };
+}
+
+/** The name of a managed snapshot. */
+export function snapshotName(lv: string, chain: string, sequence: number, archiveId: string): string {
+  const name = `${lv}_ta_${chain}_${sequence}`;
+  return name.length <= 127 ? name : `ta_${archiveId.slice(0, 8)}_${sequence}`;
+}
+
+/** RFC 4122 namespace of the name-based volume UUIDs derived from LVM lv_uuids. */
+const LV_UUID_NAMESPACE = '6ee59e3a-e697-47c6-bcae-5db023b20d7a';
+
+/**
+ * The archive's volume UUID for an LV. An lv_uuid (32 characters of a 64-letter alphabet) does not fit
+ * the header's 16 bytes, so the header gets the name-based (version 5, SHA-1) UUID of the lv_uuid:
+ * stable for the LV's life, whatever it is renamed to. The lv_uuid itself is in meta.volume.lvUuid.
+ */
+export function volumeUuidForLv(lvUuid: string): string {
+  const h = createHash('sha1').update(Buffer.from(LV_UUID_NAMESPACE.replace(/-/g, ''), 'hex')).update(lvUuid, 'utf8').digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+
+export function checkChainName(chain: string): void {
+  if (!CHAIN_NAME.test(chain)) throw new UsageError(`bad chain name ${JSON.stringify(chain)}: 1 to 64 of A-Z a-z 0-9 _ + . -`);
+}
+
+/** What a chain's managed snapshots say: the base, pending snapshots of dead runs, older bases. */
+export interface ChainSnapshots {
+  base: { lv: LvInfo; tags: ChainTags } | null;
+  pending: { lv: LvInfo; tags: ChainTags }[];
+  olderBases: LvInfo[];
+}
+
+/** Sort a chain's managed snapshots (those tagged ours, with this origin and chain name). */
+export function classifyChainSnapshots(lvs: readonly LvInfo[], originUuid: string, chain: string): ChainSnapshots {
+  const out: ChainSnapshots = { base: null, pending: [], olderBases: [] };
+  const bases: { lv: LvInfo; tags: ChainTags }[] = [];
+  for (const lv of lvs) {
+    if (!lv.tags.includes(TAG_OURS) || !lv.tags.includes(`${P.origin}${originUuid}`) || !lv.tags.includes(`${P.chain}${chain}`)) continue;
+    const tags = parseSnapshotTags(lv.tags);
+    if (!tags) {
+      if (lv.tags.includes(TAG_PENDING)) {
+        // Created by a run that died before its tags were all readable: still ours and pending.
+        out.pending.push({ lv, tags: { originUuid, chain, chainId: '', archiveId: '', sequence: -1 } });
+        continue;
+      }
+      throw new UnsafeError('BAD_CHAIN_TAGS', `${lv.vg}/${lv.name} is tagged as a thinarchive snapshot of chain ${chain} but its tags (${lv.tags.join(',')}) are incomplete; `
+        + 'fix or remove it (lvremove) before sending this chain');
+    }
+    if (tags.pending) out.pending.push({ lv, tags });
+    else bases.push({ lv, tags });
+  }
+  bases.sort((a, b) => b.tags.sequence - a.tags.sequence);
+  if (bases.length > 0) {
+    const ids = new Set(bases.map((b) => b.tags.chainId));
+    if (ids.size > 1) {
+      throw new UnsafeError('CHAIN_CONFUSED', `chain ${chain} has base snapshots of different archive chains: `
+        + `${bases.map((b) => `${b.lv.name} (chain ${b.tags.chainId}, sequence ${b.tags.sequence})`).join(', ')}; remove the wrong ones (lvremove)`);
+    }
+    out.base = bases[0];
+    out.olderBases = bases.slice(1).map((b) => b.lv);
+  }
+  return out;
+}
