@@ -6,7 +6,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import { ThinarchiveError } from '../errors.js';
+import { FormatError, ThinarchiveError } from '../errors.js';
 import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { DataRecordHead } from '../format/types.js';
 
@@ -69,6 +69,22 @@ export interface RecycledDecodeResult {
   spare: ArrayBuffer[];
   badBlocks?: number[];
   error?: string;
+}
+
+/** The error of a record whose payload failed its checks or would not decompress (PAYLOAD_CORRUPT). */
+export function payloadCorrupt(res: { error?: string; badBlocks?: number[] }, firstBlock: number, offset: number, file: string | undefined): FormatError {
+  const bad = res.badBlocks?.length ? `, first bad block ${firstBlock + res.badBlocks[0]}` : '';
+  return new FormatError('PAYLOAD_CORRUPT', `record starting at block ${firstBlock}: ${res.error}${bad}`, offset, file);
+}
+
+/** A payload as a whole ArrayBuffer for the workers: its own buffer when it starts one, else a copy (Buffer.slice would be a view). */
+export function payloadBuffer(p: Uint8Array): ArrayBuffer {
+  return p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : new Uint8Array(p).buffer as ArrayBuffer;
+}
+
+/** For decodeRecycled: a buffer whose first p.length bytes are the payload (p's own when p starts it, else a copy). */
+export function payloadStart(p: Uint8Array): ArrayBuffer {
+  return p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
 }
 
 export interface HashResult {

@@ -16,7 +16,7 @@
  * `ChainReader` reads the chain's volume as of its newest archive, each record once.
  */
 import { FormatError, UsageError } from '../errors.js';
-import { RecordBuffers, type WorkerPool } from '../archive/pool.js';
+import { payloadBuffer, payloadCorrupt, RecordBuffers, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile } from '../archive/reader.js';
 import type { VolumeSource } from '../archive/writer.js';
 import { Codec, ExtentKind, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE, FrameType } from '../format/constants.js';
@@ -463,15 +463,12 @@ export class ChainReader implements VolumeSource {
       if (p.buffer === into) buf = into;
       else {
         this.buffers.give(into);
-        buf = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer as ArrayBuffer : new Uint8Array(p).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
+        buf = payloadBuffer(p);
       }
       const out = d.codec === Codec.ZSTD ? this.buffers.take() : undefined;
       const res = await this.pool.decodeRecycled(buf, p.length, d, bs, true, out);
       for (const b of res.spare) this.buffers.give(b);
-      if (!res.ok) {
-        const bad = res.badBlocks?.length ? `, first bad block ${d.firstBlock + res.badBlocks[0]}` : '';
-        throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${d.firstBlock}: ${res.error}${bad}`, s.record!.offset, f.path);
-      }
+      if (!res.ok) throw payloadCorrupt(res, d.firstBlock, s.record!.offset, f.path);
       return new Uint8Array(res.raw!, 0, d.rawLen);
     })();
     raw.catch(() => {}); // awaited when used

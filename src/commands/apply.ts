@@ -1,40 +1,23 @@
 /**
- * apply: replay a chain of archives onto an image file or a block device.
- *
- * Safety rules (docs/FORMAT.md "Applying", README):
- * - every archive file is opened and pre-flighted (header, whole map, index, trailer) and the chain
- *   links are checked before the first byte is written to the target;
- * - the first archive to apply must sit on the target's recorded state (its parent is the archive the
- *   target holds); a full archive goes only onto a new target, or with --force;
- * - the target's state is marked "applying" (durably) before the first write and "clean" only after
- *   the data is flushed. A failure leaves "applying".
- * - crash safety (docs/JOURNAL.md): before anything is written, an image or block-device target gets
- *   an undo journal (the old contents of every range, made durable before the range is written) and
- *   a thin LV target a rollback snapshot; a failed or killed apply is rolled back to the previous
- *   state by `recover`, which apply also runs first on its target. With --no-undo there is neither:
- *   applying the same archive again completes an interrupted apply.
- * From standard input the trailer can only be checked at the end: the target then stays "applying"
- * until the whole stream has been verified.
- *
- * A target `VG/LV` (two LVM names, not an existing path) is a logical volume: see lv-target.ts (state
- * in LV tags, discard-based zeroing on thin LVs, `--create --pool`, `--snapshot-target --keep N`).
+ * apply: replay a chain of archives onto a target (target/target.ts). Every archive is pre-flighted
+ * and the chain links checked before the first write; the first archive applied must continue the
+ * target's recorded state; each archive is begun (rollback point, "applying"), streamed, flushed and
+ * committed ("clean"). From standard input the trailer is checked only at the end: the target stays
+ * "applying" until the whole stream is verified. Crash safety: docs/JOURNAL.md.
  */
-import { lstat } from 'node:fs/promises';
-import { resolve as resolvePath } from 'node:path';
 import { FormatError, UnsafeError, UsageError } from '../errors.js';
-import { RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
+import { payloadCorrupt, payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
 import { Codec, ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
-import { FileTarget, type ZeroStats } from '../target/file-target.js';
-import { undoFileFor, type TargetKind, type TargetState } from '../target/state.js';
-import { UndoJournal, type JournaledTarget } from '../target/undo-journal.js';
-import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
-import { recover, type RecoverResult } from '../target/recover.js';
-import { LvTarget, lvTargetSpec, parsePoolSpec, type LvTargetReport, type TargetSnapshots } from '../target/lv-target.js';
-import { silentLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
+import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
+import type { ZeroStats } from '../target/file-target.js';
+import { recover, type RecoverResult } from '../target/recover.js';
+import type { TargetKind, TargetState } from '../target/state.js';
+import { checkTargetOptions, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -149,7 +132,7 @@ const MAX_WRITES_IN_FLIGHT = 2;
 
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
-  events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: FileTarget, pool: WorkerPool, buffers: RecordBuffers,
+  events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: Target, pool: WorkerPool, buffers: RecordBuffers,
   opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
@@ -168,10 +151,7 @@ async function applyStream(
     const w = window.shift()!;
     const res = await w.p;
     for (const b of res.spare) buffers.give(b);
-    if (!res.ok) {
-      const bad = res.badBlocks?.length ? `, first bad block ${w.first + res.badBlocks[0]}` : '';
-      throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${w.first}: ${res.error}${bad}`, w.offset, opts.label);
-    }
+    if (!res.ok) throw payloadCorrupt(res, w.first, w.offset, opts.label);
     const raw = new Uint8Array(res.raw!, 0, w.rawLen);
     // Writes to distinct offsets overlap with each other and with decoding; a few at a time.
     const write = target.write(raw, w.first * bs).then(() => {
@@ -195,7 +175,7 @@ async function applyStream(
         const r = ev.record;
         const p = ev.payload;
         // The payload is the start of a record buffer (readArchive's payloadBuffer), or owns its own.
-        const buf = p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        const buf = payloadStart(p);
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
         const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
         window.push({ first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset, p: pool.decodeRecycled(buf, p.length, r, bs, true, out) });
@@ -214,29 +194,9 @@ async function applyStream(
   return { dataBytes, zeroBytes };
 }
 
-/** The journal of an image this apply creates: no entries; rolling back removes the image. */
-async function journalForNewImage(path: string, h: ArchiveHeader, stateDir: string | undefined): Promise<UndoJournal> {
-  if (await exists(path)) throw new UnsafeError('TARGET_EXISTS', `target ${path} already exists; --create makes a new image only`);
-  const none: JournaledTarget = {
-    kind: 'image', path, fd: -1,
-    read: () => Promise.reject(new Error('a new image has nothing to journal')),
-  };
-  return UndoJournal.create(undoFileFor('image', path, stateDir), {
-    version: 1, target: resolvePath(path), kind: 'image', archiveId: h.archiveId, sequence: h.sequence,
-    prevSize: 0, prevState: null, created: true, createdAt: new Date().toISOString(),
-  }, none);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
+  // Every option is checked before any archive is read (some are remote).
+  await checkTargetOptions(opts.to, opts);
   const inputs = await resolveArchiveInputs(opts.inputs, opts.storeOptions);
   const files: ArchiveFile[] = [];
   try {
@@ -268,14 +228,6 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     // A new image (or LV) is created only once the archives are known to fit it.
     const created = !!opts.create;
     if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
-    const lvRef = await lvTargetSpec(opts.to);
-    if (!lvRef) {
-      if (opts.pool !== undefined) throw new UsageError(`--pool is for LV targets (VG/LV); ${opts.to} is a path`);
-      if (opts.snapshotTarget) throw new UsageError(`--snapshot-target is for thin LV targets (VG/LV); ${opts.to} is a path`);
-    }
-    if (opts.keep !== undefined && !opts.snapshotTarget) throw new UsageError('--keep goes with --snapshot-target');
-    if (lvRef && created && opts.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lvRef.vg}/POOL (the thin pool to make it in)`);
-    if (lvRef && !created && opts.pool !== undefined) throw new UsageError('--pool goes with --create');
     // A target left by an interrupted apply is rolled back first (or, without undo, left to be completed).
     // Only when this apply would go ahead on the interrupted target: a refused apply touches nothing.
     const accept = (s: TargetState | null): boolean => {
@@ -287,30 +239,11 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
       }
     };
     const rec = await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept });
-    let lvt: LvTarget | undefined;
-    if (lvRef) {
-      lvt = await LvTarget.open({
-        ...lvRef,
-        ...(created ? { createPool: parsePoolSpec(opts.pool!, lvRef.vg), createSize: headers[0].volumeSize } : {}),
-        neededSize: Math.max(...headers.map((h) => h.volumeSize)),
-        blockSize: headers[0].blockSize,
-        ...(opts.snapshotTarget ? { snapshot: opts.keep !== undefined ? { keep: opts.keep } : {} } : {}),
-        ...(opts.lvmExec ? { exec: opts.lvmExec } : {}),
-        log: opts.log ?? silentLogger,
-        stateDir: opts.stateDir,
-      });
-    }
-    // A new image gets its journal (which says "created: remove me to roll back") before it exists.
-    let createJournal: UndoJournal | undefined;
-    if (!lvRef && created && !opts.noUndo) createJournal = await journalForNewImage(opts.to, headers[0], opts.stateDir);
-    let target: FileTarget;
-    try {
-      target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: opts.create, createSize: headers[0].volumeSize, stateDir: opts.stateDir });
-    } catch (e) {
-      await createJournal?.discard();
-      throw e;
-    }
-    target.log = opts.log ?? silentLogger;
+    const target = await Target.open(opts.to, {
+      create: created, pool: opts.pool, snapshotTarget: opts.snapshotTarget, keep: opts.keep, noUndo: opts.noUndo,
+      createSize: headers[0].volumeSize, neededSize: Math.max(...headers.map((h) => h.volumeSize)), blockSize: headers[0].blockSize,
+      journalFor: headers[0], stateDir: opts.stateDir, ...(opts.lvmExec ? { exec: opts.lvmExec } : {}), log: opts.log,
+    });
     try {
       const state = created ? null : await target.readState();
       const start = planStart(headers, state, { fresh: created, force: !!opts.force });
@@ -318,15 +251,15 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         target: opts.to, targetKind: target.kind, applied: [], skipped: headers.slice(0, start).map((h) => h.archiveId),
         state: state ? { archiveId: state.archiveId, sequence: state.sequence, chainId: state.chainId } : { archiveId: '', sequence: -1, chainId: '' },
         zeroing: target.zeroStats,
-        ...(lvt ? { lv: lvt.report } : {}),
-        ...(lvt && opts.snapshotTarget ? { snapshots: lvt.snapshots } : {}),
+        ...(target.lvReport ? { lv: target.lvReport } : {}),
+        ...(opts.snapshotTarget && target.snapshots ? { snapshots: target.snapshots } : {}),
         ...(rec.action !== 'none' || rec.interrupted ? { recovered: rec } : {}),
         undoBytes: 0,
       };
       if (start >= headers.length) {
         // Nothing to apply; a clean target still gets its snapshot if it has none (e.g. the run
         // that applied it failed while taking it).
-        if (state?.status === 'clean') await lvt?.afterClean(state);
+        if (state) await target.settle(state);
         return result;
       }
 
@@ -336,35 +269,9 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         for (let i = start; i < headers.length; i++) {
           const h = headers[i];
           const t0 = performance.now();
-          target.checkSize(h.volumeSize);
-          const prev = current;
           // A target created by this run is all holes: zeroing it again is skipped for its first archive.
           const fresh = created && i === start && start === 0;
-          // The rollback point, made durable before the state says "applying" (docs/JOURNAL.md).
-          let journal: UndoJournal | undefined;
-          if (!opts.noUndo && lvt?.report.thin) await lvt.takeRollbackSnapshot(h.archiveId);
-          else if (fresh && createJournal) journal = createJournal;
-          else if (!opts.noUndo && target.undoPath) {
-            journal = await UndoJournal.create(target.undoPath, {
-              version: 1, target: target.kind === 'image' ? resolvePath(opts.to) : target.path, kind: target.kind, archiveId: h.archiveId, sequence: h.sequence,
-              prevSize: target.size, prevState: prev, created: fresh && target.kind === 'image', createdAt: new Date().toISOString(),
-            }, target);
-          }
-          const applying: TargetState = {
-            version: 1, volumeUuid: h.volumeUuid, chainId: prev?.chainId ?? h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
-            archiveId: prev?.archiveId ?? '', sequence: prev?.sequence ?? -1, status: 'applying',
-            applying: { archiveId: h.archiveId, parentId: h.parentId, sequence: h.sequence, chainId: h.chainId, startedAt: new Date().toISOString(), ...(journal ? { undo: journal.path } : {}) },
-            updatedAt: new Date().toISOString(),
-          };
-          try {
-            await target.writeState(applying);
-          } catch (e) {
-            await journal?.discard().catch(() => {});
-            throw e;
-          }
-          // A new image needs no journal entries: rolling back removes it.
-          if (journal && !journal.header.created) target.undo = journal;
-          await target.ensureSize(h.volumeSize);
+          await target.begin(h, current, fresh);
           let events: AsyncGenerator<ArchiveEvent>;
           let total: number | undefined;
           if (fromStdin) {
@@ -384,30 +291,19 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
             r = await applyStream(events, h, target, pool, buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
             await target.sync();
           } finally {
-            target.undo = undefined;
-            await journal?.close();
+            await target.endWrites();
           }
-          current = {
-            version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
-            archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
-          };
-          await target.writeState(current);
-          // The new state is durable: the rollback point is not needed any more.
-          if (journal) {
-            result.undoBytes += journal.bytesJournaled;
-            await journal.discard();
-          }
-          if (!opts.noUndo && lvt?.report.thin) await lvt.dropRollbackSnapshot();
+          const done = await target.commit(h);
+          current = done.state;
+          result.undoBytes += done.undoBytes;
           opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
-          await lvt?.afterClean(h);
           result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });
           result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
         }
       });
       return result;
     } finally {
-      if (lvt) await lvt.close();
-      else await target.close();
+      await target.close();
     }
   } finally {
     for (const f of files) await f.close();

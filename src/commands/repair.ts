@@ -9,17 +9,16 @@
  * target is marked "applying" a repair marker, and "clean at the newest archive" after the data is
  * flushed, so later applies continue from it.
  */
-import { FormatError, UsageError } from '../errors.js';
-import { withPool } from '../archive/pool.js';
+import { UsageError } from '../errors.js';
+import { payloadBuffer, payloadCorrupt, withPool } from '../archive/pool.js';
 import { FRAME_CHECK_SIZE, FRAME_HEAD_SIZE } from '../format/constants.js';
 import { blockLength } from '../format/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
-import { FileTarget, type ZeroStats } from '../target/file-target.js';
-import { type TargetKind } from '../target/state.js';
+import type { ZeroStats } from '../target/file-target.js';
+import { markRebuilding, type TargetKind } from '../target/state.js';
+import { cleanState, Target } from '../target/target.js';
 import { chainSegments, openChain } from '../chain/chain-state.js';
-import { markRebuilding } from '../target/state.js';
-import { LvTarget, lvTargetSpec } from '../target/lv-target.js';
 import { scanTarget } from '../chain/scan.js';
 
 export interface RepairOptions {
@@ -69,10 +68,7 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
     const files = chain.archives.map((a) => a.file);
     for (const f of files) await f.preflight();
     const h = files[files.length - 1].header;
-    const lvRef = await lvTargetSpec(opts.to);
-    const lvt = lvRef ? await LvTarget.open({ ...lvRef, neededSize: h.volumeSize, blockSize: h.blockSize, log: opts.log ?? silentLogger }) : undefined;
-    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { stateDir: opts.stateDir });
-    target.log = opts.log ?? silentLogger;
+    const target = await Target.open(opts.to, { neededSize: h.volumeSize, blockSize: h.blockSize, stateDir: opts.stateDir, log: opts.log });
     try {
       const state = await target.readState();
       await target.ensureSize(h.volumeSize);
@@ -100,9 +96,8 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
               res.records++;
               res.archiveBytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
               const pl = r.payload!;
-              const buf = pl.byteOffset === 0 && pl.byteLength === pl.buffer.byteLength ? pl.buffer as ArrayBuffer : new Uint8Array(pl).buffer as ArrayBuffer; // a copy (Buffer.slice would be a view)
-              const out = await pool.decode(buf, d, bs, true);
-              if (!out.ok) throw new FormatError('PAYLOAD_CORRUPT', `record starting at block ${d.firstBlock}: ${out.error}`, offset, f.path);
+              const out = await pool.decode(payloadBuffer(pl), d, bs, true);
+              if (!out.ok) throw payloadCorrupt(out, d.firstBlock, offset, f.path);
               return new Uint8Array(out.raw!);
             })();
             p.catch(() => {});
@@ -130,18 +125,14 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
         });
       });
       await target.sync();
-      await target.writeState({
-        version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
-        archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
-      });
+      await target.writeState(cleanState(h));
       return {
         target: opts.to, targetKind: target.kind, chainId: h.chainId, archiveId: h.archiveId, sequence: h.sequence,
         blocks: Math.ceil(size / bs), blocksChecked: totals.blocksChecked, badBlocks: totals.bad, ...res,
         targetBytesRead: totals.bytesRead, zeroing: target.zeroStats, seconds: (performance.now() - started) / 1000,
       };
     } finally {
-      if (lvt) await lvt.close();
-      else await target.close();
+      await target.close();
     }
   } finally {
     await chain.close();

@@ -10,17 +10,15 @@
  * restore marker (which apply refuses to continue from) before the first write, and recorded as
  * "clean at the point's archive" once all data is flushed, so apply of the next incremental works.
  */
-import { stat } from 'node:fs/promises';
-import { UnsafeError, UsageError } from '../errors.js';
+import { UnsafeError } from '../errors.js';
 import { withPool } from '../archive/pool.js';
 import { rangeBytes } from '../format/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
-import { FileTarget, type ZeroStats } from '../target/file-target.js';
-import { type TargetKind, type TargetState } from '../target/state.js';
+import type { ZeroStats } from '../target/file-target.js';
+import { markRebuilding, type TargetKind, type TargetState } from '../target/state.js';
+import { cleanState, Target } from '../target/target.js';
 import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, type Segment } from '../chain/chain-state.js';
-import { markRebuilding } from '../target/state.js';
-import { LvTarget, lvTargetSpec, parsePoolSpec } from '../target/lv-target.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -63,18 +61,15 @@ export function restoreMarker(archiveId: string): string {
 
 /** Is the target allowed to be overwritten with this chain? Throws UnsafeError when not. */
 export async function checkRestoreTarget(
-  target: FileTarget, state: TargetState | null, chainId: string, volumeUuid: string, opts: { created: boolean; force: boolean; verb: string },
+  target: Target, state: TargetState | null, chainId: string, volumeUuid: string, opts: { force: boolean; verb: string },
 ): Promise<void> {
-  if (opts.created || opts.force) return;
+  if (target.created || opts.force) return;
   if (state) {
     if (state.chainId === chainId && state.volumeUuid === volumeUuid) return;
-    throw new UnsafeError('CHAIN_MISMATCH', `${target.path} holds archive ${state.archiveId || '(none)'} of chain ${state.chainId}, not of chain ${chainId}; use --force to ${opts.verb} over it`);
+    throw new UnsafeError('CHAIN_MISMATCH', `${target.spec} holds archive ${state.archiveId || '(none)'} of chain ${state.chainId}, not of chain ${chainId}; use --force to ${opts.verb} over it`);
   }
-  if (target.kind === 'image') {
-    const st = await stat(target.path);
-    if (st.size === 0 || st.blocks === 0) return; // nothing allocated: empty
-  }
-  throw new UnsafeError('TARGET_NOT_EMPTY', `${target.path} has no thinarchive state and may hold data; use --force to ${opts.verb} over it`);
+  if (!(await target.mayHoldData())) return; // an image with nothing allocated: empty
+  throw new UnsafeError('TARGET_NOT_EMPTY', `${target.spec} has no thinarchive state and may hold data; use --force to ${opts.verb} over it`);
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
@@ -86,21 +81,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const a of used) await a.file.preflight();
     const h = used[used.length - 1].header;
 
-    const lvRef = await lvTargetSpec(opts.to);
-    if (!lvRef && opts.pool !== undefined) throw new UsageError(`--pool is for LV targets (VG/LV); ${opts.to} is a path`);
-    if (lvRef && opts.create && opts.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lvRef.vg}/POOL`);
-    const created = !!opts.create;
-    const lvt = lvRef
-      ? await LvTarget.open({
-        ...lvRef, ...(created ? { createPool: parsePoolSpec(opts.pool!, lvRef.vg), createSize: h.volumeSize } : {}),
-        neededSize: h.volumeSize, blockSize: h.blockSize, log: opts.log ?? silentLogger,
-      })
-      : undefined;
-    const target = lvt ? lvt.target : await FileTarget.open(opts.to, { create: created, createSize: h.volumeSize, stateDir: opts.stateDir });
-    target.log = opts.log ?? silentLogger;
+    const target = await Target.open(opts.to, {
+      create: opts.create, pool: opts.pool, createSize: h.volumeSize, neededSize: h.volumeSize, blockSize: h.blockSize, stateDir: opts.stateDir, log: opts.log,
+    });
     try {
-      const state = created ? null : await target.readState();
-      await checkRestoreTarget(target, state, h.chainId, h.volumeUuid, { created, force: !!opts.force, verb: 'restore' });
+      const state = target.created ? null : await target.readState();
+      await checkRestoreTarget(target, state, h.chainId, h.volumeUuid, { force: !!opts.force, verb: 'restore' });
       await target.ensureSize(h.volumeSize);
       await markRebuilding(target, state, h, restoreMarker(h.archiveId));
       const bs = h.blockSize;
@@ -132,8 +118,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
             } else {
               const n = rangeBytes(seg.first, seg.count, size, bs);
               zeroBytes += n;
-              // A new image is all holes already.
-              if (!(created && target.kind === 'image')) await target.zero(seg.first * bs, n);
+              // A target made by this run reads as zeroes already.
+              if (!target.created) await target.zero(seg.first * bs, n);
               reader.done(seg);
             }
             opts.onProgress?.({ bytesDone: dataBytes + zeroBytes, bytesTotal: size });
@@ -146,18 +132,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         return reader.stats;
       });
       await target.sync();
-      await target.writeState({
-        version: 1, volumeUuid: h.volumeUuid, chainId: h.chainId, blockSize: h.blockSize, volumeSize: h.volumeSize,
-        archiveId: h.archiveId, sequence: h.sequence, status: 'clean', updatedAt: new Date().toISOString(),
-      });
+      await target.writeState(cleanState(h));
       return {
         target: opts.to, targetKind: target.kind, chainId: h.chainId, archiveId: h.archiveId, sequence: h.sequence, volumeSize: size,
         dataBytes, zeroBytes, bytesRead: stats.reduce((n, s) => n + s.bytesRead, 0), archives: stats, zeroing: target.zeroStats,
         seconds: (performance.now() - started) / 1000,
       };
     } finally {
-      if (lvt) await lvt.close();
-      else await target.close();
+      await target.close();
     }
   } finally {
     await chain.close();

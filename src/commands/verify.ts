@@ -7,7 +7,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { FormatError, ThinarchiveError } from '../errors.js';
-import { RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
+import { payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
 import type { ArchiveHeader, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
@@ -73,7 +73,7 @@ async function verifyOne(
         const r = ev.record;
         const p = ev.payload;
         // The payload is the start of a buffer from `buffers` (or owns its own): sent to a worker and back.
-        const buf = p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+        const buf = payloadStart(p);
         const offset = ev.offset;
         pending.push(pool.decodeRecycled(buf, p.length, r, header!.blockSize, false).then((res) => {
           for (const b of res.spare) buffers.give(b);
