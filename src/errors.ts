@@ -5,7 +5,7 @@
  */
 
 /** How the CLI should report an error; each class has one documented exit code. */
-export type ExitClass = 'usage' | 'runtime' | 'verify' | 'unsafe';
+export type ExitClass = 'usage' | 'runtime' | 'verify' | 'unsafe' | 'interrupted';
 
 export class ThinarchiveError extends Error {
   readonly code: string;
@@ -56,6 +56,14 @@ export class UnsafeError extends ThinarchiveError {
   constructor(code: string, message: string) {
     super(code, message, 'unsafe');
     this.name = 'UnsafeError';
+  }
+}
+
+/** The operation was cancelled through its AbortSignal (or, in the CLI, by SIGINT/SIGTERM). `cause` is what stopped it. */
+export class AbortedError extends ThinarchiveError {
+  constructor(message = 'cancelled', cause?: unknown) {
+    super('ABORTED', message, 'interrupted', { cause });
+    this.name = 'AbortedError';
   }
 }
 

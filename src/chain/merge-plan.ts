@@ -10,7 +10,9 @@ import { ExtentKind } from '../format/constants.js';
 import type { MapExtent } from '../format/types.js';
 import type { ArchiveStore, StoredArchive } from '../store/types.js';
 import { TOOL_VERSION } from '../version.js';
-import { ChainReader, chainSegments, mergedInfo, type ChainArchive } from './chain-state.js';
+import { mergedInfo, type ChainArchive } from './chain.js';
+import { ChainReader } from './reader.js';
+import { chainSegments } from './segments.js';
 
 /** The archive a merge wrote. */
 export interface MergedArchive {
@@ -90,3 +92,17 @@ export async function refuseUndeletable(store: ArchiveStore, archives: StoredArc
   }
 }
 
+/** Which archives of the path are kept, and the groups (ending at a kept archive) to merge. */
+export function planPrune(archives: ChainArchive[], keep: number | undefined, keepWithin: number | undefined, now: number): { kept: boolean[]; groups: ChainArchive[][] } {
+  const n = archives.length;
+  const kept = archives.map((a, i) => (keep !== undefined && i >= n - keep) || (keepWithin !== undefined && a.header.createdMs >= now - keepWithin));
+  kept[n - 1] = true;
+  const groups: ChainArchive[][] = [];
+  let start = 0;
+  for (let i = 0; i < n; i++) {
+    if (!kept[i]) continue;
+    if (i > start) groups.push(archives.slice(start, i + 1));
+    start = i + 1;
+  }
+  return { kept, groups };
+}

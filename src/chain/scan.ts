@@ -14,7 +14,7 @@ import { FileVolume } from '../source/volume.js';
 import { JsonStateStore, stateFileFor, type TargetState } from '../target/state.js';
 import { tagsToState } from '../target/lv-tags.js';
 import { lvTargetSpec } from '../target/lv-target.js';
-import type { Segment } from './chain-state.js';
+import type { Segment } from './segments.js';
 
 /** What one block must be: data with a hash, or zeroes. */
 export interface Expect {

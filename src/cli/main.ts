@@ -16,7 +16,7 @@ import {
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
 
-const exitFor: Record<ExitClass, number> = { runtime: EXIT.runtime, usage: EXIT.usage, verify: EXIT.verify, unsafe: EXIT.unsafe };
+const exitFor: Record<ExitClass, number> = { runtime: EXIT.runtime, usage: EXIT.usage, verify: EXIT.verify, unsafe: EXIT.unsafe, interrupted: EXIT.interrupted };
 
 const controller = new AbortController();
 /** JSON-lines log on standard error, at the level THINARCHIVE_LOG names (off by default). */

@@ -1,6 +1,6 @@
 /** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
-import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain-state.js';
+import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain.js';
 import { openStored, storeFor, type StoreOptions } from '../store/refs.js';
 
 export interface ListedArchive {

@@ -4,7 +4,7 @@
  */
 import { UsageError } from '../errors.js';
 import { mergeGroup, refuseUndeletable, type MergedArchive } from '../chain/merge-plan.js';
-import { openChain, type ChainArchive } from '../chain/chain-state.js';
+import { openChain, type ChainArchive } from '../chain/chain.js';
 import { openStore, type StoreOptions } from '../store/open.js';
 
 export interface MergeOptions {

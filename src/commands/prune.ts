@@ -4,15 +4,15 @@
  * Kept: the newest N points, every point created within DURATION, and always the newest. Every kept
  * point must stay restorable and identical, so nothing a kept point needs is deleted: the archives
  * between two kept points (and those up to the first kept point, starting from the full) are merged
- * into one archive holding the kept point's state (merge.ts), and only then are the originals
+ * into one archive holding the kept point's state (chain/merge-plan.ts), and only then are the originals
  * deleted. Each merged archive is durable before any original goes, so a prune that is interrupted
  * at any moment leaves a valid chain (the path by parent links goes through the merged archive); the
  * next prune deletes the leftovers. `--dry-run` prints the plan and changes nothing.
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
-import { mergeGroup, refuseUndeletable } from '../chain/merge-plan.js';
-import { openChain, type ChainArchive } from '../chain/chain-state.js';
+import { mergeGroup, planPrune, refuseUndeletable } from '../chain/merge-plan.js';
+import { openChain } from '../chain/chain.js';
 
 export interface PruneOptions {
   dir: string;
@@ -51,28 +51,6 @@ export interface PruneResult {
   seconds: number;
 }
 
-/** "30d", "12h", "90m", "2w", "45s" -> milliseconds. */
-export function parseDuration(s: string): number {
-  const m = /^(\d+)\s*([smhdw])$/i.exec(s.trim());
-  if (!m) throw new UsageError(`cannot read duration ${JSON.stringify(s)} (examples: 45s, 90m, 12h, 30d, 2w)`);
-  const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[m[2].toLowerCase() as 's' | 'm' | 'h' | 'd' | 'w'];
-  return Number(m[1]) * unit;
-}
-
-/** Which archives of the path are kept, and the groups (ending at a kept archive) to merge. */
-export function planPrune(archives: ChainArchive[], keep: number | undefined, keepWithin: number | undefined, now: number): { kept: boolean[]; groups: ChainArchive[][] } {
-  const n = archives.length;
-  const kept = archives.map((a, i) => (keep !== undefined && i >= n - keep) || (keepWithin !== undefined && a.header.createdMs >= now - keepWithin));
-  kept[n - 1] = true;
-  const groups: ChainArchive[][] = [];
-  let start = 0;
-  for (let i = 0; i < n; i++) {
-    if (!kept[i]) continue;
-    if (i > start) groups.push(archives.slice(start, i + 1));
-    start = i + 1;
-  }
-  return { kept, groups };
-}
 
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const started = performance.now();

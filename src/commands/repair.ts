@@ -3,7 +3,7 @@
  * no common state) to the chain's newest state by rewriting only the blocks whose checksums differ.
  *
  * The target is read once (holes of a sparse image are not read: they are zeroes); each block's
- * xxh64 is compared with the chain's expected state (chain-state.ts). A block that must hold data is
+ * xxh64 is compared with the chain's expected state (chain/segments.ts). A block that must hold data is
  * fetched from the newest archive holding it (its record read and checked once, cached while
  * nearby blocks need it); a block that must read as zeroes is zeroed. Before the first write the
  * target is marked "applying" a repair marker, and "clean at the newest archive" after the data is
@@ -18,7 +18,8 @@ import type { StoreOptions } from '../store/open.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { markRebuilding, type TargetKind } from '../target/state.js';
 import { cleanState, Target } from '../target/target.js';
-import { chainSegments, openChain } from '../chain/chain-state.js';
+import { openChain } from '../chain/chain.js';
+import { chainSegments } from '../chain/segments.js';
 import { scanTarget } from '../chain/scan.js';
 
 export interface RepairOptions {

@@ -18,7 +18,9 @@ import type { StoreOptions } from '../store/open.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { markRebuilding, type TargetKind, type TargetState } from '../target/state.js';
 import { cleanState, Target } from '../target/target.js';
-import { ChainReader, openChain, selectPoint, type ArchiveReadStats, type ChainArchive, type Segment } from '../chain/chain-state.js';
+import { openChain, selectPoint, type ChainArchive } from '../chain/chain.js';
+import { ChainReader, type ArchiveReadStats } from '../chain/reader.js';
+import { type Segment } from '../chain/segments.js';
 
 export interface RestoreOptions {
   dir: string;

@@ -13,14 +13,14 @@ import type { ArchiveHeader, SnapshotIdentity } from '../format/types.js';
 import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
-import { assertLvmName, dmName } from '../lvm/names.js';
-import { acquirePoolLock, type PoolLock } from '../lvm/pool-lock.js';
+import { assertLvmName } from '../lvm/names.js';
 import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
-import { activateReadOnly, createThinSnapshot, deactivate, delTag, listLvs, poolStatus, removeLv, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
+import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
 import {
-  checkChainName, classifyChainSnapshots, DEFAULT_CHAIN, snapshotName, snapshotTags, TAG_OURS, TAG_PENDING, UUID, volumeUuidForLv,
+  checkChainName, createPendingSnapshot, DEFAULT_CHAIN, discardPendingSnapshot, lockSnapshotChain, promoteSnapshot, settleInterrupted, snapshotName,
+  snapshotTags, TAG_OURS, UUID, volumeUuidForLv,
 } from '../source/snapshot-chain.js';
 import { readThinMap } from '../source/thin-map.js';
 import { FileVolume } from '../source/volume.js';
@@ -268,19 +268,7 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
   checkChainName(chain);
   const log = ctx.logger;
   const stateDir = o.stateDir ?? defaultStateDir();
-  // One send per volume and chain at a time: a second one would take the first's new snapshot for
-  // the pending snapshot of a dead run. (Keyed by name: the uuid is not known before lvs.)
-  let lock: PoolLock;
-  try {
-    lock = await acquirePoolLock(join(stateDir, 'locks', `send-${dmName(vg, lvName)}-${chain}.lock`), {
-      timeoutMs: 0, logger: log, what: `${vg}/${lvName} chain ${chain}`,
-    });
-  } catch (e) {
-    if (e instanceof ThinarchiveError && e.code === 'POOL_LOCKED') {
-      throw new ThinarchiveError('SEND_IN_PROGRESS', `another send of ${vg}/${lvName} chain ${chain} is running: ${e.message}`);
-    }
-    throw e;
-  }
+  const lock = await lockSnapshotChain(join(stateDir, 'locks'), vg, lvName, chain, log);
   try {
     const removed: string[] = [];
     const recovered: string[] = [];
@@ -291,30 +279,11 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
     if (lv.tags.includes(TAG_OURS)) throw new UsageError(`${vg}/${lvName} is a snapshot thinarchive manages; send its origin`);
 
     // Interrupted runs: promote a pending snapshot whose archive is committed, remove the others.
-    let snaps = classifyChainSnapshots(lvs, lv.uuid, chain);
-    let changed = false;
-    for (const p of snaps.pending) {
-      if (p.tags.archiveId && (await storeHolds(o.to, p.tags.chainId, p.tags.archiveId, o.storeOptions))
-        && (!snaps.base || (p.tags.chainId === snaps.base.tags.chainId && p.tags.sequence > snaps.base.tags.sequence))) {
-        log.warn({ snapshot: `${vg}/${p.lv.name}`, archiveId: p.tags.archiveId }, 'a run died after committing its archive: making its snapshot the base');
-        await delTag(vg, p.lv.name, TAG_PENDING, ctx.tools);
-        recovered.push(p.lv.name);
-      } else {
-        log.warn({ snapshot: `${vg}/${p.lv.name}` }, 'removing the pending snapshot of an interrupted send');
-        await removeLv(vg, p.lv.name, { ...ctx.tools, requireTag: TAG_OURS });
-        removed.push(p.lv.name);
-      }
-      changed = true;
-    }
-    if (changed) {
-      lvs = await listLvs(vg, ctx.tools);
-      snaps = classifyChainSnapshots(lvs, lv.uuid, chain);
-    }
-    for (const old of snaps.olderBases) {
-      log.warn({ snapshot: `${vg}/${old.name}` }, 'removing an older base snapshot left by an interrupted send');
-      await removeLv(vg, old.name, { ...ctx.tools, requireTag: TAG_OURS });
-      removed.push(old.name);
-    }
+    const settled = await settleInterrupted(vg, lv, lvs, chain, (t) => storeHolds(o.to, t.chainId, t.archiveId, o.storeOptions), { tools: ctx.tools, log });
+    removed.push(...settled.removed);
+    recovered.push(...settled.recovered);
+    lvs = settled.lvs;
+    const snaps = settled.snaps;
     const baseInfo = snaps.base;
     if (baseInfo) {
       const bt = requireThin(baseInfo.lv, 'the base snapshot');
@@ -354,8 +323,7 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
     let committed = false;
     let result: SendResult;
     try {
-      snapLv = await createThinSnapshot(vg, lvName, name, tags, ctx.tools);
-      log.info({ snapshot: `${vg}/${name}`, thinId: snapLv.thinId }, 'created the snapshot');
+      snapLv = await createPendingSnapshot(vg, lvName, name, tags, { tools: ctx.tools, log });
       const snap = refOf(snapLv, createdAt);
       const base = full ? null : refOf(baseInfo!.lv, baseInfo!.tags.createdAt);
       const header = poolHeader({
@@ -371,37 +339,17 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
       }, o, ctx, started);
       committed = !o.dryRun;
     } finally {
-      if (!committed) {
-        // Nothing committed: the new snapshot goes (only if it is ours), the old base stays.
-        try {
-          const exists = snapLv ?? (await listLvs(vg, ctx.cleanup)).find((l) => l.name === name && l.tags.includes(TAG_PENDING));
-          if (exists) {
-            await removeLv(vg, name, { ...ctx.cleanup, requireTag: TAG_OURS });
-            removed.push(name);
-          }
-        } catch (e) {
-          log.warn({ snapshot: `${vg}/${name}`, err: (e as Error).message }, 'could not remove the new snapshot; the next send removes it');
-        }
-      }
+      // Nothing committed: the new snapshot goes (only if it is ours), the old base stays.
+      if (!committed && await discardPendingSnapshot(vg, name, snapLv !== undefined, { tools: ctx.cleanup, log })) removed.push(name);
     }
 
     const snap = refOf(snapLv!, createdAt);
     const base = baseInfo ? refOf(baseInfo.lv, baseInfo.tags.createdAt) : null;
     if (committed) {
       // The archive is durable: the new snapshot becomes the base, the old one goes.
-      try {
-        await delTag(vg, name, TAG_PENDING, ctx.cleanup);
-      } catch (e) {
-        warnings.push(`the archive is committed but ${vg}/${name} could not be made the base (${(e as Error).message}); the next send to this store completes that`);
-      }
-      if (baseInfo && warnings.length === 0) {
-        try {
-          await removeLv(vg, baseInfo.lv.name, { ...ctx.cleanup, requireTag: TAG_OURS });
-          removed.push(baseInfo.lv.name);
-        } catch (e) {
-          warnings.push(`could not remove the old base ${vg}/${baseInfo.lv.name} (${(e as Error).message}); the next send removes it`);
-        }
-      }
+      const r = await promoteSnapshot(vg, name, baseInfo?.lv.name ?? null, { tools: ctx.cleanup, log });
+      removed.push(...r.removed);
+      warnings.push(...r.warnings);
       for (const w of warnings) log.warn({ volume: `${vg}/${lvName}` }, w);
     }
     return {

@@ -14,7 +14,8 @@ import { UsageError } from '../errors.js';
 import { withPool } from '../archive/pool.js';
 import { volumeBlocks } from '../format/types.js';
 import type { StoreOptions } from '../store/open.js';
-import { chainSegments, openChain, recordVerification, type ReadStats } from '../chain/chain-state.js';
+import { openChain, recordVerification } from '../chain/chain.js';
+import { chainSegments, type ReadStats } from '../chain/segments.js';
 import type { TargetFinding } from '../chain/findings.js';
 import { openScanTarget, scanTarget, type ScanTotals } from '../chain/scan.js';
 

@@ -1,10 +1,18 @@
 /**
  * The managed snapshot chain of a thin LV (`send VG/LV`): names and tags of the snapshots thinarchive
- * creates (a persisted format: docs/LVM-METADATA.md), and which of them is the chain's base.
+ * creates (a persisted format: docs/LVM-METADATA.md), which of them is the chain's base, and their
+ * lifecycle: lock the chain, settle what interrupted runs left, create a pending snapshot, then
+ * promote it to base (archive committed) or discard it (anything else). Only LVs tagged `thinarchive`
+ * are ever removed.
  */
 import { createHash } from 'node:crypto';
-import { UnsafeError, UsageError } from '../errors.js';
+import { join } from 'node:path';
+import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { dmName } from '../lvm/names.js';
+import { acquirePoolLock, type PoolLock } from '../lvm/pool-lock.js';
 import type { LvInfo } from '../lvm/report.js';
+import { createThinSnapshot, delTag, listLvs, removeLv, type ToolOptions } from '../lvm/tools.js';
 
 export const DEFAULT_CHAIN = 'default';
 
@@ -129,4 +137,108 @@ export function classifyChainSnapshots(lvs: readonly LvInfo[], originUuid: strin
     out.olderBases = bases.slice(1).map((b) => b.lv);
   }
   return out;
+}
+
+export interface LifecycleOptions {
+  tools: ToolOptions;
+  log: Logger;
+}
+
+/**
+ * One send per volume and chain at a time: a second one would take the first's new snapshot for the
+ * pending snapshot of a dead run. (Keyed by name: the uuid is not known before lvs.)
+ */
+export async function lockSnapshotChain(lockDir: string, vg: string, lv: string, chain: string, log: Logger): Promise<PoolLock> {
+  try {
+    return await acquirePoolLock(join(lockDir, `send-${dmName(vg, lv)}-${chain}.lock`), { timeoutMs: 0, logger: log, what: `${vg}/${lv} chain ${chain}` });
+  } catch (e) {
+    if (e instanceof ThinarchiveError && e.code === 'POOL_LOCKED') {
+      throw new ThinarchiveError('SEND_IN_PROGRESS', `another send of ${vg}/${lv} chain ${chain} is running: ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+/**
+ * What interrupted runs left: a pending snapshot whose archive `committed` says is in the destination
+ * (and is newer than the base) becomes the base (the run died between commit and promotion); every
+ * other pending snapshot is removed, and of several bases (a promotion cut short) the newest stays.
+ */
+export async function settleInterrupted(
+  vg: string, origin: LvInfo, lvs: LvInfo[], chain: string, committed: (t: ChainTags) => Promise<boolean>, o: LifecycleOptions,
+): Promise<{ lvs: LvInfo[]; snaps: ChainSnapshots; removed: string[]; recovered: string[] }> {
+  const removed: string[] = [];
+  const recovered: string[] = [];
+  let snaps = classifyChainSnapshots(lvs, origin.uuid, chain);
+  let changed = false;
+  for (const p of snaps.pending) {
+    if (p.tags.archiveId && (await committed(p.tags))
+      && (!snaps.base || (p.tags.chainId === snaps.base.tags.chainId && p.tags.sequence > snaps.base.tags.sequence))) {
+      o.log.warn({ snapshot: `${vg}/${p.lv.name}`, archiveId: p.tags.archiveId }, 'a run died after committing its archive: making its snapshot the base');
+      await delTag(vg, p.lv.name, TAG_PENDING, o.tools);
+      recovered.push(p.lv.name);
+    } else {
+      o.log.warn({ snapshot: `${vg}/${p.lv.name}` }, 'removing the pending snapshot of an interrupted send');
+      await removeLv(vg, p.lv.name, { ...o.tools, requireTag: TAG_OURS });
+      removed.push(p.lv.name);
+    }
+    changed = true;
+  }
+  if (changed) {
+    lvs = await listLvs(vg, o.tools);
+    snaps = classifyChainSnapshots(lvs, origin.uuid, chain);
+  }
+  for (const old of snaps.olderBases) {
+    o.log.warn({ snapshot: `${vg}/${old.name}` }, 'removing an older base snapshot left by an interrupted send');
+    await removeLv(vg, old.name, { ...o.tools, requireTag: TAG_OURS });
+    removed.push(old.name);
+  }
+  return { lvs, snaps, removed, recovered };
+}
+
+/** Create the new snapshot of `lv`, tagged ours and pending (snapshotTags). */
+export async function createPendingSnapshot(vg: string, lv: string, name: string, tags: string[], o: LifecycleOptions): Promise<LvInfo> {
+  const snap = await createThinSnapshot(vg, lv, name, tags, o.tools);
+  o.log.info({ snapshot: `${vg}/${name}`, thinId: snap.thinId }, 'created the snapshot');
+  return snap;
+}
+
+/**
+ * Remove a pending snapshot whose archive was not committed (only if it carries our tag; when its
+ * creation was not seen to finish, only if it is listed as pending). True when it was removed; a
+ * failure is logged, and the next send removes it.
+ */
+export async function discardPendingSnapshot(vg: string, name: string, created: boolean, o: LifecycleOptions): Promise<boolean> {
+  try {
+    const exists = created || (await listLvs(vg, o.tools)).some((l) => l.name === name && l.tags.includes(TAG_PENDING));
+    if (!exists) return false;
+    await removeLv(vg, name, { ...o.tools, requireTag: TAG_OURS });
+    return true;
+  } catch (e) {
+    o.log.warn({ snapshot: `${vg}/${name}`, err: (e as Error).message }, 'could not remove the new snapshot; the next send removes it');
+    return false;
+  }
+}
+
+/**
+ * The archive of pending snapshot `name` is durable: it becomes the base (ta_pending removed) and the
+ * old base goes. Failures are returned as warnings: the next send completes them.
+ */
+export async function promoteSnapshot(vg: string, name: string, oldBase: string | null, o: LifecycleOptions): Promise<{ removed: string[]; warnings: string[] }> {
+  const removed: string[] = [];
+  const warnings: string[] = [];
+  try {
+    await delTag(vg, name, TAG_PENDING, o.tools);
+  } catch (e) {
+    warnings.push(`the archive is committed but ${vg}/${name} could not be made the base (${(e as Error).message}); the next send to this store completes that`);
+  }
+  if (oldBase !== null && warnings.length === 0) {
+    try {
+      await removeLv(vg, oldBase, { ...o.tools, requireTag: TAG_OURS });
+      removed.push(oldBase);
+    } catch (e) {
+      warnings.push(`could not remove the old base ${vg}/${oldBase} (${(e as Error).message}); the next send removes it`);
+    }
+  }
+  return { removed, warnings };
 }

@@ -1,5 +1,5 @@
 /**
- * The chain's expected state (chain-state.ts) on a 32 TiB volume: a full archive and an incremental
+ * The chain's expected state (chain/segments.ts) on a 32 TiB volume: a full archive and an incremental
  * with a few extents each. The sweep yields run-length segments (nothing per block), the newest
  * archive wins, ZERO records and extents and UNMAP are told apart, and ChainReader returns the newest
  * version of each block. Also the prune planner and duration parsing.
@@ -14,8 +14,11 @@ import { writeArchive, type VolumeSource } from '../archive/writer.js';
 import { ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader, MapExtent } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
-import { ChainReader, chainSegments, type ChainArchive, type Segment } from './chain-state.js';
-import { parseDuration, planPrune } from '../commands/prune.js';
+import { type ChainArchive } from './chain.js';
+import { ChainReader } from './reader.js';
+import { chainSegments, type Segment } from './segments.js';
+import { planPrune } from './merge-plan.js';
+import { parseDuration } from '../units.js';
 
 const BS = 65536;
 const SIZE = 32 * 1024 ** 4; // 32 TiB: 2^29 blocks
