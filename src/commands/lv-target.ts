@@ -67,7 +67,7 @@
  * only LVs carrying ta_snap and ta_snapof_<this LV's uuid> are ever removed.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { CommandError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { CommandError, FormatError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, type LvmExec } from '../lvm/exec.js';
 import { assertLvmName, dmName, isLvmName, lvDevicePath } from '../lvm/names.js';
@@ -272,7 +272,7 @@ async function poolSettings(exec: LvmExec, vg: string, pool: string): Promise<{ 
   } catch {
     row = undefined;
   }
-  if (!row) throw new ThinarchiveError('LVS_REPORT', `lvs -o discards,zero ${vg}/${pool}: unexpected output`);
+  if (!row) throw new FormatError('LVS_REPORT', `lvs -o discards,zero ${vg}/${pool}: unexpected output`);
   const discards = String(row['discards'] ?? '');
   const z = row['zero'];
   const zero = z === 'zero' || z === 1 || z === '1' || z === true;
@@ -483,7 +483,7 @@ export class LvTarget {
       created = true;
       log.info({ target: where, pool: `${vg}/${o.createPool}`, size: info.sizeBytes }, 'created the target thin LV');
     }
-    if (!info) throw new UsageError(`logical volume ${where} not found (use --create --pool ${vg}/POOL to make a new thin LV)`);
+    if (!info) throw new ThinarchiveError('LV_NOT_FOUND', `logical volume ${where} not found (use --create --pool ${vg}/POOL to make a new thin LV)`);
 
     let activated = false;
     let target: FileTarget | undefined;
@@ -666,7 +666,7 @@ async function planThinZeroing(exec: LvmExec, all: readonly LvInfo[], vg: string
   }
   if (settings.discards === 'ignore') return { unit: 0, reason: `pool ${vg}/${info.pool} has discards=ignore` };
   const st = await poolStatus(vg, info.pool, { exec });
-  if (st.state !== 'ok') throw new ThinarchiveError('POOL_FAILED', `thin pool ${vg}/${info.pool} is in failure mode; repair it before applying to ${where}`);
+  if (st.state !== 'ok') throw new UnsafeError('POOL_FAILED', `thin pool ${vg}/${info.pool} is in failure mode; repair it before applying to ${where}`);
   if (st.mode !== null && st.mode !== 'rw') throw new UnsafeError('POOL_NOT_WRITABLE', `thin pool ${vg}/${info.pool} is ${st.mode}; refusing to apply to ${where}`);
   if (st.needsCheck) throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${vg}/${info.pool} needs a check (thin_check / lvconvert --repair)`);
   if (st.discard === 'ignore') return { unit: 0, reason: `the active pool target ${vg}/${info.pool} ignores discards` };

@@ -172,7 +172,7 @@ class Context {
   private async okStatus(): Promise<PoolStatusOk> {
     const st = await this.status();
     if (st.state !== 'ok') {
-      throw new ThinarchiveError('POOL_FAILED', `thin pool ${this.what} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before using it`);
+      throw new UnsafeError('POOL_FAILED', `thin pool ${this.what} reports "${st.state === 'fail' ? 'Fail' : 'Error'}" (failure mode): repair it (lvconvert --repair) before using it`);
     }
     return st;
   }
@@ -215,7 +215,7 @@ class Context {
   async preflight(): Promise<void> {
     const st = await this.okStatus();
     if (st.mode === 'ro') {
-      throw new ThinarchiveError('POOL_READ_ONLY', `thin pool ${this.what} is read-only (metadata error or full metadata): its metadata snapshot cannot be reserved or released`);
+      throw new UnsafeError('POOL_READ_ONLY', `thin pool ${this.what} is read-only (metadata error or full metadata): its metadata snapshot cannot be reserved or released`);
     }
     if (st.needsCheck) {
       throw new UnsafeError('POOL_NEEDS_CHECK', `thin pool ${this.what} is flagged needs_check: run thin_check / lvconvert --repair first`);
