@@ -115,7 +115,7 @@ export const ERRORS = {
   CHAIN_BROKEN: { exit: 'unsafe', meaning: 'the archives given do not follow each other' },
   CHAIN_MISMATCH: { exit: 'unsafe', meaning: 'the target holds an archive of another chain' },
   CHAIN_CONFUSED: { exit: 'unsafe', meaning: 'the chain has base snapshots of different archive chains' },
-  BAD_CHAIN_TAGS: { exit: 'unsafe', meaning: 'an LV tagged as a thinarchive snapshot has incomplete tags' },
+  BAD_CHAIN_TAGS: { exit: 'unsafe', meaning: 'an LV tagged as a thinarchive snapshot has incomplete tags, or tags of an unknown scheme version' },
   BASE_MISMATCH: { exit: 'unsafe', meaning: 'the parent archive holds another snapshot than the base given' },
   BASE_OTHER_POOL: { exit: 'unsafe', meaning: 'the base snapshot is in another pool than the volume' },
   BASE_WRITABLE: { exit: 'unsafe', meaning: 'the base snapshot is writable and may no longer match its archive' },
