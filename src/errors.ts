@@ -1,27 +1,44 @@
 /**
  * Typed errors. Every error the library raises on purpose is a ThinarchiveError with a stable string
- * `code`; the CLI maps the error's `exitClass` to an exit code (README, "Exit codes"). Anything else
- * that escapes is an internal error.
+ * `code` declared in the registry (src/error-codes.ts), which also gives its `exitClass`; the CLI maps
+ * the exit class to an exit code (README, "Exit codes" and "Error codes"). Anything else that escapes
+ * is an internal error.
  */
+import { exitClassOf, type CodeOfClass, type DeclaredCode, type ErrorCode, type ExitClass, type ExitClassOf, type IoCode, type S3Code } from './error-codes.js';
 
-/** How the CLI should report an error; each class has one documented exit code. */
-export type ExitClass = 'usage' | 'runtime' | 'verify' | 'unsafe' | 'interrupted';
+export type { ErrorCode, ExitClass } from './error-codes.js';
+/** The codes a FormatError may carry (exit class 'verify'). */
+export type FormatCode = CodeOfClass<'verify'>;
+
+/**
+ * The arguments of `new ThinarchiveError`: a declared code, the message, optionally the exit class
+ * (which must be the one the registry declares for that code: it is checked here, at compile time, and
+ * the registry's is used) and the cause.
+ */
+export type ThinarchiveErrorArgs =
+  | { [C in DeclaredCode]: [code: C, message: string, exitClass?: ExitClassOf<C>, options?: { cause?: unknown }] }[DeclaredCode]
+  | [code: IoCode | S3Code, message: string, exitClass?: 'runtime', options?: { cause?: unknown }];
 
 export class ThinarchiveError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly exitClass: ExitClass;
-  constructor(code: string, message: string, exitClass: ExitClass = 'runtime', options?: { cause?: unknown }) {
+  constructor(...[code, message, , options]: ThinarchiveErrorArgs) {
     super(message, options);
     this.name = 'ThinarchiveError';
     this.code = code;
-    this.exitClass = exitClass;
+    this.exitClass = exitClassOf(code);
+  }
+
+  /** The same error (code, exit class) with the message prefixed; the original is the cause. */
+  static prefixed(e: ThinarchiveError, prefix: string): ThinarchiveError {
+    return new ThinarchiveError(...([e.code, `${prefix}${e.message}`, undefined, { cause: e }] as ThinarchiveErrorArgs));
   }
 }
 
 /** Bad command-line input or bad arguments to a library call. */
 export class UsageError extends ThinarchiveError {
-  constructor(message: string, code = 'USAGE') {
-    super(code, message, 'usage');
+  constructor(message: string, code: CodeOfClass<'usage'> = 'USAGE') {
+    super(...([code, message] as ThinarchiveErrorArgs));
     this.name = 'UsageError';
   }
 }
@@ -35,8 +52,8 @@ export class FormatError extends ThinarchiveError {
   file: string | undefined;
   /** The message without the file and offset prefix. */
   readonly detail: string;
-  constructor(code: string, detail: string, offset?: number, file?: string) {
-    super(code, detail, 'verify');
+  constructor(code: CodeOfClass<'verify'>, detail: string, offset?: number, file?: string) {
+    super(...([code, detail] as ThinarchiveErrorArgs));
     this.name = 'FormatError';
     this.detail = detail;
     this.offset = offset;
@@ -53,8 +70,8 @@ export class FormatError extends ThinarchiveError {
 
 /** An operation was refused because it could damage data (wrong target state, in-use device, ...). */
 export class UnsafeError extends ThinarchiveError {
-  constructor(code: string, message: string) {
-    super(code, message, 'unsafe');
+  constructor(code: CodeOfClass<'unsafe'>, message: string) {
+    super(...([code, message] as ThinarchiveErrorArgs));
     this.name = 'UnsafeError';
   }
 }
@@ -72,8 +89,8 @@ export class CommandError extends ThinarchiveError {
   readonly argv: readonly string[];
   readonly exitCode: number | undefined;
   readonly stderr: string;
-  constructor(code: string, message: string, argv: readonly string[], exitCode: number | undefined, stderr: string) {
-    super(code, message, 'runtime');
+  constructor(code: CodeOfClass<'runtime'>, message: string, argv: readonly string[], exitCode: number | undefined, stderr: string) {
+    super(...([code, message] as ThinarchiveErrorArgs));
     this.name = 'CommandError';
     this.argv = argv;
     this.exitCode = exitCode;

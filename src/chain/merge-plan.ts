@@ -87,7 +87,7 @@ export async function refuseUndeletable(store: ArchiveStore, archives: StoredArc
   try {
     await store.checkDeletable(archives);
   } catch (e) {
-    if (e instanceof ThinarchiveError) throw new ThinarchiveError(e.code, `${what} refused, nothing changed: ${e.message}`, e.exitClass, { cause: e });
+    if (e instanceof ThinarchiveError) throw ThinarchiveError.prefixed(e, `${what} refused, nothing changed: `);
     throw e;
   }
 }

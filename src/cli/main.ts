@@ -6,8 +6,8 @@ import { Command, CommanderError, Option } from 'commander';
 import { pino } from 'pino';
 import {
   apply, close, DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, endWritable, info, journalHooks, list, remoteApplyDestination, send,
-  targetHooks, ThinarchiveError, TOOL_VERSION, UsageError, verify, writableSink, recover,
-  type ExitClass, type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
+  targetHooks, ThinarchiveError, TOOL_VERSION, UsageError, verify, writableSink, recover, EXIT_CODE,
+  type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
 } from '../api/index.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
 import {
@@ -16,7 +16,6 @@ import {
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
 
-const exitFor: Record<ExitClass, number> = { runtime: EXIT.runtime, usage: EXIT.usage, verify: EXIT.verify, unsafe: EXIT.unsafe, interrupted: EXIT.interrupted };
 
 const controller = new AbortController();
 /** JSON-lines log on standard error, at the level THINARCHIVE_LOG names (off by default). */
@@ -286,7 +285,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (e instanceof ThinarchiveError) {
       err(`thinarchive: ${e.message}`);
-      return exitFor[e.exitClass];
+      return EXIT_CODE[e.exitClass];
     }
     const detail = process.env.THINARCHIVE_DEBUG ? `\n${(e as Error)?.stack}` : ' (set THINARCHIVE_DEBUG=1 for details)';
     err(`thinarchive: internal error: ${(e as Error)?.message ?? String(e)}${detail}`);

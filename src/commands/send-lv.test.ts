@@ -202,6 +202,16 @@ describe('managed snapshot tags and names', () => {
     // a pending snapshot with incomplete tags is still a pending snapshot (removed by the next run)
     expect(classifyChainSnapshots([lvInfo('half', [...broken.tags, TAG_PENDING])], VOL_UUID, 'default').pending).toHaveLength(1);
   });
+
+  it('refuses a managed snapshot of an unknown tag-scheme version (ta_fmt_<n>, docs/LVM-METADATA.md): neither used nor removed', () => {
+    const tags = snapshotTags({ originUuid: VOL_UUID, chain: 'default', chainId: CHAIN_ID, archiveId: ARCH(3), sequence: 3, createdAt: '2024-01-01T00:00:00Z' }, false);
+    for (const extra of [[], [TAG_PENDING]]) {
+      const lvs = [lvInfo('future', [...tags, ...extra, 'ta_fmt_2'])];
+      expect(() => classifyChainSnapshots(lvs, VOL_UUID, 'default')).toThrow(expect.objectContaining({ code: 'BAD_CHAIN_TAGS', exitClass: 'unsafe', message: expect.stringMatching(/tag scheme ta_fmt_2/) }));
+    }
+    // unknown ta_* keys without a version tag are ignored (a later version adds only keys a 1.x reader may ignore)
+    expect(classifyChainSnapshots([lvInfo('b3', [...tags, 'ta_note_x'])], VOL_UUID, 'default').base!.tags.sequence).toBe(3);
+  });
 });
 
 describe('pool checks before snapshotting', () => {

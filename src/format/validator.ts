@@ -4,7 +4,7 @@
  * throws FormatError on the first violation.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { FormatError } from '../errors.js';
+import { FormatError, type FormatCode } from '../errors.js';
 import { ExtentKind, FrameType, MAX_INDEX_ENTRIES, MAX_RECORD_RAW } from './constants.js';
 import { xxh64Parts } from './hash.js';
 import type { ArchiveHeader, DataRecordHead, IndexEntry, IndexFrame, MapEnd, MapExtent, Trailer, ZeroRecord } from './types.js';
@@ -75,7 +75,7 @@ export class ArchiveValidator {
     this.file = file;
   }
 
-  private fail(code: string, message: string, offset: number): never {
+  private fail(code: FormatCode, message: string, offset: number): never {
     throw new FormatError(code, message, offset, this.file);
   }
 

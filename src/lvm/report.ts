@@ -16,7 +16,7 @@
  * - Values are bytes because of `--units b --nosuffix`; a size with a unit suffix is refused rather
  *   than guessed.
  */
-import { FormatError, ThinarchiveError } from '../errors.js';
+import { FormatError } from '../errors.js';
 
 /** The fields listLvs asks for; parseLvsReport needs lv_name, vg_name, lv_uuid and lv_attr at least. */
 export const LVS_FIELDS = [
@@ -215,7 +215,7 @@ export function parsePoolSettings(out: string, what: string): { discards: string
   } catch {
     row = undefined;
   }
-  if (!row) throw new ThinarchiveError('LVS_REPORT', `${what}: unexpected output`);
+  if (!row) throw new FormatError('LVS_REPORT', `${what}: unexpected output`);
   const discards = String(row['discards'] ?? '');
   const z = row['zero'];
   const zero = z === 'zero' || z === 1 || z === '1' || z === true;

@@ -6,7 +6,7 @@
  */
 import sax from 'sax';
 import type { SAXParser, Tag } from 'sax';
-import { FormatError } from '../errors.js';
+import { FormatError, type FormatCode } from '../errors.js';
 
 /** Input is fed to the XML parser in slices of at most this many characters. */
 const SLICE_CHARS = 16 * 1024;
@@ -35,7 +35,7 @@ export abstract class SaxDocumentReader<T> {
     private readonly source: AsyncIterator<string | Uint8Array>,
     protected readonly file: string | undefined,
     private readonly tool: string,
-    private readonly xmlCode: string,
+    private readonly xmlCode: FormatCode,
   ) {
     // Strict mode: well-formedness errors are errors, names are case-sensitive.
     const p = sax.parser(true, { position: true });
@@ -64,7 +64,7 @@ export abstract class SaxDocumentReader<T> {
   /** The source has ended: throw unless the document is complete (a cut-short document is never taken as a shorter one). */
   protected abstract checkComplete(): void;
 
-  protected error(code: string, message: string, offset?: number): FormatError {
+  protected error(code: FormatCode, message: string, offset?: number): FormatError {
     return new FormatError(code, `${this.tool} output: ${message}`, offset, this.file);
   }
 

@@ -184,7 +184,7 @@ export interface ThinToolsVersion {
  */
 export function parseThinToolsVersion(output: string): ThinToolsVersion {
   const m = /(?:^|\s)v?(\d+)\.(\d+)\.(\d+)(\S*)/.exec(output.trim());
-  if (!m) throw new ThinarchiveError('THIN_TOOLS_VERSION', `cannot read a version number in ${JSON.stringify(output.trim().slice(0, 100))}`);
+  if (!m) throw new UnsafeError('THIN_TOOLS_VERSION', `cannot read a version number in ${JSON.stringify(output.trim().slice(0, 100))}`);
   return { text: `${m[1]}.${m[2]}.${m[3]}${m[4]}`, major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3]) };
 }
 

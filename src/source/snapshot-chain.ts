@@ -113,6 +113,9 @@ export function classifyChainSnapshots(lvs: readonly LvInfo[], originUuid: strin
   const bases: { lv: LvInfo; tags: ChainTags }[] = [];
   for (const lv of lvs) {
     if (!lv.tags.includes(TAG_OURS) || !lv.tags.includes(`${P.origin}${originUuid}`) || !lv.tags.includes(`${P.chain}${chain}`)) continue;
+    // This scheme has no version tag; a later one adds ta_fmt_<n> (docs/LVM-METADATA.md): never use or remove such a snapshot.
+    const fmt = lv.tags.find((t) => t.startsWith('ta_fmt_'));
+    if (fmt) throw new UnsafeError('BAD_CHAIN_TAGS', `${lv.vg}/${lv.name} is a thinarchive snapshot of chain ${chain} in tag scheme ${fmt}, which this version does not know; use a newer thinarchive`);
     const tags = parseSnapshotTags(lv.tags);
     if (!tags) {
       if (lv.tags.includes(TAG_PENDING)) {

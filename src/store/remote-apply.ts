@@ -10,7 +10,7 @@
  * one-line error.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { ThinarchiveError, UsageError, type ExitClass } from '../errors.js';
+import { ThinarchiveError, UsageError, type ExitClass, type ThinarchiveErrorArgs } from '../errors.js';
 import type { StoreOptions } from './types.js';
 import { parseSshUrl, shq, SshConnection, within } from './ssh.js';
 import { writableSink } from './stream.js';
@@ -39,15 +39,17 @@ export interface RemoteApplyResult {
 export class RemoteApplyError extends ThinarchiveError {
   readonly remoteStatus: number | null;
   readonly remoteStderr: string;
-  constructor(message: string, exitClass: ExitClass, status: number | null, stderr: string) {
-    super('REMOTE_APPLY_FAILED', message, exitClass);
+  constructor(message: string, exitClass: Exclude<ExitClass, 'interrupted'>, status: number | null, stderr: string) {
+    super(...([REMOTE_APPLY_CODE[exitClass], message] as ThinarchiveErrorArgs));
     this.name = 'RemoteApplyError';
     this.remoteStatus = status;
     this.remoteStderr = stderr;
   }
 }
 
-const CLASS_OF_STATUS: Record<number, ExitClass> = { 2: 'usage', 3: 'verify', 4: 'unsafe' };
+const CLASS_OF_STATUS: Record<number, Exclude<ExitClass, 'interrupted'>> = { 2: 'usage', 3: 'verify', 4: 'unsafe' };
+/** The code of a failed remote apply, by the exit class of its exit status. */
+const REMOTE_APPLY_CODE = { runtime: 'REMOTE_APPLY_FAILED', usage: 'REMOTE_APPLY_USAGE', verify: 'REMOTE_APPLY_VERIFY', unsafe: 'REMOTE_APPLY_UNSAFE' } as const;
 
 /** The sender's error for a remote apply that exited with `status`. */
 export function remoteApplyError(host: string, status: number | null, stderr: string, remoteCommand: string): RemoteApplyError {

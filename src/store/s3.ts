@@ -69,6 +69,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { s3Code } from '../error-codes.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
 import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
@@ -170,7 +171,7 @@ export function s3Error(e: unknown, what: string, endpoint?: string): Thinarchiv
   else if (name === 'TimeoutError' || name === 'RequestTimeout') reason = `timed out talking to ${endpoint ?? 'the S3 endpoint'}`;
   else if (name === 'AbortError') reason = 'interrupted';
   else reason = [name || sys, status ? `HTTP ${status}` : '', msg].filter(Boolean).join(': ') || 'unknown error';
-  const c = `S3_${code.replace(/[^A-Za-z0-9]+/g, '_').toUpperCase()}`;
+  const c = s3Code(code);
   return new ThinarchiveError(c, `${what}: ${reason.replace(/\s*\n\s*/g, ' ')}`, 'runtime', { cause: e });
 }
 

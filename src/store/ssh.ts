@@ -27,7 +27,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { posix } from 'node:path';
-import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { ThinarchiveError, UnsafeError, UsageError, type ErrorCode } from '../errors.js';
 import { pidExists } from '../process.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveSink } from '../archive/writer.js';
@@ -88,7 +88,7 @@ function lastLine(s: string): string {
 /** A remote failure as one line, with an IO_* code when the message shows the cause. */
 function remoteError(what: string, stderr: string, status: number | null): ThinarchiveError {
   const line = lastLine(stderr);
-  let code = 'REMOTE_FAILED';
+  let code: ErrorCode = 'REMOTE_FAILED';
   if (/no space left/i.test(line)) code = 'IO_ENOSPC';
   else if (/permission denied|operation not permitted/i.test(line)) code = 'IO_EACCES';
   else if (/no such file|no such directory|not a directory/i.test(line)) code = 'IO_ENOENT';

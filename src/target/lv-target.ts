@@ -248,7 +248,7 @@ export class LvTarget {
       created = true;
       log.info({ target: where, pool: `${vg}/${o.createPool}`, size: info.sizeBytes }, 'created the target thin LV');
     }
-    if (!info) throw new UsageError(`logical volume ${where} not found (use --create --pool ${vg}/POOL to make a new thin LV)`);
+    if (!info) throw new ThinarchiveError('LV_NOT_FOUND', `logical volume ${where} not found (use --create --pool ${vg}/POOL to make a new thin LV)`);
 
     let activated = false;
     let target: FileTarget | undefined;
