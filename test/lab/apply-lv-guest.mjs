@@ -36,7 +36,7 @@ const memoryLogger = (lines) => {
 
 async function build(vg, pool, store, ...snaps) {
   const msnap = await import(join(DIST, 'lvm/metadata-snap.js'));
-  const { send } = await import(join(DIST, 'commands/send.js'));
+  const { send } = await import(join(DIST, 'api/index.js'));
   const lvs = await tools.listLvs(vg);
   const id = (s) => lvs.find((l) => l.name === s).thinId;
   const files = {};

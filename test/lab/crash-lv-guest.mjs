@@ -25,8 +25,8 @@ process.env.THINARCHIVE_STATE_DIR = join(WORK, 'state');
 const SEND_POINTS = Number(process.env.SEND_POINTS);
 const fx = JSON.parse(execFileSync('cat', [join(FIX, 'fixture.json')], { encoding: 'utf8' }));
 const { recover } = await import(join(DIST, 'api/index.js'));
-const { apply } = await import(join(DIST, 'commands/apply.js'));
-const { verify } = await import(join(DIST, 'commands/verify.js'));
+const { apply } = await import(join(DIST, 'api/index.js'));
+const { verify } = await import(join(DIST, 'api/index.js'));
 const { parsePoolStatus } = await import(join(DIST, 'lvm/pool-status.js'));
 
 const sh = (cmd, ...args) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
