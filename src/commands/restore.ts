@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { markRebuilding, type TargetKind, type TargetState } from '../target/state.js';
-import { cleanState, Target } from '../target/target.js';
+import { checkTargetOptions, cleanState, Target } from '../target/target.js';
 import { openChain, selectPoint, type ChainArchive } from '../chain/chain.js';
 import { ChainReader, type ArchiveReadStats } from '../chain/reader.js';
 import { type Segment } from '../chain/segments.js';
@@ -76,6 +76,8 @@ export async function checkRestoreTarget(
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
+  // Every option is checked before the chain is read (it may be remote).
+  await checkTargetOptions(opts.to, opts);
   const chain = await openChain(opts.dir, opts.storeOptions);
   try {
     const at = selectPoint(chain.archives, opts.at);
