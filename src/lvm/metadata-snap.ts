@@ -1,32 +1,7 @@
 /**
- * The metadata snapshot discipline: how thinarchive reserves, uses and releases a thin pool's
- * metadata snapshot without ever releasing somebody else's, and without leaving its own behind.
- *
- * The kernel allows one metadata snapshot per pool (reserving a second fails with EBUSY, releasing
- * when none is held with EINVAL); it survives reboots and costs metadata space while held. Other
- * tools (thin_ls, backup programs, an administrator) use the same single slot, so:
- *
- *  1. A per-pool lock file (pool-lock.ts) serialises thinarchive processes on one pool.
- *  2. Under the lock, the pool status is read. A held snapshot is released only when it is provably
- *     thinarchive's own, left by a process that is gone: the reservation record (below) names the
- *     same held root and its process is dead (pid gone or reused, or another boot). Otherwise
- *     thinarchive refuses with UnsafeError METADATA_SNAP_HELD and releases nothing - unless `force`,
- *     which releases it with a warning in the log.
- *  3. A record `<stateDir>/reservations/<dm vg>-<dm pool>.json` is written durably before
- *     reserving (state "reserving") and again right after, with the held root read back from the
- *     pool status (state "held"). A thinarchive killed at any point (SIGKILL, power loss) is thus
- *     recognised by the next run. (Killed between the reserve and the second write, the record
- *     says "reserving" without a root: the next run cannot prove the snapshot is thinarchive's and
- *     refuses, saying so.)
- *  4. fn runs with the tmeta device path. Then, whatever fn did, the snapshot is released - if it
- *     still is ours (same held root); if someone else released it meanwhile, what fn read cannot be
- *     trusted: UnsafeError METADATA_SNAP_LOST.
- *  5. While held, SIGINT/SIGTERM/SIGHUP release it first: fn's AbortSignal fires, the snapshot is
- *     released, the lock removed, and the signal re-raised when no other listener handles it (so
- *     the process still dies of it).
- *
- * LV snapshots must be created *before* reserving: the metadata snapshot shows the pool as it was
- * when reserved.
+ * The metadata snapshot discipline: reserve, use and release a thin pool's metadata snapshot, never
+ * releasing somebody else's nor leaving thinarchive's own behind (per-pool lock, reservation record,
+ * signals). Rules: docs/LVM.md section 6; the record's format: docs/LVM-METADATA.md section 8.
  */
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -119,7 +94,7 @@ type HandledSignal = (typeof SIGNALS)[number];
 
 /**
  * Reserve the pool's metadata snapshot, run fn with the tmeta path, release it (also when fn
- * fails, and on SIGINT/SIGTERM/SIGHUP). See the module comment for the rules.
+ * fails, and on SIGINT/SIGTERM/SIGHUP). Rules: docs/LVM.md section 6.
  */
 export async function withMetadataSnapshot<T>(
   pool: PoolRef,

@@ -1,16 +1,7 @@
 /**
- * A per-pool lock between thinarchive processes, and the identity of a process across crashes and
- * reboots.
- *
- * Node has no flock(2), so the lock is a file created with O_EXCL (`wx`) holding the owner's pid,
- * the kernel's boot id (/proc/sys/kernel/random/boot_id), the pid's start time (field 22 of
- * /proc/PID/stat, which tells a reused pid from the original) and a random token. A lock file is
- * stale when its owner is gone: the boot id differs (rebooted), the pid does not exist, or the pid
- * now belongs to a process started at another time. A stale lock is removed under a short-lived
- * second lock (`<lock>.break`), re-reading it first, so two waiters can never both "break" a
- * lock and one of them remove the other's fresh lock.
- *
- * Calls in one process are queued in memory first, so they do not poll.
+ * A per-pool lock file between thinarchive processes (also used for the send lock), and the identity
+ * of a process across crashes and reboots (pid, boot id, start time). Lock file content, dead owners
+ * and takeover: docs/LVM-METADATA.md section 9.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';

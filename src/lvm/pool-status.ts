@@ -1,19 +1,7 @@
 /**
- * Parser for the status line of a thin-pool target (pure): `dmsetup status <dm vg>-<dm pool>-tpool`.
- *
- *   <start> <length> thin-pool <transaction id> <used meta>/<total meta> <used data>/<total data>
- *     <held metadata root> ro|rw|out_of_data_space ignore_discard|discard_passdown|no_discard_passdown
- *     error_if_no_space|queue_if_no_space needs_check|- <metadata low watermark>
- *
- * e.g. (Linux 6.1, lvm 2.03.16):
- *   0 6291456 thin-pool 3 126/1024 1189/49152 - rw no_discard_passdown queue_if_no_space - 256
- *   0 6291456 thin-pool 3 127/1024 1189/49152 82 rw no_discard_passdown queue_if_no_space - 256
- *
- * Metadata counts are metadata blocks (4 KiB), data counts pool blocks. The held root is the
- * metadata block of the reserved metadata snapshot, '-' when none is held. A failed pool prints
- * `Fail` instead of everything after `thin-pool`; an error reading the status prints `Error`
- * (drivers/md/dm-thin.c, pool_status()). Older kernels stop after the held root, or before the low
- * watermark: the trailing fields are optional here.
+ * Parser for the status line of a thin-pool target (pure): `dmsetup status <dm vg>-<dm pool>-tpool`,
+ * and the pool health checks built on it. The line's format and the fields used: docs/LVM.md
+ * section 3.
  */
 import { FormatError, UnsafeError } from '../errors.js';
 

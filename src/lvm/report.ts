@@ -1,20 +1,6 @@
 /**
- * Parsers for `lvs` / `vgs` JSON reports (pure).
- *
- * Run as: lvs --reportformat json --units b --nosuffix -o <LVS_FIELDS> [VG]
- *
- *   {"report": [ {"lv": [ {"lv_name":"pool", "lv_size":"3221225472", "thin_id":"", ...}, ... ]} ]}
- *
- * - lvm 2.03.16 (`json`) prints every value as a string; an undefined value is "".
- * - lvm >= 2.03.17 with `--reportformat json_std` prints numeric fields as JSON numbers, undefined
- *   ones as null (or "" in some fields), and string lists (lv_tags) as JSON arrays. Both are accepted.
- * - `lv_attr` (10 characters, see lvs(8)): [0] type: 't' thin pool, 'V' thin volume, 'T'/'e'...
- *   internal; [1] 'w'/'r'/'R' permissions; [4] 'a' active; [5] 'o' open; [6] target type ('t' thin);
- *   [8] health ('D' out of data space, 'M' metadata read-only, 'F' failed, ...); [9] 'k' activation
- *   skip.
- * - `thin_id` is reused after a thin LV is deleted: identify LVs by `lv_uuid`.
- * - Values are bytes because of `--units b --nosuffix`; a size with a unit suffix is refused rather
- *   than guessed.
+ * Parsers for `lvs` / `vgs` JSON reports (pure). Both lvm's `json` and `json_std` forms; sizes in bytes
+ * (`--units b --nosuffix`). The report format and lv_attr: docs/LVM.md section 2.
  */
 import { FormatError } from '../errors.js';
 

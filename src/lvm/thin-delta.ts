@@ -1,38 +1,7 @@
 /**
- * Streaming parser for the XML that `thin_delta` prints (thin-provisioning-tools 0.9.x and 1.x).
- *
- * Pure: it reads text from an async iterable (e.g. a child process's stdout) and never touches
- * processes or files. Memory stays bounded whatever the document size: input is fed to `sax` in
- * slices of at most SLICE_CHARS characters and the ranges parsed from one slice are handed out
- * before the next slice is fed, so no more than one slice's worth of ranges is ever queued.
- *
- * What thin_delta prints (both versions; see fixtures/thin-delta/README.md for the sources):
- *
- *   <superblock uuid="" time="3" transaction="7" data_block_size="128" nr_data_blocks="8192">
- *     <diff left="1" right="2">
- *       <same begin="0" length="10"/>            plain form: one element per run
- *       <different begin="10" length="5"/>
- *       <right_only begin="30" length="5"/>
- *       <left_only begin="40" length="5"/>
- *     </diff>
- *   </superblock>
- *
- * With --verbose the kind elements become groups of <range> children instead:
- *
- *       <same><range begin="15" data_begin="1015" length="5"/>...</same>
- *       <different><range begin="10" left_data_begin="1010" right_data_begin="7000" length="5"/></different>
- *
- * - `begin` and `length` count *pool blocks* (data_block_size sectors of 512 bytes), in the thin
- *   volume's address space; every element is sorted by `begin` and none overlap.
- * - `different` / `right_only`: the newer snapshot has data there that must be copied.
- *   `left_only`: mapped in the older snapshot only, i.e. unmapped (discarded) in the newer one.
- *   `same`: unchanged, dropped here.
- * - Plain output merges adjacent runs of one kind; 0.9's verbose output does not (one <range> per
- *   mapping piece), 1.x's does. Kinds alternate freely, so adjacent runs of *different* kinds are
- *   common (`different` 25..29 then `right_only` 30..34). We coalesce after mapping kinds to
- *   data/unmap, so both forms give identical ranges.
- * - `nr_data_blocks` is 0 under `-m` (metadata snapshot) in 0.9: it is never used. `uuid` is always
- *   empty. 1.x adds `flags="1"` when needs_check is set, and some 1.x builds add `version="2"`.
+ * Streaming parser for the XML that `thin_delta` prints (thin-provisioning-tools 0.9.x and 1.x): the
+ * changed ranges between two thin devices, as data / unmap. Pure, memory bounded (fed to `sax` in
+ * slices of SLICE_CHARS). The output format, units and coalescing: docs/LVM.md section 4.
  */
 import type { Tag } from 'sax';
 import { SaxDocumentReader } from './sax-reader.js';

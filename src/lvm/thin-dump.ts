@@ -1,36 +1,7 @@
 /**
  * Streaming parser for the XML that `thin_dump -m --dev-id N` prints (thin-provisioning-tools 0.9.x
- * and 1.x): the mapped ranges of one thin device, in the device's own (virtual, "origin") address
- * space. This is what a full send reads: only mapped blocks.
- *
- * Pure, same design as thin-delta.ts: text is read from an async iterable and fed to `sax` in
- * slices of at most SLICE_CHARS characters; the ranges parsed from one slice are handed out before
- * the next slice is fed.
- *
- * 0.9.0 (real output, Debian bookworm; see fixtures/lvm/README.md):
- *
- *   <superblock uuid="" time="2" transaction="3" flags="0" version="2" data_block_size="128" nr_data_blocks="0">
- *     <device dev_id="3" mapped_blocks="14" transaction="2" creation_time="2" snap_time="2">
- *       <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>
- *       <single_mapping origin_block="100" data_block="15" time="1"/>
- *     </device>
- *   </superblock>
- *
- * 1.x (jthornber/thin-provisioning-tools, Rust: src/thin/xml.rs XmlWriter, src/thin/dump.rs
- * dump_metadata): the same elements, `flags` only when needs_check, and leaf runs shared between
- * dumped devices factored out: `<def name="N">` elements (holding mappings only, before the first
- * device) and `<ref name="N"/>` inside a device standing for the def's mappings at that point. The
- * mappings inside a def carry absolute origin block numbers (they are btree leaves, keyed by
- * virtual block), so a ref expands to exactly the def's ranges.
- *
- * - Mappings are printed in origin order (a btree walk; verified on 0.9 in the lab); this parser
- *   checks that and refuses unsorted or overlapping input instead of sorting.
- * - Adjacent mappings are coalesced in the origin space whatever their data blocks.
- * - An unknown dev id prints an empty superblock and exits 0: that is THIN_DEVICE_NOT_FOUND here.
- * - Without `devId` the first device is taken and a second one is an error; with `devId` other
- *   devices are skipped (a dump of the whole pool works, but --dev-id is much cheaper).
- * - Defs are kept in memory (as coalesced ranges) until the end: only 1.x dumps of several devices
- *   have them; a single-device dump has nothing shared to factor out.
+ * and 1.x): the mapped ranges of one thin device, for a full send. Pure, same design as thin-delta.ts.
+ * The output format (def/ref, ordering, coalescing): docs/LVM.md section 5.
  */
 import type { Tag } from 'sax';
 import { SaxDocumentReader } from './sax-reader.js';

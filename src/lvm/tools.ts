@@ -1,21 +1,7 @@
 /**
- * LVM, device-mapper and thin-provisioning-tools operations, each a thin wrapper around one or
- * two commands run through an LvmExec (default: execa). Parsing lives in the pure modules
- * (report.ts, pool-status.ts, thin-delta.ts, thin-dump.ts).
- *
- * Facts these rely on (lvm2 2.03.16, thin-provisioning-tools 0.9.0, Linux 6.1; shared/LAB.md):
- * - A thin snapshot gets the activation-skip flag ('k'): activate it with `lvchange -ay -K`.
- *   `lvchange -ay -K -pr` in one call is rejected ("Command does not accept option:
- *   --ignoreactivationskip"), so activateReadOnly sets the permission first (`-pr`, allowed on an
- *   inactive LV) and then activates: the device is read-only from the moment it exists.
- *   `lvchange -pr` on an LV that already is read-only fails (exit 5): it is skipped then.
- * - thin_delta / thin_dump `-m` alone means "the held metadata snapshot" in 0.9 and 1.x (0.9 takes
- *   an optional *attached* block number, `-m5`; `-m 5` would make 5 the device).
- * - thin_delta 0.9 exits 1 with "Unable to find mapping tree for snap1 (77)" for an unknown device
- *   and "no current metadata snap" when nothing is reserved; thin_dump prints an empty superblock
- *   for an unknown --dev-id and exits 0 (thin-dump.ts reports THIN_DEVICE_NOT_FOUND).
- * - thin-provisioning-tools 1.0.0-1.0.5 have wrong-output and option bugs: only 0.9.x and >= 1.0.6
- *   are accepted.
+ * LVM, device-mapper and thin-provisioning-tools operations, each a thin wrapper around one or two
+ * commands run through an LvmExec (default: execa); parsing lives in report.ts, pool-status.ts,
+ * thin-delta.ts and thin-dump.ts. Tool behaviour relied on and accepted versions: docs/LVM.md section 1.
  */
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';

@@ -1,16 +1,6 @@
 /**
- * Targets that apply writes to: a sparse image file or a block device.
- *
- * Zeroing (ZERO records and UNMAP extents) is never skipped:
- * - image: punch a hole (reads back as zeroes, frees space); if the filesystem cannot, zero the range
- *   with fallocate(ZERO_RANGE); if that fails too, write zeroes.
- * - block device: fallocate(PUNCH_HOLE) (the kernel's WRITE_ZEROES with unmap, guaranteed to read back
- *   zero, never falls back); if unsupported, ioctl(BLKZEROOUT) (guaranteed zeroes; the kernel writes
- *   them when the device has no offload); if that fails, write zeroes.
- * A plain BLKDISCARD is not used: a discard may leave old data readable.
- *
- * State (which archive the target holds) lives beside an image (`IMAGE.thinarchive.json`) and, for a
- * block device, in the state directory (see TargetStateStore). Both are replaced atomically.
+ * Targets that apply writes to: a sparse image file or a block device. Zeroing is never skipped
+ * (docs/FORMAT.md section 3, rule 5); the state file: docs/LVM-METADATA.md section 6.
  */
 import { constants as fsc } from 'node:fs';
 import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';

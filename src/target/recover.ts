@@ -1,20 +1,7 @@
 /**
- * recover: bring a target whose `apply` was interrupted (crash, kill -9, power loss, I/O error) back
- * to a consistent state. `thinarchive recover TARGET` runs it explicitly; `apply` runs it first on
- * its target (the CLI says so on standard error).
- *
- * The choice is "roll back to the previous state" (docs/JOURNAL.md):
- * - image and block-device targets with an undo journal (the default): the journal is replayed newest
- *   entry first (holes restored as holes), an image is put back to its old size, the target flushed,
- *   the previous state written back (atomically, durably), then the journal removed. An image created
- *   by the interrupted apply is removed instead by `recover`; `apply` leaves it to be completed by the
- *   archive it was interrupted in (a new image held nothing, so completing it is as safe).
- * - thin LV targets: the rollback snapshot taken before writing (lv-target.ts) is put back in place
- *   of the written LV (see LvTarget.recover).
- * - with --no-undo there is nothing to roll back with: the target stays "applying" and applying the
- *   same archive again completes it (apply is idempotent); recover says so (UnsafeError NO_UNDO).
- * A journal next to a clean target is stale (a crash after the new state was made durable, before
- * the journal was removed, or before the first write): it is removed.
+ * recover: bring a target whose `apply` was interrupted back to its previous consistent state (undo
+ * journal, or rollback snapshot of a thin LV via LvTarget.recover); `apply` runs it first on its
+ * target. The rules and exit codes: docs/JOURNAL.md.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';

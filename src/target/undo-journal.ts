@@ -1,17 +1,7 @@
 /**
- * The undo journal of an image or block-device target (docs/JOURNAL.md).
- *
- * Before a byte range of the target is overwritten, zeroed or punched, its old contents are appended
- * to the journal, and the journal is flushed (fdatasync) before the target write starts. Appends are
- * queued as soon as apply knows a range (when a record is read, before it is decoded) and one flush
- * covers every entry appended so far: a write waits only for the flush that covers its own entry.
- *
- * Entries are self-checking (xxh64 over the entry header and payload). Reading stops at the first
- * entry that is torn or does not check: its target write cannot have started, because a write waits
- * for the flush of its entry, and every entry before a flushed one is flushed too.
- *
- * Rolling back replays the entries newest first (so that for a byte journaled twice, the oldest
- * contents win), restoring holes as holes, after putting an image back to its old size.
+ * The undo journal of an image or block-device target: old contents are journaled and flushed before
+ * the target write they cover; rolling back replays entries newest first. Format and crash-safety
+ * argument: docs/JOURNAL.md ("Order of operations", "Journal format").
  */
 import { constants as fsc } from 'node:fs';
 import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
