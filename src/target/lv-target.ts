@@ -1,7 +1,7 @@
 /**
  * LV targets (`apply --to VG/LV`, thin or thick): opening (create, activate, exclusive open, size),
  * state in LV tags (lv-tags.ts; docs/LVM-METADATA.md), zeroing without allocating pool space, target
- * and rollback snapshots, and recovery of an interrupted apply. Zeroing and recovery: docs/JOURNAL.md.
+ * and rollback snapshots, and recovery of an interrupted apply. Zeroing: docs/LVM.md; recovery: docs/JOURNAL.md.
  */
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
