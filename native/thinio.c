@@ -11,6 +11,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>

@@ -212,7 +212,7 @@ export async function openScanTarget(to: string, stateDir?: string): Promise<{
     const snapTag = isSendSnapshot ? info.tags.find((t) => t.startsWith('ta_archive_')) : undefined;
     let vol: FileVolume;
     try {
-      vol = await FileVolume.open(path);
+      vol = await FileVolume.open(path, 'target');
     } catch (e) {
       if (activated) await deactivate(lv.vg, lv.lv, { exec }).catch(() => {});
       throw e;
@@ -225,7 +225,7 @@ export async function openScanTarget(to: string, stateDir?: string): Promise<{
       },
     };
   }
-  const vol = await FileVolume.open(to);
+  const vol = await FileVolume.open(to, 'target');
   const kind = vol.isBlockDevice ? 'blockdev' : 'image';
   try {
     const state = await new JsonStateStore(stateFileFor(kind, to, stateDir)).read();

@@ -87,10 +87,13 @@ export function planStart(headers: ArchiveHeader[], state: TargetState | null, o
   const first = headers[0];
   if (state === null) {
     if (!opts.fresh && !opts.force) {
-      throw new UnsafeError('TARGET_UNKNOWN', 'the target has no thinarchive state (it was not written by apply); use --force to overwrite it with a full archive');
+      throw new UnsafeError('TARGET_UNKNOWN', first.full
+        ? 'the target has no thinarchive state (it was not written by apply); use --force to overwrite it with this full archive'
+        : `the target has no thinarchive state (it was not written by apply) and archive ${first.archiveId} is incremental (sequence ${first.sequence}): `
+          + 'apply the whole chain from its full archive (apply STORE --to TARGET, with --force to overwrite the target), or restore it (thinarchive restore STORE --to TARGET --force)');
     }
     if (!first.full) {
-      throw new UnsafeError('CHAIN_MISMATCH', `archive ${first.archiveId} is incremental (sequence ${first.sequence}); a new target needs a full archive first`);
+      throw new UnsafeError('CHAIN_MISMATCH', `archive ${first.archiveId} is incremental (sequence ${first.sequence}); a target without state needs the chain from its full archive first (apply STORE --to TARGET, or thinarchive restore STORE --to TARGET)`);
     }
     return 0;
   }

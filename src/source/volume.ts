@@ -19,18 +19,19 @@ export class FileVolume implements VolumeSource {
     readonly isBlockDevice: boolean,
   ) {}
 
-  static async open(path: string): Promise<FileVolume> {
+  /** Open for reading; `role` names it in messages (the source of a send, the target of verify --against). */
+  static async open(path: string, role: 'source' | 'target' = 'source'): Promise<FileVolume> {
     let fh: FileHandle;
     try {
       fh = await open(path, 'r');
     } catch (e) {
-      throw ioError(e, `cannot open source ${path}`);
+      throw ioError(e, `cannot open ${role} ${path}`);
     }
     try {
       const st = await fh.stat();
       if (st.isBlockDevice()) return new FileVolume(path, fh, thinio().blkGetSize64(fh.fd), true);
-      if (!st.isFile()) throw new ThinarchiveError('SOURCE_NOT_VOLUME', `source ${path} is neither a regular file nor a block device`, 'usage');
-      if (st.size === 0) throw new ThinarchiveError('SOURCE_EMPTY', `source ${path} is empty`, 'usage');
+      if (!st.isFile()) throw new ThinarchiveError('SOURCE_NOT_VOLUME', `${role} ${path} is neither a regular file nor a block device`, 'usage');
+      if (st.size === 0) throw new ThinarchiveError('SOURCE_EMPTY', `${role} ${path} is empty`, 'usage');
       return new FileVolume(path, fh, st.size, false);
     } catch (e) {
       await fh.close();

@@ -14,10 +14,17 @@ import type { ArchiveStore } from './types.js';
 /** The URL schemes a store name may have. */
 export type StoreKind = 'dir' | 'ssh' | 's3';
 
-/** Which kind of store `ref` names (anything that is not a known URL is a directory path). */
+/**
+ * Which kind of store `ref` names. Anything that looks like a URL (`scheme:/...`) must be a supported
+ * one (UsageError otherwise: `ftp://`, `sftp://` and `s3:/bucket` are never taken as directories);
+ * everything else is a directory path.
+ */
 export function storeKind(ref: string): StoreKind {
   if (/^ssh:\/\//i.test(ref)) return 'ssh';
   if (/^s3:\/\//i.test(ref)) return 's3';
+  if (/^[a-z][a-z0-9+.-]*:\//i.test(ref)) {
+    throw new UsageError(`unsupported store URL ${ref}: use a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix`);
+  }
   return 'dir';
 }
 
@@ -29,9 +36,6 @@ export function isStoreUrl(ref: string): boolean {
 /** Open the store `url` names. Does not contact a remote store until it is used. */
 export async function openStore(url: string, opts: StoreOptions = {}): Promise<ArchiveStore> {
   if (url === '-') throw new UsageError("'-' is a pipe, not a store");
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url) && !isStoreUrl(url)) {
-    throw new UsageError(`unsupported store URL ${url}: use a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix`);
-  }
   switch (storeKind(url)) {
     case 'ssh':
       return new SshStore(parseSshUrl(url), opts);

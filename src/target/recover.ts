@@ -97,6 +97,8 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
       await removeJournal(journal);
       return done({ action: 'stale-journal-removed', state: null, journal });
     }
+    // Nothing there and nothing of ours: for apply a new target; for recover a wrong path.
+    if (!opts.fromApply) throw ioError(Object.assign(new Error('ENOENT'), { code: 'ENOENT' }), `cannot recover ${path}`);
     return done({ action: 'none', state: null });
   }
   const stateStore = new JsonStateStore(stateFileFor(kind, path, opts.stateDir));

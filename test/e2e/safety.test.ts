@@ -88,7 +88,7 @@ describe.concurrent('refusals and failures', () => {
       const img = dir.join('new-incr.img');
       const r = await run(['apply', sent[1].path, '--to', img, '--create']);
       const line = expectFailure(r, 4);
-      expect(line).toContain(`archive ${sent[1].archiveId} is incremental (sequence 1); a new target needs a full archive first`);
+      expect(line).toContain(`archive ${sent[1].archiveId} is incremental (sequence 1); a target without state needs the chain from its full archive first`);
       expect(existsSync(img)).toBe(false);
       expect(existsSync(`${img}.thinarchive.json`)).toBe(false);
     });
