@@ -28,10 +28,10 @@
  * LV snapshots must be created *before* reserving: the metadata snapshot shows the pool as it was
  * when reserved.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CommandError, ThinarchiveError, UnsafeError, ioError } from '../errors.js';
-import { fsyncDir, writeFileAtomic } from '../fsutil.js';
+import { fsyncDir, makeDirs, writeFileAtomic } from '../fsutil.js';
 import { type Logger, silentLogger } from '../log.js';
 import { type LvmExec, runLvmCommand } from './exec.js';
 import { assertLvmName, dmName, poolDmName, tmetaPath } from './names.js';
@@ -194,7 +194,7 @@ class Context {
       time: new Date().toISOString(),
     };
     try {
-      await mkdir(join(this.stateDir, 'reservations'), { recursive: true, mode: 0o700 });
+      await makeDirs(join(this.stateDir, 'reservations'), 0o700);
       await writeFileAtomic(this.recordPath, `${JSON.stringify(rec, null, 2)}\n`);
     } catch (e) {
       throw ioError(e, `writing the reservation record ${this.recordPath}`);

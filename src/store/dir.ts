@@ -12,10 +12,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, link, mkdir, open, readdir, readFile, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { access, link, open, readdir, readFile, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
-import { fsyncDir, tempNameFor } from '../fsutil.js';
+import { fsyncDir, makeDirs, tempNameFor } from '../fsutil.js';
 import {
   archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
@@ -135,7 +135,7 @@ export class DirectoryStore implements ArchiveStore {
     checkChainId(chainId);
     const dir = join(this.root, chainId);
     try {
-      await mkdir(dir, { recursive: true });
+      await makeDirs(dir);
     } catch (e) {
       throw ioError(e, `cannot create chain directory ${dir}`);
     }

@@ -38,7 +38,7 @@ import type { ArchiveSink } from '../archive/writer.js';
 import type { StoreOptions } from './open.js';
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
 
 const CHAIN_GLOB = '????????-????-????-????-????????????';

@@ -13,10 +13,10 @@
  * block device, in the state directory (see TargetStateStore). Both are replaced atomically.
  */
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { makeDirs, writeFileAtomic } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { thinio } from '../native.js';
 import type { UndoJournal } from './undo-journal.js';
@@ -101,7 +101,7 @@ export class JsonStateStore implements TargetStateStore {
 
   async write(s: TargetState): Promise<void> {
     try {
-      await mkdir(dirname(this.where), { recursive: true });
+      await makeDirs(dirname(this.where));
       await writeFileAtomic(this.where, JSON.stringify(s, null, 2) + '\n');
     } catch (e) {
       throw ioError(e, `cannot write target state ${this.where}`);
