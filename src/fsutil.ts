@@ -1,6 +1,32 @@
 /** Durable file replacement: temporary name, fsync, rename, fsync the directory (NFS-safe). */
-import { open, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+
+/**
+ * `mkdir -p`: create `path` and its missing parents. Not Node's `mkdir({ recursive: true })`, which
+ * loops forever (100% CPU, deaf to signals) when a parent exists but a child cannot be created in it,
+ * as in /proc (mkdir("/proc/x") ENOENT, mkdir("/proc") EEXIST). Each level is tried at most twice,
+ * so a path that cannot be created fails with the errno of the level that failed.
+ */
+export async function makeDirs(path: string, mode?: number): Promise<void> {
+  const p = resolve(path);
+  const isDir = (): Promise<boolean> => stat(p).then((s) => s.isDirectory(), () => false);
+  const once = async (): Promise<void> => {
+    try {
+      await mkdir(p, { mode });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST' && (await isDir())) return;
+      throw e;
+    }
+  };
+  try {
+    await once();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(p) === p) throw e;
+    await makeDirs(dirname(p), mode);
+    await once();
+  }
+}
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');

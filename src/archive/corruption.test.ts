@@ -783,6 +783,22 @@ describe('(d) hostile frames', () => {
         body: encodeDataBody({ firstBlock: Number(dv.getBigUint64(0, true)), blockCount: n + 1, codec: f.body[12] as 0 | 1, rawLen: dv.getUint32(16, true), storedLen: dv.getUint32(20, true), storedHash: dv.getBigUint64(24, true), hashes }),
       }, ...list.slice(i + 1)];
     }, ['BAD_RECORD']);
+    // Issue 11: records that disagree with the map. The first DATA record after a hole moved one block earlier
+    // (and one later), checks, index and digest recomputed: a format error, from the stream and from
+    // preflight, before any write.
+    for (const shift of [-1, 1]) {
+      const edit = (list: Frame[]): Frame[] => {
+        const i = list.findIndex((f) => f.type === FrameType.DATA && new DataView(f.body.buffer, f.body.byteOffset).getUint32(0, true) >= 25);
+        return [...list.slice(0, i), dataBody(list[i], (d) => d.setBigUint64(0, d.getBigUint64(0, true) + BigInt(shift), true)), ...list.slice(i + 1)];
+      };
+      const m = await hostile(`DATA record after a hole shifted by ${shift} block`, edit, ['BAD_RECORD']);
+      expectFormatError(await randomAccess(m), `preflight, first DATA record shifted by ${shift} block`, ['BAD_INDEX', 'BAD_RECORD']);
+    }
+    // Issue 11: a header value out of range (creation time past what a Date holds), checks and digest recomputed.
+    for (const ms of [8_640_000_000_000_001, Number.MAX_SAFE_INTEGER]) {
+      const m = await hostile(`creation time ${ms}`, (list) => [dataBody(list[0], (d) => d.setBigUint64(88, BigInt(ms), true)), ...list.slice(1)], ['FIELD_RANGE']);
+      expectFormatError(await randomAccess(m), `open, creation time ${ms}`, ['FIELD_RANGE']);
+    }
     // With the index rebuilt to match, preflight sees the missing coverage through the index.
     const { pre, frames: list } = frames(small.bytes);
     const i = list.findIndex(isRecord);

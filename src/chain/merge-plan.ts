@@ -53,7 +53,8 @@ export async function mergeGroup(
       yield { firstBlock: s.first, blockCount: s.count, kind };
     }
   }
-  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
+  // It takes a sequence its originals hold: no exclusive claim (store/types.ts).
+  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!, { replaces: true });
   try {
     const { res, bytesRead } = await withPool(async (pool) => {
       const reader = new ChainReader(files, pool);

@@ -249,6 +249,9 @@ function testKillHook(): void {
   journalHooks.afterFlush = tick;
 }
 
+/** How long a command may take to stop after SIGINT/SIGTERM before it is ended regardless. */
+const INTERRUPT_GRACE_MS = 10_000;
+
 export async function main(argv: string[]): Promise<number> {
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) {
@@ -260,6 +263,14 @@ export async function main(argv: string[]): Promise<number> {
     }
     interrupted = true;
     controller.abort();
+    // Every command stops promptly: one still running after INTERRUPT_GRACE_MS (a call deaf to the
+    // signal) is ended here. What that leaves is what a crash leaves, which every command survives
+    // (temporary files go at the next run; an apply's undo journal is rolled back by recover or the
+    // next apply); nothing partial is ever under an archive's final name.
+    setTimeout(() => {
+      err('thinarchive: interrupted');
+      process.exit(EXIT.interrupted);
+    }, INTERRUPT_GRACE_MS).unref();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);

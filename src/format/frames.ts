@@ -178,6 +178,9 @@ export function decodeHeaderBody(b: Uint8Array, offset: number, version: { major
   if (archiveId === NIL_UUID) throw new FormatError('BAD_HEADER', 'archive id is all zero', offset);
   const sequence = u64(dv, 56, 'sequence', offset);
   const volumeSize = u64(dv, 80, 'volume size', offset);
+  // A JavaScript Date holds at most 8.64e15 ms after 1970: anything later is no creation time.
+  const createdMs = u64(dv, 88, 'creation time', offset);
+  if (createdMs > 8_640_000_000_000_000) throw new FormatError('FIELD_RANGE', `creation time out of range: ${createdMs}`, offset + 88);
   if (volumeSize === 0) throw new FormatError('BAD_HEADER', 'volume size is zero', offset);
   if (b[96] !== CompressionAlg.ZSTD) throw new FormatError('UNSUPPORTED_ALGORITHM', `unknown compression algorithm ${b[96]}`, offset);
   if (b[97] !== HashAlg.XXH64) throw new FormatError('UNSUPPORTED_ALGORITHM', `unknown hash algorithm ${b[97]}`, offset);
@@ -207,7 +210,7 @@ export function decodeHeaderBody(b: Uint8Array, offset: number, version: { major
     sequence,
     volumeUuid: bytesToUuid(b, 64),
     volumeSize,
-    createdMs: u64(dv, 88, 'creation time', offset),
+    createdMs,
     compression: b[96],
     hash: b[97],
     digest: b[98],

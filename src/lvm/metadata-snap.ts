@@ -3,10 +3,10 @@
  * releasing somebody else's nor leaving thinarchive's own behind (per-pool lock, reservation record,
  * signals). Rules: docs/LVM.md section 6; the record's format: docs/LVM-METADATA.md section 8.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CommandError, ThinarchiveError, UnsafeError, ioError } from '../errors.js';
-import { defaultStateDir, fsyncDir, writeFileAtomic } from '../fsutil.js';
+import { defaultStateDir, fsyncDir, makeDirs, writeFileAtomic } from '../fsutil.js';
 import { type Logger, silentLogger } from '../log.js';
 import { type LvmExec, runLvmCommand } from './exec.js';
 import { assertLvmName, dmName, poolDmName, tmetaPath } from './names.js';
@@ -163,7 +163,7 @@ class Context {
       time: new Date().toISOString(),
     };
     try {
-      await mkdir(join(this.stateDir, 'reservations'), { recursive: true, mode: 0o700 });
+      await makeDirs(join(this.stateDir, 'reservations'), 0o700);
       await writeFileAtomic(this.recordPath, `${JSON.stringify(rec, null, 2)}\n`);
     } catch (e) {
       throw ioError(e, `writing the reservation record ${this.recordPath}`);

@@ -4,7 +4,8 @@
  * and takeover: docs/LVM-METADATA.md section 9.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+import { makeDirs } from '../fsutil.js';
 import { dirname } from 'node:path';
 import { ThinarchiveError, ioError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
@@ -215,7 +216,7 @@ async function tryCreate(path: string, content: LockContent): Promise<boolean> {
 async function acquireFile(path: string, deadline: number, opts: LockOptions): Promise<{ release(): Promise<void> }> {
   const logger = opts.logger ?? silentLogger;
   try {
-    await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+    await makeDirs(dirname(path), 0o700);
   } catch (e) {
     throw ioError(e, `creating lock directory ${dirname(path)}`);
   }

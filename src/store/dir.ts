@@ -5,16 +5,23 @@
  * An archive is written as `.<name>.tmp-<pid>-<time>` in the chain directory, fsynced, renamed to its
  * final name (never over an existing file) and the directory fsynced: no partial archive is ever
  * visible under a final name. Leftover temporary files of dead writers are removed by `cleanup`.
+ *
+ * Publishing a sequence is exclusive (types.ts): right before the link of the archive, `commit` writes
+ * the claim's content to a temporary file and links it to `.<sequence>.seq`; link() never replaces
+ * and is atomic on local file systems and NFS alike, so of racing writers exactly one gets it.
  */
+import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, link, mkdir, open, readdir, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { access, link, open, readdir, readFile, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
-import { fsyncDir, tempNameFor } from '../fsutil.js';
-import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
+import { fsyncDir, makeDirs, tempNameFor } from '../fsutil.js';
+import {
+  archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+} from './layout.js';
 import { pidExists } from '../process.js';
 
-import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
+import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import { FileByteSource, type ByteSource } from '../archive/reader.js';
 
 export type { ChainListing, PendingArchive, StoredArchive } from './types.js';
@@ -101,11 +108,34 @@ export class DirectoryStore implements ArchiveStore {
     return (await isDir(dir)) ? (await this.readChainDir(dir, chainId)).archives : [];
   }
 
-  async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
+  /**
+   * Claim `sequence` of the chain in `dir` for `archiveId`: true when this call created the claim,
+   * false when it already named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
+   */
+  private async claim(dir: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
+    const path = join(dir, claimFileName(sequence));
+    const tmp = `${tempNameFor(path)}${randomBytes(4).toString('hex')}`; // unique among this process's writers too
+    try {
+      await writeFile(tmp, claimContent(archiveId), { flag: 'wx', mode: 0o644 });
+      await link(tmp, path);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(e, `cannot claim sequence ${sequence} in ${dir}`);
+      if (replaces) return false;
+      const holder = (await readFile(path, 'utf8').catch(() => '')).trim();
+      if (holder === archiveId) return false;
+      const published = (await this.chainArchives(chainId)).some((a) => a.sequence === sequence && a.archiveId === holder);
+      throw sequenceTaken(this.root, chainId, sequence, holder, path, published);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+
+  async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
     const dir = join(this.root, chainId);
     try {
-      await mkdir(dir, { recursive: true });
+      await makeDirs(dir);
     } catch (e) {
       throw ioError(e, `cannot create chain directory ${dir}`);
     }
@@ -123,6 +153,8 @@ export class DirectoryStore implements ArchiveStore {
     }
     let pos = 0;
     let closed = false;
+    const claim = (): Promise<boolean> => this.claim(dir, chainId, sequence, archiveId, !!opts.replaces);
+    const claimPath = join(dir, claimFileName(sequence));
     const close = async (): Promise<void> => {
       if (!closed) {
         closed = true;
@@ -146,14 +178,19 @@ export class DirectoryStore implements ArchiveStore {
         },
       },
       async commit(): Promise<void> {
+        let claimed = false;
         try {
           await fh.sync();
           await close();
+          // The sequence first (CHAIN_FORK for the losers of a race), then the archive at once.
+          claimed = await claim();
           // link() fails if the final name exists: an archive is never replaced.
           await link(tmp, finalPath);
           await unlink(tmp);
           await fsyncDir(dir);
         } catch (e) {
+          // A claim made for an archive that did not become visible is released.
+          if (claimed && !(await stat(finalPath).then(() => true, () => false))) await rm(claimPath, { force: true }).catch(() => {});
           if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new UnsafeError('ARCHIVE_EXISTS', `${finalPath} already exists; not replacing it`);
           throw ioError(e, `cannot commit ${finalPath}`);
         }

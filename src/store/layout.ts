@@ -3,7 +3,7 @@
  * `<root>/<chain-id>/<sequence, 10 digits>-<archive-id>.tna`. Names, their order, and the choice of
  * the one chain of a store, in one place for the directory, ssh:// and s3:// stores.
  */
-import { UsageError } from '../errors.js';
+import { UnsafeError, UsageError } from '../errors.js';
 import { ARCHIVE_EXTENSION } from '../format/constants.js';
 import type { ChainListing, StoredArchive } from './types.js';
 
@@ -14,6 +14,32 @@ export const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 export function archiveFileName(sequence: number, archiveId: string): string {
   return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
+}
+
+/**
+ * The claim of a sequence (FORMAT.md §5, "Publishing"): `<chain-id>/.<sequence, 10 digits>.seq`, created
+ * exclusively (never replaced) right before an archive of that sequence becomes visible; it holds the
+ * archive id that owns the sequence. Claims are never removed by merge or prune: a sequence of a chain
+ * is published once.
+ */
+export function claimFileName(sequence: number): string {
+  return `.${String(sequence).padStart(10, '0')}.seq`;
+}
+
+/** What a claim holds: the archive id and a newline. */
+export function claimContent(archiveId: string): string {
+  return `${archiveId}\n`;
+}
+
+/**
+ * The error of a writer that lost the race for a sequence: `holder` is the archive id the claim names
+ * ('' when unreadable), `published` whether that archive is listed in the store.
+ */
+export function sequenceTaken(store: string, chainId: string, sequence: number, holder: string, claim: string, published: boolean): UnsafeError {
+  const by = holder ? `archive ${holder}` : 'another archive';
+  const stale = published ? '' : ` (it is not in the store yet: another send is publishing it, or died while publishing; if no send of this chain is running, remove ${claim} and send again)`;
+  return new UnsafeError('CHAIN_FORK', `sequence ${sequence} of chain ${chainId} in ${store} is already taken by ${by}${stale}; `
+    + 'this archive would fork the chain (send from the newest archive, or start a new chain with a full send)');
 }
 
 /** UsageError unless `chainId` is a valid chain id. */

@@ -24,6 +24,11 @@
  *   between that HeadObject and the complete could both succeed on Ceph 16 (in a versioned bucket the
  *   first version stays). Keys contain a fresh random archive id, so only a retried write of the very
  *   same archive can collide.
+ * - One publisher per sequence (types.ts): before the PutObject or the complete, `commit` claims the
+ *   sequence with a small PutObject of `<chain-id>/.<sequence>.seq` carrying `If-None-Match: *`, which
+ *   Ceph (16 included) and AWS honour on a single PUT: of writers racing for one sequence exactly one
+ *   gets 200, the others 412 (or 409 while the winner's PUT is in flight) and fail with CHAIN_FORK.
+ *   A commit that fails after claiming deletes its claim.
  * - `abort()` aborts the multipart upload (best effort: if that fails, the next writer's sweep does it).
  * - Interrupted uploads (killed process, lost network): incomplete multipart uploads cannot be seen
  *   by listing, but cost storage. Every `createArchive` lists the incomplete uploads under the store's
@@ -71,8 +76,10 @@ import { createHash } from 'node:crypto';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { s3Code } from '../error-codes.js';
 import type { ByteSource } from '../archive/reader.js';
-import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
-import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
+import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
+import {
+  archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+} from './layout.js';
 
 const MIB = 1 << 20;
 export const DEFAULT_PART_SIZE = 8 * MIB;
@@ -473,13 +480,46 @@ export class S3Store implements ArchiveStore {
     return this.send<T>(what, cmd);
   }
 
-  async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
+  async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
     const key = `${this.root()}${chainId}/${archiveFileName(sequence, archiveId)}`;
     const path = this.keyUrl(key);
     await this.checkObjectLock();
     await this.sweepStaleUploads();
-    return new S3Upload(this, key, path, this.partSize);
+    const claimKey = `${this.root()}${chainId}/${claimFileName(sequence)}`;
+    return new S3Upload(this, key, path, this.partSize, {
+      take: () => this.claim(claimKey, chainId, sequence, archiveId, !!opts.replaces),
+      release: () => this.send(`cannot remove ${this.keyUrl(claimKey)}`, new DeleteObjectCommand({ Bucket: this.bucket, Key: claimKey })).then(() => {}, () => {}),
+    });
+  }
+
+  /**
+   * Claim a sequence (see the header): true when this call created the claim, false when it already
+   * named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
+   */
+  private async claim(key: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
+    const body = Buffer.from(claimContent(archiveId));
+    try {
+      await this.send(`cannot claim sequence ${sequence} at ${this.keyUrl(key)}`, new PutObjectCommand({
+        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentType: 'text/plain', IfNoneMatch: '*',
+        ContentMD5: createHash('md5').update(body).digest('base64'),
+      }));
+      return true;
+    } catch (e) {
+      const status = (e as { status?: number }).status;
+      if (status !== 412 && status !== 409) throw e;
+      if (replaces) return false;
+      let holder = '';
+      try {
+        const r = await this.send<{ Body?: { transformToString(): Promise<string> } }>('read claim', new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+        holder = ((await r.Body?.transformToString()) ?? '').trim();
+      } catch {
+        // Not readable yet (the winner's PUT is in flight): the sequence is taken all the same.
+      }
+      if (holder === archiveId) return false;
+      const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
+      throw sequenceTaken(this.url, chainId, sequence, holder, this.keyUrl(key), published);
+    }
   }
 }
 
@@ -496,7 +536,8 @@ class S3Upload implements PendingArchive {
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
   readonly sink: { write(chunk: Uint8Array): Promise<void> };
 
-  constructor(private readonly store: S3Store, private readonly key: string, readonly path: string, private readonly basePart: number) {
+  constructor(private readonly store: S3Store, private readonly key: string, readonly path: string, private readonly basePart: number,
+    private readonly seq: { take(): Promise<boolean>; release(): Promise<void> }) {
     this.sink = { write: (c) => this.write(c) };
   }
 
@@ -573,13 +614,16 @@ class S3Upload implements PendingArchive {
     if (this.state !== 'open') throw new UsageError(`${this.path}: commit after commit or abort`);
     this.state = 'committing';
     const lock = this.store.retention();
+    let claimed = false;
     if (this.partNo === 0) {
-      // Smaller than one part: a single conditional PutObject.
+      // Smaller than one part: the sequence, then a single conditional PutObject.
       const body = this.buf ? this.buf.subarray(0, this.fill) : Buffer.alloc(0);
       try {
+        claimed = await this.seq.take();
         await this.store.sendCmd(`cannot store ${this.path}`, new PutObjectCommand({ Bucket: this.bucket, Key: this.key, Body: body, ContentLength: body.length, ContentType: 'application/octet-stream', IfNoneMatch: '*', ...lock, ...this.md5(body) }));
       } catch (e) {
         this.state = 'open';
+        if (claimed && (e as { status?: number }).status !== 412) await this.seq.release();
         if ((e as { status?: number }).status === 412) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
         throw e;
       }
@@ -593,6 +637,8 @@ class S3Upload implements PendingArchive {
       if (this.failure) throw this.failure;
       // Ceph 16 ignores If-None-Match on the complete: check first (see the header for the race).
       if (await this.store.exists(this.key, `cannot check ${this.path}`)) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
+      // The sequence, then the complete at once.
+      claimed = await this.seq.take();
       let done: { VersionId?: string };
       try {
         done = await this.store.sendCmd(`cannot complete the upload of ${this.path}`, new CompleteMultipartUploadCommand({
@@ -600,6 +646,7 @@ class S3Upload implements PendingArchive {
         }));
       } catch (e) {
         if ((e as { status?: number }).status === 412) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
+        if (claimed) await this.seq.release();
         throw e;
       }
       this.state = 'committed';

@@ -11,7 +11,10 @@
  * Writing: the archive streams into `cat > .NAME.tmp-HOST-PID-TIME` (noclobber) in the chain
  * directory, then `sync FILE` (GNU coreutils >= 8.24 fsyncs just that file; elsewhere plain `sync`).
  * `commit` publishes it with `ln TMP FINAL` (fails when FINAL exists: an archive is never replaced),
- * removes the temporary name and syncs the directory (`sync DIR`, or `sync`). Nothing is ever visible
+ * removes the temporary name and syncs the directory (`sync DIR`, or `sync`); in the same remote script,
+ * just before that `ln`, it claims the sequence (types.ts): the claim's content goes to a temporary
+ * file that is linked with `ln` (no -f: never replaces, atomic) to `.<sequence>.seq`, so of writers
+ * racing for one sequence exactly one publishes and the others fail with CHAIN_FORK. Nothing is ever visible
  * under a final name before it is complete and durable. A writer that dies leaves only a hidden
  * temporary file; the next writer to the store removes it when its name shows a writer of this host
  * whose process is gone, or when it has not been modified for 15 minutes (`find -mmin`).
@@ -23,6 +26,7 @@
  * Every remote path is single-quoted for the remote shell.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
@@ -32,11 +36,13 @@ import { pidExists } from '../process.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveSink } from '../archive/writer.js';
 import type { StoreOptions } from './types.js';
-import type { ArchiveStore, ChainListing, PendingArchive, StoredArchive } from './types.js';
-import { archiveFileName, CHAIN_RE, checkChainId, NAME_RE, onlyChainOf, sortArchives } from './layout.js';
+import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
+import {
+  archiveFileName, CHAIN_RE, checkChainId, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+} from './layout.js';
 
 const CHAIN_GLOB = '????????-????-????-????-????????????';
-const TEMP_RE = /^\..+\.tna\.tmp-([A-Za-z0-9.-]+)-(\d+)-[0-9a-z]+$/;
+const TEMP_RE = /^\..+\.(?:tna|seq)\.tmp-([A-Za-z0-9.-]+)-(\d+)-[0-9a-z]+$/;
 /** A temporary file not modified for this long belongs to a dead writer. */
 const STALE_MINUTES = 15;
 const WINDOW = 256 << 10;
@@ -393,8 +399,8 @@ export class SshStore implements ArchiveStore {
     return [
       `( cd ${qp(this.root)} || exit 0`,
       `for d in ${CHAIN_GLOB}; do [ -d "$d" ] || continue;`,
-      `  for f in "$d"/.*.tna.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
-      `  find "$d" ! -name "$d" -prune -name '.*.tna.tmp-*' -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
+      `  for f in "$d"/.*.tna.tmp-* "$d"/.*.seq.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
+      `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.seq.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
       'done )',
     ].join('\n');
   }
@@ -413,7 +419,7 @@ export class SshStore implements ArchiveStore {
     return [...stale];
   }
 
-  async createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive> {
+  async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
     const name = archiveFileName(sequence, archiveId);
     if (!NAME_RE.test(name)) throw new UsageError(`invalid archive name ${name}`);
@@ -429,9 +435,17 @@ export class SshStore implements ArchiveStore {
       this.tempsScript(),
       `set -C; cat > ${qp(tmp)} && { sync ${qp(tmp)} 2>/dev/null || sync; }`,
     ].join('\n'), 'pipe');
+    const claim = posix.join(dir, claimFileName(sequence));
     return new SshPendingArchive(this.conn, writer, url, tmp, finalPath, dir, {
       dirUrl: this.urlFor(dir),
       stale: (out) => this.staleTemps(out).filter((p) => p !== tmp),
+      claim: {
+        path: claim, tmp: `${claim}.tmp-${tempHost()}-${process.pid}-${Date.now().toString(36)}${randomBytes(4).toString('hex')}`, archiveId, replaces: !!opts.replaces,
+        taken: async (holder) => {
+          const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
+          return sequenceTaken(this.url, chainId, sequence, holder, this.urlFor(claim), published);
+        },
+      },
     });
   }
 
@@ -487,7 +501,10 @@ class SshPendingArchive implements PendingArchive {
 
   constructor(private readonly conn: SshConnection, private readonly writer: ChildProcess, readonly path: string,
     private readonly tmp: string, private readonly finalPath: string, private readonly dir: string,
-    private readonly extra: { dirUrl: string; stale: (out: string) => string[] }) {
+    private readonly extra: {
+      dirUrl: string; stale: (out: string) => string[];
+      claim: { path: string; tmp: string; archiveId: string; replaces: boolean; taken: (holder: string) => Promise<ThinarchiveError> };
+    }) {
     let stderr = '';
     writer.stderr!.on('data', (b: Buffer) => { if (stderr.length < 65536) stderr += b.toString(); });
     writer.stdout!.on('data', (b: Buffer) => { if (this.stdout.length < 1 << 20) this.stdout += b.toString(); });
@@ -569,12 +586,22 @@ class SshPendingArchive implements PendingArchive {
     if (s.status !== 0) throw this.statusError(s);
     const t = qp(this.tmp);
     const f = qp(this.finalPath);
+    const c = this.extra.claim;
+    const [cp, ct, id] = [qp(c.path), qp(c.tmp), qp(c.archiveId)];
+    // Claim the sequence (exit 18 and the holder's id when another archive has it), then publish at
+    // once; a claim this script made is removed again when the archive does not become visible.
     const r = await this.conn.run([
       this.rmStale(),
-      `if ln ${t} ${f} 2>/dev/null; then :; elif [ -e ${f} ]; then rm -f ${t}; exit 17; else ln ${t} ${f} || exit 3; fi`,
+      'claimed=0',
+      `if ( set -C; printf '%s\\n' ${id} > ${ct} ) && ln ${ct} ${cp} 2>/dev/null; then claimed=1; rm -f ${ct}`,
+      `else rm -f ${ct}; [ -f ${cp} ] || exit 3; h=$(cat ${cp}); ${c.replaces ? ':' : `if [ "$h" != ${id} ]; then printf 'H %s\\n' "$h"; rm -f ${t}; exit 18; fi`}; fi`,
+      `if ln ${t} ${f} 2>/dev/null; then :; elif [ -e ${f} ]; then rm -f ${t}; exit 17; else ln ${t} ${f} || { [ $claimed = 1 ] && rm -f ${cp}; exit 3; }; fi`,
       `rm -f ${t}`,
       `sync ${qp(this.dir)} 2>/dev/null || sync`,
     ].join('\n'));
+    if (r.status === 18) {
+      throw await c.taken(/^H (\S*)$/m.exec(r.stdout.toString())?.[1] ?? '');
+    }
     if (r.status === 17) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
     if (r.status !== 0) throw this.conn.failure(`cannot commit ${this.path}`, r);
     this.done = true;

@@ -8,6 +8,19 @@
  * - An archive becomes visible under its final name only when complete and durable (`commit`);
  *   a failed or interrupted write never leaves anything that lists as an archive.
  * - `commit` never replaces an existing archive: it fails with UnsafeError('ARCHIVE_EXISTS').
+ * - A sequence of a chain is published once, whatever the timing, by however many writers on however
+ *   many hosts: `commit` first claims the sequence with the store's exclusive-create primitive (the
+ *   claim `<chain-id>/.<sequence>.seq` holds the archive id: directory and NFS, `link()` of a
+ *   temporary file, which never replaces; ssh://, the remote `ln` without -f; s3://, a PutObject with
+ *   `If-None-Match: *`), then makes the archive visible. Of writers racing for one sequence exactly
+ *   one gets the claim; every other `commit` fails with UnsafeError('CHAIN_FORK') and, after
+ *   `abort`, leaves nothing (no archive, temporary file, upload or claim). The claim is made only
+ *   after the archive's bytes are durable and is followed at once by the step that makes it visible,
+ *   so it is part of the publish: a writer that dies before its commit never blocks the chain. Only
+ *   a writer dying between those two steps (a moment) leaves a claim without its archive; the next
+ *   send of that sequence then fails naming the claim to remove. A commit that fails after claiming
+ *   removes its own claim. Claims are never listed and never deleted by merge or prune: a merged
+ *   archive (`createArchive` with `replaces`) takes a sequence its originals already claimed.
  * - Listing returns archives of a chain in sequence order.
  */
 import type { ArchiveSink } from '../archive/writer.js';
@@ -42,6 +55,11 @@ export interface PendingArchive {
   abort(): Promise<void>;
 }
 
+export interface CreateArchiveOptions {
+  /** A merged archive taking the sequence of the archives it replaces: no exclusive claim. */
+  replaces?: boolean;
+}
+
 export interface ArchiveStore {
   /** The store as the user named it (path or URL). */
   readonly url: string;
@@ -51,8 +69,12 @@ export interface ArchiveStore {
   onlyChain(): Promise<ChainListing>;
   /** The archives of one chain (none when the chain does not exist here). */
   chainArchives(chainId: string): Promise<StoredArchive[]>;
-  /** Start writing a new archive. */
-  createArchive(chainId: string, sequence: number, archiveId: string): Promise<PendingArchive>;
+  /**
+   * Start writing a new archive. Its `commit` claims `sequence` exclusively (CHAIN_FORK when another
+   * archive holds it), unless `replaces`: the archive stands in for archives already holding that
+   * sequence (merge, prune), and the claim is then made only if there is none.
+   */
+  createArchive(chainId: string, sequence: number, archiveId: string, opts?: CreateArchiveOptions): Promise<PendingArchive>;
   /** Random access to a stored archive. */
   openArchive(a: StoredArchive): Promise<ByteSource>;
   /** Delete one archive (prune). */

@@ -3,11 +3,11 @@
  * Kept beside an image (`IMAGE.thinarchive.json`), in the state directory for a block device, or in
  * LV tags (lv-tags.ts). Specified in docs/JOURNAL.md ("Target state") and docs/LVM-METADATA.md.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
 import type { ArchiveHeader } from '../format/types.js';
-import { defaultStateDir, writeFileAtomic } from '../fsutil.js';
+import { defaultStateDir, makeDirs, writeFileAtomic } from '../fsutil.js';
 
 export type TargetKind = 'image' | 'blockdev' | 'lv';
 
@@ -68,7 +68,7 @@ export class JsonStateStore implements TargetStateStore {
 
   async write(s: TargetState): Promise<void> {
     try {
-      await mkdir(dirname(this.where), { recursive: true });
+      await makeDirs(dirname(this.where));
       await writeFileAtomic(this.where, JSON.stringify(s, null, 2) + '\n');
     } catch (e) {
       throw ioError(e, `cannot write target state ${this.where}`);

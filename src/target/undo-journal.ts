@@ -4,10 +4,10 @@
  * argument: docs/JOURNAL.md ("Order of operations", "Journal format").
  */
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ioError, ThinarchiveError, UnsafeError } from '../errors.js';
-import { fsyncDir } from '../fsutil.js';
+import { fsyncDir, makeDirs } from '../fsutil.js';
 import { initHash, xxh64Parts } from '../format/hash.js';
 import { thinio } from '../native.js';
 import type { TargetKind, TargetState } from './state.js';
@@ -108,7 +108,7 @@ export class UndoJournal {
     const all = Buffer.concat([MAGIC, len, json, sum]);
     let fh: FileHandle;
     try {
-      await mkdir(dirname(path), { recursive: true });
+      await makeDirs(dirname(path));
       await rm(path, { force: true });
       fh = await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL, 0o600);
       await fh.write(all, 0, all.length, 0);

@@ -5,7 +5,9 @@
  * What it proves: archives written through `createArchive` list and read back byte for byte (whole,
  * streamed from an offset, and by range through `openArchive` + `ArchiveFile.openSource`); nothing
  * is listed before `commit`; `abort` and an interrupted writer leave nothing listed; `commit` never
- * replaces an archive; chains are listed separately and in sequence order; `deleteArchive` removes.
+ * replaces an archive; chains are listed separately and in sequence order; `deleteArchive` removes;
+ * writers racing for one sequence of a chain publish exactly one archive, the others fail with
+ * CHAIN_FORK and leave nothing, while a merged archive (`replaces`) may take a claimed sequence.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +36,9 @@ export interface StoreFixture {
 }
 
 const BS = 4096;
+
+/** A sequence's claim in a chain directory (store/layout.ts): not a leftover. */
+export const CLAIM = /^\.\d{10}\.seq$/;
 
 /** A real archive of `blocks` random blocks (incompressible, so the archive is about that big). */
 export async function makeArchive(chainId: string, sequence: number, blocks: number, parentId: string | null = null): Promise<{ bytes: Buffer; archiveId: string }> {
@@ -192,6 +197,40 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       const only = await store.onlyChain();
       expect(only.chainId).toBe(chainA);
       expect(only.archives).toHaveLength(3);
+    });
+
+    it('writers racing for one sequence: exactly one publishes, the others fail with CHAIN_FORK and leave nothing', async () => {
+      const chainC = randomUUID();
+      const full = await makeArchive(chainC, 0, 2);
+      await storeAndCommit(store, chainC, 0, full);
+      for (let round = 1; round <= 3; round++) {
+        const racers = await Promise.all(Array.from({ length: 6 }, () => makeArchive(chainC, round, 2, full.archiveId)));
+        const pending = await Promise.all(racers.map((r) => store.createArchive(chainC, round, r.archiveId)));
+        await Promise.all(pending.map((p, i) => writeAll(p, racers[i].bytes)));
+        const results = await Promise.allSettled(pending.map((p) => p.commit()));
+        await Promise.all(pending.map((p) => p.abort()));
+        const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [racers[i].archiveId] : []));
+        expect(won).toHaveLength(1);
+        for (const r of results) {
+          if (r.status === 'rejected') {
+            expect(r.reason).toMatchObject({ code: 'CHAIN_FORK', exitClass: 'unsafe' });
+            expect(String(r.reason.message)).toMatch(new RegExp(`sequence ${round} of chain ${chainC} .*already taken by archive ${won[0]}; this archive would fork the chain`));
+            expect(String(r.reason.message)).not.toContain('\n');
+          }
+        }
+        expect((await store.chainArchives(chainC)).map((a) => [a.sequence, a.archiveId])).toEqual([[0, full.archiveId], ...Array.from({ length: round - 1 }, () => expect.anything()), [round, won[0]]]);
+        if (fx.leftovers) expect(await fx.leftovers()).toEqual([]);
+      }
+      // Later, one after the other: still refused.
+      const late = await makeArchive(chainC, 2, 2, full.archiveId);
+      await expect(storeAndCommit(store, chainC, 2, late)).rejects.toMatchObject({ code: 'CHAIN_FORK' });
+      // A merged archive takes a sequence its originals hold.
+      const merged = await makeArchive(chainC, 1, 3, full.archiveId);
+      const p = await store.createArchive(chainC, 1, merged.archiveId, { replaces: true });
+      await writeAll(p, merged.bytes);
+      await p.commit();
+      expect((await store.chainArchives(chainC)).filter((a) => a.sequence === 1).map((a) => a.archiveId)).toContain(merged.archiveId);
+      if (fx.leftovers) expect(await fx.leftovers()).toEqual([]);
     });
 
     it('a writer that stops mid-way (no commit) never lists; a dropped connection is cleaned up by the next writer', async () => {

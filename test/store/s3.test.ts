@@ -152,6 +152,19 @@ describe.skipIf(!ceph)('s3 store (Ceph radosgw)', () => {
       expect(Buffer.from(await src.read(0, a.bytes.length)).equals(a.bytes)).toBe(true);
     });
 
+    it('multipart writers racing for one sequence (Ceph ignores If-None-Match on the complete): exactly one publishes', async () => {
+      const racers = Array.from({ length: 4 }, () => randomUUID());
+      const pending = await Promise.all(racers.map((id) => store.createArchive(chain, 5, id)));
+      await Promise.all(pending.map((p) => writeAll(p, randomBytes(6 * MIB), 1 << 20)));
+      const results = await Promise.allSettled(pending.map((p) => p.commit()));
+      await Promise.all(pending.map((p) => p.abort()));
+      const won = racers.filter((_, i) => results[i].status === 'fulfilled');
+      expect(won).toHaveLength(1);
+      for (const r of results) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'CHAIN_FORK', exitClass: 'unsafe' });
+      expect((await store.chainArchives(chain)).filter((a) => a.sequence === 5).map((a) => a.archiveId)).toEqual(won);
+      expect(await incompleteUploads(raw, bucket)).toEqual([]);
+    });
+
     it('abort in the middle of a multipart upload leaves nothing: no object, no incomplete upload', async () => {
       const id = randomUUID();
       const p = await store.createArchive(chain, 9, id);
@@ -269,7 +282,8 @@ describe.skipIf(!ceph)('s3 store (Ceph radosgw)', () => {
       expect(await store.chainArchives(chain)).toEqual([]);
       const { ListObjectVersionsCommand } = await import('@aws-sdk/client-s3');
       const v = await raw.send(new ListObjectVersionsCommand({ Bucket: bucket }));
-      expect([...(v.Versions ?? []), ...(v.DeleteMarkers ?? [])]).toEqual([]);
+      // Only the sequence's claim stays (it is never deleted: store/types.ts).
+      expect([...(v.Versions ?? []), ...(v.DeleteMarkers ?? [])].map((x) => x.Key)).toEqual([`${chain}/.0000000000.seq`]);
       await store.close();
     });
   });
