@@ -328,7 +328,7 @@ describe.concurrent('refusals and failures', () => {
       const chainDir = join(copy, sent[0].chainId);
       const { cpSync } = await import('node:fs');
       cpSync(store, copy, { recursive: true });
-      const victim = join(chainDir, readdirSync(chainDir).sort()[1]);
+      const victim = join(chainDir, readdirSync(chainDir).filter((n) => n.endsWith('.tna')).sort()[1]);
       const b = readFileSync(victim);
       b[Math.floor(b.length / 2)] ^= 0x10;
       writeFileSync(victim, b);

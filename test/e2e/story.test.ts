@@ -7,7 +7,7 @@ import { readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  allocatedBytes, collect, expectFailure, nonZeroBlockBytes, run, runOk, sha256, show, spawnCli, STACK_FRAME, tempDir, type TempDir,
+  allocatedBytes, chainEntries, collect, expectFailure, nonZeroBlockBytes, run, runOk, sha256, show, spawnCli, STACK_FRAME, tempDir, type TempDir,
 } from '../helpers/cli.js';
 import { noiseBytes, POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 
@@ -125,7 +125,7 @@ describe('main story: full and three incremental archives of a sparse image', ()
     archives[0] = res.path!;
     sends[0] = res;
     // Only the final archive file is in the chain directory: no temporary files left over.
-    expect(readdirSync(join(store, chainId))).toEqual([basename(res.path!)]);
+    expect(chainEntries(join(store, chainId))).toEqual([basename(res.path!)]);
   });
 
   it('list shows the chain (text and --json)', async () => {
@@ -201,7 +201,7 @@ describe('main story: full and three incremental archives of a sparse image', ()
       expect(d).toMatchObject({ dryRun: true, full: false, sequence: step, parentId: sends[step - 1].archiveId, chainId, path: null });
       expect(d.dataBytes).toBe(dataBlocks * POOL_BLOCK);
       expect(d.unmapBytes).toBe(unmapBlocks * POOL_BLOCK);
-      expect(readdirSync(join(store, chainId))).toHaveLength(step); // nothing written
+      expect(chainEntries(join(store, chainId))).toHaveLength(step); // nothing written
 
       const r = await runOk(['send', '--image', src, '--changes', delta, '--parent', parent, '--to', store]);
       expect(r.stdout).toBe('');

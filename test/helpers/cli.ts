@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -192,4 +192,12 @@ export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs: number, ev
     if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms`);
     await sleep(everyMs);
   }
+}
+
+/** A store's per-sequence claim file (`.<10-digit sequence>.seq`, docs/FORMAT.md 3.2). */
+export const CLAIM_NAME = /^\.\d{10}\.seq$/;
+
+/** The entries of a chain directory other than sequence claims (archives, and anything left behind). */
+export function chainEntries(dir: string): string[] {
+  return readdirSync(dir).filter((n) => !CLAIM_NAME.test(n)).sort();
 }
