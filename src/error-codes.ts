@@ -27,6 +27,7 @@ export const ERRORS = {
   SOURCE_NOT_VOLUME: { exit: 'usage', meaning: 'the source is neither a regular file nor a block device' },
   SOURCE_EMPTY: { exit: 'usage', meaning: 'the source image is empty' },
   S3_NO_OBJECT_LOCK: { exit: 'usage', meaning: 'retention was asked for but the bucket has no object lock' },
+  CONFIG_INVALID: { exit: 'usage', meaning: 'the daemon configuration file is unreadable or invalid (every problem with its line)' },
 
   // interrupted (exit 130)
   ABORTED: { exit: 'interrupted', meaning: 'cancelled through the AbortSignal (library) or by SIGINT/SIGTERM' },

@@ -25,6 +25,7 @@ export { info, type ArchiveInfo } from '../commands/info.js';
 export { list, type ListedArchive, type ListedChain } from '../commands/list.js';
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
+export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
 export { parseDuration } from '../units.js';
 export { repairInputs, type RepairOptions, type RepairResult } from '../commands/repair.js';
 export type { RestoreOptions, RestoreResult } from '../commands/restore.js';
