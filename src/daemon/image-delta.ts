@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ioError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
 
 const HASH_BYTES = 16;
@@ -27,7 +28,7 @@ export interface ImageDelta {
 /** Hash every `blockSize` block of `image`; compare with `hashFile` from the last run. */
 export async function imageDelta(image: string, blockSize: number, hashFile: string, tmpDir: string, signal?: AbortSignal): Promise<ImageDelta> {
   const old = await readFile(hashFile).catch(() => undefined);
-  const fh = await open(image, 'r');
+  const fh = await open(image, 'r').catch((e) => { throw ioError(e, `image ${image}`); });
   let hashes: Buffer;
   try {
     const size = (await fh.stat()).size;
