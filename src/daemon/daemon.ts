@@ -71,6 +71,20 @@ interface Unit {
   loop?: Promise<void>;
 }
 
+/**
+ * After a run of the slot at `slot`: the next slot (slot + k * every, the first not yet passed) and
+ * how many slots passed while the run went on (skipped, not queued).
+ */
+export function nextSlot(slot: number, every: number, now: number): { next: number; missed: number } {
+  let next = slot + every;
+  let missed = 0;
+  if (now > next) {
+    missed = Math.ceil((now - next) / every);
+    next += missed * every;
+  }
+  return { next, missed };
+}
+
 function globRegex(pattern: string): RegExp {
   const re = pattern.replace(/[.+^${}()|\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]');
   return new RegExp(`^${re}$`);
@@ -236,14 +250,11 @@ export class Daemon {
       unit.runs++;
       this.record(unit, prev, attemptAt, out);
       // The next slot after now; the slots a long run passed over are skipped and counted.
-      const now = Date.now();
-      const every = unit.job.every;
-      unit.next += every;
-      if (now > unit.next) {
-        const missed = Math.ceil((now - unit.next) / every);
+      const { next, missed } = nextSlot(unit.next, unit.job.every, Date.now());
+      unit.next = next;
+      if (missed) {
         unit.skipped += missed;
         this.metrics.skipped.inc({ job: unit.job.name, volume: unit.volume }, missed);
-        unit.next += missed * every;
       }
     }
   }
