@@ -27,6 +27,8 @@ export const ERRORS = {
   SOURCE_NOT_VOLUME: { exit: 'usage', meaning: 'the source is neither a regular file nor a block device' },
   SOURCE_EMPTY: { exit: 'usage', meaning: 'the source image is empty' },
   S3_NO_OBJECT_LOCK: { exit: 'usage', meaning: 'retention was asked for but the bucket has no object lock' },
+  JOB_NOT_FOUND: { exit: 'usage', meaning: 'run: no job of that name in the configuration, or no volume of the job matches --volume' },
+  CONFIG_INVALID: { exit: 'usage', meaning: 'the daemon configuration file is unreadable or invalid (every problem with its line)' },
 
   // interrupted (exit 130)
   ABORTED: { exit: 'interrupted', meaning: 'cancelled through the AbortSignal (library) or by SIGINT/SIGTERM' },
@@ -58,6 +60,7 @@ export const ERRORS = {
   LVM_TIMEOUT: { exit: 'runtime', meaning: 'an LVM command timed out and was killed' },
   LVM_CANCELED: { exit: 'runtime', meaning: 'an LVM command was canceled' },
   LVM_KILLED: { exit: 'runtime', meaning: 'an LVM command was killed by a signal' },
+  DAEMON_RUNNING: { exit: 'runtime', meaning: 'another daemon is running with the same state directory (its socket answers)' },
   SSH_FAILED: { exit: 'runtime', meaning: 'the ssh client could not be run' },
   SSH_CONNECT: { exit: 'runtime', meaning: 'cannot connect to the ssh:// host' },
   REMOTE_FAILED: { exit: 'runtime', meaning: 'a command on the ssh:// store host failed' },
@@ -95,6 +98,7 @@ export const ERRORS = {
   MISSING_ARCHIVE: { exit: 'verify', meaning: 'an archive the chain needs is missing' },
   BROKEN_LINK: { exit: 'verify', meaning: 'an archive does not follow its parent in the chain' },
   CHANGED_UNDERFOOT: { exit: 'verify', meaning: 'the archive changed while being applied' },
+  REPLICA_MISMATCH: { exit: 'verify', meaning: 'daemon: a local replica differs from the chain after apply (verify --against --changed-only)' },
   LVS_REPORT: { exit: 'verify', meaning: 'lvs output is not what was asked for' },
   VGS_REPORT: { exit: 'verify', meaning: 'vgs output is not what was asked for' },
   POOL_STATUS: { exit: 'verify', meaning: 'the thin-pool status line is unreadable' },

@@ -1,14 +1,15 @@
 // Layers import downward only (docs/ARCHITECTURE.md):
-//   base -> format -> archive -> lvm -> store | target | source -> chain -> commands -> api -> cli
+//   base -> format -> archive -> lvm -> store | target | source -> chain -> commands -> api -> daemon -> cli
 // store, target and source share a rank and do not import each other; no command imports another;
-// no import cycles; only the CLI prints or exits; the CLI calls the library through src/api only.
+// no import cycles; only the CLI prints or exits; the CLI calls the library through src/api (and the
+// daemon through src/daemon) only; the daemon uses src/api and the base layer only.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 const SRC = resolve(__dirname, '..', 'src');
 const RANK: Record<string, number> = {
-  '': 0, format: 1, archive: 2, lvm: 3, store: 4, target: 4, source: 4, chain: 5, commands: 6, api: 7, cli: 8,
+  '': 0, format: 1, archive: 2, lvm: 3, store: 4, target: 4, source: 4, chain: 5, commands: 6, api: 7, daemon: 8, cli: 9,
 };
 
 function files(dir: string): string[] {
@@ -50,13 +51,14 @@ describe('layering', () => {
     expect(violations).toEqual([]);
   });
 
-  it('no command module imports another; the CLI reaches the library only through src/api', () => {
+  it('no command module imports another; the CLI reaches the library only through src/api and src/daemon; the daemon only through src/api', () => {
     const violations: string[] = [];
     for (const f of ALL) {
       for (const target of importsOf(f)) {
         const [from, to] = [layerOf(f), layerOf(target)];
         if (from === 'commands' && to === 'commands') violations.push(`${relative(SRC, f)} -> ${relative(SRC, target)}`);
-        if (from === 'cli' && to !== 'cli' && to !== 'api') violations.push(`${relative(SRC, f)} -> ${relative(SRC, target)}`);
+        if (from === 'cli' && to !== 'cli' && to !== 'api' && to !== 'daemon') violations.push(`${relative(SRC, f)} -> ${relative(SRC, target)}`);
+        if (from === 'daemon' && to !== 'daemon' && to !== 'api' && to !== '') violations.push(`${relative(SRC, f)} -> ${relative(SRC, target)}`);
       }
     }
     expect(violations).toEqual([]);

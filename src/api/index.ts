@@ -18,6 +18,8 @@ import { verifyAgainst as verifyAgainstOp, type VerifyAgainstOptions, type Verif
 import type { SendResult } from '../chain/publish.js';
 import { AbortedError } from '../errors.js';
 import { closeStores } from '../store/refs.js';
+import { listLvs } from '../lvm/tools.js';
+import { TAG_OURS } from '../source/snapshot-chain.js';
 import { recover as recoverOp, type RecoverOptions, type RecoverResult } from '../target/recover.js';
 
 export type { ApplyOptions, ApplyProgress, ApplyResult, AppliedArchive } from '../commands/apply.js';
@@ -25,6 +27,7 @@ export { info, type ArchiveInfo } from '../commands/info.js';
 export { list, type ListedArchive, type ListedChain } from '../commands/list.js';
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
+export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
 export { parseDuration } from '../units.js';
 export { repairInputs, type RepairOptions, type RepairResult } from '../commands/repair.js';
 export type { RestoreOptions, RestoreResult } from '../commands/restore.js';
@@ -119,4 +122,14 @@ export function prune(opts: PruneOptions): Promise<PruneResult> {
 /** Release what the library keeps open between calls (shared ssh connections of ssh:// stores). */
 export function close(): Promise<void> {
   return closeStores();
+}
+
+/**
+ * The thin volumes of the system (or of one VG) as `VG/LV`, without thinarchive's own snapshots and
+ * internal LVs: what a daemon job's volume patterns (`vg0/vm-*`) are matched against.
+ */
+export async function thinVolumes(vg?: string, opts: { signal?: AbortSignal } = {}): Promise<string[]> {
+  const lvs = await listLvs(vg, { signal: opts.signal });
+  return lvs.filter((l) => l.pool !== null && l.thinId !== null && !l.hidden && !l.tags.some((t) => t === TAG_OURS || t.startsWith('ta_snap') || t.startsWith('ta_rollback')))
+    .map((l) => `${l.vg}/${l.name}`);
 }

@@ -165,12 +165,18 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
     .addOption(new Option('--keep <n>', 'keep the N newest points').argParser(seqOption('--keep')))
     .option('--keep-within <duration>', 'keep every point created within DURATION (45s, 90m, 12h, 30d, 2w)')
+    .addOption(new Option('--keep-hourly <n>', 'keep the newest point of each of the last N hours (UTC) that have one').argParser(seqOption('--keep-hourly')))
+    .addOption(new Option('--keep-daily <n>', 'the same per day').argParser(seqOption('--keep-daily')))
+    .addOption(new Option('--keep-weekly <n>', 'the same per ISO week').argParser(seqOption('--keep-weekly')))
+    .addOption(new Option('--keep-monthly <n>', 'the same per month').argParser(seqOption('--keep-monthly')))
+    .addOption(new Option('--keep-yearly <n>', 'the same per year').argParser(seqOption('--keep-yearly')))
     .option('--dry-run', 'print the plan, change nothing')
     .addOption(new Option('--level <n>', 'zstd compression level of merged archives (1..19)').argParser(intOption('--level', 1, 19)).default(3))
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
       const res = await prune({
         dir, keep: o.keep, keepWithin: o.keepWithin !== undefined ? parseDuration(o.keepWithin) : undefined, dryRun: !!o.dryRun, level: o.level,
+        keepHourly: o.keepHourly, keepDaily: o.keepDaily, keepWeekly: o.keepWeekly, keepMonthly: o.keepMonthly, keepYearly: o.keepYearly,
         signal: ctx.signal, storeOptions: ctx.storeOptions?.(),
       });
       if (o.json) ctx.json(res);

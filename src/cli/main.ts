@@ -9,6 +9,7 @@ import {
   targetHooks, ThinarchiveError, TOOL_VERSION, UsageError, verify, writableSink, recover, EXIT_CODE,
   type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
 } from '../api/index.js';
+import { registerDaemonCommands } from './daemon-commands.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
 import {
   describeRecovery, describeZeroStats, intOption, parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress,
@@ -231,6 +232,7 @@ function buildProgram(): Command {
       else out(printList(res));
     });
   registerChainCommands(program, chainCtx);
+  registerDaemonCommands(program, chainCtx);
   return program;
 }
 

@@ -1,7 +1,9 @@
 /**
- * prune DIR --keep N [--keep-within DURATION]: shorten a chain to the points worth keeping.
+ * prune DIR --keep N [--keep-within DURATION] [--keep-hourly/daily/weekly/monthly/yearly N]: shorten a
+ * chain to the points worth keeping.
  *
- * Kept: the newest N points, every point created within DURATION, and always the newest. Every kept
+ * Kept: the newest N points, every point created within DURATION, the newest point of each of the
+ * last N hours/days/weeks/months/years that have one (chain/merge-plan.ts, planRetention), and always the newest. Every kept
  * point must stay restorable and identical, so nothing a kept point needs is deleted: the archives
  * between two kept points (and those up to the first kept point, starting from the full) are merged
  * into one archive holding the kept point's state (chain/merge-plan.ts), and only then are the originals
@@ -11,7 +13,7 @@
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
-import { mergeGroup, planPrune, refuseUndeletable } from '../chain/merge-plan.js';
+import { mergeGroup, planPrune, refuseUndeletable, type RetentionGrid } from '../chain/merge-plan.js';
 import { openChain } from '../chain/chain.js';
 
 export interface PruneOptions {
@@ -19,6 +21,12 @@ export interface PruneOptions {
   keep?: number;
   /** milliseconds */
   keepWithin?: number;
+  /** The newest point of each of the last N hours / days / ISO weeks / months / years (UTC) that have one. */
+  keepHourly?: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+  keepYearly?: number;
   dryRun?: boolean;
   level?: number;
   now?: number;
@@ -54,11 +62,18 @@ export interface PruneResult {
 
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const started = performance.now();
-  if (opts.keep === undefined && opts.keepWithin === undefined) throw new UsageError('say what to keep: --keep N and/or --keep-within DURATION');
+  const grid: RetentionGrid = {
+    last: opts.keep, within: opts.keepWithin, hourly: opts.keepHourly, daily: opts.keepDaily, weekly: opts.keepWeekly, monthly: opts.keepMonthly, yearly: opts.keepYearly,
+  };
+  if (Object.values(grid).every((v) => v === undefined)) throw new UsageError('say what to keep: --keep N, --keep-within DURATION and/or --keep-hourly/daily/weekly/monthly/yearly N');
   if (opts.keep !== undefined && (!Number.isInteger(opts.keep) || opts.keep < 1)) throw new UsageError('--keep must be an integer of at least 1');
+  for (const k of ['hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
+    const v = grid[k];
+    if (v !== undefined && (!Number.isInteger(v) || v < 0)) throw new UsageError(`--keep-${k} must be an integer of at least 0`);
+  }
   const chain = await openChain(opts.dir, opts.storeOptions);
   try {
-    const { kept, groups } = planPrune(chain.archives, opts.keep, opts.keepWithin, opts.now ?? Date.now());
+    const { kept, groups } = planPrune(chain.archives, grid, opts.now ?? Date.now());
     const result: PruneResult = {
       dryRun: !!opts.dryRun, chainId: chain.chainId,
       kept: chain.archives.filter((_, i) => kept[i]).map((a) => ({ sequence: a.point, archiveId: a.header.archiveId, created: new Date(a.header.createdMs).toISOString() })),

@@ -1,0 +1,121 @@
+/**
+ * The daemon's commands (docs/DAEMON.md): config check, daemon, run, status. Registered by main.ts.
+ */
+import type { Command } from 'commander';
+import { pino } from 'pino';
+import { checkConfig, DEFAULT_CONFIG } from '../daemon/config.js';
+import { Daemon, readStatus, runJobOnce, type StatusReport } from '../daemon/daemon.js';
+import { EXIT_CODE } from '../api/index.js';
+import type { CliContext } from './chain-commands.js';
+import { formatBytes } from './output.js';
+
+/** pino JSON on standard error (THINARCHIVE_LOG sets the level; info by default for the daemon). */
+function daemonLogger() {
+  return pino({ level: process.env.THINARCHIVE_LOG || 'info', base: { pid: process.pid } }, pino.destination(2));
+}
+
+function ago(iso: string | null, now: number): string {
+  if (!iso) return '-';
+  const s = Math.round((now - Date.parse(iso)) / 1000);
+  return s < 0 ? `in ${dur(-s)}` : `${dur(s)} ago`;
+}
+function dur(s: number): string {
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}
+
+export function printStatus(r: StatusReport): string {
+  const now = Date.parse(r.generated);
+  const head = r.daemon ? `daemon pid ${r.daemon.pid}, up since ${r.daemon.startedAt}` : 'no daemon running: from the state file';
+  const rows = [['JOB', 'VOLUME', 'STATE', 'LAST ATTEMPT', 'LAST SUCCESS', 'LAG', 'BYTES', 'TOOK', 'NEXT', 'CHAIN', 'LAST ERROR']];
+  for (const u of r.units) {
+    rows.push([
+      u.job, u.volume, u.state, ago(u.lastAttempt, now), ago(u.lastSuccess, now), u.lagSeconds === null ? '-' : dur(u.lagSeconds),
+      u.bytes === null ? '-' : formatBytes(u.bytes), u.durationSeconds === null ? '-' : `${u.durationSeconds.toFixed(1)}s`, ago(u.nextRun, now),
+      u.chainLength === null ? '-' : String(u.chainLength), u.lastError && u.state === 'failing' ? `${u.lastError.code}: ${u.lastError.message}` : '-',
+    ]);
+  }
+  const w = rows[0].map((_, i) => Math.max(...rows.map((x) => x[i].length)));
+  return [head, ...rows.map((x) => x.map((c, i) => (i === x.length - 1 ? c : c.padEnd(w[i]))).join('  '))].join('\n');
+}
+
+export function registerDaemonCommands(program: Command, ctx: CliContext): void {
+  const config = program.command('config').description('the daemon configuration');
+  config
+    .command('check')
+    .description('check the configuration: every problem with its line (exit 2); nothing printed and exit 0 when valid')
+    .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
+    .option('--json', 'print the problems as JSON')
+    .action(async (o) => {
+      const r = await checkConfig(o.config);
+      if (o.json) ctx.json({ file: o.config, ok: r.problems.length === 0, problems: r.problems });
+      else for (const p of r.problems) ctx.err(`${o.config}:${p.line}: ${p.message}`);
+      if (r.problems.length) process.exitCode = EXIT_CODE.usage;
+    });
+
+  program
+    .command('daemon')
+    .description('run every job of the configuration on schedule (SIGTERM stops within 10 s, SIGHUP reloads the configuration)')
+    .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
+    .action(async (o) => {
+      const log = daemonLogger();
+      const d = await Daemon.create(o.config, log);
+      // The daemon handles its own signals (main.ts's abort-on-signal is for one-shot commands).
+      for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.removeAllListeners(s);
+      await d.start();
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string): void => {
+          log.info({ signal }, 'stopping');
+          // Hard deadline: whatever still runs after 9.5 s does not hold the exit.
+          setTimeout(() => {
+            log.warn({}, 'stop deadline passed: exiting');
+            process.exit(0);
+          }, 9500).unref();
+          d.stop().then(resolve, resolve);
+        };
+        process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', () => stop('SIGINT'));
+        process.on('SIGHUP', () => { void d.reload(); });
+      });
+      // Nothing of ours is left running: do not wait for lingering handles (ssh masters, timers of aborted runs).
+      setTimeout(() => process.exit(process.exitCode ?? 0), 1500).unref();
+    });
+
+  program
+    .command('run')
+    .description('one run of a job now, for every volume (or one): send, retention, replica; state recorded for status (cron, systemd timers)')
+    .argument('<job>', 'job name in the configuration')
+    .option('--volume <VG/LV|PATH>', 'only this volume (or image) of the job')
+    .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
+    .option('--json', 'print the outcomes as JSON')
+    .action(async (job: string, o) => {
+      const res = await runJobOnce(o.config, job, o.volume, ctx.log, ctx.signal);
+      if (o.json) ctx.json(res);
+      else {
+        for (const r of res) {
+          const x = r.outcome;
+          ctx.err(x.ok
+            ? `${r.job} ${r.volume}: ok, ${formatBytes(x.bytes)} in ${x.seconds.toFixed(1)}s${x.attempts > 1 ? ` (${x.attempts} attempts)` : ''}, chain of ${x.chainLength ?? '?'} points`
+            : `${r.job} ${r.volume}: failed after ${x.attempts} attempt${x.attempts > 1 ? 's' : ''}: ${x.error!.code}: ${x.error!.message}`);
+        }
+      }
+      const failed = res.find((r) => !r.outcome.ok);
+      if (failed) {
+        const cls = failed.outcome.error!.exitClass;
+        process.exitCode = cls in EXIT_CODE ? EXIT_CODE[cls as keyof typeof EXIT_CODE] : 1;
+      }
+    });
+
+  program
+    .command('status')
+    .description('per job and volume: state, last attempt and success, last error, lag, bytes, duration, next run, chain length')
+    .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
+    .option('--json', 'print as JSON (docs/DAEMON.md, "status --json")')
+    .action(async (o) => {
+      const r = await readStatus(o.config);
+      if (o.json) ctx.json(r);
+      else ctx.out(printStatus(r));
+    });
+}

@@ -1,0 +1,120 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { checkConfig, checkConfigText, ConfigError, loadConfig } from './config.js';
+
+const GOOD = `metrics:
+  listen: 127.0.0.1:9811
+jobs:
+  - name: vms
+    volumes: [vg0/vm1, vg0/vm-*, {image: /srv/a.img}]
+    every: 30s
+    to: /srv/backup
+    keep:
+      within: 1h
+      hourly: 24
+      daily: 30
+      monthly: 12
+  - name: standby
+    volumes: [vg0/vm1]
+    every: 5m
+    apply_to:
+      host: ssh://root@standby
+      target: vg1/vm1
+      args: [--snapshot-target, --keep, "3"]
+`;
+
+describe('daemon config', () => {
+  it('accepts the documented example and converts durations', () => {
+    const r = checkConfigText(GOOD);
+    expect(r.problems).toEqual([]);
+    const [vms, standby] = r.config!.jobs;
+    expect(vms.every).toBe(30_000);
+    expect(vms.keep).toEqual({ within: 3_600_000, hourly: 24, daily: 30, monthly: 12, last: undefined, weekly: undefined, yearly: undefined });
+    expect(vms.sources).toEqual([{ kind: 'volume', pattern: 'vg0/vm1' }, { kind: 'volume', pattern: 'vg0/vm-*' }, { kind: 'image', path: '/srv/a.img' }]);
+    expect(standby.applyTo).toEqual({ host: 'ssh://root@standby', target: 'vg1/vm1', command: undefined, args: ['--snapshot-target', '--keep', '3'], verify: true });
+    expect(r.config!.metrics).toEqual({ listen: '127.0.0.1:9811' });
+  });
+
+  it('reports every problem with its line, unknown keys included', () => {
+    const text = `metrics:
+  listen: 127.0.0.1:9811
+  port: 3
+jobs:
+  - name: vms
+    volumes: [vg0/vm1]
+    every: 30s
+    to: /srv/backup
+    bogus: 1
+    keep:
+      within: 1h
+      daily: x
+      montly: 12
+  - name: other
+    volumes: [foo, {img: /a}]
+    every: 5 minutes
+    to: /x
+unknown_top: 1
+`;
+    const { problems } = checkConfigText(text);
+    expect(problems).toEqual([
+      { line: 3, message: 'unknown key "port" in metrics' },
+      { line: 9, message: 'unknown key "bogus" in jobs[0]' },
+      { line: 12, message: 'jobs[0].keep.daily: must be integer' },
+      { line: 13, message: 'unknown key "montly" in jobs[0].keep' },
+      { line: 15, message: 'jobs[1].volumes[0]: not VG/LV (patterns allowed: vg0/vm-*)' },
+      { line: 15, message: 'jobs[1].volumes[1]: missing key "image"' },
+      { line: 15, message: 'unknown key "img" in jobs[1].volumes[1]' },
+      { line: 16, message: 'jobs[1].every: not a duration (examples: 30s, 5m, 1h, 1d)' },
+      { line: 18, message: 'unknown key "unknown_top"' },
+    ]);
+  });
+
+  it('reports semantic problems with their lines: duplicate names, no destination, zero interval, conflicting apply_to', () => {
+    const text = `jobs:
+  - name: a
+    volumes: [vg0/a]
+    every: 0s
+  - name: a
+    volumes: [{image: /x.img}]
+    every: 1m
+    to: /s
+    apply_to:
+      host: ssh://h
+      target: /y
+  - name: b
+    volumes: [vg0/b]
+    every: 1m
+    keep: {last: 3}
+    apply_to: {target: vg1/b}
+`;
+    const msgs = checkConfigText(text).problems.map((p) => `${p.line}: ${p.message}`);
+    expect(msgs).toEqual([
+      '2: jobs[0] (a): say where points go: "to" (a store) and/or "apply_to"',
+      '4: jobs.0.every: must be more than 0',
+      '5: job name "a" is used twice (also on line 2)',
+      '6: jobs[1]: image sources need a store ("to"), not apply_to.host',
+      '10: jobs[1].apply_to.host: a job sends either to a store or into a remote apply; make two jobs (each keeps its own snapshot chain)',
+      '15: jobs[2].keep: retention applies to a store: add "to"',
+      '16: jobs[2].apply_to: a local target (no host) is applied from the job\'s store: add "to"',
+    ]);
+  });
+
+  it('reports YAML syntax errors and duplicate keys with their line', () => {
+    const { problems } = checkConfigText('jobs:\n  - name: a\n    name: b\n    every: [\n');
+    expect(problems.length).toBeGreaterThan(0);
+    expect(problems[0].line).toBe(3);
+  });
+
+  it('a missing file is a problem; loadConfig throws CONFIG_INVALID (exit class usage)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ta-config-'));
+    expect((await checkConfig(join(dir, 'none.yml'))).problems).toEqual([{ line: 0, message: 'no such file' }]);
+    await writeFile(join(dir, 'bad.yml'), 'jobs: []\n');
+    const e = await loadConfig(join(dir, 'bad.yml')).catch((x) => x);
+    expect(e).toBeInstanceOf(ConfigError);
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.exitClass).toBe('usage');
+    expect(e.message).toContain('line 1: jobs: must NOT have fewer than 1 items');
+  });
+});

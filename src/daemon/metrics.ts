@@ -1,0 +1,57 @@
+/** Prometheus metrics of the daemon (docs/DAEMON.md, "Metrics"), on a registry of its own. */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+  readonly lastSuccess = new Gauge({ name: 'thinarchive_last_success_timestamp_seconds', help: 'Unix time of the last successful run', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly lastAttempt = new Gauge({ name: 'thinarchive_last_attempt_timestamp_seconds', help: 'Unix time the last run ended', labelNames: ['job', 'volume'], registers: [this.registry] });
+  /** Called at each scrape: the newest point's time (ms) per unit, for the lag gauge. */
+  newestPoints: () => { job: string; volume: string; newestMs: number }[] = () => [];
+  readonly lag: Gauge = (() => {
+    const self = this;
+    return new Gauge({
+      name: 'thinarchive_lag_seconds', help: 'now minus the creation time of the newest point at the destination', labelNames: ['job', 'volume'], registers: [this.registry],
+      collect() {
+        const now = Date.now();
+        for (const u of self.newestPoints()) this.set({ job: u.job, volume: u.volume }, Math.max(0, (now - u.newestMs) / 1000));
+      },
+    });
+  })();
+  readonly duration = new Histogram({
+    name: 'thinarchive_run_duration_seconds', help: 'duration of runs (successful or not)', labelNames: ['job', 'volume'],
+    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600], registers: [this.registry],
+  });
+  readonly bytes = new Counter({ name: 'thinarchive_bytes_sent_total', help: 'archive bytes written by successful runs', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly failures = new Counter({ name: 'thinarchive_failures_total', help: 'failed runs by error code', labelNames: ['job', 'volume', 'code'], registers: [this.registry] });
+  readonly skipped = new Counter({ name: 'thinarchive_skipped_runs_total', help: 'scheduled runs skipped because the previous run of the volume was still going', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly chainLength = new Gauge({ name: 'thinarchive_chain_length', help: 'points in the chain at the destination', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of the replica', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly up = new Gauge({ name: 'thinarchive_daemon_start_timestamp_seconds', help: 'Unix time the daemon started', registers: [this.registry] });
+
+  /** Drop the series of units no longer configured (after a reload), so label sets stay bounded. */
+  forget(job: string, volume: string): void {
+    for (const m of [this.lastSuccess, this.lastAttempt, this.lag, this.bytes, this.skipped, this.chainLength, this.verifySuccess, this.duration]) m.remove({ job, volume });
+  }
+
+  /** Serve /metrics on `listen` (HOST:PORT). */
+  async serve(listen: string): Promise<Server> {
+    const i = listen.lastIndexOf(':');
+    const host = listen.slice(0, i).replace(/^\[|\]$/g, '');
+    const port = Number(listen.slice(i + 1));
+    const server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end('not found: try /metrics\n');
+        return;
+      }
+      this.registry.metrics().then((text) => {
+        res.writeHead(200, { 'content-type': this.registry.contentType }).end(text);
+      }, (e: Error) => res.writeHead(500).end(`${e.message}\n`));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    return server;
+  }
+}

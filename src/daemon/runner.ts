@@ -1,0 +1,201 @@
+/**
+ * One run of one job on one volume (docs/DAEMON.md, "A run"): send (an image with change tracking,
+ * or a thin LV through its managed snapshot chain named after the job) into the store or into a
+ * remote apply; then retention (the grid, through prune); then, for a local replica, apply from the
+ * store and `verify --against --changed-only`. Transient errors are retried inside the run with
+ * jittered exponential backoff; permanent ones (exit class usage, verify, unsafe) fail at once.
+ */
+import { createHash } from 'node:crypto';
+import { basename, join } from 'node:path';
+import {
+  AbortedError, apply, list, prune, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
+  type Logger, type ListedChain, type StoreOptions,
+} from '../api/index.js';
+import type { ApplyTo, DaemonConfig, JobConfig } from './config.js';
+import { imageDelta } from './image-delta.js';
+import type { UnitState } from './state.js';
+
+/** The block size of image chains the daemon starts. */
+export const IMAGE_BLOCK_SIZE = 64 * 1024;
+
+export interface RunContext {
+  config: DaemonConfig;
+  stateDir: string;
+  log: Logger;
+  signal: AbortSignal;
+  /** injected for tests */
+  random?: () => number;
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+export interface RunOutcome {
+  ok: boolean;
+  error?: { code: string; message: string; exitClass: string };
+  bytes: number;
+  seconds: number;
+  attempts: number;
+  /** the unit's new state fields on success */
+  chainId?: string;
+  chainDir?: string | null;
+  chainLength?: number | null;
+  archiveId?: string;
+  newestPoint?: string | null;
+  verify?: { at: string; ok: boolean; mode: string };
+}
+
+export function storeOptionsOf(c: DaemonConfig): StoreOptions {
+  return { sshOptions: c.sshOptions.flatMap((x) => ['-o', x]), s3Endpoint: c.s3Endpoint };
+}
+
+/** Permanent errors fail the run at once; the rest are retried. */
+export function isPermanent(e: unknown): boolean {
+  if (e instanceof AbortedError) return true;
+  return e instanceof ThinarchiveError && (e.exitClass === 'usage' || e.exitClass === 'verify' || e.exitClass === 'unsafe');
+}
+
+/** Delay before retry `attempt` (1 = the first retry): full jitter over an exponential, capped. */
+export function backoffMs(attempt: number, initialMs: number, maxMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(maxMs, initialMs * 2 ** (attempt - 1));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(new AbortedError('cancelled', signal.reason));
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new AbortedError('cancelled', signal.reason));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export function errorInfo(e: unknown): { code: string; message: string; exitClass: string } {
+  if (e instanceof ThinarchiveError) return { code: e.code, message: e.message.split('\n')[0], exitClass: e.exitClass };
+  return { code: 'INTERNAL', message: String((e as Error)?.message ?? e).split('\n')[0], exitClass: 'internal' };
+}
+
+/** The hash file of an image source (per job and image). */
+function hashFileOf(stateDir: string, job: string, image: string): string {
+  return join(stateDir, `image-${job}-${createHash('sha256').update(image).digest('hex').slice(0, 16)}.hashes`);
+}
+
+async function findChain(to: string, chainId: string, so: StoreOptions): Promise<ListedChain | undefined> {
+  return (await list({ dir: to, storeOptions: so })).find((c) => c.chainId === chainId);
+}
+
+/** Local apply_to args (the same flags as `apply`): --create, --pool P, --snapshot-target, --keep N, --force, --no-undo. */
+function localApplyOptions(a: ApplyTo): { create?: boolean; pool?: string; snapshotTarget?: boolean; keep?: number; force?: boolean; noUndo?: boolean } {
+  const o: ReturnType<typeof localApplyOptions> = {};
+  for (let i = 0; i < a.args.length; i++) {
+    const x = a.args[i];
+    if (x === '--create') o.create = true;
+    else if (x === '--snapshot-target') o.snapshotTarget = true;
+    else if (x === '--force') o.force = true;
+    else if (x === '--no-undo') o.noUndo = true;
+    else if (x === '--pool') o.pool = a.args[++i];
+    else if (x === '--keep') o.keep = Number(a.args[++i]);
+    else throw new ThinarchiveError('CONFIG_INVALID', `apply_to.args: ${JSON.stringify(x)} is not an apply option the daemon passes to a local target (--create, --pool P, --snapshot-target, --keep N, --force, --no-undo)`, 'usage');
+  }
+  return o;
+}
+
+/** One attempt: send, retention, local replica. */
+async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: RunContext): Promise<RunOutcome> {
+  const started = performance.now();
+  const so = storeOptionsOf(ctx.config);
+  const signal = ctx.signal;
+  const log = ctx.log;
+  const image = volume.startsWith('/') ? volume : undefined;
+  let sent: { chainId: string; archiveId: string; archiveBytes: number; path: string | null };
+  if (image) {
+    // Incremental on the chain this daemon continues, when its newest archive holds exactly what the
+    // block hashes were taken of (the hash file names that archive: it is right even when the state
+    // file missed the last run, e.g. after SIGKILL).
+    const hashFile = hashFileOf(ctx.stateDir, job.name, image);
+    const delta = await imageDelta(image, IMAGE_BLOCK_SIZE, hashFile, ctx.stateDir, signal);
+    try {
+      const base = delta.baseArchiveId;
+      const newest = base === undefined ? undefined
+        : (await list({ dir: job.to!, storeOptions: so })).map((c) => c.archives[c.archives.length - 1]).find((a) => a?.archiveId === base);
+      const parent = newest?.path;
+      const incremental = parent !== undefined && delta.changes !== undefined;
+      const r = await send({
+        image, to: job.to!, level: job.level, signal, storeOptions: so, name: basename(image),
+        ...(incremental ? { parent, changes: delta.changes } : { blockSize: IMAGE_BLOCK_SIZE }),
+      });
+      await delta.commit(r.archiveId);
+      sent = r;
+    } finally {
+      await delta.discard();
+    }
+  } else if (job.applyTo?.host) {
+    const remote = remoteApplyDestination({ host: job.applyTo.host, target: job.applyTo.target, remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
+    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+    sent = r;
+    return {
+      ok: true, bytes: r.archiveBytes, seconds: (performance.now() - started) / 1000, attempts: 1, chainId: r.chainId, chainDir: null, chainLength: r.sequence + 1,
+      archiveId: r.archiveId, newestPoint: new Date().toISOString(),
+    };
+  } else {
+    sent = await send({ volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+  }
+  log.info({ job: job.name, volume, archiveId: sent.archiveId, bytes: sent.archiveBytes }, 'sent');
+  let chain = await findChain(job.to!, sent.chainId, so);
+  if (job.keep && chain) {
+    const k = job.keep;
+    const r = await prune({
+      dir: chain.dir, keep: k.last, keepWithin: k.within, keepHourly: k.hourly, keepDaily: k.daily, keepWeekly: k.weekly, keepMonthly: k.monthly,
+      keepYearly: k.yearly, signal, storeOptions: so,
+    });
+    if (r.merges.length || r.leftovers.length) {
+      log.info({ job: job.name, volume, dropped: r.dropped.length, kept: r.kept.length }, 'retention');
+      chain = await findChain(job.to!, sent.chainId, so);
+    }
+  }
+  const out: RunOutcome = {
+    ok: true, bytes: sent.archiveBytes, seconds: 0, attempts: 1, chainId: sent.chainId, chainDir: chain?.dir ?? null,
+    chainLength: chain?.archives.length ?? null, archiveId: sent.archiveId, newestPoint: chain?.archives[chain.archives.length - 1]?.created ?? null,
+  };
+  if (job.applyTo && !job.applyTo.host && chain) {
+    await apply({ inputs: [chain.dir], to: job.applyTo.target, stateDir: ctx.stateDir, signal, log, storeOptions: so, ...localApplyOptions(job.applyTo) });
+    if (job.applyTo.verify) {
+      const v = await verifyAgainst({ dir: chain.dir, against: job.applyTo.target, changedOnly: true, stateDir: ctx.stateDir, signal, storeOptions: so });
+      out.verify = { at: new Date().toISOString(), ok: v.ok, mode: v.mode };
+      if (!v.ok) throw new ThinarchiveError('REPLICA_MISMATCH', `replica ${job.applyTo.target} differs from the chain after apply (${v.mismatchedBlocks} blocks; state ${v.stateOk ? 'ok' : 'not at the newest point'})`, 'verify');
+    }
+  }
+  out.seconds = (performance.now() - started) / 1000;
+  return out;
+}
+
+/** A run: attempts with retries. Never throws. */
+export async function runUnit(job: JobConfig, volume: string, prev: UnitState, ctx: RunContext): Promise<RunOutcome> {
+  const started = performance.now();
+  const sleep = ctx.sleep ?? abortableSleep;
+  for (let n = 1; ; n++) {
+    try {
+      const r = await attempt(job, volume, prev, ctx);
+      return { ...r, attempts: n, seconds: (performance.now() - started) / 1000 };
+    } catch (e) {
+      // Whatever a run fails with once its signal fired is the abort (the step's clean-up has run).
+      const info = errorInfo(ctx.signal.aborted ? new AbortedError('cancelled', e) : e);
+      const permanent = isPermanent(e) || ctx.signal.aborted;
+      if (permanent || n >= job.retry.attempts) {
+        ctx.log.warn({ job: job.name, volume, code: info.code, attempt: n, permanent }, `run failed: ${info.message}`);
+        return { ok: false, error: info, bytes: 0, seconds: (performance.now() - started) / 1000, attempts: n };
+      }
+      const wait = backoffMs(n, job.retry.initialMs, job.retry.maxMs, ctx.random);
+      ctx.log.warn({ job: job.name, volume, code: info.code, attempt: n, retryInMs: wait }, `transient failure, retrying: ${info.message}`);
+      try {
+        await sleep(wait, ctx.signal);
+      } catch {
+        return { ok: false, error: errorInfo(new AbortedError('cancelled')), bytes: 0, seconds: (performance.now() - started) / 1000, attempts: n };
+      }
+    }
+  }
+}
