@@ -27,6 +27,7 @@ export const ERRORS = {
   SOURCE_NOT_VOLUME: { exit: 'usage', meaning: 'the source is neither a regular file nor a block device' },
   SOURCE_EMPTY: { exit: 'usage', meaning: 'the source image is empty' },
   S3_NO_OBJECT_LOCK: { exit: 'usage', meaning: 'retention was asked for but the bucket has no object lock' },
+  CHANGES_INVALID: { exit: 'usage', meaning: 'the --changes file of an image send is not valid thin_delta XML (the DELTA_* code is in the message)' },
 
   // interrupted (exit 130)
   ABORTED: { exit: 'interrupted', meaning: 'cancelled through the AbortSignal (library) or by SIGINT/SIGTERM' },
