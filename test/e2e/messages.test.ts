@@ -13,8 +13,9 @@ const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
 
 /** Run the CLI with stdout (and stderr) on a pseudo-terminal (util-linux script); returns what the terminal got and the exit code. */
-function onTerminal(args: string[], cwd: string): { code: number; text: string } {
-  const cmd = [process.execPath, BIN, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+function onTerminal(args: string[], cwd: string, signal?: string, after?: number): { code: number; text: string } {
+  const q = (a: string): string => `'${a.replace(/'/g, "'\\''")}'`;
+  const cmd = (signal ? ['timeout', '--preserve-status', '-s', signal, String(after), process.execPath, BIN, ...args] : [process.execPath, BIN, ...args]).map(q).join(' ');
   try {
     const text = execFileSync('script', ['-qec', cmd, '/dev/null'], { cwd, encoding: 'latin1', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, maxBuffer: 256 * MiB });
     return { code: 0, text };
@@ -190,3 +191,29 @@ describe('apply progress', () => {
 });
 
 void join;
+
+describe('interrupted with a progress line on the terminal', () => {
+  it('"thinarchive: interrupted" starts a clean line, not the progress line', async () => {
+    const d = await tempDir('progress-int');
+    try {
+      const img = d.join('big.img');
+      const m = new VolumeModel(img, 256 * MiB);
+      const rand = prng(5);
+      const chunk = textBytes(rand, 4 * MiB);
+      for (let off = 0; off < 256 * MiB; off += 4 * MiB) m.write(off, chunk);
+      m.close();
+      const sent = JSON.parse((await runOk(['send', '--image', img, '--to', d.join('s'), '--json', '--level', '1'])).stdout);
+      // SIGINT after the progress line has been drawn (updates every 250 ms), well before the end.
+      const t = onTerminal(['apply', sent.path, '--to', d.join('t.img'), '--create', '--no-undo'], d.path, 'INT', 1.2);
+      if (t.code === 0) return; // finished before the signal: nothing to see on this machine
+      expect(t.code, JSON.stringify(t.text.slice(-300))).toBe(130);
+      const at = t.text.indexOf('thinarchive: interrupted');
+      expect(at, JSON.stringify(t.text.slice(-300))).toBeGreaterThan(0);
+      expect(t.text.slice(0, at)).toContain('apply: ');
+      const before = t.text.slice(0, at);
+      expect(before.endsWith('\r\x1b[K') || before.endsWith('\n'), JSON.stringify(before.slice(-80))).toBe(true);
+    } finally {
+      await d.remove();
+    }
+  }, 180_000);
+});
