@@ -66,7 +66,7 @@ export function printVerifyAgainst(r: VerifyAgainstResult): string {
 export function printRestore(r: RestoreResult): string {
   const lines = [
     `restored ${r.target} (${r.targetKind}) to archive ${r.archiveId} (sequence ${r.sequence} of chain ${r.chainId})`,
-    `  ${formatBytes(r.dataBytes)} written, ${formatBytes(r.zeroBytes)} zeroed or unmapped (${describeZeroStats(r.zeroing)}) in ${r.seconds.toFixed(2)} s`,
+    `  ${formatBytes(r.dataBytes)} written, ${formatBytes(r.zeroBytes)} to read as zeroes (${describeZeroStats(r.zeroing)}) in ${r.seconds.toFixed(2)} s`,
     `  read ${formatBytes(r.bytesRead)} of archives (each record once):`,
   ];
   for (const a of r.archives) lines.push(`    sequence ${String(a.sequence).padStart(4)} ${a.archiveId}: ${a.records} records, ${formatBytes(a.bytesRead)}${a.rereads ? `, ${a.rereads} re-read` : ''}`);

@@ -169,9 +169,9 @@ export function intOption(name: string, min: number, max: number) {
 }
 
 /**
- * How the zeroed and unmapped ranges reached the target, in one wording with units: "5.00 MiB punched
- * (holes), 1.00 MiB zero-ranged", or, when nothing had to be written (a new target reads as zeroes),
- * "nothing written: the target already read as zeroes".
+ * How the zeroed and unmapped ranges reached the target, in one wording with units: "5.00 MiB
+ * punched/discarded, 1.00 MiB zero-ranged"; "nothing written" when no zeroing was needed (a new target
+ * already reads as zeroes, or there was nothing to zero).
  */
 export function describeZeroStats(z: ZeroStats): string {
   const parts: string[] = [];
@@ -179,7 +179,7 @@ export function describeZeroStats(z: ZeroStats): string {
   if (z.zeroedRange) parts.push(`${formatBytes(z.zeroedRange)} zero-ranged`);
   if (z.zeroedOut) parts.push(`${formatBytes(z.zeroedOut)} zeroed out`);
   if (z.written) parts.push(`${formatBytes(z.written)} written as zeroes`);
-  return parts.join(', ') || 'nothing written: the target already read as zeroes';
+  return parts.join(', ') || 'nothing written';
 }
 
 /** One line saying what recovery did (for the CLI). */
