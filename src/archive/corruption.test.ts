@@ -261,7 +261,7 @@ async function randomAccessAt(path: string, probe: number[] = []): Promise<{ err
     await f.preflight();
     for (const b of probe) {
       const e = await f.findRecord(b);
-      if (e) await f.readRecordAt(e.offset);
+      if (e) await f.readRecordAt(e.offset, undefined, e);
     }
     return {};
   } catch (error) {
@@ -794,11 +794,63 @@ describe('(d) hostile frames', () => {
       const m = await hostile(`DATA record after a hole shifted by ${shift} block`, edit, ['BAD_RECORD']);
       expectFormatError(await randomAccess(m), `preflight, first DATA record shifted by ${shift} block`, ['BAD_INDEX', 'BAD_RECORD']);
     }
+    // Issue 11: records outside the map's DATA extents: the first DATA record after the ZERO extent moved into
+    // the UNMAP hole (20..21) or into the ZERO extent (23..24), and the ZERO record at 25 starting one block
+    // earlier and one block longer; checks, index and digest recomputed. Found before the stream yields the
+    // record (apply writes what it yields), and by preflight.
+    const inMapData = (b: number): boolean => (b >= 0 && b < 20) || (b >= 25 && b < 37) || b === 40;
+    const firstAfter = (list: Frame[], type: number, from: number): number =>
+      list.findIndex((f) => f.type === type && new DataView(f.body.buffer, f.body.byteOffset).getUint32(0, true) >= from);
+    const variants: [string, Edit][] = [
+      ['DATA record moved into the UNMAP hole', (list) => {
+        const i = firstAfter(list, FrameType.DATA, 25);
+        return [...list.slice(0, i), dataBody(list[i], (d) => d.setBigUint64(0, 20n, true)), ...list.slice(i + 1)];
+      }],
+      ['DATA record moved into the ZERO extent', (list) => {
+        const i = firstAfter(list, FrameType.DATA, 25);
+        return [...list.slice(0, i), dataBody(list[i], (d) => d.setBigUint64(0, 23n, true)), ...list.slice(i + 1)];
+      }],
+      ['ZERO record one block earlier and one longer', (list) => {
+        const i = firstAfter(list, FrameType.ZERO, 25);
+        return [...list.slice(0, i), { type: FrameType.ZERO, body: encodeZeroBody({ firstBlock: 24, blockCount: 2 }) }, ...list.slice(i + 1)];
+      }],
+    ];
+    for (const [what, edit] of variants) {
+      const m = await hostile(what, edit, ['BAD_RECORD']);
+      for (const feed of [0, 7]) {
+        const o = await stream(m, feed);
+        for (const ev of o.events) {
+          if (ev.type !== 'data' && ev.type !== 'zero') continue;
+          for (let b = ev.record.firstBlock; b < ev.record.firstBlock + ev.record.blockCount; b++) {
+            expect(inMapData(b), `${what}: record at block ${b} yielded before the error`).toBe(true);
+          }
+        }
+      }
+      expectFormatError(await randomAccess(m), `preflight, ${what}`, ['BAD_INDEX', 'BAD_RECORD']);
+    }
     // Issue 11: a header value out of range (creation time past what a Date holds), checks and digest recomputed.
     for (const ms of [8_640_000_000_000_001, Number.MAX_SAFE_INTEGER]) {
       const m = await hostile(`creation time ${ms}`, (list) => [dataBody(list[0], (d) => d.setBigUint64(88, BigInt(ms), true)), ...list.slice(1)], ['FIELD_RANGE']);
       expectFormatError(await randomAccess(m), `open, creation time ${ms}`, ['FIELD_RANGE']);
     }
+    // The same move with the index left as it was: preflight (which reads the index) passes, and random
+    // access (restore, repair) must not take the record's word for where its blocks go.
+    {
+      const { pre, frames: list } = frames(small.bytes);
+      const m = assemble(pre, variants[0][1](list), { reindex: false });
+      expectFormatError(await stream(m), 'stream, moved record, old index', ['BAD_RECORD', 'BAD_INDEX']);
+      expectFormatError(await randomAccess(m, [26]), 'readRecordAt, moved record, old index', ['BAD_INDEX']);
+    }
+    // Issue 11: a sequence beyond the 10 digits of store file names, and an incremental with sequence 0.
+    for (const seq of [10_000_000_000, Number.MAX_SAFE_INTEGER]) {
+      const m = await hostile(`sequence ${seq}`, (list) => [dataBody(list[0], (d) => d.setBigUint64(56, BigInt(seq), true)), ...list.slice(1)], ['FIELD_RANGE']);
+      expectFormatError(await randomAccess(m), `open, sequence ${seq}`, ['FIELD_RANGE']);
+    }
+    const incr0 = (list: Frame[]): Frame[] => [dataBody(list[0], (d) => {
+      d.setUint32(0, 0, true);
+      for (let k = 24; k < 40; k++) d.setUint8(k, 0x11);
+    }), ...list.slice(1)];
+    await hostile('incremental with sequence 0', incr0, ['FIELD_RANGE']);
     // With the index rebuilt to match, preflight sees the missing coverage through the index.
     const { pre, frames: list } = frames(small.bytes);
     const i = list.findIndex(isRecord);

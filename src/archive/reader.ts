@@ -496,10 +496,19 @@ export class ArchiveFile {
 
   /**
    * Read one record (and its payload, unverified) at `offset`. With `into` (large enough, and a source
-   * with positional reads into a buffer) the payload is read into its first storedLen bytes.
+   * with positional reads into a buffer) the payload is read into its first storedLen bytes. With
+   * `entry` (its index entry), a record whose blocks or type differ from it is BAD_INDEX.
    */
-  async readRecordAt(offset: number, into?: ArrayBuffer): Promise<RecordAt> {
+  async readRecordAt(offset: number, into?: ArrayBuffer, entry?: IndexEntry): Promise<RecordAt> {
     const f = await this.frameAt(offset);
+    if (entry) {
+      // The index (checked against the map by preflight) says where this record's blocks go: the
+      // record must say the same, or its payload would land elsewhere.
+      const r = f.type === FrameType.DATA || f.type === FrameType.ZERO ? new DataView(f.body.buffer, f.body.byteOffset, f.body.byteLength) : undefined;
+      if (!r || f.type !== entry.type || f.body.length < 12 || r.getBigUint64(0, true) !== BigInt(entry.firstBlock) || r.getUint32(8, true) !== entry.blockCount) {
+        throw new FormatError('BAD_INDEX', `the record at offset ${offset} does not match its index entry (blocks ${entry.firstBlock}+${entry.blockCount})`, offset, this.path);
+      }
+    }
     if (f.type === FrameType.DATA) {
       const data = withFile(this.path, () => decodeDataBody(f.body, f.offset));
       const at = offset + f.head.length + f.body.length + f.check.length;

@@ -19,8 +19,10 @@ export type TargetFindingCode = FindingCode | 'TARGET_MISMATCH' | 'TARGET_STATE'
 export interface TargetFinding {
   code: TargetFindingCode;
   detail: string;
-  /** The target (for TARGET_*), or the archive. */
+  /** The target (for TARGET_*), or the archive. Kept for compatibility: read `target` for target findings. */
   archive: string;
+  /** TARGET_* findings: the target compared (image path, block device or VG/LV). */
+  target?: string;
   message: string;
   /** byte offset in the target */
   offset?: number;

@@ -24,6 +24,8 @@ export interface SendResult {
   volumeSize: number;
   blockSize: number;
   extents: number;
+  /** --dry-run only: the extents in block order (the first DRY_RUN_EXTENTS of them). */
+  extentList?: DryRunExtent[];
   dataBytes: number;
   unmapBytes: number;
   zeroBytes: number;
@@ -48,18 +50,34 @@ export function resultBase(header: NewArchive): Pick<SendResult, 'archiveId' | '
 }
 
 /** What an archive of these extents would hold, counted from the map alone (no data is read). */
+/** A dry run lists at most this many extents (SendResult.extentList). */
+export const DRY_RUN_EXTENTS = 10_000;
+
+/** One extent a dry run would write: blocks of the archive's block size. */
+export interface DryRunExtent {
+  firstBlock: number;
+  blockCount: number;
+  kind: 'data' | 'zero' | 'unmap';
+  /** bytes of the volume it covers */
+  bytes: number;
+}
+
 export async function dryRunResult(header: NewArchive, extents: AsyncIterable<MapExtent>, started: number): Promise<SendResult> {
   const { blockSize, volumeSize: size, full } = header;
   const counts = { extents: 0, data: 0, unmap: 0, zero: 0 };
+  const extentList: DryRunExtent[] = [];
   for await (const e of normalizeExtents(extents, volumeBlocks(size, blockSize), full)) {
     counts.extents++;
     const bytes = rangeBytes(e.firstBlock, e.blockCount, size, blockSize);
+    if (extentList.length < DRY_RUN_EXTENTS) {
+      extentList.push({ firstBlock: e.firstBlock, blockCount: e.blockCount, kind: e.kind === ExtentKind.DATA ? 'data' : e.kind === ExtentKind.UNMAP ? 'unmap' : 'zero', bytes });
+    }
     if (e.kind === ExtentKind.DATA) counts.data += bytes;
     else if (e.kind === ExtentKind.UNMAP) counts.unmap += bytes;
     else counts.zero += bytes;
   }
   return {
-    ...resultBase(header), dryRun: true, path: null, extents: counts.extents, dataBytes: counts.data, unmapBytes: counts.unmap,
+    ...resultBase(header), dryRun: true, path: null, extents: counts.extents, extentList, dataBytes: counts.data, unmapBytes: counts.unmap,
     zeroBytes: counts.zero, rawBytes: 0, storedBytes: 0, archiveBytes: 0, seconds: (performance.now() - started) / 1000,
   };
 }

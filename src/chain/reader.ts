@@ -73,7 +73,7 @@ export class ChainReader implements VolumeSource {
     const bs = this.blockSize;
     const raw = (async () => {
       const into = this.buffers.take();
-      const r = await f.readRecordAt(s.record!.offset, into).catch((e: unknown) => {
+      const r = await f.readRecordAt(s.record!.offset, into, s.record).catch((e: unknown) => {
         this.buffers.give(into);
         throw e;
       });

@@ -36,8 +36,25 @@ export function printVerifyAgainst(r: VerifyAgainstResult): string {
   lines.push(`target ${r.target} (${r.targetKind}) against chain ${r.chainId}, newest archive ${r.newestArchiveId} (sequence ${r.newestSequence}); ${mode}`);
   if (r.state) lines.push(`  recorded state: ${r.state.status} at ${r.state.archiveId || '-'} (sequence ${r.state.sequence})${r.stateOk ? '' : ' -- does not name the newest archive'}`);
   else lines.push('  recorded state: none');
-  for (const f of r.findings) {
-    const where = [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
+  const fs = r.findings;
+  for (let i = 0; i < fs.length; i++) {
+    const f = fs[i];
+    if (f.code === 'TARGET_MISMATCH' && f.block !== undefined) {
+      // Adjacent mismatching blocks of one kind make one line (the JSON keeps every block).
+      let j = i;
+      while (j + 1 < fs.length && fs[j + 1].code === f.code && fs[j + 1].detail === f.detail && fs[j + 1].block === fs[j].block! + 1) j++;
+      if (j > i) {
+        const last = fs[j];
+        const end = last.offset! + (last.offset! - fs[j - 1].offset!);
+        lines.push(`  ${f.code} (${f.detail}): blocks ${f.block}..${last.block} (bytes ${f.offset}..${end - 1}, ${j - i + 1} blocks): `
+          + (f.detail === 'NOT_ZERO' ? 'expected zeroes, read data' : 'block checksums differ from the chain\'s'));
+        i = j;
+        continue;
+      }
+    }
+    // The location is in the message when it names the block; otherwise in brackets.
+    const named = f.block !== undefined && f.message.includes(`block ${f.block}`);
+    const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${f.code} (${f.detail})${where ? ` [${where}]` : ''}: ${f.message}`);
   }
   if (r.mismatchedBlocks > r.findings.filter((f) => f.code === 'TARGET_MISMATCH').length) lines.push(`  ... ${r.mismatchedBlocks} mismatched blocks in all`);
@@ -49,7 +66,7 @@ export function printVerifyAgainst(r: VerifyAgainstResult): string {
 export function printRestore(r: RestoreResult): string {
   const lines = [
     `restored ${r.target} (${r.targetKind}) to archive ${r.archiveId} (sequence ${r.sequence} of chain ${r.chainId})`,
-    `  ${formatBytes(r.dataBytes)} written, ${formatBytes(r.zeroBytes)} zeroed/unmapped (${describeZeroStats(r.zeroing)}) in ${r.seconds.toFixed(2)} s`,
+    `  ${formatBytes(r.dataBytes)} written, ${formatBytes(r.zeroBytes)} to read as zeroes (${describeZeroStats(r.zeroing)}) in ${r.seconds.toFixed(2)} s`,
     `  read ${formatBytes(r.bytesRead)} of archives (each record once):`,
   ];
   for (const a of r.archives) lines.push(`    sequence ${String(a.sequence).padStart(4)} ${a.archiveId}: ${a.records} records, ${formatBytes(a.bytesRead)}${a.rereads ? `, ${a.rereads} re-read` : ''}`);
@@ -66,7 +83,8 @@ export function printMerge(r: MergeResult): string {
 }
 
 export function printPrune(r: PruneResult): string {
-  const lines = [`${r.dryRun ? 'dry run: would keep' : 'kept'} points ${r.kept.map((k) => k.sequence).join(', ')} of chain ${r.chainId}; ${r.dropped.length ? `dropped ${r.dropped.join(', ')}` : 'nothing dropped'}`];
+  const lines = [`${r.dryRun ? 'dry run: would keep' : 'kept'} points ${r.kept.map((k) => k.sequence).join(', ')} of chain ${r.chainId}; `
+    + (r.dropped.length ? `points no longer restorable: ${r.dropped.join(', ')}` : 'every point stays restorable')];
   for (const l of r.leftovers) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} leftover ${l}`);
   for (const m of r.merges) lines.push(`  ${r.dryRun ? 'would merge' : 'merged'} ${m.points.join(', ')} into one archive holding ${m.keeps}${m.path ? `: ${m.path}` : ''}`);
   for (const d of r.deletes) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} ${d}`);

@@ -59,7 +59,14 @@ function buildProgram(): Command {
     .description('Back up and replicate thin LVM volumes as self-describing, checksummed, compressed archives')
     .version(TOOL_VERSION)
     .showHelpAfterError(false)
-    .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) })
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      writeOut: (s) => process.stdout.write(s),
+      // commander's "error: ..." (and a "(Did you mean ...?)" line) as the project's one line.
+      outputError: (s, write) => write(`thinarchive: ${commanderMessage(s)}\n`),
+    })
+    // Descriptions wrap to the width (80 when not a terminal), also beside long option names.
+    .configureHelp({ minWidthToWrap: 24 })
     .exitOverride();
   // Options for remote stores, accepted before or after the command name.
   program
@@ -78,7 +85,7 @@ function buildProgram(): Command {
     .argument('[volume]', 'thin LV to send, as VG/LV (the newest state, through a managed snapshot)')
     .option('--image <path>', 'image file or block device to archive instead of an LV')
     .option('--to <store|->', "store: a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix; or '-' for standard output")
-    .option('--apply-remote <ssh://[user@]host[:port]>', 'instead of --to: replicate, running "thinarchive apply -" on that host over ssh')
+    .option('--apply-remote <ssh://host>', 'instead of --to: replicate, running "thinarchive apply -" on that host over ssh (ssh://[user@]host[:port])')
     .option('--remote-to <target>', 'with --apply-remote: the remote target (image path, block device or VG/LV)')
     .option('--remote-command <cmd>', 'with --apply-remote: the thinarchive command on the remote host (default "thinarchive")')
     .option('--remote-arg <arg>', 'with --apply-remote: an argument for the remote apply, e.g. --create (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
@@ -97,6 +104,7 @@ function buildProgram(): Command {
     .option('--name <name>', 'image: volume name recorded in the header (default: the image file name)')
     .option('--volume-uuid <uuid>', 'image: stable volume UUID for a new chain (default: random)')
     .option('--dry-run', 'print what would be written, without reading any data (an LV send snapshots and removes the snapshot)')
+    .option('--force', "with --to -: write the archive even when standard output is a terminal")
     .option('--json', 'print the result as JSON')
     .action(async (volume: string | undefined, o) => {
       const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease', 'stateDir'];
@@ -113,6 +121,10 @@ function buildProgram(): Command {
       if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flag).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
       if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       const toStdout = o.to === '-';
+      if (o.force && !toStdout) throw new UsageError('--force goes with --to - (standard output)');
+      if (toStdout && !o.dryRun && process.stdout.isTTY && !o.force) {
+        throw new UsageError('standard output is a terminal: redirect it (--to - > FILE, or a pipe), or add --force to write the archive there');
+      }
       const progress = new Progress('send');
       const remote = o.applyRemote === undefined ? undefined
         : remoteApplyDestination({ host: o.applyRemote, target: o.remoteTo, remoteCommand: o.remoteCommand, remoteArgs: o.remoteArg, storeOptions: storeOptions() });
@@ -202,6 +214,8 @@ function buildProgram(): Command {
     .option('--json', 'print the report as JSON')
     .action(async (archives: string[], o) => {
       if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
+      const orphan = (['changedOnly', 'sample', 'stateDir'] as const).filter((k) => o[k] !== undefined);
+      if (orphan.length) throw new UsageError(`${orphan.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
       const progress = new Progress('verify');
       const res = await verify({ inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined), storeOptions: storeOptions() });
       progress.done();
@@ -254,7 +268,30 @@ function testKillHook(): void {
 /** How long a command may take to stop after SIGINT/SIGTERM before it is ended regardless. */
 const INTERRUPT_GRACE_MS = 10_000;
 
+/** commander's error text ("error: unknown option '--x'\n(Did you mean --y?)\n") as one line without "error: ". */
+function commanderMessage(s: string): string {
+  return s.replace(/^error:\s*/i, '').split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
+}
+
+/**
+ * A failure: one line on stderr ("thinarchive: ..."), and with --json also a JSON error object on
+ * standard output (README, "JSON output"). Returns the exit code.
+ */
+function fail(wantJson: boolean, code: string, exitClass: string, exit: number, message: string, printLine = true): number {
+  Progress.clearLine();
+  if (printLine) err(`thinarchive: ${message}`);
+  if (wantJson) json({ error: { code, exitClass, exit, message } }, jsonErrorsToStderr);
+  return exit;
+}
+
+/** send --to - --json: standard output carries the archive, so the JSON (result or error) goes to stderr. */
+let jsonErrorsToStderr = false;
+
 export async function main(argv: string[]): Promise<number> {
+  const args = argv.slice(2);
+  const wantJson = args.includes('--json');
+  const toIdx = args.indexOf('--to');
+  jsonErrorsToStderr = args[0] === 'send' && toIdx >= 0 && args[toIdx + 1] === '-';
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) {
       // Second signal: stop now, by the signal itself (worker threads inside a native call would
@@ -270,8 +307,7 @@ export async function main(argv: string[]): Promise<number> {
     // (temporary files go at the next run; an apply's undo journal is rolled back by recover or the
     // next apply); nothing partial is ever under an archive's final name.
     setTimeout(() => {
-      err('thinarchive: interrupted');
-      process.exit(EXIT.interrupted);
+      process.exit(fail(wantJson, 'ABORTED', 'interrupted', EXIT.interrupted, 'interrupted'));
     }, INTERRUPT_GRACE_MS).unref();
   };
   process.on('SIGINT', onSignal);
@@ -287,21 +323,17 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {
     await close();
-    if (interrupted) {
-      err('thinarchive: interrupted');
-      return EXIT.interrupted;
-    }
+    if (interrupted) return fail(wantJson, 'ABORTED', 'interrupted', EXIT.interrupted, 'interrupted');
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
-      // commander has printed its message already.
-      return EXIT.usage;
+      // commander has printed its message already (outputError: one line).
+      return fail(wantJson, 'USAGE', 'usage', EXIT.usage, commanderMessage(e.message), false);
     }
-    if (e instanceof ThinarchiveError) {
-      err(`thinarchive: ${e.message}`);
-      return EXIT_CODE[e.exitClass];
-    }
+    if (e instanceof ThinarchiveError) return fail(wantJson, e.code, e.exitClass, EXIT_CODE[e.exitClass], e.message);
     const detail = process.env.THINARCHIVE_DEBUG ? `\n${(e as Error)?.stack}` : ' (set THINARCHIVE_DEBUG=1 for details)';
+    Progress.clearLine();
     err(`thinarchive: internal error: ${(e as Error)?.message ?? String(e)}${detail}`);
+    if (wantJson) json({ error: { code: 'INTERNAL', exitClass: 'internal', exit: EXIT.internal, message: `internal error: ${(e as Error)?.message ?? String(e)}` } }, jsonErrorsToStderr);
     return EXIT.internal;
   }
 }

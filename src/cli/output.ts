@@ -35,13 +35,23 @@ function rate(bytes: number, seconds: number): string {
   return seconds > 0 ? `${formatBytes(bytes / seconds)}/s` : '-';
 }
 
+/** send --dry-run prints at most this many extents. */
+const DRY_RUN_LINES = 50;
+
 export function printSend(r: SendResult): string {
   const kind = r.full ? 'full' : 'incremental';
   if (r.dryRun) {
-    return [
+    const lines = [
       `dry run: ${kind} archive, sequence ${r.sequence} of chain ${r.chainId}`,
       `  extents: ${r.extents}; would read ${formatBytes(r.dataBytes)} (${r.dataBytes} B); unmap ${formatBytes(r.unmapBytes)}`,
-    ].join('\n');
+    ];
+    const list = r.extentList ?? [];
+    for (const e of list.slice(0, DRY_RUN_LINES)) {
+      const blocks = e.blockCount === 1 ? `block ${e.firstBlock}` : `blocks ${e.firstBlock}..${e.firstBlock + e.blockCount - 1}`;
+      lines.push(`    ${e.kind.padEnd(5)} ${blocks} (${formatBytes(e.bytes)})`);
+    }
+    if (r.extents > Math.min(list.length, DRY_RUN_LINES)) lines.push(`    ... ${r.extents - Math.min(list.length, DRY_RUN_LINES)} more extents`);
+    return lines.join('\n');
   }
   return [
     `sent ${kind} archive ${r.archiveId} (sequence ${r.sequence} of chain ${r.chainId})`,
@@ -69,7 +79,9 @@ export function printVerify(r: VerifyResult): string {
     lines.push(`${a.ok ? 'ok  ' : 'FAIL'} ${a.archive} ${what}`.trimEnd());
   }
   for (const f of r.findings) {
-    const where = [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
+    // The location is in the message when it names the block; otherwise in brackets.
+    const named = f.block !== undefined && f.message.includes(`block ${f.block}`);
+    const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`);
   }
   lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
@@ -116,12 +128,19 @@ export function printList(chains: ListedChain[]): string {
 
 /** Progress on stderr, only when it is a terminal: bytes, rate, ETA. */
 export class Progress {
+  /** The progress line on the terminal now, if any: cleared before any other text goes to stderr. */
+  private static showing: Progress | undefined;
   private readonly enabled = !!process.stderr.isTTY;
   private readonly start = performance.now();
   private last = 0;
   constructor(private readonly label: string) {}
+  /** Clear the progress line, if one is showing (before an error or "interrupted" is printed). */
+  static clearLine(): void {
+    Progress.showing?.done();
+  }
   update(done: number, total: number | undefined): void {
     if (!this.enabled) return;
+    Progress.showing = this;
     const now = performance.now();
     if (now - this.last < 250) return;
     this.last = now;
@@ -135,6 +154,8 @@ export class Progress {
   }
   done(): void {
     if (this.enabled && this.last > 0) process.stderr.write('\r\x1b[K');
+    this.last = 0;
+    if (Progress.showing === this) Progress.showing = undefined;
   }
 }
 
@@ -147,13 +168,18 @@ export function intOption(name: string, min: number, max: number) {
   };
 }
 
+/**
+ * How the zeroed and unmapped ranges reached the target, in one wording with units: "5.00 MiB
+ * punched/discarded, 1.00 MiB zero-ranged"; "nothing written" when no zeroing was needed (a new target
+ * already reads as zeroes, or there was nothing to zero).
+ */
 export function describeZeroStats(z: ZeroStats): string {
   const parts: string[] = [];
-  if (z.punched) parts.push(`${z.punched} B punched/unmapped`);
-  if (z.zeroedRange) parts.push(`${z.zeroedRange} B zero-ranged`);
-  if (z.zeroedOut) parts.push(`${z.zeroedOut} B zeroed out`);
-  if (z.written) parts.push(`${z.written} B written as zeroes`);
-  return parts.join(', ') || 'none';
+  if (z.punched) parts.push(`${formatBytes(z.punched)} punched/discarded`);
+  if (z.zeroedRange) parts.push(`${formatBytes(z.zeroedRange)} zero-ranged`);
+  if (z.zeroedOut) parts.push(`${formatBytes(z.zeroedOut)} zeroed out`);
+  if (z.written) parts.push(`${formatBytes(z.written)} written as zeroes`);
+  return parts.join(', ') || 'nothing written';
 }
 
 /** One line saying what recovery did (for the CLI). */

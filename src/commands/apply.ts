@@ -9,7 +9,7 @@ import { FormatError, UnsafeError, UsageError } from '../errors.js';
 import { payloadCorrupt, payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
 import { Codec, ExtentKind } from '../format/constants.js';
-import type { ArchiveHeader } from '../format/types.js';
+import type { ArchiveHeader, MapEnd } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import type { Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
@@ -144,8 +144,9 @@ async function applyStream(
   let zeroBytes = 0;
   const zero = async (first: number, count: number): Promise<void> => {
     const n = rangeBytes(first, count, size, bs);
-    zeroBytes += n;
     if (!opts.fresh) await target.zero(first * bs, n);
+    zeroBytes += n;
+    progress();
   };
   const window: { first: number; rawLen: number; p: ReturnType<WorkerPool['decodeRecycled']>; offset: number }[] = [];
   const limit = pool.size * DECODE_WINDOW_PER_WORKER;
@@ -202,13 +203,14 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
   await checkTargetOptions(opts.to, opts);
   const inputs = await resolveArchiveInputs(opts.inputs, opts.storeOptions);
   const files: ArchiveFile[] = [];
+  const maps: MapEnd[] = [];
   try {
     // 1. Everything that can be checked before touching the target.
     for (const inp of inputs) {
       if (inp.kind === 'file') {
         const f = await inp.open();
         files.push(f);
-        await f.preflight();
+        maps.push(await f.preflight());
       }
     }
     const fromStdin = inputs.length === 1 && inputs[0].kind === 'stdin';
@@ -281,7 +283,10 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
             events = stdinEvents!;
           } else {
             const f = files[i];
-            total = f.trailer.rawBytes + f.trailer.zeroBlocks * h.blockSize;
+            // What applyStream counts: the records' data and zero blocks, and the map's ZERO and UNMAP
+            // extents (zeroed too); a partial last block counts only its bytes.
+            const m = maps[i];
+            total = Math.min(f.trailer.rawBytes + (f.trailer.zeroBlocks + m.zeroBlocks + m.unmapBlocks) * h.blockSize, h.volumeSize);
             events = readArchive(f.readSource(), { file: f.path, payloadBuffer: buffers.forPayload });
             const first = await events.next();
             if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {

@@ -12,7 +12,7 @@
 import { UsageError } from '../errors.js';
 import { payloadBuffer, payloadCorrupt, withPool } from '../archive/pool.js';
 import { FRAME_CHECK_SIZE, FRAME_HEAD_SIZE } from '../format/constants.js';
-import { blockLength } from '../format/types.js';
+import { blockLength, type IndexEntry } from '../format/types.js';
 import type { Logger } from '../log.js';
 import type { StoreOptions } from '../store/open.js';
 import type { ZeroStats } from '../target/file-target.js';
@@ -86,13 +86,14 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
       };
       const totals = await withPool(async (pool) => {
         const cache = new Map<string, Promise<Uint8Array>>();
-        const recordBytes = (archive: number, offset: number): Promise<Uint8Array> => {
+        const recordBytes = (archive: number, entry: IndexEntry): Promise<Uint8Array> => {
+          const offset = entry.offset;
           const k = `${archive}:${offset}`;
           let p = cache.get(k);
           if (!p) {
             const f = files[archive];
             p = (async () => {
-              const r = await f.readRecordAt(offset);
+              const r = await f.readRecordAt(offset, undefined, entry);
               const d = r.data!;
               res.records++;
               res.archiveBytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
@@ -117,7 +118,7 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
               return;
             }
             const rec = e.seg.record!;
-            const raw = await recordBytes(e.seg.archive, rec.offset);
+            const raw = await recordBytes(e.seg.archive, rec);
             const from = (e.block - rec.firstBlock) * bs;
             await target.write(raw.subarray(from, from + len), e.block * bs);
             res.blocksWritten++;

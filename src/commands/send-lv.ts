@@ -6,6 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
+import { statSync } from 'node:fs';
 import { checkLevel, type NewArchive, type WriteProgress } from '../archive/writer.js';
 import { checkNoFork, dryRunResult, openDestination, writeAndCommit, type SendDestination, type SendResult } from '../chain/publish.js';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
@@ -106,7 +107,14 @@ function parseRef(ref: string, what: string): { vg: string; lv: string } {
   const parts = ref.split('/');
   const [vg, lv] = ref.startsWith('/dev/') && parts.length === 4 ? [parts[2], parts[3]] : parts;
   if (parts.length !== 2 && !(ref.startsWith('/dev/') && parts.length === 4)) {
-    throw new UsageError(`${what} must be VG/LV, got ${JSON.stringify(ref)}`);
+    let hint = '';
+    try {
+      const st = statSync(ref);
+      if (st.isFile() || st.isBlockDevice()) hint = `; ${ref} is ${st.isFile() ? 'a file' : 'a block device'}: to send it, use --image ${ref}`;
+    } catch {
+      // not a path: no hint
+    }
+    throw new UsageError(`${what} must be VG/LV, got ${JSON.stringify(ref)}${hint}`);
   }
   assertLvmName(vg!, 'VG');
   assertLvmName(lv!, what);

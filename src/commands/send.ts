@@ -42,6 +42,9 @@ export async function send(opts: SendOptions): Promise<SendResult> {
     throw new UsageError('an incremental send needs both --changes and --parent');
   }
   checkLevel(opts.level);
+  if (opts.volumeUuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(opts.volumeUuid)) {
+    throw new UsageError(`--volume-uuid must be a UUID (like 0f8fad5b-d9cb-469f-a165-70867728950e), got ${JSON.stringify(opts.volumeUuid)}`);
+  }
   const source = await FileVolume.open(opts.image);
   try {
     let parent: ArchiveHeader | undefined;

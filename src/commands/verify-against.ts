@@ -91,20 +91,20 @@ export async function verifyAgainst(opts: VerifyAgainstOptions): Promise<VerifyA
           const what = s.status === 'applying'
             ? `is in the middle of applying ${s.applying?.archiveId} onto ${s.archiveId || 'nothing'}`
             : `holds archive ${s.archiveId} (sequence ${s.sequence} of chain ${s.chainId})`;
-          findings.push({ code: 'TARGET_STATE', detail: s.status === 'applying' ? 'MID_APPLY' : 'OTHER_ARCHIVE', archive: label,
+          findings.push({ code: 'TARGET_STATE', detail: s.status === 'applying' ? 'MID_APPLY' : 'OTHER_ARCHIVE', archive: label, target: label,
             message: `the target's recorded state ${what}; the chain's newest archive is ${newest.archiveId} (sequence ${newest.sequence})` });
         }
       } else if (tgt.snapshotArchive !== null) {
         stateOk = tgt.snapshotArchive === newest.archiveId;
         if (!stateOk) {
-          findings.push({ code: 'TARGET_STATE', detail: 'OTHER_ARCHIVE', archive: label,
+          findings.push({ code: 'TARGET_STATE', detail: 'OTHER_ARCHIVE', archive: label, target: label,
             message: `the snapshot's tags name archive ${tgt.snapshotArchive}; the chain's newest archive is ${newest.archiveId} (sequence ${newest.sequence})` });
         }
       }
       const size = tgt.source.size;
       const sizeBad = tgt.kind === 'image' ? size !== newest.volumeSize : size < newest.volumeSize;
       if (sizeBad) {
-        findings.push({ code: 'TARGET_SIZE', detail: 'SIZE', archive: label,
+        findings.push({ code: 'TARGET_SIZE', detail: 'SIZE', archive: label, target: label,
           message: `the target has ${size} bytes, the volume ${tgt.kind === 'image' ? 'has' : 'needs'} ${newest.volumeSize}` });
       }
       const stats: ReadStats[] = files.map(() => ({ metaBytes: 0 }));
@@ -125,7 +125,7 @@ export async function verifyAgainst(opts: VerifyAgainstOptions): Promise<VerifyA
             const expected = e.zero ? 'zero' : hex(e.hash);
             const got = actual.zero ? 'zero' : hex(actual.hash!);
             findings.push({
-              code: 'TARGET_MISMATCH', detail: e.zero ? 'NOT_ZERO' : 'BLOCK_HASH', archive: label, offset: e.block * bs, block: e.block,
+              code: 'TARGET_MISMATCH', detail: e.zero ? 'NOT_ZERO' : 'BLOCK_HASH', archive: label, target: label, offset: e.block * bs, block: e.block,
               expected, actual: got, archiveId: a.archiveId,
               message: `block ${e.block} (byte ${e.block * bs}): expected ${e.zero ? 'zeroes' : `xxh64 ${expected}`} (${e.seg.kind} of archive sequence ${a.sequence}), read ${actual.zero ? 'zeroes' : `xxh64 ${got}`}`,
             });

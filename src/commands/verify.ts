@@ -6,7 +6,7 @@
  * trusted) and the next archive is checked.
  */
 import { stat } from 'node:fs/promises';
-import { FormatError, ThinarchiveError } from '../errors.js';
+import { FormatError, ioError, ThinarchiveError } from '../errors.js';
 import { payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
 import { filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
 import type { ArchiveHeader, Trailer } from '../format/types.js';
@@ -162,9 +162,10 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     let isDir = false;
     try {
       isDir = (await stat(ref)).isDirectory();
-    } catch {
-      findings.push({ code: 'UNREADABLE', detail: 'NOT_FOUND', archive: ref, message: 'no such file or directory' });
-      continue;
+    } catch (e) {
+      // An input named that is not there is a runtime error (exit 1), as for info and apply; an
+      // archive missing inside a chain is a finding.
+      throw ioError(e, `cannot open archive ${ref}`);
     }
     if (isDir) {
       const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);

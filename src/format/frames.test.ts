@@ -233,7 +233,7 @@ describe('header', () => {
       header(),
       header({ full: false, parentId: 'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee', sequence: 17, blockSize: MIN_BLOCK_SIZE }),
       header({ full: true, parentId: 'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee', sequence: 3 }),
-      header({ blockSize: MAX_BLOCK_SIZE, sequence: Number.MAX_SAFE_INTEGER, volumeSize: Number.MAX_SAFE_INTEGER, createdMs: Number.MAX_SAFE_INTEGER, sourceChunkSize: 0xffffffff }),
+      header({ blockSize: MAX_BLOCK_SIZE, sequence: 9_999_999_999, volumeSize: Number.MAX_SAFE_INTEGER, createdMs: 8_640_000_000_000_000, sourceChunkSize: 0xffffffff }),
       header({ volumeSize: 1, meta: { volume: { name: 'ünïcödé ✓ \u0000 "q"' }, tool: 't', extra: { nested: [1, 2, { x: null }] } } }),
     ];
     for (const h of cases) {

@@ -138,6 +138,9 @@ export function verifyFrameCheck(head: Uint8Array, body: Uint8Array, check: Uint
 
 // ----------------------------------------------------------------------------------------------- header
 
+/** The largest sequence number: store file names hold it in 10 digits. */
+export const MAX_SEQUENCE = 9_999_999_999;
+
 export function encodeHeaderBody(h: ArchiveHeader): Uint8Array {
   if (!isValidBlockSize(h.blockSize)) throw new FormatError('BAD_BLOCK_SIZE', `invalid block size ${h.blockSize}`);
   if (!h.full && h.parentId === null) throw new FormatError('BAD_HEADER', 'an incremental archive needs a parent');
@@ -177,6 +180,9 @@ export function decodeHeaderBody(b: Uint8Array, offset: number, version: { major
   const archiveId = bytesToUuid(b, 8);
   if (archiveId === NIL_UUID) throw new FormatError('BAD_HEADER', 'archive id is all zero', offset);
   const sequence = u64(dv, 56, 'sequence', offset);
+  // Store file names hold the sequence in 10 digits (docs/FORMAT.md 3.2); only a full archive has sequence 0.
+  if (sequence > MAX_SEQUENCE) throw new FormatError('FIELD_RANGE', `sequence out of range: ${sequence} (at most ${MAX_SEQUENCE})`, offset + 56);
+  if (!full && sequence === 0) throw new FormatError('FIELD_RANGE', 'an incremental archive with sequence 0', offset + 56);
   const volumeSize = u64(dv, 80, 'volume size', offset);
   // A JavaScript Date holds at most 8.64e15 ms after 1970: anything later is no creation time.
   const createdMs = u64(dv, 88, 'creation time', offset);

@@ -62,6 +62,14 @@ export class ArchiveValidator {
   /** Canonical digest of the map's DATA blocks, set by onMapEnd (compared with the records' coverage). */
   mapDataDigest = '';
   mapEnd: MapEnd | undefined;
+  /**
+   * The map's DATA blocks as merged runs [start, end), kept so that every record is checked against
+   * the map as it arrives: a record outside the DATA extents is refused before anyone acts on it.
+   */
+  private dataRuns: number[] = [];
+  /** Where the next record must start: index into dataRuns (a run's start) and the block in it. */
+  private runAt = 0;
+  private runNext = -1;
 
   // record state
   private recordNext = 0;
@@ -109,6 +117,9 @@ export class ArchiveValidator {
       if (e.kind === ExtentKind.DATA) {
         this.mapCounts.data += e.blockCount;
         this.mapDataRuns.add(e.firstBlock, e.blockCount);
+        const n = this.dataRuns.length;
+        if (n > 0 && this.dataRuns[n - 1] === e.firstBlock) this.dataRuns[n - 1] = e.firstBlock + e.blockCount;
+        else this.dataRuns.push(e.firstBlock, e.firstBlock + e.blockCount);
       } else if (e.kind === ExtentKind.ZERO) this.mapCounts.zero += e.blockCount;
       else this.mapCounts.unmap += e.blockCount;
     }
@@ -123,6 +134,7 @@ export class ArchiveValidator {
     if (this.header!.full && this.mapNext !== this.blocks) this.fail('BAD_MAP', 'full archive map does not cover the whole volume', offset);
     this.mapEnd = m;
     this.mapDataDigest = this.mapDataRuns.result();
+    this.runNext = this.dataRuns.length > 0 ? this.dataRuns[0] : -1;
     this.phase = 'records';
   }
 
@@ -130,6 +142,20 @@ export class ArchiveValidator {
     this.expect(['records'], type === FrameType.DATA ? 'data' : 'zero', offset);
     if (firstBlock < this.recordNext) this.fail('BAD_RECORD', `records overlap or are out of order at block ${firstBlock}`, offset);
     if (firstBlock + blockCount > this.blocks) this.fail('BAD_RECORD', `record runs past the end of the volume`, offset);
+    // Records cover the map's DATA extents exactly and in order: each starts where the last one ended
+    // (or at the next DATA run) and stays inside its run.
+    if (this.runAt < this.dataRuns.length && this.runNext === this.dataRuns[this.runAt + 1]) {
+      this.runAt += 2;
+      this.runNext = this.runAt < this.dataRuns.length ? this.dataRuns[this.runAt] : -1;
+    }
+    if (this.runAt >= this.dataRuns.length) this.fail('BAD_RECORD', `record at block ${firstBlock} lies after the map's last DATA extent`, offset);
+    if (firstBlock !== this.runNext) {
+      this.fail('BAD_RECORD', `record at block ${firstBlock} does not match the map (the next DATA block is ${this.runNext})`, offset);
+    }
+    if (firstBlock + blockCount > this.dataRuns[this.runAt + 1]) {
+      this.fail('BAD_RECORD', `record ${firstBlock}+${blockCount} runs past the map's DATA extent ending at block ${this.dataRuns[this.runAt + 1]}`, offset);
+    }
+    this.runNext = firstBlock + blockCount;
     this.recordNext = firstBlock + blockCount;
     this.recordRuns.add(firstBlock, blockCount);
     this.totals.recordCount++;

@@ -3,7 +3,7 @@
  * archive blocks and clamped to the volume.
  */
 import { createReadStream } from 'node:fs';
-import { ioError, ThinarchiveError, UsageError } from '../errors.js';
+import { FormatError, ioError, ThinarchiveError, UsageError } from '../errors.js';
 import { ExtentKind, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../format/constants.js';
 import type { MapExtent } from '../format/types.js';
 import { volumeBlocks } from '../format/types.js';
@@ -60,10 +60,18 @@ export async function* poolFileExtents(
   }
 }
 
-/** The changed ranges of a thin_delta XML file as archive extents. */
-export function deltaFileExtents(path: string, blockSize: number, volumeSize: number): AsyncGenerator<MapExtent> {
-  return poolFileExtents(path, async (stream) => {
-    const d = await openThinDelta(stream, { file: path });
-    return { poolBytes: d.header.blockSizeBytes, ranges: d.ranges };
-  }, blockSize, volumeSize);
+/**
+ * The changed ranges of a thin_delta XML file as archive extents. The file is the user's input (send
+ * --image --changes): XML that does not parse is a usage error (CHANGES_INVALID), not a damaged archive.
+ */
+export async function* deltaFileExtents(path: string, blockSize: number, volumeSize: number): AsyncGenerator<MapExtent> {
+  try {
+    yield* poolFileExtents(path, async (stream) => {
+      const d = await openThinDelta(stream, { file: path });
+      return { poolBytes: d.header.blockSizeBytes, ranges: d.ranges };
+    }, blockSize, volumeSize);
+  } catch (e) {
+    if (e instanceof FormatError) throw new UsageError(`--changes ${e.file ? '' : `${path}: `}${e.message} (${e.code})`, 'CHANGES_INVALID');
+    throw e;
+  }
 }

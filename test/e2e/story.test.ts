@@ -83,6 +83,11 @@ interface SendJson {
   rawBytes: number; storedBytes: number; archiveBytes: number; seconds: number;
 }
 
+/** A chain directory's files except the sequence claims (.<seq>.seq, FORMAT.md 3.2). */
+function archivesIn(dir: string): string[] {
+  return readdirSync(dir).filter((n) => !/^\.\d{10}\.seq$/.test(n));
+}
+
 describe('main story: full and three incremental archives of a sparse image', () => {
   let dir: TempDir;
   let model: VolumeModel;

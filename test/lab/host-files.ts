@@ -4,7 +4,6 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll } from 'vitest';
 
 export async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
@@ -13,17 +12,19 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 const made: string[] = [];
-let hooked = false;
 
-/** A new directory under os.tmpdir(), removed after the calling test file's tests. */
+/**
+ * A new directory under os.tmpdir(). The test file removes it with `afterAll(removeHostTempDirs)` at
+ * its top level (a hook registered inside a running test never runs: these directories, 20-140 MB,
+ * used to stay in /tmp).
+ */
 export async function hostTempDir(prefix: string): Promise<string> {
-  if (!hooked) {
-    hooked = true;
-    afterAll(async () => {
-      for (const d of made.splice(0)) await rm(d, { recursive: true, force: true });
-    });
-  }
   const d = await mkdtemp(join(tmpdir(), prefix));
   made.push(d);
   return d;
+}
+
+/** Remove every directory hostTempDir made in this test file (passing or failing). */
+export async function removeHostTempDirs(): Promise<void> {
+  for (const d of made.splice(0)) await rm(d, { recursive: true, force: true });
 }

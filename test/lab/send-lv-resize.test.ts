@@ -11,15 +11,18 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
 import { cliBuild } from './cli-build.js';
-import { hostTempDir, sha256File } from './host-files.js';
+import { hostTempDir, removeHostTempDirs, sha256File } from './host-files.js';
 import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const MiB = 1024 * 1024;
 const BLOCK = 65536;
+
+// The host directories (stores, images) go when the file's tests end, passed or failed.
+afterAll(removeHostTempDirs);
 
 describe('send VG/LV: resized volumes, LV targets and pipes in the thin-LVM lab', () => {
   it('grow, shrink and grow again reach an image and an LV target intact; send --to - | apply - works', async (ctx) => {

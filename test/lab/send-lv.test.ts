@@ -10,10 +10,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { SendLvResult } from '../../src/commands/send-lv.js';
 import { cliBuild } from './cli-build.js';
-import { hostTempDir, sha256File } from './host-files.js';
+import { hostTempDir, removeHostTempDirs, sha256File } from './host-files.js';
 import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, requireLab, runInLab, type LabRun } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -35,6 +35,9 @@ ${labPoolSetup({ vg: VG, pool: POOL, poolSize: '1G', chunk: '64k' })}
 export THINARCHIVE_STATE_DIR="$LAB_WORK/state"
 . "$GUEST_SCRIPT"
 `;
+
+// The host directories (stores, images) go when the file's tests end, passed or failed.
+afterAll(removeHostTempDirs);
 
 describe('send VG/LV in the thin-LVM lab', () => {
   it('a chain of a full and incremental sends of a filesystem in use applies to an image identical to each snapshot', async (ctx) => {
