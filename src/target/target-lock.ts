@@ -63,15 +63,19 @@ export interface TargetLock {
 
 /** The lock file of a target: beside its state file (image, block device), or in the state directory keyed by VG/LV. */
 export async function targetLockFile(spec: string, stateDir = defaultStateDir()): Promise<string> {
+  return (await lockFileOf(spec, stateDir)).path;
+}
+
+async function lockFileOf(spec: string, stateDir = defaultStateDir()): Promise<{ path: string; inStateDir: boolean }> {
   const lv = await lvTargetSpec(spec);
-  if (lv) return join(stateDir, 'lv', lv.vg, `${lv.lv}.lock`);
+  if (lv) return { path: join(stateDir, 'lv', lv.vg, `${lv.lv}.lock`), inStateDir: true };
   let block = false;
   try {
     block = (await stat(spec)).isBlockDevice();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `cannot inspect target ${spec}`);
   }
-  return stateFileFor(block ? 'blockdev' : 'image', spec, stateDir).replace(/\.json$/, '.lock');
+  return { path: stateFileFor(block ? 'blockdev' : 'image', spec, stateDir).replace(/\.json$/, '.lock'), inStateDir: block };
 }
 
 function parseHolder(text: string): TargetLockHolder | null {
@@ -110,21 +114,33 @@ export function describeHolder(h: TargetLockHolder | null): string {
   return h ? `thinarchive ${h.command} (pid ${h.pid}, since ${h.since})` : 'another thinarchive process';
 }
 
-async function openLockFile(path: string, reader: boolean): Promise<FileHandle | null> {
+/**
+ * Open (creating) the lock file. Where it cannot be opened for writing (a read-only filesystem or
+ * directory), an existing one is opened read-only: flock works on it all the same, only the holder
+ * cannot name itself. Where it does not exist and cannot be made, a writer is refused as for a
+ * read-only target (it could not write the state beside it either) and a reader goes on without it.
+ * An image whose directory does not exist has no lock (nothing can hold it): opening the image then
+ * fails as it did before.
+ */
+async function openLockFile(spec: string, path: string, inStateDir: boolean, reader: boolean): Promise<{ fh: FileHandle; writable: boolean } | null> {
+  let code: string | undefined;
   try {
-    await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    return await open(path, fsc.O_RDWR | fsc.O_CREAT, 0o644);
+    // (an image's directory is the user's: never made here)
+    if (inStateDir) await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+    return { fh: await open(path, fsc.O_RDWR | fsc.O_CREAT, 0o644), writable: true };
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (!reader || (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM')) throw ioError(e, `cannot open the target lock ${path}`);
+    code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM' && code !== 'ENOENT') throw ioError(e, `cannot open the target lock ${path}`);
   }
   try {
-    return await open(path, 'r'); // flock works on a descriptor opened for reading
+    return { fh: await open(path, 'r'), writable: false };
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'EACCES') return null;
-    throw ioError(e, `cannot open the target lock ${path}`);
+    const c = (e as NodeJS.ErrnoException).code;
+    if (c !== 'ENOENT' && c !== 'EACCES') throw ioError(e, `cannot open the target lock ${path}`);
   }
+  // No directory: no target and no state can be there either (opening it says so), nor a holder.
+  if (reader || code === 'ENOENT') return null;
+  throw new UnsafeError('TARGET_READONLY', `target ${spec} cannot be opened for writing (${code}): its lock file ${path} cannot be created`);
 }
 
 /**
@@ -133,9 +149,10 @@ async function openLockFile(path: string, reader: boolean): Promise<FileHandle |
  * fires while waiting.
  */
 export async function lockTarget(spec: string, o: TargetLockOptions): Promise<TargetLock> {
-  const path = await targetLockFile(spec, o.stateDir);
-  const fh = await openLockFile(path, !!o.reader);
-  if (!fh) return { path: '', release: async () => {} };
+  const { path, inStateDir } = await lockFileOf(spec, o.stateDir);
+  const opened = await openLockFile(spec, path, inStateDir, !!o.reader);
+  if (!opened) return { path: '', release: async () => {} };
+  const { fh, writable } = opened;
   const io = thinio();
   const log = o.log ?? silentLogger;
   let delay = 10;
@@ -160,12 +177,11 @@ export async function lockTarget(spec: string, o: TargetLockOptions): Promise<Ta
     throw e;
   }
   const me: TargetLockHolder = { version: 1, pid: process.pid, command: o.command, since: new Date().toISOString(), target: spec };
-  try {
-    await fh.truncate(0);
-    await fh.write(`${JSON.stringify(me)}\n`, 0);
-  } catch (e) {
-    // a read-only lock file (a reader that could not create it): the lock holds all the same
-    if (!o.reader) {
+  if (writable) {
+    try {
+      await fh.truncate(0);
+      await fh.write(`${JSON.stringify(me)}\n`, 0);
+    } catch (e) {
       await fh.close().catch(() => {});
       throw ioError(e, `cannot write the target lock ${path}`);
     }
@@ -176,7 +192,7 @@ export async function lockTarget(spec: string, o: TargetLockOptions): Promise<Ta
     release: async () => {
       if (released) return;
       released = true;
-      await fh.truncate(0).catch(() => {});
+      if (writable) await fh.truncate(0).catch(() => {});
       await fh.close().catch(() => {});
     },
   };
