@@ -1,7 +1,8 @@
 /*
  * thinio: the few Linux system calls Node does not expose, for sources and targets.
  *   seekData/seekHole (lseek SEEK_DATA/SEEK_HOLE), punchHole/zeroRange (fallocate),
- *   blkDiscard/blkZeroOut/blkGetSize64 (block device ioctls).
+ *   blkDiscard/blkZeroOut/blkGetSize64 (block device ioctls), flockExclusive/flockUnlock (flock(2):
+ *   the target lock, released by the kernel when its holder dies).
  * All take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
  * Errors are thrown as Error objects whose `code` is the errno name (EOPNOTSUPP, ENXIO, ...).
  */
@@ -13,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -98,6 +100,29 @@ static napi_value blk_getsize64(napi_env env, napi_callback_info info) {
   return num(env, (int64_t)size);
 }
 
+/* flockExclusive(fd): flock(LOCK_EX | LOCK_NB). true: now held; false: another open file holds it. */
+static napi_value flock_exclusive(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  int r;
+  do r = flock((int)a[0], LOCK_EX | LOCK_NB); while (r < 0 && errno == EINTR);
+  napi_value b;
+  if (r < 0) {
+    if (errno != EWOULDBLOCK) return throw_errno(env, "flock(LOCK_EX)", errno);
+    napi_get_boolean(env, false, &b);
+    return b;
+  }
+  napi_get_boolean(env, true, &b);
+  return b;
+}
+
+static napi_value flock_unlock(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  if (flock((int)a[0], LOCK_UN) < 0) return throw_errno(env, "flock(LOCK_UN)", errno);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
@@ -107,6 +132,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"blkDiscard", NULL, blk_discard, NULL, NULL, NULL, napi_default, NULL},
     {"blkZeroOut", NULL, blk_zeroout, NULL, NULL, NULL, napi_default, NULL},
     {"blkGetSize64", NULL, blk_getsize64, NULL, NULL, NULL, napi_default, NULL},
+    {"flockExclusive", NULL, flock_exclusive, NULL, NULL, NULL, napi_default, NULL},
+    {"flockUnlock", NULL, flock_unlock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

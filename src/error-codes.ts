@@ -135,6 +135,7 @@ export const ERRORS = {
   TARGET_STATE: { exit: 'unsafe', meaning: "the target's state does not match the archive to apply" },
   TARGET_STATE_CORRUPT: { exit: 'unsafe', meaning: 'the target state (file or LV tags) is unreadable' },
   TARGET_BUSY: { exit: 'unsafe', meaning: 'the target is mounted or open elsewhere' },
+  TARGET_LOCKED: { exit: 'unsafe', meaning: 'another thinarchive process (apply, restore, repair, recover, verify --against) holds the target; nothing was read or written (--wait waits)' },
   TARGET_READONLY: { exit: 'unsafe', meaning: 'the target is read-only' },
   TARGET_TOO_SMALL: { exit: 'unsafe', meaning: 'the target is smaller than the volume' },
   TARGET_EXISTS: { exit: 'unsafe', meaning: '--create was given but the target exists' },

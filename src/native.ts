@@ -14,6 +14,10 @@ export interface ThinIO {
   blkDiscard(fd: number, offset: number, length: number): void;
   blkZeroOut(fd: number, offset: number, length: number): void;
   blkGetSize64(fd: number): number;
+  /** flock(fd, LOCK_EX | LOCK_NB): true when now held, false when another open file description holds it. */
+  flockExclusive(fd: number): boolean;
+  /** flock(fd, LOCK_UN) */
+  flockUnlock(fd: number): void;
 }
 
 const require = createRequire(import.meta.url);

@@ -104,9 +104,9 @@ export function repair(opts: RepairOptions): Promise<RepairResult> {
   return cancellable(opts.signal, () => repairOp(opts));
 }
 
-/** Roll back a target whose apply was interrupted. */
+/** Roll back a target whose apply was interrupted (never one a live process holds: TARGET_LOCKED, or `wait`). */
 export function recover(opts: RecoverOptions): Promise<RecoverResult> {
-  return recoverOp(opts);
+  return cancellable(opts.signal, () => recoverOp(opts));
 }
 
 /** Replace consecutive archives of a chain by one equivalent archive. */

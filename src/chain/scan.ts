@@ -14,6 +14,7 @@ import { FileVolume } from '../source/volume.js';
 import { JsonStateStore, stateFileFor, type TargetState } from '../target/state.js';
 import { tagsToState } from '../target/lv-tags.js';
 import { lvTargetSpec } from '../target/lv-target.js';
+import { lockTarget } from '../target/target-lock.js';
 import type { Segment } from './segments.js';
 
 /** What one block must be: data with a hash, or zeroes. */
@@ -193,9 +194,37 @@ export async function scanTarget(o: ScanOptions): Promise<ScanTotals> {
 }
 
 /** A target opened read-only: an image, a block device, or an LV (activated read-only if needed). */
-export async function openScanTarget(to: string, stateDir?: string): Promise<{
+type ScanTarget = {
   source: ScanSource; kind: 'image' | 'blockdev' | 'lv'; state: TargetState | null; snapshotArchive: string | null; close: () => Promise<void>;
-}> {
+};
+
+/**
+ * Open a target for reading (verify --against). The target lock is taken first (as a reader: it goes
+ * on without a lock file it cannot create) and held until close: a target being written by apply,
+ * restore, repair or recover is not read (TARGET_LOCKED, or waited for with `wait`).
+ */
+export async function openScanTarget(to: string, stateDir?: string, o: { wait?: boolean; signal?: AbortSignal } = {}): Promise<ScanTarget> {
+  const lock = await lockTarget(to, { stateDir, command: 'verify --against', wait: o.wait, signal: o.signal, reader: true });
+  let t: ScanTarget;
+  try {
+    t = await openScanTargetLocked(to, stateDir);
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+  return {
+    ...t,
+    close: async () => {
+      try {
+        await t.close();
+      } finally {
+        await lock.release();
+      }
+    },
+  };
+}
+
+async function openScanTargetLocked(to: string, stateDir?: string): Promise<ScanTarget> {
   const lv = await lvTargetSpec(to);
   if (lv) {
     const exec = createLvmExec();

@@ -106,7 +106,7 @@ export async function runVerifyAgainst(inputs: string[], o: Record<string, unkno
   const progress = new Progress('verify');
   const res = await verifyAgainst({
     dir: inputs[0], against: o.against as string, changedOnly: !!o.changedOnly, samplePercent: o.sample as number | undefined,
-    stateDir: o.stateDir as string | undefined, signal: ctx.signal, storeOptions: ctx.storeOptions?.(), onProgress: (p) => progress.update(p.blocksDone, p.blocks),
+    stateDir: o.stateDir as string | undefined, wait: !!o.wait, signal: ctx.signal, storeOptions: ctx.storeOptions?.(), onProgress: (p) => progress.update(p.blocksDone, p.blocks),
   });
   progress.done();
   if (o.json) ctx.json(res);
@@ -118,7 +118,7 @@ export async function runVerifyAgainst(inputs: string[], o: Record<string, unkno
 export async function runRepair(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
   const bad = ['create', 'pool', 'snapshotTarget', 'keep', 'force'].filter((k) => o[k] !== undefined && o[k] !== false);
   if (bad.length) throw new UsageError(`--repair does not go with ${bad.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`);
-  const res = await repair({ dir: repairInputs(inputs), to: o.to as string, stateDir: o.stateDir as string | undefined, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.() });
+  const res = await repair({ dir: repairInputs(inputs), to: o.to as string, stateDir: o.stateDir as string | undefined, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.() });
   if (o.json) ctx.json(res);
   else ctx.err(printRepair(res));
 }
@@ -135,7 +135,8 @@ export function addVerifyAgainstOptions(cmd: Command): Command {
     .option('--against <target>', 'compare this image, block device or VG/LV with the chain\'s newest state (checksums only)')
     .option('--changed-only', 'with --against: only the blocks the newest archive touches')
     .addOption(new Option('--sample <percent>', 'with --against: a random PERCENT of the blocks').argParser(percent))
-    .option('--state-dir <dir>', 'with --against: where block-device target state is kept');
+    .option('--state-dir <dir>', 'with --against: where block-device target state is kept')
+    .option('--wait', 'with --against: when a writer (apply, restore, repair, recover) holds the target, wait for it instead of failing with TARGET_LOCKED');
 }
 
 export function registerChainCommands(program: Command, ctx: CliContext): void {
@@ -149,11 +150,12 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .option('--pool <VG/POOL>', 'thin pool --create makes a new LV target in')
     .option('--force', 'overwrite a target that holds data of no or another chain')
     .option('--state-dir <dir>', 'where block-device target state is kept')
+    .option('--wait', 'when another thinarchive process holds the target, wait for it instead of failing with TARGET_LOCKED')
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
       const progress = new Progress('restore');
       const res = await restore({
-        dir, at: o.at, to: o.to, create: !!o.create, pool: o.pool, force: !!o.force, stateDir: o.stateDir, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.(),
+        dir, at: o.at, to: o.to, create: !!o.create, pool: o.pool, force: !!o.force, stateDir: o.stateDir, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.(),
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });
       progress.done();

@@ -171,13 +171,14 @@ function buildProgram(): Command {
     .option('--state-dir <dir>', 'where block-device target state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
     .option('--no-undo', 'no undo journal / rollback snapshot: faster, but an interrupted apply can only be completed (apply again), not rolled back')
     .option('--repair', 'rewrite only the blocks whose checksums differ from the chain\'s newest state (a diverged target)')
+    .option('--wait', 'when another thinarchive process holds the target (apply, restore, repair, recover, verify --against), wait for it instead of failing with TARGET_LOCKED')
     .option('--json', 'print the result as JSON')
     .action(async (archives: string[], o) => {
       if (o.repair) return runRepair(archives, o, chainCtx);
       testKillHook();
       const progress = new Progress('apply');
       const res = await apply({
-        inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin, noUndo: o.undo === false, storeOptions: storeOptions(),
+        inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin, noUndo: o.undo === false, wait: !!o.wait, storeOptions: storeOptions(),
         pool: o.pool, snapshotTarget: !!o.snapshotTarget, keep: o.keep,
         signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });
@@ -200,9 +201,10 @@ function buildProgram(): Command {
     .description('roll back a target whose apply was interrupted to its previous state (apply also does this first)')
     .argument('<target>', 'image file, block device, or VG/LV')
     .option('--state-dir <dir>', 'where block-device target state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--wait', 'when another thinarchive process holds the target (apply, restore, repair, recover, verify --against), wait for it instead of failing with TARGET_LOCKED')
     .option('--json', 'print the result as JSON')
     .action(async (target: string, o) => {
-      const res = await recover({ target, stateDir: o.stateDir, log });
+      const res = await recover({ target, stateDir: o.stateDir, log, wait: !!o.wait, signal: controller.signal });
       if (o.json) json(res);
       else err(describeRecovery(res));
     });

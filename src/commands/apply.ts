@@ -17,7 +17,7 @@ import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { recover, type RecoverResult } from '../target/recover.js';
 import type { TargetKind, TargetState } from '../target/state.js';
-import { checkTargetOptions, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
+import { checkTargetOptions, lockTarget, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -45,6 +45,11 @@ export interface ApplyOptions {
   stateDir?: string;
   /** No undo journal / rollback snapshot: faster; an interrupted apply is completed by applying again. */
   noUndo?: boolean;
+  /**
+   * Another process holds the target (its lock, docs/JOURNAL.md): wait for it instead of being
+   * refused at once with TARGET_LOCKED.
+   */
+  wait?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: ApplyProgress) => void;
   log?: Logger;
@@ -243,12 +248,22 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         return false;
       }
     };
-    const rec = await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept });
-    const target = await Target.open(opts.to, {
-      create: created, pool: opts.pool, snapshotTarget: opts.snapshotTarget, keep: opts.keep, noUndo: opts.noUndo,
-      createSize: headers[0].volumeSize, neededSize: Math.max(...headers.map((h) => h.volumeSize)), blockSize: headers[0].blockSize,
-      journalFor: headers[0], stateDir: opts.stateDir, ...(opts.lvmExec ? { exec: opts.lvmExec } : {}), log: opts.log,
-    });
+    // One writer at a time: the target lock is taken before recovery looks at the state, and held
+    // until the target is closed. A live apply is never taken for an interrupted one.
+    const lock = await lockTarget(opts.to, { stateDir: opts.stateDir, command: 'apply', wait: opts.wait, signal: opts.signal, log: opts.log });
+    let target: Target;
+    let rec: RecoverResult;
+    try {
+      rec = await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept, lock });
+      target = await Target.open(opts.to, {
+        create: created, pool: opts.pool, snapshotTarget: opts.snapshotTarget, keep: opts.keep, noUndo: opts.noUndo,
+        createSize: headers[0].volumeSize, neededSize: Math.max(...headers.map((h) => h.volumeSize)), blockSize: headers[0].blockSize,
+        journalFor: headers[0], stateDir: opts.stateDir, ...(opts.lvmExec ? { exec: opts.lvmExec } : {}), log: opts.log, lock,
+      });
+    } catch (e) {
+      await lock.release();
+      throw e;
+    }
     try {
       const state = created ? null : await target.readState();
       const start = planStart(headers, state, { fresh: created, force: !!opts.force });
@@ -311,7 +326,11 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
       });
       return result;
     } finally {
-      await target.close();
+      try {
+        await target.close();
+      } finally {
+        await lock.release();
+      }
     }
   } finally {
     for (const f of files) await f.close();

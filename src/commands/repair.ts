@@ -27,6 +27,8 @@ export interface RepairOptions {
   dir: string;
   to: string;
   stateDir?: string;
+  /** another process holds the target: wait for it instead of being refused (TARGET_LOCKED) */
+  wait?: boolean;
   signal?: AbortSignal;
   log?: Logger;
   storeOptions?: StoreOptions;
@@ -69,7 +71,7 @@ export async function repair(opts: RepairOptions): Promise<RepairResult> {
     const files = chain.archives.map((a) => a.file);
     for (const f of files) await f.preflight();
     const h = files[files.length - 1].header;
-    const target = await Target.open(opts.to, { neededSize: h.volumeSize, blockSize: h.blockSize, stateDir: opts.stateDir, log: opts.log });
+    const target = await Target.open(opts.to, { neededSize: h.volumeSize, blockSize: h.blockSize, stateDir: opts.stateDir, log: opts.log, command: 'repair', wait: opts.wait, signal: opts.signal });
     try {
       const state = await target.readState();
       await target.ensureSize(h.volumeSize);

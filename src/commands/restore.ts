@@ -32,6 +32,8 @@ export interface RestoreOptions {
   pool?: string;
   force?: boolean;
   stateDir?: string;
+  /** another process holds the target: wait for it instead of being refused (TARGET_LOCKED) */
+  wait?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
   log?: Logger;
@@ -87,6 +89,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 
     const target = await Target.open(opts.to, {
       create: opts.create, pool: opts.pool, createSize: h.volumeSize, neededSize: h.volumeSize, blockSize: h.blockSize, stateDir: opts.stateDir, log: opts.log,
+      command: 'restore', wait: opts.wait, signal: opts.signal,
     });
     try {
       const state = target.created ? null : await target.readState();

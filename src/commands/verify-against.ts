@@ -52,6 +52,11 @@ export interface VerifyAgainstOptions {
   changedOnly?: boolean;
   samplePercent?: number;
   stateDir?: string;
+  /**
+   * verify --against takes the target lock for its reads (a target mid-apply is not read); when a
+   * writer holds it, it is refused (TARGET_LOCKED) or, with wait, waits.
+   */
+  wait?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: { blocksDone: number; blocks: number }) => void;
   /** test hook: random numbers in [0, 1) for sampling */
@@ -79,7 +84,7 @@ export async function verifyAgainst(opts: VerifyAgainstOptions): Promise<VerifyA
     const files = chain.archives.map((a) => a.file);
     const newest = chain.archives[chain.archives.length - 1].header;
     const bs = newest.blockSize;
-    const tgt = await openScanTarget(opts.against, opts.stateDir);
+    const tgt = await openScanTarget(opts.against, opts.stateDir, { wait: opts.wait, signal: opts.signal });
     try {
       const findings: TargetFinding[] = [];
       const label = opts.against;

@@ -15,6 +15,7 @@ import { FileTarget } from './file-target.js';
 import { JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState } from './state.js';
 import { journalExists, readJournal, removeJournal, replayJournal } from './undo-journal.js';
 import { lvTargetSpec, recoverLv } from './lv-target.js';
+import { lockTarget, type TargetLock } from './target-lock.js';
 
 export type RecoverAction =
   /** nothing was interrupted */
@@ -59,6 +60,14 @@ export interface RecoverOptions {
    * state). When not, nothing is rolled back: apply refuses as before, and the target is untouched.
    */
   accept?: (state: TargetState | null) => boolean;
+  /**
+   * The target lock, held by the caller (apply takes it before recovering). Without it, recover takes
+   * the lock itself for its run (refused with TARGET_LOCKED while another process holds the target,
+   * or waiting for it with `wait`): a live apply is never taken for an interrupted one.
+   */
+  lock?: TargetLock;
+  wait?: boolean;
+  signal?: AbortSignal;
 }
 
 const short = (s: TargetState | null): RecoverResult['state'] => (s ? { archiveId: s.archiveId, sequence: s.sequence, status: s.status } : null);
@@ -79,6 +88,16 @@ function noUndo(target: string, s: TargetState): UnsafeError {
 }
 
 export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
+  if (opts.lock) return recoverLocked(opts);
+  const lock = await lockTarget(opts.target, { stateDir: opts.stateDir, command: 'recover', wait: opts.wait, signal: opts.signal, log: opts.log });
+  try {
+    return await recoverLocked(opts);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function recoverLocked(opts: RecoverOptions): Promise<RecoverResult> {
   const t0 = performance.now();
   const log = opts.log ?? silentLogger;
   const lvRef = await lvTargetSpec(opts.target);

@@ -14,8 +14,10 @@ import type { TargetSnapshot } from './lv-tags.js';
 import { LvTarget, lvTargetSpec, parsePoolSpec, type LvRef, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
 import { undoFileFor, type TargetKind, type TargetState } from './state.js';
 import { UndoJournal, type JournaledTarget } from './undo-journal.js';
+import { lockTarget, type TargetLock } from './target-lock.js';
 
 export type { LvTargetReport, TargetSnapshot, TargetSnapshots };
+export { lockTarget, type TargetLock, type TargetLockOptions } from './target-lock.js';
 
 /** The target options a command takes from its user (checked before any I/O by checkTargetOptions). */
 export interface TargetSpecOptions {
@@ -64,6 +66,15 @@ export interface OpenTargetOptions extends TargetSpecOptions {
   /** LV targets: how LVM commands are run (tests) */
   exec?: LvmExec;
   log?: Logger;
+  /**
+   * The target lock (target-lock.ts), taken by the caller before it recovered or read anything; it
+   * stays the caller's to release. Without it, open takes the lock itself (as `command`, waiting
+   * with `wait`) and close releases it.
+   */
+  lock?: TargetLock;
+  command?: string;
+  wait?: boolean;
+  signal?: AbortSignal;
 }
 
 /** The clean state of a target that holds exactly archive `h`. */
@@ -111,6 +122,8 @@ export class Target {
     private readonly noUndo: boolean,
     /** a new image's journal, made before the image (apply --create); left on disk if never used, so that recover removes the image */
     private createJournal: UndoJournal | undefined,
+    /** the target lock taken by open (released by close); undefined when the caller holds it */
+    private readonly ownLock: TargetLock | undefined,
   ) {}
 
   /**
@@ -120,6 +133,16 @@ export class Target {
   static async open(spec: string, o: OpenTargetOptions): Promise<Target> {
     const lvRef = await checkTargetOptions(spec, o);
     const log = o.log ?? silentLogger;
+    const ownLock = o.lock ? undefined : await lockTarget(spec, { stateDir: o.stateDir, command: o.command ?? 'apply', wait: o.wait, signal: o.signal, log });
+    try {
+      return await Target.openLocked(spec, o, lvRef, log, ownLock);
+    } catch (e) {
+      await ownLock?.release();
+      throw e;
+    }
+  }
+
+  private static async openLocked(spec: string, o: OpenTargetOptions, lvRef: LvRef | null, log: Logger, ownLock: TargetLock | undefined): Promise<Target> {
     const created = !!o.create;
     if (lvRef) {
       const lvt = await LvTarget.open({
@@ -133,7 +156,7 @@ export class Target {
         stateDir: o.stateDir,
       });
       lvt.target.log = log;
-      return new Target(spec, lvt.target, lvt, created, !!o.noUndo, undefined);
+      return new Target(spec, lvt.target, lvt, created, !!o.noUndo, undefined, ownLock);
     }
     const createJournal = created && !o.noUndo && o.journalFor ? await journalForNewImage(spec, o.journalFor, o.stateDir) : undefined;
     let io: FileTarget;
@@ -144,7 +167,7 @@ export class Target {
       throw e;
     }
     io.log = log;
-    return new Target(spec, io, undefined, created, !!o.noUndo, createJournal);
+    return new Target(spec, io, undefined, created, !!o.noUndo, createJournal, ownLock);
   }
 
   get kind(): TargetKind {
@@ -281,7 +304,11 @@ export class Target {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.lv) await this.lv.close();
-    else await this.io.close();
+    try {
+      if (this.lv) await this.lv.close();
+      else await this.io.close();
+    } finally {
+      await this.ownLock?.release();
+    }
   }
 }

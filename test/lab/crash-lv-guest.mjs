@@ -7,10 +7,12 @@
 //    a random delay after the rollback snapshot appears; then recovered by recover() or by apply()
 //    (the library calls the CLI makes, in this process). Recorded per point: the state tags, sha256 of
 //    the LV, its uuid before/after, leftover rollback snapshots.
+// 1c. concurrent applies onto one thin LV (issue 19): one writer at a time, the others refused, a
+//    writer killed holding the target recovered by the next (--wait) one.
 // 2. send vg/src killed at random delays: the store listing (no partial archive), the chain's base
 //    snapshot (still there), and the next send (succeeds); at the end the store's chain is applied to
 //    a new LV and compared with the source.
-// Env: ROOT, THINARCHIVE_DIST, FIX (host dir with the archives and shas.json), POINTS, SEND_POINTS,
+// Env: ROOT, THINARCHIVE_DIST, FIX (host dir with the archives and shas.json), POINTS, SEND_POINTS, CONC_ROUNDS,
 // LAB_OUT, LAB_WORK.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -23,6 +25,7 @@ const THICK_POINTS = Number(process.env.THICK_POINTS);
 // thick LVs keep their undo journal under the state directory: not on the host's /var/lib
 process.env.THINARCHIVE_STATE_DIR = join(WORK, 'state');
 const SEND_POINTS = Number(process.env.SEND_POINTS);
+const CONC_ROUNDS = Number(process.env.CONC_ROUNDS ?? 0);
 const fx = JSON.parse(execFileSync('cat', [join(FIX, 'fixture.json')], { encoding: 'utf8' }));
 const { recover } = await import(join(DIST, 'api/index.js'));
 const { apply } = await import(join(DIST, 'api/index.js'));
@@ -43,7 +46,7 @@ const sha = (path) => new Promise((res, rej) => {
 });
 let seed = 12345;
 const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
-const results = { points: [], thick: [], sends: [], timings: {} };
+const results = { points: [], thick: [], concurrent: [], sends: [], timings: {} };
 const T0 = Date.now();
 const mark = (k) => { results.timings[k] = Date.now() - T0; };
 const save = () => writeFileSync(join(OUT, 'results.json'), JSON.stringify(results, null, 1));
@@ -144,6 +147,39 @@ for (let k = 0; k < THICK_POINTS; k++) {
   save();
 }
 mark('thick_points');
+
+// ---- 1c. concurrent applies onto one thin LV (issue 19): two (every third round three, with a
+// recover) writers at random offsets; one holds the target, the others are refused (TARGET_LOCKED).
+// Every fifth round the first kills itself holding the lock and the second, started with --wait,
+// recovers what it left.
+for (let j = 0; j < CONC_ROUNDS; j++) {
+  const name = `c${j}`;
+  const argv = ['lvcreate', '-s', '-kn', '-n', name];
+  for (const t of baseTags) argv.push('--addtag', t);
+  sh(...argv, 'vg/base');
+  const uuid = lvs(`vg/${name}`)[0].lv_uuid;
+  const kill = j % 5 === 4;
+  const writers = [
+    { args: ['apply', fx.a1, fx.a2, '--to', `vg/${name}`], env: kill ? { THINARCHIVE_TEST_KILL_AFTER_WRITES: String(1 + Math.floor(rand() * 100)) } : {}, at: 0 },
+    { args: ['apply', fx.a1, fx.a2, '--to', `vg/${name}`, ...(kill ? ['--wait'] : [])], env: {}, at: Math.floor(rand() * 2000) },
+  ];
+  if (j % 3 === 2 && !kill) writers.push({ args: ['recover', `vg/${name}`], env: {}, at: Math.floor(rand() * 2000) });
+  const t0 = Date.now();
+  const outs = await Promise.all(writers.map(async (w) => {
+    await sleep(Math.max(0, w.at - (Date.now() - t0)));
+    const o = await cli(w.args, w.env).done;
+    return { cmd: w.args[0] + (w.args.includes('--wait') ? ' --wait' : ''), at: w.at, code: o.code, signal: o.signal, err: o.err.slice(-600) };
+  }));
+  const after = lvs('vg');
+  const me = after.find((l) => l.lv_name === name);
+  results.concurrent.push({
+    j, kill, writers: outs, tags: me?.lv_tags ?? '', uuidKept: me?.lv_uuid === uuid,
+    leftover: after.filter((l) => l.lv_tags.includes(`ta_rollbackof_${uuid}`)).map((l) => l.lv_name), sha: await sha(`/dev/vg/${name}`),
+  });
+  sh('lvremove', '-y', `vg/${name}`);
+  save();
+}
+mark('concurrent_rounds');
 
 // ---- 2. send vg/src, killed
 const STORE = join(WORK, 'store');

@@ -6,7 +6,10 @@
 // Asserted here: every target LV ends byte-identical to the volume state its tags name (sequence 0,
 // 1 or 2), clean, with its uuid kept and no rollback snapshot left; after each killed send no partial
 // archive is visible, the chain's base snapshot is still there, and the next send succeeds; the
-// store verifies and restores to the source.
+// store verifies and restores to the source. Also, in the same boot: CONC_ROUNDS rounds of two or three
+// concurrent writers (apply/apply, apply/apply/recover) onto one thin LV at random offsets (issue 19):
+// one holds the target, the others are refused with TARGET_LOCKED; a writer killed while holding it is
+// recovered by the next one (--wait); the LV always ends at exactly the state its tags name.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -26,10 +29,16 @@ const POINTS = 8;
 /** thick LV targets (undo journal under the state directory) */
 const THICK_POINTS = 2;
 const SEND_POINTS = 2;
+/** rounds of concurrent applies onto one thin LV (issue 19) */
+const CONC_ROUNDS = 10;
 
 interface Point {
   k: number; how: string; killed: boolean; applyCode: number | null; applyErr: string; tagsAfterKill: string; rollbackAfterKill: boolean;
   via: string; action: string; applied?: number[]; error?: string; uuidKept: boolean; tags: string; leftover: string[]; sha: string;
+}
+interface ConcRound {
+  j: number; kill: boolean; writers: { cmd: string; at: number; code: number | null; signal: string | null; err: string }[];
+  tags: string; uuidKept: boolean; leftover: string[]; sha: string;
 }
 interface SendPoint {
   j: number; killed: boolean; code: number | null; nextCode: number; nextErr: string;
@@ -81,15 +90,15 @@ describe('crash safety in the thin-LVM lab', () => {
       disks: [{ sizeBytes: 1024 ** 3 }],
       env: {
         ROOT, GUEST: join(ROOT, 'test', 'lab', 'crash-lv-guest.mjs'), THINARCHIVE_DIST: join(ROOT, 'dist'), FIX: dir.path,
-        POINTS: String(POINTS), THICK_POINTS: String(THICK_POINTS), SEND_POINTS: String(SEND_POINTS),
+        POINTS: String(POINTS), THICK_POINTS: String(THICK_POINTS), SEND_POINTS: String(SEND_POINTS), CONC_ROUNDS: String(CONC_ROUNDS),
       },
       // results.json is written after every point: kept in outDir even when the run times out
       outDir: dir.join('lab-out'),
-      timeoutMs: 900_000, // 190-345 s measured
+      timeoutMs: 1_200_000, // 190-345 s measured before the concurrent rounds
     });
     const total = (performance.now() - t0) / 1000;
     const R = JSON.parse(run.files['results.json'] ?? '{"points":[],"sends":[]}') as {
-      points: Point[]; thick: Point[]; sends: SendPoint[]; timings: Record<string, number>; verifyOk: boolean; verifyArchives: number;
+      points: Point[]; thick: Point[]; concurrent: ConcRound[]; sends: SendPoint[]; timings: Record<string, number>; verifyOk: boolean; verifyArchives: number;
       restoreCode: number; restoreErr: string; restoreMatches: boolean;
     };
     if (run.exitCode !== 0) console.log(run.output.slice(-6000), run.console.slice(-2000));
@@ -135,6 +144,40 @@ describe('crash safety in the thin-LVM lab', () => {
     }
     console.log(`thick LV points: ${JSON.stringify(R.thick.map((p) => `${p.how}: ${p.killed ? 'killed' : 'finished'}, ${p.action}`))}`);
 
+    // ---- concurrent writers onto one thin LV
+    expect(R.concurrent).toHaveLength(CONC_ROUNDS);
+    let refused = 0;
+    let recoveredByNext = 0;
+    for (const c of R.concurrent) {
+      const what = `concurrent round ${c.j}: ${JSON.stringify(c)}`;
+      c.writers.forEach((w, i) => {
+        if (c.kill && i === 0) {
+          expect(w.signal === 'SIGKILL' || w.code === 0, what).toBe(true);
+          return;
+        }
+        if (!(c.kill && i === 1)) expect(w.err, `${what}: a live writer was taken for an interrupted one`).not.toMatch(/recovered first|rolled back/);
+        if (w.code === 4) {
+          expect(w.err, what).toMatch(/^thinarchive: target vg\/c\d+ is in use by (thinarchive (apply|recover) \(pid \d+, since [^)]+\)|another thinarchive process)/m);
+          refused++;
+        } else {
+          expect(w.code, what).toBe(0);
+        }
+      });
+      if (c.kill) {
+        expect(c.writers[1]!.code, `${what}: --wait`).toBe(0);
+        if (c.writers[0]!.signal === 'SIGKILL' && /^recovered first: .*rolled back the interrupted apply .* from the rollback snapshot/m.test(c.writers[1]!.err)) recoveredByNext++;
+      }
+      const tags = c.tags.split(',');
+      expect(tags, what).toContain('ta_state_clean');
+      const archive = tags.find((t) => t.startsWith('ta_archive_'))!.slice('ta_archive_'.length);
+      expect(c.sha, `${what}: the LV is not the volume state its tags name`).toBe(shaOf[archive]);
+      expect(seqOf[archive], what).toBe(2);
+      expect(c.uuidKept, what).toBe(true);
+      expect(c.leftover, what).toEqual([]);
+    }
+    console.log(`concurrent rounds on a thin LV: ${CONC_ROUNDS}, writers refused: ${refused}, killed holders recovered by the next: ${recoveredByNext}`);
+    expect(refused).toBeGreaterThan(0);
+
     // ---- send points
     expect(R.sends).toHaveLength(SEND_POINTS);
     let refusedThenForced = 0;
@@ -165,5 +208,5 @@ describe('crash safety in the thin-LVM lab', () => {
     expect(R.verifyArchives).toBe(SEND_POINTS + 1);
     expect(R.restoreCode, R.restoreErr).toBe(0);
     expect(R.restoreMatches).toBe(true);
-  }, 930_000 + LAB_SLOT_WAIT_MS);
+  }, 1_230_000 + LAB_SLOT_WAIT_MS);
 });

@@ -9,6 +9,8 @@
  *   $LAB_OUT    a host directory for results: every file left there is returned in `LabRun.files`
  *   $LAB_DISKS  space-separated guest devices of the disks: "/dev/ubda /dev/ubdb ..."
  *   $HOME       $LAB_WORK/home
+ *   $THINARCHIVE_STATE_DIR  $LAB_WORK/state unless the run's env sets it (target locks, journals and
+ *               reservations of the guest's commands never land in the host's /var/lib/thinarchive)
  *   PATH        the host node's directory first, then the sbin/bin directories
  *   LVM_SYSTEM_DIR with an lvm.conf for a guest without udev; MODPROBE_OPTIONS so plain `modprobe`
  *   finds the UML modules (nothing is written to the host's /lib/modules).
@@ -320,6 +322,7 @@ export LVM_SYSTEM_DIR=${shq(join(a.runDir, 'lvm'))} DM_DISABLE_UDEV=1 LVM_SUPPRE
 export MODPROBE_OPTIONS='-d /run/lab-modroot'
 export HOME=${shq(join(a.runDir, 'home'))} LC_ALL=C TERM=dumb
 export LAB_WORK=${shq(a.runDir)} LAB_OUT=${shq(a.outDir)} LAB_DISKS=${shq(a.diskDevs.join(' '))}
+export THINARCHIVE_STATE_DIR=${shq(join(a.runDir, 'state'))}
 ${envLines.join('\n')}
 
 lab_halt() {
