@@ -8,28 +8,11 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainEntries, expectFailure, run, runOk, sha256, show, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
+import { probeLoopDevices } from '../helpers/host.js';
 import { noiseBytes, POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-
-/** Can we attach a loop device here? Attaches one to a tiny file and detaches it. */
-function probeLoopDevices(): string | null {
-  if (process.getuid?.() !== 0) return 'not running as root';
-  const dir = join(process.env.THINARCHIVE_E2E_TMP ?? '/tmp', `thinarchive-e2e-probe-${process.pid}`);
-  try {
-    mkdirSync(dir, { recursive: true });
-    const f = join(dir, 'probe.img');
-    writeFileSync(f, Buffer.alloc(MiB));
-    const dev = execFileSync('losetup', ['-f', '--show', f], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-    execFileSync('losetup', ['-d', dev]);
-    return null;
-  } catch (e) {
-    return `cannot attach a loop device: ${(e as Error).message.split('\n')[0]}`;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 const unavailable = probeLoopDevices();
 if (unavailable && !process.env.CI) console.warn(`skipping block-device tests: ${unavailable}`);

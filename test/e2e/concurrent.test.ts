@@ -15,6 +15,7 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, 
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, runOk, sha256, show, sleep, spawnCli, tempDir, type RunResult, type TempDir } from '../helpers/cli.js';
+import { probeLoopDevices } from '../helpers/host.js';
 import { noiseBytes, POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 
 const KiB = 1024;
@@ -31,22 +32,6 @@ const PAIRS: [Writer, Writer][] = [['apply', 'apply'], ['apply', 'restore'], ['a
 
 const LOCKED_LINE = /^thinarchive: .*target \S+ is in use by (thinarchive (apply|restore|repair|recover|verify --against) \(pid \d+, since \d{4}-\d\d-\d\dT[^)]*\)|another thinarchive process); refusing to touch it while it runs/;
 
-function probeLoopDevices(): string | null {
-  if (process.getuid?.() !== 0) return 'not running as root';
-  const dir = join(process.env.THINARCHIVE_E2E_TMP ?? '/tmp', `thinarchive-e2e-probe-${process.pid}`);
-  try {
-    mkdirSync(dir, { recursive: true });
-    const f = join(dir, 'probe.img');
-    writeFileSync(f, Buffer.alloc(MiB));
-    const dev = execFileSync('losetup', ['-f', '--show', f], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-    execFileSync('losetup', ['-d', dev]);
-    return null;
-  } catch (e) {
-    return `cannot attach a loop device: ${(e as Error).message.split('\n')[0]}`;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 const noLoop = probeLoopDevices();
 if (noLoop && !process.env.CI) console.warn(`skipping the loop-device runs: ${noLoop}`);
 

@@ -2,7 +2,10 @@
  * Facts of the host the tests run on, shared by the lab harness and the test servers (and, through
  * scripts/lib/lab.mjs, by the demo and the benchmarks): whether this is CI, and a free TCP port.
  */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 
 /** $CI is set (not empty, "0" or "false"): a tier that cannot run here is then a failure, not a skip. */
 export function ciSet(): boolean {
@@ -20,4 +23,22 @@ export function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
+}
+
+/** Can we attach a loop device here? Attaches one to a tiny file and detaches it. */
+export function probeLoopDevices(): string | null {
+  if (process.getuid?.() !== 0) return 'not running as root';
+  const dir = join(process.env.THINARCHIVE_E2E_TMP ?? '/tmp', `thinarchive-e2e-probe-${process.pid}`);
+  try {
+    mkdirSync(dir, { recursive: true });
+    const f = join(dir, 'probe.img');
+    writeFileSync(f, Buffer.alloc(1 << 20));
+    const dev = execFileSync('losetup', ['-f', '--show', f], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    execFileSync('losetup', ['-d', dev]);
+    return null;
+  } catch (e) {
+    return `cannot attach a loop device: ${(e as Error).message.split('\n')[0]}`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
