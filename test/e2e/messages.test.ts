@@ -197,14 +197,15 @@ describe('interrupted with a progress line on the terminal', () => {
     const d = await tempDir('progress-int');
     try {
       const img = d.join('big.img');
-      const m = new VolumeModel(img, 256 * MiB);
+      const m = new VolumeModel(img, 768 * MiB);
       const rand = prng(5);
       const chunk = textBytes(rand, 4 * MiB);
-      for (let off = 0; off < 256 * MiB; off += 4 * MiB) m.write(off, chunk);
+      for (let off = 0; off < 768 * MiB; off += 4 * MiB) m.write(off, chunk);
       m.close();
       const sent = JSON.parse((await runOk(['send', '--image', img, '--to', d.join('s'), '--json', '--level', '1'])).stdout);
-      // SIGINT after the progress line has been drawn (updates every 250 ms), well before the end.
-      const t = onTerminal(['apply', sent.path, '--to', d.join('t.img'), '--create', '--no-undo'], d.path, 'INT', 1.2);
+      // SIGINT after the progress line has been drawn (updates every 250 ms; start-up takes seconds on a
+      // loaded machine), well before the end.
+      const t = onTerminal(['apply', sent.path, '--to', d.join('t.img'), '--create', '--no-undo'], d.path, 'INT', 3);
       if (t.code === 0) return; // finished before the signal: nothing to see on this machine
       expect(t.code, JSON.stringify(t.text.slice(-300))).toBe(130);
       const at = t.text.indexOf('thinarchive: interrupted');
