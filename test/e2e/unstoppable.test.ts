@@ -27,7 +27,8 @@ describe('commands end promptly', () => {
     it(`${sig} ends a command waiting on input that never comes (exit 130, within the grace period)`, async () => {
       const child = spawnCli(['info', '-']); // stdin stays open and empty
       const done = collect(child, 30_000);
-      await sleep(1500);
+      // (after start-up: a loaded machine takes seconds to load the CLI and install its handlers)
+      await sleep(4000);
       const sent = Date.now();
       child.kill(sig);
       const r = await done;
