@@ -166,6 +166,20 @@ describe.concurrent('refusals and failures', () => {
       expect(readFileSync(img, 'utf8')).toBe('precious');
     });
 
+    it('--create-if-missing creates a new image, then applies to it; an existing file without state is still refused (4)', async () => {
+      const img = dir.join('replica.img');
+      await runOk(['apply', sent[0].path, '--to', img, '--create-if-missing']);
+      expect(await sha256(img)).toBe(hashes[0]);
+      await runOk(['apply', store, '--to', img, '--create-if-missing']);
+      expect(await sha256(img)).toBe(hashes[2]);
+      expect(readState(img)).toMatchObject({ status: 'clean', archiveId: sent[2].archiveId });
+      const other = dir.join('other-file.img');
+      writeFileSync(other, 'precious');
+      expectFailure(await run(['apply', store, '--to', other, '--create-if-missing']), 4);
+      expect(readFileSync(other, 'utf8')).toBe('precious');
+      expect(expectFailure(await run(['apply', store, '--to', img, '--create', '--create-if-missing']), 2)).toContain('exclude each other');
+    });
+
     it('re-applying is a no-op: "nothing to apply", exit 0', async () => {
       const img = await imageAt('reapply.img', 2);
       const state = readFileSync(`${img}.thinarchive.json`, 'utf8');
