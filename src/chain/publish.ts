@@ -150,8 +150,8 @@ export async function checkChainLease(to: SendDestination, chainId: string, stor
  * Start an archive at its destination. A store refuses to fork a chain (the new archive's sequence
  * must be past every archive of its chain already there) and to write a chain another writer holds
  * the lease of (CHAIN_LEASED); the lease is held from here to the end of the send (or by the caller's
- * holder), confirmed right before the commit, and for a chain this send would start, discarded when
- * nothing is published.
+ * holder) and confirmed right before the commit; a chain this send starts is leased right before the
+ * commit, and its lease discarded when nothing is published.
  */
 export async function openDestination(to: SendDestination, header: NewArchive, storeOptions?: StoreOptions, lease: LeaseUse = {}): Promise<OpenedDestination> {
   if (typeof to !== 'string') {
@@ -170,13 +170,16 @@ export async function openDestination(to: SendDestination, header: NewArchive, s
   }
   const store = await storeFor(to, storeOptions);
   await checkNoFork(store, header);
+  // A chain this send starts has a fresh random id no other writer knows: its lease is taken right
+  // before the commit, so that a send that fails or is killed before it leaves no lease behind.
   const newChain = (await store.chainArchives(header.chainId)).length === 0;
   const own = !lease.holder;
   const holder = lease.holder ?? new ChainLeaseHolder({ ttlMs: lease.ttlMs, log: lease.log });
-  await holder.hold(store, header.chainId, leaseSubject(header), !!lease.take);
+  const hold = (): Promise<unknown> => holder.hold(store, header.chainId, leaseSubject(header), !!lease.take);
+  if (!newChain) await hold();
   let committed = false;
   let ended = false;
-  /** Not published: a new chain's lease goes with it (so is its directory); a send's own lease is released. */
+  /** A new chain's lease goes unless the archive was published; a send's own lease is released. */
   const endLease = async (): Promise<void> => {
     if (ended) return;
     ended = true;
@@ -194,11 +197,13 @@ export async function openDestination(to: SendDestination, header: NewArchive, s
     path: pending.path,
     sink: pending.sink,
     commit: async () => {
-      await holder.confirm();
+      if (newChain) await hold();
+      else await holder.confirm();
       await pending.commit();
       committed = true;
     },
     abort: async () => {
+      // (A new chain's directory can only go once its lease markers have.)
       if (!committed && newChain) await endLease();
       try {
         if (!committed) await pending.abort();

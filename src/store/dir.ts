@@ -155,6 +155,10 @@ export class DirectoryStore implements ArchiveStore {
     const dir = join(this.root, chainId);
     try {
       await makeDirs(dir);
+    } catch (e) {
+      throw ioError(e, `cannot create chain directory ${dir}`);
+    }
+    try {
       return await this.createExclusive(join(dir, name), content, true);
     } catch (e) {
       throw ioError(e, `cannot create ${join(dir, name)}`);

@@ -472,11 +472,11 @@ export class SshStore implements ArchiveStore {
     const r = await this.conn.run([
       `mkdir -p ${qp(dir)} || exit 3`,
       `if ${exclusiveCreate(tmp, path, content)}; then rm -f ${qp(tmp)}; sync ${qp(dir)} 2>/dev/null || sync; exit 0; fi`,
-      `rm -f ${qp(tmp)}; [ -e ${qp(path)} ] && exit 17; exit 3`,
+      `rm -f ${qp(tmp)}; [ -e ${qp(path)} ] && exit 17; exit 4`,
     ].join('\n'));
     if (r.status === 0) return true;
     if (r.status === 17) return false;
-    throw this.conn.failure(`cannot create ${this.urlFor(path)}`, r);
+    throw this.conn.failure(r.status === 3 ? `cannot create chain directory ${this.urlFor(dir)}` : `cannot create ${this.urlFor(path)}`, r);
   }
 
   async readMarker(chainId: string, name: string): Promise<string | undefined> {

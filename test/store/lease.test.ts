@@ -8,10 +8,12 @@
  * lease.
  */
 import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
+import { send } from '../../src/api/index.js';
 import { DirectoryStore } from '../../src/store/dir.js';
 import {
   ChainLeaseHolder, checkLease, LEASE_PREFIX, LEASE_VERSION, leaseName, localIdentity, readLease, type LeaseIdentity, type LeaseRecord,
@@ -214,6 +216,37 @@ describe.skipIf(!ceph)('s3', () => {
       s3Endpoint: c.endpoint, s3ClientConfig: { region: c.region, credentials: { accessKeyId: c.accessKey, secretAccessKey: c.secretKey } },
     });
     return { store, cleanup: async () => {} };
+  });
+});
+
+describe('a send that starts a chain', () => {
+  it('takes the lease only at its commit: cancelled before, it leaves no lease and no chain directory', async () => {
+    const t = await tempDir('lease-new');
+    try {
+      const img = t.join('vm1.img');
+      await writeFile(img, randomBytes(8 << 20));
+      const store = t.join('store');
+      await mkdir(store);
+      const stop = new AbortController();
+      let during: string[] | undefined;
+      const sent = send({
+        image: img, to: store, level: 1, signal: stop.signal,
+        onProgress: () => {
+          during ??= readdirSync(store, { recursive: true }).map(String);
+          stop.abort();
+        },
+      });
+      await expect(sent).rejects.toMatchObject({ code: 'ABORTED' });
+      // While it wrote: its temporary file, no lease.
+      expect(during!.some((n) => n.includes('.tna.tmp-'))).toBe(true);
+      expect(during!.filter((n) => n.includes('.lease.'))).toEqual([]);
+      expect(await readdir(store)).toEqual([]);
+      // Sent to the end, it holds the chain only at the commit and lets go after.
+      const r = await send({ image: img, to: store, level: 1 });
+      expect(await readLease(new DirectoryStore(store), r.chainId)).toMatchObject({ generation: 2, released: true, volume: 'vm1.img', source: img, job: null });
+    } finally {
+      await t.remove();
+    }
   });
 });
 
