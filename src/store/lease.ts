@@ -143,6 +143,12 @@ export function chainLeased(url: string, chainId: string, r: LeaseRecord | null)
     + 'one writer per chain: wait until that writer stops or its lease expires, or take the lease over with --take-lease if that writer is gone');
 }
 
+/** The refusal when the chain's lease cannot be read (another version's, or damaged). */
+function unreadableLease(url: string, chainId: string, generation: number): UnsafeError {
+  return new UnsafeError('CHAIN_LEASED', `chain ${chainId} in ${url} has a lease this thinarchive cannot read (${leaseName(generation)}: another version's, or damaged); `
+    + 'one writer per chain: take the lease over with --take-lease if no other writer is running');
+}
+
 function generations(names: string[]): number[] {
   return names.flatMap((n) => {
     const m = LEASE_RE.exec(n);
@@ -157,7 +163,7 @@ async function readGeneration(store: ArchiveStore, chainId: string, generation: 
 
 /**
  * The chain's lease: its highest generation and that generation's record (null when unreadable: then
- * it counts as free); undefined when the chain was never leased.
+ * it counts as held, until taken over by force); undefined when the chain was never leased.
  */
 export async function currentLease(store: ArchiveStore, chainId: string): Promise<{ generation: number; record: LeaseRecord | null } | undefined> {
   for (let i = 0; i < 5; i++) {
@@ -302,7 +308,10 @@ export class ChainLeaseHolder {
     let seen: number | undefined;
     for (let attempt = 0; attempt < 5; attempt++) {
       const cur = await currentLease(store, chainId);
-      if (cur?.record && cur.record.token !== this.token) {
+      if (cur && cur.record === null) {
+        seen ??= cur.generation;
+        if (!(take && cur.generation === seen)) throw unreadableLease(store.url, chainId, cur.generation);
+      } else if (cur?.record && cur.record.token !== this.token) {
         seen ??= cur.generation;
         const state = leaseState(cur.record, Date.now(), this.identity);
         if (state === 'held' && !(take && cur.generation === seen)) throw chainLeased(store.url, chainId, cur.record);
@@ -377,6 +386,8 @@ export class ChainLeaseHolder {
  */
 export async function checkLease(store: ArchiveStore, chainId: string, holder?: ChainLeaseHolder, take = false): Promise<void> {
   if (take) return;
-  const r = await readLease(store, chainId);
+  const cur = await currentLease(store, chainId);
+  if (cur && cur.record === null) throw unreadableLease(store.url, chainId, cur.generation);
+  const r = cur?.record;
   if (r && r.token !== holder?.token && leaseState(r) === 'held') throw chainLeased(store.url, chainId, r);
 }

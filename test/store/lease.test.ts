@@ -179,7 +179,7 @@ function describeLeases(name: string, setup: () => Promise<{ store: ArchiveStore
       }
     });
 
-    it("a live lease of a process of this host that is gone is free at once; a chain that was never published keeps no lease", async () => {
+    it("a live lease of a process of this host that is gone is free at once; discarded, no lease is left; an unreadable one holds until forced", async () => {
       const chain = randomUUID();
       const me = localIdentity();
       await plant(store, chain, 2, { expiresInMs: 3_600_000, host: me.host, machineId: me.machineId, pid: deadPid() });
@@ -188,6 +188,17 @@ function describeLeases(name: string, setup: () => Promise<{ store: ArchiveStore
       await a.discard();
       expect(await leaseMarkers(store, chain)).toEqual([]);
       expect(await readLease(store, chain)).toBeNull();
+
+      // A lease this version cannot read holds the chain until taken over by force.
+      expect(await store.createMarker(chain, leaseName(3), '{"version": 2, "future": true}\n')).toBe(true);
+      const b = holder({ identity: otherHost(5) });
+      const e = await refusal(b.hold(store, chain, SUBJECT));
+      expect(e).toMatchObject({ code: 'CHAIN_LEASED' });
+      expect(e.message).toMatch(/has a lease this thinarchive cannot read \(\.lease\.0000000003: another version's, or damaged\)/);
+      await expect(checkLease(store, chain, b)).rejects.toMatchObject({ code: 'CHAIN_LEASED' });
+      expect(await b.hold(store, chain, SUBJECT, true)).toMatchObject({ generation: 4 });
+      expect(await leaseMarkers(store, chain)).toEqual([leaseName(4)]);
+      await b.release();
     });
   });
 }
