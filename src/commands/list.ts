@@ -1,7 +1,7 @@
 /** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
 import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain.js';
-import { leaseState, readLease, type LeaseState } from '../store/lease.js';
+import { leaseState, readLease, type LeaseRecord, type LeaseState } from '../store/lease.js';
 import { openStored, storeFor, type StoreOptions } from '../store/refs.js';
 
 export interface ListedArchive {
@@ -22,17 +22,7 @@ export interface ListedArchive {
 }
 
 /** The chain's lease (store/lease.ts, FORMAT.md §3.3): who writes it, as of the listing. */
-export interface ListedLease {
-  state: LeaseState;
-  host: string;
-  pid: number;
-  job: string | null;
-  volume: string | null;
-  source: string | null;
-  acquired: string;
-  renewed: string;
-  expires: string;
-}
+export type ListedLease = { state: LeaseState } & Pick<LeaseRecord, 'host' | 'pid' | 'job' | 'volume' | 'source' | 'acquired' | 'renewed' | 'expires'>;
 
 export interface ListedChain {
   chainId: string;
