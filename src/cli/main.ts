@@ -166,6 +166,7 @@ function buildProgram(): Command {
     .argument('<archives...>', "archive files or URLs, stores/chains (directories, ssh:// or s3:// URLs), or '-' for standard input")
     .requiredOption('--to <target>', 'image file, block device, or VG/LV (state kept in LV tags)')
     .option('--create', 'create a new sparse image, or with --pool a new thin LV, of the volume size')
+    .option('--create-if-missing', 'as --create when the target does not exist, otherwise apply to it (replication)')
     .option('--pool <VG/POOL>', 'thin pool --create makes a new LV target in')
     .option('--snapshot-target', 'LV targets: keep a read-only thin snapshot of the target after each applied archive')
     .addOption(new Option('--keep <n>', 'with --snapshot-target: keep the N newest snapshots (default: all)').argParser(intOption('--keep', 1, 1_000_000)))
@@ -180,7 +181,7 @@ function buildProgram(): Command {
       testKillHook();
       const progress = new Progress('apply');
       const res = await apply({
-        inputs: archives, to: o.to, create: !!o.create, force: !!o.force, stateDir: o.stateDir, stdin, noUndo: o.undo === false, wait: !!o.wait, storeOptions: storeOptions(),
+        inputs: archives, to: o.to, create: !!o.create, createIfMissing: !!o.createIfMissing, force: !!o.force, stateDir: o.stateDir, stdin, noUndo: o.undo === false, wait: !!o.wait, storeOptions: storeOptions(),
         pool: o.pool, snapshotTarget: !!o.snapshotTarget, keep: o.keep,
         signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
       });

@@ -17,7 +17,7 @@ import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { recover, type RecoverResult } from '../target/recover.js';
 import type { TargetKind, TargetState } from '../target/state.js';
-import { checkTargetOptions, lockTarget, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
+import { checkTargetOptions, lockTarget, resolveCreate, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -31,6 +31,8 @@ export interface ApplyOptions {
   inputs: string[];
   to: string;
   create?: boolean;
+  /** as `create` when the target does not exist, else apply to it (replication jobs) */
+  createIfMissing?: boolean;
   force?: boolean;
   /** LV targets: the thin pool (`VG/POOL`) --create makes the new LV in. */
   pool?: string;
@@ -236,7 +238,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     }
 
     // A new image (or LV) is created only once the archives are known to fit it.
-    const created = !!opts.create;
+    const created = await resolveCreate(opts.to, opts, opts.lvmExec);
     if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
     // A target left by an interrupted apply is rolled back first (or, without undo, left to be completed).
     // Only when this apply would go ahead on the interrupted target: a refused apply touches nothing.

@@ -2,7 +2,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkConfig, checkConfigText, ConfigError, loadConfig } from './config.js';
+import { checkConfig, checkConfigText, ConfigError, loadConfig, targetOf } from './config.js';
 
 const GOOD = `metrics:
   listen: 127.0.0.1:9811
@@ -123,5 +123,32 @@ unknown_top: 1
     expect(e.code).toBe('CONFIG_INVALID');
     expect(e.exitClass).toBe('usage');
     expect(e.message).toContain('line 1: jobs: must NOT have fewer than 1 items');
+  });
+});
+
+describe('apply_to.target placeholders', () => {
+  const job = (volumes: string, target: string): string => `jobs:
+  - name: standby
+    volumes: ${volumes}
+    every: 5s
+    apply_to:
+      host: ssh://root@standby
+      target: "${target}"
+`;
+  it('fills {vg}, {lv} and {name} per volume', () => {
+    expect(targetOf('vg2/{lv}', 'vg0/vm1')).toBe('vg2/vm1');
+    expect(targetOf('{vg}-copy/{name}', 'vg0/vm-2')).toBe('vg0-copy/vm-2');
+    expect(targetOf('/srv/replicas/{name}', '/srv/a.img')).toBe('/srv/replicas/a.img');
+    expect(targetOf('vg1/fixed', 'vg0/vm1')).toBe('vg1/fixed');
+    expect(checkConfigText(job('[vg0/vm-*]', 'vg2/{lv}')).problems).toEqual([]);
+  });
+  it('a job of several volumes must name each target; unknown placeholders are errors with their line', () => {
+    expect(checkConfigText(job('[vg0/vm1, vg0/vm2]', 'vg2/replica')).problems).toEqual([
+      { line: 7, message: 'jobs[0].apply_to.target: the job has several volumes: name each one\'s target with {lv} or {name}, e.g. vg2/{lv}' },
+    ]);
+    expect(checkConfigText(job('[vg0/vm-*]', 'vg2/replica')).problems.map((p) => p.line)).toEqual([7]);
+    expect(checkConfigText(job('[vg0/vm1]', 'vg2/{volume}')).problems).toEqual([
+      { line: 7, message: 'jobs[0].apply_to.target: unknown placeholder {volume} (there are {vg}, {lv}, {name})' },
+    ]);
   });
 });

@@ -28,6 +28,17 @@ export interface KeepRules {
   yearly?: number;
 }
 
+/** The placeholders of `apply_to.target`: a volume's VG and LV, and its name (the LV, or an image's file name). */
+export const TARGET_PLACEHOLDERS = ['vg', 'lv', 'name'];
+
+/** The target of one volume: `apply_to.target` with {vg}, {lv}, {name} filled in. */
+export function targetOf(template: string, volume: string): string {
+  const image = volume.startsWith('/');
+  const [vg, lv] = image ? ['', ''] : volume.split('/');
+  const name = image ? volume.slice(volume.lastIndexOf('/') + 1) : lv!;
+  return template.replace(/\{(vg|lv|name)\}/g, (_, k: string) => (k === 'vg' ? vg! : k === 'lv' ? lv! : name));
+}
+
 export interface ApplyTo {
   /** ssh://[user@]host[:port]: replicate through a remote apply; absent: apply to a local target from the store */
   host?: string;
@@ -216,6 +227,14 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     if (applyTo && !applyTo.host && j.to === undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'apply_to']), message: `jobs[${i}].apply_to: a local target (no host) is applied from the job's store: add "to"` });
     if (applyTo?.host && j.to !== undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'apply_to', 'host']), message: `jobs[${i}].apply_to.host: a job sends either to a store or into a remote apply; make two jobs (each keeps its own snapshot chain)` });
     if (applyTo?.host && sources.some((s) => s.kind === 'image')) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'volumes']), message: `jobs[${i}]: image sources need a store ("to"), not apply_to.host` });
+    if (applyTo) {
+      const tline = lineOf(doc, lc, ['jobs', i, 'apply_to', 'target']);
+      const unknown = [...applyTo.target.matchAll(/\{([^}]*)\}/g)].map((m) => m[1]).filter((x) => !TARGET_PLACEHOLDERS.includes(x!));
+      if (unknown.length) problems.push({ line: tline, message: `jobs[${i}].apply_to.target: unknown placeholder {${unknown[0]}} (there are {vg}, {lv}, {name})` });
+      const many = sources.length > 1 || sources.some((s) => s.kind === 'volume' && /[*?[]/.test(s.pattern));
+      if (many && !/\{(lv|name)\}/.test(applyTo.target)) problems.push({ line: tline, message: `jobs[${i}].apply_to.target: the job has several volumes: name each one's target with {lv} or {name}, e.g. vg2/{lv}` });
+      if (/\{(vg|lv)\}/.test(applyTo.target) && sources.some((s) => s.kind === 'image')) problems.push({ line: tline, message: `jobs[${i}].apply_to.target: {vg} and {lv} are for VG/LV volumes; use {name} for images` });
+    }
     if (j.keep && j.to === undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'keep']), message: `jobs[${i}].keep: retention applies to a store: add "to"` });
     const keep: KeepRules | undefined = j.keep ? {
       within: ms(['jobs', i, 'keep', 'within'], j.keep.within), last: j.keep.last, hourly: j.keep.hourly, daily: j.keep.daily,

@@ -11,7 +11,7 @@ import {
   AbortedError, apply, list, prune, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
   type ChainLeaseHolder, type Logger, type ListedChain, type StoreOptions,
 } from '../api/index.js';
-import type { ApplyTo, DaemonConfig, JobConfig } from './config.js';
+import { targetOf, type ApplyTo, type DaemonConfig, type JobConfig } from './config.js';
 import { imageDelta } from './image-delta.js';
 import type { UnitState } from './state.js';
 
@@ -92,18 +92,19 @@ async function findChain(to: string, chainId: string, so: StoreOptions): Promise
   return (await list({ dir: to, storeOptions: so })).find((c) => c.chainId === chainId);
 }
 
-/** Local apply_to args (the same flags as `apply`): --create, --pool P, --snapshot-target, --keep N, --force, --no-undo. */
-function localApplyOptions(a: ApplyTo): { create?: boolean; pool?: string; snapshotTarget?: boolean; keep?: number; force?: boolean; noUndo?: boolean } {
+/** Local apply_to args (the same flags as `apply`): --create, --create-if-missing, --pool P, --snapshot-target, --keep N, --force, --no-undo. */
+function localApplyOptions(a: ApplyTo): { create?: boolean; createIfMissing?: boolean; pool?: string; snapshotTarget?: boolean; keep?: number; force?: boolean; noUndo?: boolean } {
   const o: ReturnType<typeof localApplyOptions> = {};
   for (let i = 0; i < a.args.length; i++) {
     const x = a.args[i];
     if (x === '--create') o.create = true;
+    else if (x === '--create-if-missing') o.createIfMissing = true;
     else if (x === '--snapshot-target') o.snapshotTarget = true;
     else if (x === '--force') o.force = true;
     else if (x === '--no-undo') o.noUndo = true;
     else if (x === '--pool') o.pool = a.args[++i];
     else if (x === '--keep') o.keep = Number(a.args[++i]);
-    else throw new ThinarchiveError('CONFIG_INVALID', `apply_to.args: ${JSON.stringify(x)} is not an apply option the daemon passes to a local target (--create, --pool P, --snapshot-target, --keep N, --force, --no-undo)`, 'usage');
+    else throw new ThinarchiveError('CONFIG_INVALID', `apply_to.args: ${JSON.stringify(x)} is not an apply option the daemon passes to a local target (--create, --create-if-missing, --pool P, --snapshot-target, --keep N, --force, --no-undo)`, 'usage');
   }
   return o;
 }
@@ -138,7 +139,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
       await delta.discard();
     }
   } else if (job.applyTo?.host) {
-    const remote = remoteApplyDestination({ host: job.applyTo.host, target: job.applyTo.target, remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
+    const remote = remoteApplyDestination({ host: job.applyTo.host, target: targetOf(job.applyTo.target, volume), remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
     const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
     sent = r;
     return {
@@ -168,11 +169,12 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
     chainLength: chain?.archives.length ?? null, archiveId: sent.archiveId, newestPoint: chain?.archives[chain.archives.length - 1]?.created ?? null,
   };
   if (job.applyTo && !job.applyTo.host && chain) {
-    await apply({ inputs: [chain.dir], to: job.applyTo.target, stateDir: ctx.stateDir, signal, log, storeOptions: so, ...localApplyOptions(job.applyTo) });
+    const target = targetOf(job.applyTo.target, volume);
+    await apply({ inputs: [chain.dir], to: target, stateDir: ctx.stateDir, signal, log, storeOptions: so, ...localApplyOptions(job.applyTo) });
     if (job.applyTo.verify) {
-      const v = await verifyAgainst({ dir: chain.dir, against: job.applyTo.target, changedOnly: true, stateDir: ctx.stateDir, signal, storeOptions: so });
+      const v = await verifyAgainst({ dir: chain.dir, against: target, changedOnly: true, stateDir: ctx.stateDir, signal, storeOptions: so });
       out.verify = { at: new Date().toISOString(), ok: v.ok, mode: v.mode };
-      if (!v.ok) throw new ThinarchiveError('REPLICA_MISMATCH', `replica ${job.applyTo.target} differs from the chain after apply (${v.mismatchedBlocks} blocks; state ${v.stateOk ? 'ok' : 'not at the newest point'})`, 'verify');
+      if (!v.ok) throw new ThinarchiveError('REPLICA_MISMATCH', `replica ${target} differs from the chain after apply (${v.mismatchedBlocks} blocks; state ${v.stateOk ? 'ok' : 'not at the newest point'})`, 'verify');
     }
   }
   out.seconds = (performance.now() - started) / 1000;

@@ -33,7 +33,8 @@ export interface LvRef {
   lv: string;
 }
 
-async function pathExists(p: string): Promise<'dir' | 'other' | null> {
+/** A path's kind (`dir` or `other`), null when nothing is there. */
+export async function pathKind(p: string): Promise<'dir' | 'other' | null> {
   try {
     return (await stat(p)).isDirectory() ? 'dir' : 'other';
   } catch {
@@ -48,8 +49,8 @@ async function pathExists(p: string): Promise<'dir' | 'other' | null> {
 export async function lvTargetSpec(to: string): Promise<LvRef | null> {
   const m = /^([^/]+)\/([^/]+)$/.exec(to);
   if (!m || !isLvmName(m[1]!) || !isLvmName(m[2]!)) return null;
-  if ((await pathExists(to)) !== null) return null;
-  if ((await pathExists(m[1]!)) === 'dir') return null;
+  if ((await pathKind(to)) !== null) return null;
+  if ((await pathKind(m[1]!)) === 'dir') return null;
   return { vg: m[1]!, lv: m[2]! };
 }
 

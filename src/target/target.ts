@@ -8,10 +8,11 @@ import { resolve as resolvePath } from 'node:path';
 import { UnsafeError, UsageError } from '../errors.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { LvmExec } from '../lvm/exec.js';
+import { createLvmExec, type LvmExec } from '../lvm/exec.js';
+import { lvByName, vgLvs } from '../lvm/tools.js';
 import { FileTarget, type ZeroStats } from './file-target.js';
 import type { TargetSnapshot } from './lv-tags.js';
-import { LvTarget, lvTargetSpec, parsePoolSpec, type LvRef, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
+import { LvTarget, lvTargetSpec, pathKind, parsePoolSpec, type LvRef, type LvTargetReport, type TargetSnapshots } from './lv-target.js';
 import { undoFileFor, type TargetKind, type TargetState } from './state.js';
 import { UndoJournal, type JournaledTarget } from './undo-journal.js';
 import { lockTarget, type TargetLock } from './target-lock.js';
@@ -22,6 +23,8 @@ export { lockTarget, type TargetLock, type TargetLockOptions } from './target-lo
 /** The target options a command takes from its user (checked before any I/O by checkTargetOptions). */
 export interface TargetSpecOptions {
   create?: boolean;
+  /** as `create` when the target does not exist (resolved by resolveCreate before the target is opened) */
+  createIfMissing?: boolean;
   /** LV targets: the thin pool (`VG/POOL` or `POOL`) --create makes the new LV in */
   pool?: string;
   /** thin LV targets: keep a read-only snapshot after each applied archive */
@@ -42,10 +45,24 @@ export async function checkTargetOptions(spec: string, o: TargetSpecOptions): Pr
   }
   if (o.keep !== undefined && !o.snapshotTarget) throw new UsageError('--keep goes with --snapshot-target');
   if (o.keep !== undefined && (!Number.isInteger(o.keep) || o.keep < 1)) throw new UsageError('--keep must be an integer of at least 1');
-  if (lv && o.create && o.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lv.vg}/POOL (the thin pool to make it in)`);
-  if (lv && !o.create && o.pool !== undefined) throw new UsageError('--pool goes with --create');
+  if (o.create && o.createIfMissing) throw new UsageError('--create and --create-if-missing exclude each other');
+  const creating = o.create || o.createIfMissing;
+  if (lv && creating && o.pool === undefined) throw new UsageError(`--create of an LV target needs --pool ${lv.vg}/POOL (the thin pool to make it in)`);
+  if (lv && !creating && o.pool !== undefined) throw new UsageError('--pool goes with --create');
   if (lv && o.pool !== undefined) parsePoolSpec(o.pool, lv.vg);
   return lv;
+}
+
+/**
+ * Whether this run creates the target: `create`, or `createIfMissing` and no such LV (in its VG) or
+ * path exists. A target that appears meanwhile is refused by open (TARGET_EXISTS), never overwritten.
+ */
+export async function resolveCreate(spec: string, o: TargetSpecOptions, exec?: LvmExec): Promise<boolean> {
+  if (o.create) return true;
+  if (!o.createIfMissing) return false;
+  const lv = await lvTargetSpec(spec);
+  if (lv) return lvByName(await vgLvs(exec ?? createLvmExec(), lv.vg), lv.lv) === null;
+  return (await pathKind(spec)) === null;
 }
 
 export interface OpenTargetOptions extends TargetSpecOptions {

@@ -93,7 +93,8 @@ mark rerun
 try other0 TA apply "${ARCH[0]}" --to vg2/other --create --pool vg2/pool
 mount -o ro,noload /dev/vg2/replica /mnt/r
 lvcreate -y -V 64M -T vg2/pool -n held > /dev/null
-sleep 60 < /dev/vg2/held &
+# holds the LV open until killed (however long the batch takes on a slow machine)
+sleep 100000 < /dev/vg2/held &
 HOLDER=$!
 lvcreate -y -V 32M -T vg2/pool -n small > /dev/null
 lvcreate -y -T vg2/pool3 -L 64M --chunksize 256k -Zn > /dev/null
@@ -106,7 +107,7 @@ rec pool2 "$(lvs --reportformat json -o lv_name,discards vg2/pool2 | tr -d '\n '
 mark batch_setup
 G batch "$STORE" "${ARCH[@]}" > "$OUT/batch.json"
 umount /mnt/r
-kill $HOLDER; wait $HOLDER || true
+kill $HOLDER 2> /dev/null || true; wait $HOLDER || true
 rec tags_corrupt "$(tags vg2/other)"
 mark batch
 

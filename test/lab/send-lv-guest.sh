@@ -38,10 +38,11 @@ send_vol() {
 
 # A writer appending 4 KiB to a file on the mounted origin, each write synced, until stopped.
 writer_start() {
-  rm -f /run/writer-count /run/stop-writer
+  rm -f /run/writer-count /run/writer-count.tmp /run/stop-writer
   ( n=0; while [ ! -e /run/stop-writer ]; do
       dd if=/dev/urandom of="$MNT/live.bin" bs=4k count=1 oflag=append conv=notrunc,fsync status=none
-      n=$((n + 1)); echo "$n" > /run/writer-count
+      # written aside and renamed: a reader never sees the file truncated and empty
+      n=$((n + 1)); echo "$n" > /run/writer-count.tmp; mv /run/writer-count.tmp /run/writer-count
       sleep 0.05
     done ) &
   WRITER=$!
