@@ -100,7 +100,8 @@ jobs:
     await copyHashes(s1, s2);
     const again = start(cfg2);
     const took = await waitFor(async () => { const u = await unit(cfg2); return u?.lastSuccess ? u : undefined; }, 60_000, 100);
-    expect(took).toMatchObject({ chainId: chain, chainLength: 3 });
+    expect(took.chainId).toBe(chain);
+    expect(took.chainLength).toBeGreaterThanOrEqual(3); // it continued the chain (and may have run again since)
     expect((await listed(store))[0].lease).toMatchObject({ state: 'held', pid: again.child.pid, job: 'vms' });
     // SIGTERM releases it: the next writer need not wait.
     again.child.kill('SIGTERM');
