@@ -77,7 +77,6 @@ export interface DaemonConfig {
   jobs: JobConfig[];
 }
 
-
 export interface ConfigProblem {
   line: number;
   message: string;
