@@ -120,6 +120,7 @@ export const ERRORS = {
   // unsafe (exit 4): refused, nothing changed
   ARCHIVE_EXISTS: { exit: 'unsafe', meaning: 'an archive of that name exists already; not replacing it' },
   CHAIN_FORK: { exit: 'unsafe', meaning: 'the store already has a newer archive of the chain; this one would fork it' },
+  CHAIN_LEASED: { exit: 'unsafe', meaning: 'another writer (host, pid, job, volume in the message) holds the lease of the chain in the store and it has not expired; nothing was written (--take-lease takes it over)' },
   CHAIN_BROKEN: { exit: 'unsafe', meaning: 'the archives given do not follow each other' },
   CHAIN_MISMATCH: { exit: 'unsafe', meaning: 'the target holds an archive of another chain' },
   CHAIN_CONFUSED: { exit: 'unsafe', meaning: 'the chain has base snapshots of different archive chains' },

@@ -24,7 +24,10 @@ import { recover as recoverOp, type RecoverOptions, type RecoverResult } from '.
 
 export type { ApplyOptions, ApplyProgress, ApplyResult, AppliedArchive } from '../commands/apply.js';
 export { info, type ArchiveInfo } from '../commands/info.js';
-export { list, type ListedArchive, type ListedChain } from '../commands/list.js';
+export { list, type ListedArchive, type ListedChain, type ListedLease } from '../commands/list.js';
+export {
+  ChainLeaseHolder, DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS, type LeaseHolderOptions, type LeaseIdentity, type LeaseRecord, type LeaseState,
+} from '../store/lease.js';
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
 export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
@@ -35,7 +38,7 @@ export type { VerifiedArchive, VerifyOptions, VerifyResult } from '../commands/v
 export type { VerifyAgainstOptions, VerifyAgainstResult } from '../commands/verify-against.js';
 export type { Finding, FindingCode, TargetFinding, TargetFindingCode } from '../chain/findings.js';
 export type { RecoverAction, RecoverOptions, RecoverResult } from '../target/recover.js';
-export type { SendDestination, SendResult } from '../chain/publish.js';
+export type { SendDestination, SendLeaseOptions, SendResult } from '../chain/publish.js';
 export type { WriteProgress } from '../archive/writer.js';
 export type { StoreOptions } from '../store/open.js';
 export type { ArchivePipe } from '../store/types.js';

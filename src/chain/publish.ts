@@ -8,10 +8,12 @@ import { UnsafeError } from '../errors.js';
 import { ExtentKind } from '../format/constants.js';
 import type { MapExtent } from '../format/types.js';
 import { rangeBytes, volumeBlocks } from '../format/types.js';
+import type { Logger } from '../log.js';
+import { ChainLeaseHolder, checkLease, type LeaseSubject } from '../store/lease.js';
 import type { StoreOptions } from '../store/open.js';
 import { storeFor } from '../store/refs.js';
 import type { RemoteApplyResult } from '../store/remote-apply.js';
-import type { ArchivePipe, ArchiveStore } from '../store/types.js';
+import type { ArchivePipe, ArchiveStore, PendingArchive } from '../store/types.js';
 
 export interface SendResult {
   dryRun: boolean;
@@ -87,7 +89,7 @@ export interface OpenedDestination {
   path: string | null;
   sink: ArchiveSink;
   commit(): Promise<void>;
-  /** Remove what was written; harmless after commit. */
+  /** Remove what was written (harmless after commit) and let go of a lease the send held itself. */
   abort(): Promise<void>;
 }
 
@@ -102,10 +104,56 @@ export async function checkNoFork(store: string | ArchiveStore, header: Pick<New
 }
 
 /**
- * Start an archive at its destination. A store directory refuses to fork a chain: the new archive's
- * sequence must be past every archive of its chain already there.
+ * How a send treats the chain's lease in a store (store/lease.ts). Without `holder` the send holds the
+ * lease itself for its own duration (renewed while it writes, released at the end); a long-lived
+ * writer (a daemon unit) passes its holder, which keeps the lease after the send.
  */
-export async function openDestination(to: SendDestination, header: NewArchive, storeOptions?: StoreOptions): Promise<OpenedDestination> {
+export interface LeaseUse {
+  holder?: ChainLeaseHolder;
+  /** Take the lease over even while another writer holds it (`--take-lease`). */
+  take?: boolean;
+  /** The lease's ttl when the send holds it itself. */
+  ttlMs?: number;
+  log?: Logger;
+}
+
+/** The lease options of `send` (image and LV): README "One writer per chain". */
+export interface SendLeaseOptions {
+  /** A long-lived writer's lease holder (`chainLease()` of the API); default: the send holds the chain's lease itself, for its duration. */
+  lease?: ChainLeaseHolder;
+  /** Take the chain's lease over even while another writer holds it (`--take-lease`). */
+  takeLease?: boolean;
+  /** The ttl of the lease the send holds itself (default 5 minutes). */
+  leaseTtlMs?: number;
+}
+
+export function leaseUseOf(o: SendLeaseOptions, log?: Logger): LeaseUse {
+  return { holder: o.lease, take: o.takeLease, ttlMs: o.leaseTtlMs, log };
+}
+
+/** What the lease records of the writer of this archive. */
+function leaseSubject(header: NewArchive): LeaseSubject {
+  const m = header.meta;
+  return { volume: m.volume.name, source: m.source?.kind === 'lv' ? `/dev/${m.volume.name}` : m.source?.path ?? null };
+}
+
+/**
+ * Refuse early (CHAIN_LEASED) when another writer holds the chain's lease in store `to` (nothing for a
+ * pipe): a send checks before it does expensive work (an LV send before its snapshot).
+ */
+export async function checkChainLease(to: SendDestination, chainId: string, storeOptions?: StoreOptions, lease: LeaseUse = {}): Promise<void> {
+  if (typeof to !== 'string') return;
+  await checkLease(await storeFor(to, storeOptions), chainId, lease.holder, lease.take);
+}
+
+/**
+ * Start an archive at its destination. A store refuses to fork a chain (the new archive's sequence
+ * must be past every archive of its chain already there) and to write a chain another writer holds
+ * the lease of (CHAIN_LEASED); the lease is held from here to the end of the send (or by the caller's
+ * holder) and confirmed right before the commit; a chain this send starts is leased right before the
+ * commit, and its lease discarded when nothing is published.
+ */
+export async function openDestination(to: SendDestination, header: NewArchive, storeOptions?: StoreOptions, lease: LeaseUse = {}): Promise<OpenedDestination> {
   if (typeof to !== 'string') {
     let ended = false;
     return {
@@ -122,17 +170,46 @@ export async function openDestination(to: SendDestination, header: NewArchive, s
   }
   const store = await storeFor(to, storeOptions);
   await checkNoFork(store, header);
-  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
+  // A chain this send starts has a fresh random id no other writer knows: its lease is taken right
+  // before the commit, so that a send that fails or is killed before it leaves no lease behind.
+  const newChain = (await store.chainArchives(header.chainId)).length === 0;
+  const own = !lease.holder;
+  const holder = lease.holder ?? new ChainLeaseHolder({ ttlMs: lease.ttlMs, log: lease.log });
+  const hold = (): Promise<unknown> => holder.hold(store, header.chainId, leaseSubject(header), !!lease.take);
+  if (!newChain) await hold();
   let committed = false;
+  let ended = false;
+  /** A new chain's lease goes unless the archive was published; a send's own lease is released. */
+  const endLease = async (): Promise<void> => {
+    if (ended) return;
+    ended = true;
+    if (!committed && newChain) await holder.discard();
+    else if (own) await holder.release();
+  };
+  let pending: PendingArchive;
+  try {
+    pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
+  } catch (e) {
+    await endLease();
+    throw e;
+  }
   return {
     path: pending.path,
     sink: pending.sink,
     commit: async () => {
+      if (newChain) await hold();
+      else await holder.confirm();
       await pending.commit();
       committed = true;
     },
     abort: async () => {
-      if (!committed) await pending.abort();
+      // (A new chain's directory can only go once its lease markers have.)
+      if (!committed && newChain) await endLease();
+      try {
+        if (!committed) await pending.abort();
+      } finally {
+        await endLease();
+      }
     },
   };
 }

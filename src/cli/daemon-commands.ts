@@ -89,9 +89,10 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
     .argument('<job>', 'job name in the configuration')
     .option('--volume <VG/LV|PATH>', 'only this volume (or image) of the job')
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
+    .option('--take-lease', "take the chain's lease over even while another writer holds it (CHAIN_LEASED); only when that writer is gone")
     .option('--json', 'print the outcomes as JSON')
     .action(async (job: string, o) => {
-      const res = await runJobOnce(o.config, job, o.volume, ctx.log, ctx.signal);
+      const res = await runJobOnce(o.config, job, o.volume, ctx.log, ctx.signal, !!o.takeLease);
       if (o.json) ctx.json(res);
       else {
         for (const r of res) {

@@ -105,6 +105,7 @@ function buildProgram(): Command {
     .option('--volume-uuid <uuid>', 'image: stable volume UUID for a new chain (default: random)')
     .option('--dry-run', 'print what would be written, without reading any data (an LV send snapshots and removes the snapshot)')
     .option('--force', "with --to -: write the archive even when standard output is a terminal")
+    .option('--take-lease', "a store: take the chain's lease over even while another writer holds it (CHAIN_LEASED); only when that writer is gone")
     .option('--json', 'print the result as JSON')
     .action(async (volume: string | undefined, o) => {
       const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease', 'stateDir'];
@@ -122,6 +123,7 @@ function buildProgram(): Command {
       if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       const toStdout = o.to === '-';
       if (o.force && !toStdout) throw new UsageError('--force goes with --to - (standard output)');
+      if (o.takeLease && (o.to === undefined || toStdout)) throw new UsageError('--take-lease goes with --to STORE (a pipe has no lease)');
       if (toStdout && !o.dryRun && process.stdout.isTTY && !o.force) {
         throw new UsageError('standard output is a terminal: redirect it (--to - > FILE, or a pipe), or add --force to write the archive there');
       }
@@ -134,11 +136,11 @@ function buildProgram(): Command {
         ? await send({
           volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, maxDataPercent: o.maxDataPercent,
           maxMetadataPercent: o.maxMetadataPercent, forceRelease: !!o.forceRelease, stateDir: o.stateDir, dryRun: !!o.dryRun, level: o.level,
-          log, signal: controller.signal, onProgress, storeOptions: storeOptions(),
+          log, signal: controller.signal, onProgress, storeOptions: storeOptions(), takeLease: !!o.takeLease,
         })
         : await send({
           image: o.image, changes: o.changes, parent: o.parent, blockSize: o.blockSize, level: o.level, name: o.name,
-          volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal, to, onProgress, storeOptions: storeOptions(),
+          volumeUuid: o.volumeUuid, dryRun: !!o.dryRun, signal: controller.signal, to, onProgress, storeOptions: storeOptions(), takeLease: !!o.takeLease,
         });
       const applied: RemoteApplyResult | undefined = remote?.result();
       if (applied) res.remoteApply = applied;

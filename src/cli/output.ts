@@ -115,7 +115,17 @@ export function printList(chains: ListedChain[]): string {
   if (chains.length === 0) return 'no chains';
   const lines: string[] = [];
   for (const c of chains) {
-    lines.push(`chain ${c.chainId}  volume ${c.volume ?? '?'} ${c.volumeUuid ?? ''}  (${c.dir})`);
+    lines.push(`chain ${c.chainId}  volume ${c.volume ?? '?'} ${c.volumeUuid ?? ''}  host ${c.host ?? '?'}  (${c.dir})`);
+    const l = c.lease;
+    if (l) {
+      const who = `host ${l.host} pid ${l.pid} (${l.job !== null ? `job ${l.job}` : 'a one-shot send'}, volume ${l.volume ?? '?'})`;
+      lines.push(`  lease: ${{
+        held: `held by ${who} until ${l.expires}`,
+        expired: `expired ${l.expires} (held by ${who})`,
+        released: `free (released ${l.renewed} by ${who})`,
+        'holder-gone': `stale (held by ${who} until ${l.expires}, but that process is gone)`,
+      }[l.state]}`);
+    }
     const v = c.verified;
     if (v) lines.push(`  last verify --against: ${v.ok ? 'ok' : 'FAILED'} ${v.at}, ${v.target} (${v.mode}) at sequence ${v.sequence}: ${v.blocksChecked} blocks, ${v.mismatchedBlocks} mismatched`);
     for (const a of c.archives) {

@@ -1,6 +1,7 @@
 /** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
 import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain.js';
+import { leaseState, readLease, type LeaseRecord, type LeaseState } from '../store/lease.js';
 import { openStored, storeFor, type StoreOptions } from '../store/refs.js';
 
 export interface ListedArchive {
@@ -20,9 +21,16 @@ export interface ListedArchive {
   status: string;
 }
 
+/** The chain's lease (store/lease.ts, FORMAT.md §3.3): who writes it, as of the listing. */
+export type ListedLease = { state: LeaseState } & Pick<LeaseRecord, 'host' | 'pid' | 'job' | 'volume' | 'source' | 'acquired' | 'renewed' | 'expires'>;
+
 export interface ListedChain {
   chainId: string;
   dir: string;
+  /** The host that wrote the newest archive (its header's `source.host`), else the lease holder's; null when neither tells. */
+  host: string | null;
+  /** The chain's lease, null when it never had one (or it is unreadable). */
+  lease: ListedLease | null;
   /** The last `verify --against` of the chain (directory stores), or null. */
   verified: VerificationRecord | null;
   volume: string | null;
@@ -34,7 +42,13 @@ export async function list(opts: { dir: string; storeOptions?: StoreOptions }): 
   const out: ListedChain[] = [];
   const store = await storeFor(opts.dir, opts.storeOptions);
   for (const c of await store.listChains()) {
-    const chain: ListedChain = { chainId: c.chainId, dir: c.dir, volume: null, volumeUuid: null, archives: [], verified: await readVerification(c.dir) };
+    const l = await readLease(store, c.chainId);
+    const lease: ListedLease | null = l && {
+      state: leaseState(l), host: l.host, pid: l.pid, job: l.job, volume: l.volume, source: l.source, acquired: l.acquired, renewed: l.renewed, expires: l.expires,
+    };
+    const chain: ListedChain = {
+      chainId: c.chainId, dir: c.dir, host: null, lease, volume: null, volumeUuid: null, archives: [], verified: await readVerification(c.dir),
+    };
     for (const a of c.archives) {
       const item: ListedArchive = {
         path: a.path, sequence: a.sequence, archiveId: a.archiveId, parentId: null, full: false, created: null,
@@ -50,6 +64,7 @@ export async function list(opts: { dir: string; storeOptions?: StoreOptions }): 
           });
           if (h.archiveId !== a.archiveId || h.sequence !== a.sequence || h.chainId !== c.chainId) item.status = 'misnamed: the header does not match the file name';
           chain.volume ??= h.meta.volume.name;
+          chain.host = h.meta.source?.host ?? chain.host;
           chain.volumeUuid ??= h.volumeUuid;
         } finally {
           await f.close();
@@ -60,6 +75,8 @@ export async function list(opts: { dir: string; storeOptions?: StoreOptions }): 
       }
       chain.archives.push(item);
     }
+    chain.host ??= lease?.host ?? null;
+    chain.volume ??= lease?.volume ?? null;
     // Archives a merged archive covers are superseded (left by merge --keep-originals or an interrupted prune).
     for (const x of chain.archives) {
       const xs = x.sequence;

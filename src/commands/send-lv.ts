@@ -5,10 +5,13 @@
  * ("send VG/LV") and docs/ARCHITECTURE.md.
  */
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { statSync } from 'node:fs';
 import { checkLevel, type NewArchive, type WriteProgress } from '../archive/writer.js';
-import { checkNoFork, dryRunResult, openDestination, writeAndCommit, type SendDestination, type SendResult } from '../chain/publish.js';
+import {
+  checkChainLease, checkNoFork, dryRunResult, leaseUseOf, openDestination, writeAndCommit, type SendDestination, type SendLeaseOptions, type SendResult,
+} from '../chain/publish.js';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import type { ArchiveHeader, SnapshotIdentity } from '../format/types.js';
 import { defaultStateDir } from '../fsutil.js';
@@ -29,7 +32,7 @@ import type { StoreOptions } from '../store/open.js';
 import { openArchiveRef, storeFor } from '../store/refs.js';
 import { TOOL_VERSION } from '../version.js';
 
-export interface SendLvOptions {
+export interface SendLvOptions extends SendLeaseOptions {
   /** `VG/LV`: the volume (managed snapshots), or the origin a user-managed --snapshot must be of. */
   volume?: string;
   /** `VG/SNAP`: a user-managed snapshot to archive instead of a managed one. */
@@ -174,7 +177,7 @@ async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number
   try {
     if (o.dryRun) return await dryRunResult(t.header, map.extents(), started);
     ctx.signal?.throwIfAborted();
-    const dest = await openDestination(o.to, t.header, o.storeOptions);
+    const dest = await openDestination(o.to, t.header, o.storeOptions, leaseUseOf(o, ctx.logger));
     let restore: (() => Promise<void>) | undefined;
     try {
       const act = await t.activate();
@@ -222,7 +225,7 @@ function poolHeader(o: {
       },
       ...(o.base ? { base: identity(o.base) } : {}),
       snapshot: identity(o.snap),
-      source: { kind: 'lv', path: `/dev/${o.snap.vg}/${o.snap.name}` },
+      source: { kind: 'lv', path: `/dev/${o.snap.vg}/${o.snap.name}`, host: hostname() },
       tool: `thinarchive ${TOOL_VERSION}`,
     },
   };
@@ -321,6 +324,8 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
           + `${vg}/${baseInfo!.lv.name} of chain "${chain}" corresponds to; send to the store that holds that chain, use another --chain for this store, or --full`);
       }
       await checkNoFork(o.to, { chainId, sequence, parentId }, o.storeOptions);
+      // Another writer's lease: refused before a snapshot is made.
+      await checkChainLease(o.to, chainId, o.storeOptions, leaseUseOf(o));
     }
 
     const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');

@@ -3,9 +3,10 @@
  * the ranges a thin_delta XML document lists, on top of a parent archive.
  */
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import { checkLevel, type NewArchive, type WriteProgress } from '../archive/writer.js';
-import { dryRunResult, openDestination, writeAndCommit, type SendDestination, type SendResult } from '../chain/publish.js';
+import { dryRunResult, leaseUseOf, openDestination, writeAndCommit, type SendDestination, type SendLeaseOptions, type SendResult } from '../chain/publish.js';
 import { UsageError } from '../errors.js';
 import { isValidBlockSize } from '../format/frames.js';
 import type { ArchiveHeader, MapExtent } from '../format/types.js';
@@ -17,7 +18,7 @@ import { TOOL_VERSION } from '../version.js';
 
 export type { SendDestination, SendResult } from '../chain/publish.js';
 
-export interface SendOptions {
+export interface SendOptions extends SendLeaseOptions {
   image: string;
   /** thin_delta XML describing what changed since the parent. */
   changes?: string;
@@ -71,13 +72,13 @@ export async function send(opts: SendOptions): Promise<SendResult> {
       sourceChunkSize: blockSize,
       meta: {
         volume: { name: opts.name ?? parent?.meta.volume.name ?? basename(opts.image) },
-        source: { kind: source.isBlockDevice ? 'blockdev' : 'image', path: opts.image },
+        source: { kind: source.isBlockDevice ? 'blockdev' : 'image', path: opts.image, host: hostname() },
         tool: `thinarchive ${TOOL_VERSION}`,
       },
     };
     const extents = (): AsyncIterable<MapExtent> => (full ? source.allocatedExtents(blockSize) : deltaFileExtents(opts.changes!, blockSize, source.size));
     if (opts.dryRun) return await dryRunResult(header, extents(), started);
-    const dest = await openDestination(opts.to, header, opts.storeOptions);
+    const dest = await openDestination(opts.to, header, opts.storeOptions, leaseUseOf(opts));
     return await writeAndCommit(dest, { header, extents: extents(), source, level: opts.level, signal: opts.signal, onProgress: opts.onProgress, started });
   } finally {
     await source.close();

@@ -35,6 +35,13 @@ describe('daemon config', () => {
     expect(vms.sources).toEqual([{ kind: 'volume', pattern: 'vg0/vm1' }, { kind: 'volume', pattern: 'vg0/vm-*' }, { kind: 'image', path: '/srv/a.img' }]);
     expect(standby.applyTo).toEqual({ host: 'ssh://root@standby', target: 'vg1/vm1', command: undefined, args: ['--snapshot-target', '--keep', '3'], verify: true });
     expect(r.config!.metrics).toEqual({ listen: '127.0.0.1:9811' });
+    expect(r.config!.leaseTtlMs).toBe(300_000); // lease_ttl absent: 5 minutes
+  });
+
+  it('lease_ttl: a duration of at least 3 s, with its line otherwise', () => {
+    expect(checkConfigText(`lease_ttl: 90s\n${GOOD}`).config!.leaseTtlMs).toBe(90_000);
+    expect(checkConfigText(`lease_ttl: 2s\n${GOOD}`).problems).toEqual([{ line: 1, message: 'lease_ttl: must be at least 3s' }]);
+    expect(checkConfigText(`${GOOD}lease_ttl: soon\n`).problems).toEqual([{ line: 20, message: 'lease_ttl: not a duration (examples: 30s, 5m, 1h, 1d)' }]);
   });
 
   it('reports every problem with its line, unknown keys included', () => {

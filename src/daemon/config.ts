@@ -11,6 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
 import { parseDuration } from '../units.js';
 
@@ -71,6 +72,8 @@ export interface DaemonConfig {
   stateDir?: string;
   sshOptions: string[];
   s3Endpoint?: string;
+  /** The ttl of the chain leases the daemon holds (milliseconds; renewed every third of it). */
+  leaseTtlMs: number;
   jobs: JobConfig[];
 }
 
@@ -89,6 +92,7 @@ const SCHEMA = {
     state_dir: { type: 'string', minLength: 1 },
     ssh_options: { type: 'array', items: { type: 'string' } },
     s3_endpoint: { type: 'string', minLength: 1 },
+    lease_ttl: duration,
     metrics: {
       type: 'object', additionalProperties: false, required: ['listen'],
       properties: { listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$' } },
@@ -171,7 +175,7 @@ function describe(e: ErrorObject, path: (string | number)[]): string {
     case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"${path.length ? ` in ${where}` : ''}`;
     case 'required': return `${where}: missing key "${(e.params as { missingProperty: string }).missingProperty}"`;
     case 'pattern':
-      if (path[path.length - 1] === 'every' || path.includes('keep') || path.includes('retry')) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
+      if (path[path.length - 1] === 'every' || path[0] === 'lease_ttl' || path.includes('keep') || path.includes('retry')) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
       if (path.includes('volumes')) return `${where}: not VG/LV (patterns allowed: vg0/vm-*)`;
       return `${where}: ${e.message}`;
     default: return `${where}: ${e.message}`;
@@ -243,11 +247,13 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     };
     jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, level: j.level, retry, line });
   });
+  const leaseTtlMs = raw.lease_ttl === undefined ? DEFAULT_LEASE_TTL_MS : parseDuration(raw.lease_ttl);
+  if (leaseTtlMs < MIN_LEASE_TTL_MS) problems.push({ line: lineOf(doc, lc, ['lease_ttl']), message: `lease_ttl: must be at least ${MIN_LEASE_TTL_MS / 1000}s` });
   problems.sort((a, b) => a.line - b.line);
   if (problems.length) return { problems };
   return {
     problems,
-    config: { metrics: raw.metrics, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, jobs },
+    config: { metrics: raw.metrics, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, jobs },
   };
 }
 

@@ -8,7 +8,7 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
+import { ChainLeaseHolder, thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
 import { checkConfig, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { abortableSleep, runUnit, type RunOutcome } from './runner.js';
@@ -68,6 +68,8 @@ interface Unit {
   skipped: number;
   runs: number;
   stop: AbortController;
+  /** The lease of the chain the unit writes: held from its first run to its end (stop, reload removal). */
+  lease: ChainLeaseHolder;
   loop?: Promise<void>;
 }
 
@@ -214,7 +216,10 @@ export class Daemon {
       const prev = this.state.get(key);
       if (!prev) this.state.set(key, emptyUnit(w.job.name, w.volume));
       const last = prev?.lastAttempt ? Date.parse(prev.lastAttempt) : undefined;
-      const unit: Unit = { job: w.job, volume: w.volume, running: false, next: last !== undefined ? Math.max(now, last + w.job.every) : now, skipped: 0, runs: 0, stop: new AbortController() };
+      const unit: Unit = {
+        job: w.job, volume: w.volume, running: false, next: last !== undefined ? Math.max(now, last + w.job.every) : now, skipped: 0, runs: 0,
+        stop: new AbortController(), lease: new ChainLeaseHolder({ job: w.job.name, ttlMs: config.leaseTtlMs, log: this.log }),
+      };
       if (prev) this.initMetrics(prev);
       this.units.set(key, unit);
       unit.loop = this.loop(unit);
@@ -243,7 +248,7 @@ export class Daemon {
       const attemptAt = new Date();
       let out: RunOutcome;
       try {
-        out = await runUnit(unit.job, unit.volume, prev, { config: this.config, stateDir: this.stateDir, log: this.log, signal });
+        out = await runUnit(unit.job, unit.volume, prev, { config: this.config, stateDir: this.stateDir, log: this.log, signal, lease: unit.lease });
       } finally {
         unit.running = false;
       }
@@ -257,6 +262,8 @@ export class Daemon {
         this.metrics.skipped.inc({ job: unit.job.name, volume: unit.volume }, missed);
       }
     }
+    // Stopped (SIGTERM, or removed by a reload): the next writer need not wait for the lease to expire.
+    await unit.lease.release();
   }
 
   private record(unit: Unit, prev: UnitState, attemptAt: Date, out: RunOutcome): void {
@@ -343,7 +350,7 @@ export class Daemon {
 }
 
 /** `thinarchive run JOB [--volume V]`: one run of each (matching) volume of the job now, state recorded. */
-export async function runJobOnce(configPath: string, jobName: string, volume: string | undefined, log: Logger, signal: AbortSignal): Promise<{ job: string; volume: string; outcome: RunOutcome }[]> {
+export async function runJobOnce(configPath: string, jobName: string, volume: string | undefined, log: Logger, signal: AbortSignal, takeLease = false): Promise<{ job: string; volume: string; outcome: RunOutcome }[]> {
   const config = await loadConfig(configPath);
   const job = config.jobs.find((j) => j.name === jobName);
   if (!job) throw new ThinarchiveError('JOB_NOT_FOUND', `no job "${jobName}" in ${configPath} (jobs: ${config.jobs.map((j) => j.name).join(', ')})`, 'usage');
@@ -357,7 +364,13 @@ export async function runJobOnce(configPath: string, jobName: string, volume: st
   const results = await Promise.all(volumes.map(async (v) => {
     const prev = (await readState(stateDir)).get(unitKey(job.name, v)) ?? emptyUnit(job.name, v);
     const attemptAt = new Date();
-    const outcome = await runUnit(job, v, prev, { config, stateDir, log, signal });
+    const lease = new ChainLeaseHolder({ job: job.name, ttlMs: config.leaseTtlMs, log });
+    let outcome: RunOutcome;
+    try {
+      outcome = await runUnit(job, v, prev, { config, stateDir, log, signal, lease, takeLease });
+    } finally {
+      await lease.release();
+    }
     return { job: job.name, volume: v, outcome, prev, attemptAt };
   }));
   // Merge into the state file once (read again: a daemon or another run may have written meanwhile).

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { basename, join } from 'node:path';
 import {
   AbortedError, apply, list, prune, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
-  type Logger, type ListedChain, type StoreOptions,
+  type ChainLeaseHolder, type Logger, type ListedChain, type StoreOptions,
 } from '../api/index.js';
 import { targetOf, type ApplyTo, type DaemonConfig, type JobConfig } from './config.js';
 import { imageDelta } from './image-delta.js';
@@ -23,6 +23,10 @@ export interface RunContext {
   stateDir: string;
   log: Logger;
   signal: AbortSignal;
+  /** The unit's lease of the chain it writes in its store (kept between runs by the daemon). */
+  lease: ChainLeaseHolder;
+  /** `run --take-lease`: take the lease over even while another writer holds it. */
+  takeLease?: boolean;
   /** injected for tests */
   random?: () => number;
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -126,7 +130,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
       const parent = newest?.path;
       const incremental = parent !== undefined && delta.changes !== undefined;
       const r = await send({
-        image, to: job.to!, level: job.level, signal, storeOptions: so, name: basename(image),
+        image, to: job.to!, level: job.level, signal, storeOptions: so, name: basename(image), lease: ctx.lease, takeLease: ctx.takeLease,
         ...(incremental ? { parent, changes: delta.changes } : { blockSize: IMAGE_BLOCK_SIZE }),
       });
       await delta.commit(r.archiveId);
@@ -143,7 +147,9 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
       archiveId: r.archiveId, newestPoint: new Date().toISOString(),
     };
   } else {
-    sent = await send({ volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+    sent = await send({
+      volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, lease: ctx.lease, takeLease: ctx.takeLease,
+    });
   }
   log.info({ job: job.name, volume, archiveId: sent.archiveId, bytes: sent.archiveBytes }, 'sent');
   let chain = await findChain(job.to!, sent.chainId, so);

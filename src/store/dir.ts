@@ -8,7 +8,8 @@
  *
  * Publishing a sequence is exclusive (types.ts): right before the link of the archive, `commit` writes
  * the claim's content to a temporary file and links it to `.<sequence>.seq`; link() never replaces
- * and is atomic on local file systems and NFS alike, so of racing writers exactly one gets it.
+ * and is atomic on local file systems and NFS alike, so of racing writers exactly one gets it. That
+ * is `createExclusive`, the store's one exclusive-create primitive; markers (leases) use it too.
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -17,7 +18,7 @@ import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
 import { fsyncDir, makeDirs, tempNameFor } from '../fsutil.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
 import { pidExists } from '../process.js';
 
@@ -109,25 +110,90 @@ export class DirectoryStore implements ArchiveStore {
   }
 
   /**
+   * The exclusive-create primitive (types.ts, markers): the content goes to a temporary file that is
+   * linked to `path`; link() never replaces and is atomic on local file systems and NFS alike. True
+   * when this call created `path`, false when it existed. `sync`: fsync the directory after (a claim
+   * leaves that to the commit it is part of).
+   */
+  private async createExclusive(path: string, content: string, sync: boolean): Promise<boolean> {
+    const tmp = `${tempNameFor(path)}${randomBytes(4).toString('hex')}`; // unique among this process's writers too
+    try {
+      await writeFile(tmp, content, { flag: 'wx', mode: 0o644 });
+      await link(tmp, path);
+      if (sync) await fsyncDir(dirname(path));
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw e;
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+
+  /**
    * Claim `sequence` of the chain in `dir` for `archiveId`: true when this call created the claim,
    * false when it already named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
    */
   private async claim(dir: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
     const path = join(dir, claimFileName(sequence));
-    const tmp = `${tempNameFor(path)}${randomBytes(4).toString('hex')}`; // unique among this process's writers too
+    let created: boolean;
     try {
-      await writeFile(tmp, claimContent(archiveId), { flag: 'wx', mode: 0o644 });
-      await link(tmp, path);
-      return true;
+      created = await this.createExclusive(path, claimContent(archiveId), false);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(e, `cannot claim sequence ${sequence} in ${dir}`);
-      if (replaces) return false;
-      const holder = (await readFile(path, 'utf8').catch(() => '')).trim();
-      if (holder === archiveId) return false;
-      const published = (await this.chainArchives(chainId)).some((a) => a.sequence === sequence && a.archiveId === holder);
-      throw sequenceTaken(this.root, chainId, sequence, holder, path, published);
-    } finally {
-      await rm(tmp, { force: true });
+      throw ioError(e, `cannot claim sequence ${sequence} in ${dir}`);
+    }
+    if (created) return true;
+    if (replaces) return false;
+    const holder = (await readFile(path, 'utf8').catch(() => '')).trim();
+    if (holder === archiveId) return false;
+    const published = (await this.chainArchives(chainId)).some((a) => a.sequence === sequence && a.archiveId === holder);
+    throw sequenceTaken(this.root, chainId, sequence, holder, path, published);
+  }
+
+  async createMarker(chainId: string, name: string, content: string): Promise<boolean> {
+    checkMarker(chainId, name);
+    const dir = join(this.root, chainId);
+    try {
+      await makeDirs(dir);
+    } catch (e) {
+      throw ioError(e, `cannot create chain directory ${dir}`);
+    }
+    try {
+      return await this.createExclusive(join(dir, name), content, true);
+    } catch (e) {
+      throw ioError(e, `cannot create ${join(dir, name)}`);
+    }
+  }
+
+  async readMarker(chainId: string, name: string): Promise<string | undefined> {
+    checkMarker(chainId, name);
+    const path = join(this.root, chainId, name);
+    try {
+      return await readFile(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw ioError(e, `cannot read ${path}`);
+    }
+  }
+
+  async listMarkers(chainId: string, prefix: string): Promise<string[]> {
+    checkChainId(chainId);
+    const dir = join(this.root, chainId);
+    try {
+      return (await readdir(dir)).filter((n) => n.startsWith(prefix) && MARKER_RE.test(n)).sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw ioError(e, `cannot read ${dir}`);
+    }
+  }
+
+  async deleteMarker(chainId: string, name: string): Promise<void> {
+    checkMarker(chainId, name);
+    const path = join(this.root, chainId, name);
+    try {
+      await rm(path, { force: true });
+    } catch (e) {
+      throw ioError(e, `cannot delete ${path}`);
     }
   }
 

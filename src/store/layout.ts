@@ -26,6 +26,15 @@ export function claimFileName(sequence: number): string {
   return `.${String(sequence).padStart(10, '0')}.seq`;
 }
 
+/** A marker's name (types.ts): hidden, one path component, nothing a shell or a URL must quote. */
+export const MARKER_RE = /^\.[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+/** UsageError unless `chainId` is a valid chain id and `name` a valid marker name. */
+export function checkMarker(chainId: string, name: string): void {
+  checkChainId(chainId);
+  if (!MARKER_RE.test(name)) throw new UsageError(`invalid marker name ${JSON.stringify(name)}`);
+}
+
 /** What a claim holds: the archive id and a newline. */
 export function claimContent(archiveId: string): string {
   return `${archiveId}\n`;

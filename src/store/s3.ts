@@ -28,7 +28,10 @@
  *   sequence with a small PutObject of `<chain-id>/.<sequence>.seq` carrying `If-None-Match: *`, which
  *   Ceph (16 included) and AWS honour on a single PUT: of writers racing for one sequence exactly one
  *   gets 200, the others 412 (or 409 while the winner's PUT is in flight) and fail with CHAIN_FORK.
- *   A commit that fails after claiming deletes its claim.
+ *   A commit that fails after claiming deletes its claim. That conditional PUT (`createExclusive`) is
+ *   the store's one exclusive-create primitive; markers (leases) use it too. Ceph 16 does not support
+ *   `If-Match` (found by experiment: a PUT with the object's current ETag is refused with 412, and a
+ *   DELETE ignores it), so nothing here replaces an object conditionally.
  * - `abort()` aborts the multipart upload (best effort: if that fails, the next writer's sweep does it).
  * - Interrupted uploads (killed process, lost network): incomplete multipart uploads cannot be seen
  *   by listing, but cost storage. Every `createArchive` lists the incomplete uploads under the store's
@@ -78,7 +81,7 @@ import { s3Code } from '../error-codes.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, claimContent, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
 
 const MIB = 1 << 20;
@@ -494,32 +497,74 @@ export class S3Store implements ArchiveStore {
   }
 
   /**
-   * Claim a sequence (see the header): true when this call created the claim, false when it already
-   * named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
+   * The exclusive-create primitive (types.ts, markers): a PutObject with `If-None-Match: *`, which
+   * Ceph (16 included) and AWS honour on a single PUT. True when this call created `key`; false on 412
+   * (it exists) or 409 (another PUT of that key is in flight: it is taken all the same).
    */
-  private async claim(key: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
-    const body = Buffer.from(claimContent(archiveId));
+  private async createExclusive(key: string, content: string, what: string): Promise<boolean> {
+    const body = Buffer.from(content);
     try {
-      await this.send(`cannot claim sequence ${sequence} at ${this.keyUrl(key)}`, new PutObjectCommand({
+      await this.send(what, new PutObjectCommand({
         Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentType: 'text/plain', IfNoneMatch: '*',
         ContentMD5: createHash('md5').update(body).digest('base64'),
       }));
       return true;
     } catch (e) {
       const status = (e as { status?: number }).status;
-      if (status !== 412 && status !== 409) throw e;
-      if (replaces) return false;
-      let holder = '';
-      try {
-        const r = await this.send<{ Body?: { transformToString(): Promise<string> } }>('read claim', new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-        holder = ((await r.Body?.transformToString()) ?? '').trim();
-      } catch {
-        // Not readable yet (the winner's PUT is in flight): the sequence is taken all the same.
-      }
-      if (holder === archiveId) return false;
-      const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
-      throw sequenceTaken(this.url, chainId, sequence, holder, this.keyUrl(key), published);
+      if (status === 412 || status === 409) return false;
+      throw e;
     }
+  }
+
+  /** The body of a small object; undefined when there is none. */
+  private async readSmall(key: string, what: string): Promise<string | undefined> {
+    try {
+      const r = await this.send<{ Body?: { transformToString(): Promise<string> } }>(what, new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      return (await r.Body?.transformToString()) ?? '';
+    } catch (e) {
+      if ((e as { status?: number }).status === 404) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Claim a sequence (see the header): true when this call created the claim, false when it already
+   * named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
+   */
+  private async claim(key: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
+    if (await this.createExclusive(key, claimContent(archiveId), `cannot claim sequence ${sequence} at ${this.keyUrl(key)}`)) return true;
+    if (replaces) return false;
+    // Not readable yet (the winner's PUT is in flight): the sequence is taken all the same.
+    const holder = ((await this.readSmall(key, 'read claim').catch(() => '')) ?? '').trim();
+    if (holder === archiveId) return false;
+    const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
+    throw sequenceTaken(this.url, chainId, sequence, holder, this.keyUrl(key), published);
+  }
+
+  private markerKey(chainId: string, name: string): string {
+    checkMarker(chainId, name);
+    return `${this.root()}${chainId}/${name}`;
+  }
+
+  async createMarker(chainId: string, name: string, content: string): Promise<boolean> {
+    const key = this.markerKey(chainId, name);
+    return this.createExclusive(key, content, `cannot create ${this.keyUrl(key)}`);
+  }
+
+  async readMarker(chainId: string, name: string): Promise<string | undefined> {
+    const key = this.markerKey(chainId, name);
+    return this.readSmall(key, `cannot read ${this.keyUrl(key)}`);
+  }
+
+  async listMarkers(chainId: string, prefix: string): Promise<string[]> {
+    checkChainId(chainId);
+    const dir = `${this.root()}${chainId}/`;
+    return (await this.listKeys(`${dir}${prefix}`)).map((k) => k.key.slice(dir.length)).filter((n) => n.startsWith(prefix) && MARKER_RE.test(n)).sort();
+  }
+
+  async deleteMarker(chainId: string, name: string): Promise<void> {
+    const key = this.markerKey(chainId, name);
+    await this.send(`cannot delete ${this.keyUrl(key)}`, new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
   }
 }
 

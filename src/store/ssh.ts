@@ -14,7 +14,8 @@
  * removes the temporary name and syncs the directory (`sync DIR`, or `sync`); in the same remote script,
  * just before that `ln`, it claims the sequence (types.ts): the claim's content goes to a temporary
  * file that is linked with `ln` (no -f: never replaces, atomic) to `.<sequence>.seq`, so of writers
- * racing for one sequence exactly one publishes and the others fail with CHAIN_FORK. Nothing is ever visible
+ * racing for one sequence exactly one publishes and the others fail with CHAIN_FORK (`exclusiveCreate`,
+ * the store's one exclusive-create primitive, which markers such as leases use too). Nothing is ever visible
  * under a final name before it is complete and durable. A writer that dies leaves only a hidden
  * temporary file; the next writer to the store removes it when its name shows a writer of this host
  * whose process is gone, or when it has not been modified for 15 minutes (`find -mmin`).
@@ -38,11 +39,11 @@ import type { ArchiveSink } from '../archive/writer.js';
 import type { StoreOptions } from './types.js';
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, claimFileName, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
 
 const CHAIN_GLOB = '????????-????-????-????-????????????';
-const TEMP_RE = /^\..+\.(?:tna|seq)\.tmp-([A-Za-z0-9.-]+)-(\d+)-[0-9a-z]+$/;
+const TEMP_RE = /^\..+\.(?:tna|seq|\d{10})\.tmp-([A-Za-z0-9.-]+)-(\d+)-[0-9a-z]+$/;
 /** A temporary file not modified for this long belongs to a dead writer. */
 const STALE_MINUTES = 15;
 const WINDOW = 256 << 10;
@@ -302,6 +303,20 @@ async function removeDeadControlDirs(): Promise<void> {
   }
 }
 
+/**
+ * The exclusive-create primitive (types.ts, markers), as a shell condition: `content` goes to the
+ * temporary file `tmp` (noclobber), which `ln` (no -f: never replaces, atomic) links to `path`. True
+ * (status 0) when this created `path`; `tmp` is left for the caller to remove.
+ */
+function exclusiveCreate(tmp: string, path: string, content: string): string {
+  return `( set -C; printf '%s' ${shq(content)} > ${qp(tmp)} ) && ln ${qp(tmp)} ${qp(path)} 2>/dev/null`;
+}
+
+/** A temporary name beside `path` for a writer of this host and process (TEMP_RE). */
+function tempBeside(path: string): string {
+  return `${path}.tmp-${tempHost()}-${process.pid}-${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
+}
+
 /** Wait for a child to exit; returns its status (null when killed). */
 function exitOf(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
@@ -399,8 +414,8 @@ export class SshStore implements ArchiveStore {
     return [
       `( cd ${qp(this.root)} || exit 0`,
       `for d in ${CHAIN_GLOB}; do [ -d "$d" ] || continue;`,
-      `  for f in "$d"/.*.tna.tmp-* "$d"/.*.seq.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
-      `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.seq.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
+      `  for f in "$d"/.*.tna.tmp-* "$d"/.*.seq.tmp-* "$d"/.lease.*.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
+      `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.seq.tmp-*' -o -name '.lease.*.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
       'done )',
     ].join('\n');
   }
@@ -440,13 +455,52 @@ export class SshStore implements ArchiveStore {
       dirUrl: this.urlFor(dir),
       stale: (out) => this.staleTemps(out).filter((p) => p !== tmp),
       claim: {
-        path: claim, tmp: `${claim}.tmp-${tempHost()}-${process.pid}-${Date.now().toString(36)}${randomBytes(4).toString('hex')}`, archiveId, replaces: !!opts.replaces,
+        path: claim, tmp: tempBeside(claim), archiveId, replaces: !!opts.replaces,
         taken: async (holder) => {
           const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
           return sequenceTaken(this.url, chainId, sequence, holder, this.urlFor(claim), published);
         },
       },
     });
+  }
+
+  async createMarker(chainId: string, name: string, content: string): Promise<boolean> {
+    checkMarker(chainId, name);
+    const dir = posix.join(this.root, chainId);
+    const path = posix.join(dir, name);
+    const tmp = tempBeside(path);
+    const r = await this.conn.run([
+      `mkdir -p ${qp(dir)} || exit 3`,
+      `if ${exclusiveCreate(tmp, path, content)}; then rm -f ${qp(tmp)}; sync ${qp(dir)} 2>/dev/null || sync; exit 0; fi`,
+      `rm -f ${qp(tmp)}; [ -e ${qp(path)} ] && exit 17; exit 4`,
+    ].join('\n'));
+    if (r.status === 0) return true;
+    if (r.status === 17) return false;
+    throw this.conn.failure(r.status === 3 ? `cannot create chain directory ${this.urlFor(dir)}` : `cannot create ${this.urlFor(path)}`, r);
+  }
+
+  async readMarker(chainId: string, name: string): Promise<string | undefined> {
+    checkMarker(chainId, name);
+    const p = qp(posix.join(this.root, chainId, name));
+    // Status 44: there is no such marker (the second cat reports any other failure).
+    const r = await this.conn.run(`cat ${p} 2>/dev/null && exit 0; [ -e ${p} ] || exit 44; cat ${p}`);
+    if (r.status === 44) return undefined;
+    if (r.status !== 0) throw this.conn.failure(`cannot read ${this.urlFor(posix.join(this.root, chainId, name))}`, r);
+    return r.stdout.toString();
+  }
+
+  async listMarkers(chainId: string, prefix: string): Promise<string[]> {
+    checkChainId(chainId);
+    const dir = posix.join(this.root, chainId);
+    const out = await this.conn.check(`cd ${qp(dir)} 2>/dev/null || exit 0; for f in ${shq(prefix)}*; do [ -f "$f" ] && printf '%s\\n' "$f"; done; exit 0`,
+      `cannot read ${this.urlFor(dir)}`);
+    return out.split('\n').filter((n) => n.startsWith(prefix) && MARKER_RE.test(n)).sort();
+  }
+
+  async deleteMarker(chainId: string, name: string): Promise<void> {
+    checkMarker(chainId, name);
+    const path = posix.join(this.root, chainId, name);
+    await this.conn.check(`rm -f ${qp(path)}`, `cannot delete ${this.urlFor(path)}`);
   }
 
   private dd(): Promise<'gnu' | 'posix'> {
@@ -593,7 +647,7 @@ class SshPendingArchive implements PendingArchive {
     const r = await this.conn.run([
       this.rmStale(),
       'claimed=0',
-      `if ( set -C; printf '%s\\n' ${id} > ${ct} ) && ln ${ct} ${cp} 2>/dev/null; then claimed=1; rm -f ${ct}`,
+      `if ${exclusiveCreate(c.tmp, c.path, claimContent(c.archiveId))}; then claimed=1; rm -f ${ct}`,
       `else rm -f ${ct}; [ -f ${cp} ] || exit 3; h=$(cat ${cp}); ${c.replaces ? ':' : `if [ "$h" != ${id} ]; then printf 'H %s\\n' "$h"; rm -f ${t}; exit 18; fi`}; fi`,
       `if ln ${t} ${f} 2>/dev/null; then :; elif [ -e ${f} ]; then rm -f ${t}; exit 17; else ln ${t} ${f} || { [ $claimed = 1 ] && rm -f ${cp}; exit 3; }; fi`,
       `rm -f ${t}`,

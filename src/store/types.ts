@@ -22,6 +22,11 @@
  *   removes its own claim. Claims are never listed and never deleted by merge or prune: a merged
  *   archive (`createArchive` with `replaces`) takes a sequence its originals already claimed.
  * - Listing returns archives of a chain in sequence order.
+ * - Markers are the small hidden objects beside a chain's archives (`<chain-id>/.<name>`): the sequence
+ *   claims above and the chain's lease generations (store/lease.ts, FORMAT.md §3.3). `createMarker`
+ *   is the store's one exclusive-create primitive, the same one claims are made with: the content is
+ *   complete when the name appears, an existing marker is never replaced, and of callers racing for
+ *   one name exactly one gets true. Markers are never listed as archives.
  */
 import type { ArchiveSink } from '../archive/writer.js';
 import type { ByteSource } from '../archive/reader.js';
@@ -85,6 +90,17 @@ export interface ArchiveStore {
    * write anything, so a refusal changes nothing.
    */
   checkDeletable(archives: StoredArchive[]): Promise<void>;
+  /**
+   * Create the marker `<chain-id>/<name>` holding `content`, exclusively: true when this call created
+   * it, false when it already exists (whatever it holds). Creates the chain's directory if needed.
+   */
+  createMarker(chainId: string, name: string, content: string): Promise<boolean>;
+  /** The content of a marker; undefined when there is none of that name. */
+  readMarker(chainId: string, name: string): Promise<string | undefined>;
+  /** The names of a chain's markers that start with `prefix` (none when the chain has no directory here). */
+  listMarkers(chainId: string, prefix: string): Promise<string[]>;
+  /** Delete a marker (no error when it is already gone). */
+  deleteMarker(chainId: string, name: string): Promise<void>;
   /** Release connections. */
   close(): Promise<void>;
 }

@@ -9,7 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import ts from 'typescript';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLAIM_NAME, REPO, sha256, tempDir } from '../helpers/cli.js';
+import { CLAIM_NAME, LEASE_NAME, REPO, sha256, tempDir } from '../helpers/cli.js';
 import { noiseBytes } from '../helpers/volume-model.js';
 
 function readmeExample(): string {
@@ -51,7 +51,7 @@ describe('README library example', () => {
     // The cancelled send left no archive and no temporary file: one chain with its one archive.
     const files = readdirSync(store, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name);
     expect(files.filter((n) => n.endsWith('.tna'))).toHaveLength(1);
-    expect(files.filter((n) => !n.endsWith('.tna') && !CLAIM_NAME.test(n))).toEqual([]);
+    expect(files.filter((n) => !n.endsWith('.tna') && !CLAIM_NAME.test(n) && !LEASE_NAME.test(n))).toEqual([]);
     // One claim, the sent archive's: the cancelled send claimed nothing.
     expect(files.filter((n) => CLAIM_NAME.test(n))).toHaveLength(1);
   });

@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainEntries, expectFailure, run, runOk, sha256, show, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
@@ -255,7 +256,7 @@ describe.skipIf(unavailable !== null)('block devices (loop)', () => {
     expect(j.unmapBytes).toBe(0);
     expect(j.zeroBytes).toBeGreaterThan(20 * MiB); // the zero blocks are found
     const info = JSON.parse((await runOk(['info', j.path, '--json'])).stdout);
-    expect(info.header.meta.source).toEqual({ kind: 'blockdev', path: dev });
+    expect(info.header.meta.source).toEqual({ kind: 'blockdev', path: dev, host: hostname() });
     expect(info.header.meta.volume.name).toBe(dev.split('/').pop());
     expect(info.map).toMatchObject({ dataBlocks: (SIZE + 2 * MiB) / POOL_BLOCK, unmapBlocks: 0 });
     const img = dir.join('from-dev.img');

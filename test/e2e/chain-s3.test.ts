@@ -45,8 +45,8 @@ describe.skipIf(!ceph)('chain management on an s3:// store (Ceph radosgw)', () =
 
   async function keys(bucket: string, prefix: string): Promise<string[]> {
     const r = await raw.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }));
-    // Sequence claims (`.<seq>.seq`, store/types.ts) stay for good: only archives are counted.
-    return (r.Contents ?? []).map((c) => c.Key!).filter((k) => !/\/\.\d{10}\.seq$/.test(k)).sort();
+    // Sequence claims (`.<seq>.seq`, store/types.ts) stay for good, as does the chain's lease: only archives are counted.
+    return (r.Contents ?? []).map((c) => c.Key!).filter((k) => !/\/\.\d{10}\.seq$|\/\.lease\.\d{10}$/.test(k)).sort();
   }
 
   beforeAll(async () => {

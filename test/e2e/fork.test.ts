@@ -2,8 +2,11 @@
  * Racing senders never fork a chain (issue 11): 8 `send --changes D --parent P --to STORE` started at
  * once, over several rounds, against a directory store, an ssh:// store (private sshd) and an s3://
  * store (the test Ceph radosgw). Each round exactly one sender publishes the next sequence; every
- * other exits 4 with one line saying the archive would fork the chain, and leaves nothing behind (no
- * archive, temporary file or incomplete upload); `verify STORE` passes afterwards.
+ * other exits 4 with one line, saying that the chain is leased by another send (CHAIN_LEASED: a racing
+ * send holds the chain's lease) or that the archive would fork the chain (CHAIN_FORK: it got the lease
+ * after the winner published), and leaves nothing behind (no archive, temporary file or incomplete
+ * upload; the chain keeps one lease marker); `verify STORE` passes afterwards. The race for a sequence
+ * claim itself, below the lease, is the store conformance suite's (test/store/conformance.ts).
  */
 import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -19,16 +22,16 @@ import { incompleteUploads, newBucket, rawClient } from '../store/s3-helpers.js'
 const MiB = 1024 * 1024;
 const SENDERS = 8;
 const ROUNDS = 3;
-const FORK = /^thinarchive: .*would fork/;
+const FORK = /^thinarchive: .*(would fork|is leased by host .* pid \d+ \(a one-shot send, volume vol\.img\) until|was just leased by another writer)/;
 
-/** Hidden files of every chain directory under `root` that are not sequence claims. */
+/** Hidden files of every chain directory under `root` that are not sequence claims or the chain's lease. */
 function leftovers(root: string): string[] {
   const out: string[] = [];
   if (!existsSync(root)) return out;
   for (const d of readdirSync(root)) {
     const p = join(root, d);
     if (!statSync(p).isDirectory()) continue;
-    for (const n of readdirSync(p)) if (n.startsWith('.') && !/^\.\d{10}\.seq$/.test(n)) out.push(`${d}/${n}`);
+    for (const n of readdirSync(p)) if (n.startsWith('.') && !/^\.\d{10}\.seq$|^\.lease\.\d{10}$/.test(n)) out.push(`${d}/${n}`);
   }
   return out;
 }

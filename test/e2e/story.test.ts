@@ -235,8 +235,10 @@ describe('main story: full and three incremental archives of a sparse image', ()
     expect(a.map((x: { path: string }) => x.path)).toEqual(archives);
     for (let i = 1; i <= STEPS; i++) expect(a[i]).toMatchObject({ full: false, parentId: a[i - 1].archiveId, status: 'complete' });
     const t = (await runOk(['list', store])).stdout.trimEnd().split('\n');
-    expect(t).toHaveLength(5);
-    expect(t[4]).toMatch(/^\s+3\s+incr\s/);
+    expect(t).toHaveLength(6);
+    // The chain's lease: the last send let go of it.
+    expect(t[1]).toMatch(/^ {2}lease: free \(released \S+ by host \S+ pid \d+ \(a one-shot send, volume source\.img\)\)$/);
+    expect(t[5]).toMatch(/^\s+3\s+incr\s/);
   });
 
   it.concurrent('verify STORE succeeds', async () => {

@@ -196,8 +196,10 @@ export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs: number, ev
 
 /** A store's per-sequence claim file (`.<10-digit sequence>.seq`, docs/FORMAT.md 3.2). */
 export const CLAIM_NAME = /^\.\d{10}\.seq$/;
+/** A generation of a chain's lease (`.lease.<10-digit generation>`, docs/FORMAT.md 3.3). */
+export const LEASE_NAME = /^\.lease\.\d{10}$/;
 
-/** The entries of a chain directory other than sequence claims (archives, and anything left behind). */
+/** The entries of a chain directory other than its markers, sequence claims and lease (archives, and anything left behind). */
 export function chainEntries(dir: string): string[] {
-  return readdirSync(dir).filter((n) => !CLAIM_NAME.test(n)).sort();
+  return readdirSync(dir).filter((n) => !CLAIM_NAME.test(n) && !LEASE_NAME.test(n)).sort();
 }

@@ -12,7 +12,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, CLAIM_NAME, collect, expectFailure, run, runOk, sha256, show, sleep, spawnCli, tempDir, type TempDir } from '../helpers/cli.js';
+import { BIN, CLAIM_NAME, collect, expectFailure, LEASE_NAME, run, runOk, sha256, show, sleep, spawnCli, tempDir, type TempDir } from '../helpers/cli.js';
 import { noiseBytes, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 import { ciSet, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
 
@@ -35,7 +35,7 @@ function storeFiles(root: string): { archives: string[]; hidden: string[] } {
   for (const d of readdirSync(root)) {
     const p = join(root, d);
     if (!statSync(p).isDirectory()) continue;
-    for (const n of readdirSync(p)) if (!CLAIM_NAME.test(n)) (n.startsWith('.') ? hidden : archives).push(`${d}/${n}`);
+    for (const n of readdirSync(p)) if (!CLAIM_NAME.test(n) && !LEASE_NAME.test(n)) (n.startsWith('.') ? hidden : archives).push(`${d}/${n}`);
   }
   return { archives, hidden };
 }
