@@ -12,6 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { ThinarchiveError } from '../errors.js';
+import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
 
 export const DEFAULT_CONFIG = '/etc/thinarchive/thinarchive.yml';
@@ -300,6 +301,16 @@ export async function checkConfig(path = DEFAULT_CONFIG): Promise<{ problems: Co
   }
   const r = checkConfigText(text);
   return { problems: r.problems, config: r.config ? { ...r.config, path } : undefined };
+}
+
+/** The state directory an invalid file names (its `state_dir` when that is a string), for `status` to find a running daemon. */
+export async function stateDirHint(path: string): Promise<string | undefined> {
+  try {
+    const data = parseDocument(await readFile(path, 'utf8')).toJS() as { state_dir?: unknown } | null;
+    return typeof data?.state_dir === 'string' ? data.state_dir : defaultStateDir();
+  } catch {
+    return undefined;
+  }
 }
 
 /** The config at `path`, or a ConfigError (code CONFIG_INVALID, exit 2) listing every problem. */

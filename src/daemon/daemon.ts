@@ -12,7 +12,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
 import { thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
-import { checkConfig, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
+import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { runUnit, type RunOutcome } from './runner.js';
 import { isVerifyDue, verifyDueAt, verifyUnit } from './scheduled-verify.js';
@@ -520,7 +520,16 @@ export async function runJobOnce(configPath: string, jobName: string, volume: st
 
 /** `status`: from the running daemon, or from the state file (units of the config, and any others recorded). */
 export async function readStatus(configPath: string): Promise<StatusReport> {
-  const config = await loadConfig(configPath);
+  let config: DaemonConfig;
+  try {
+    config = await loadConfig(configPath);
+  } catch (e) {
+    // A file broken after the daemon started (it keeps the configuration it has): still ask it.
+    const dir = e instanceof ConfigError ? await stateDirHint(configPath) : undefined;
+    const live = dir !== undefined ? await askDaemon(dir) : undefined;
+    if (live) return live;
+    throw e;
+  }
   const stateDir = stateDirOf(config.stateDir);
   const live = await askDaemon(stateDir);
   if (live) return live;
