@@ -153,20 +153,12 @@ jobs:
       { line: 17, message: 'jobs[2].verify.sample: "full" or a percentage (examples: full, 5%, 0.5%)' },
     ]);
     const semantic = checkConfigText(`jobs:
-  - name: a
-    volumes: [vg0/a]
-    every: 30s
-    apply_to: {host: ssh://h, target: vg1/a}
-    verify: {every: 1d}
-  - name: b
-    volumes: [vg0/b]
-    every: 30s
-    to: /s
-    verify: {every: 1d, sample: 0%}
+  - {name: a, volumes: [vg0/a], every: 30s, apply_to: {host: ssh://h, target: vg1/a}, verify: {every: 1d}}
+  - {name: b, volumes: [vg0/b], every: 30s, to: /s, verify: {every: 1d, sample: 0%}}
 `);
     expect(semantic.problems).toEqual([
-      { line: 6, message: 'jobs[0].verify: scheduled verification checks the job\'s store (and its local replica): add "to"' },
-      { line: 11, message: 'jobs[1].verify.sample: a percentage above 0 and at most 100' },
+      { line: 2, message: 'jobs[0].verify: scheduled verification checks the job\'s store (and its local replica): add "to"' },
+      { line: 3, message: 'jobs[1].verify.sample: a percentage above 0 and at most 100' },
     ]);
     expect(checkConfigText('metrics: {}\njobs: [{name: a, volumes: [vg0/a], every: 1s, to: /s}]\n').problems).toHaveLength(1);
   });
