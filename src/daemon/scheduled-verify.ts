@@ -6,7 +6,7 @@
  * with the chain (api `verifyAgainst`, full or the same sample of blocks).
  */
 import { AbortedError, verify, verifyAgainst } from '../api/index.js';
-import type { JobConfig } from './config.js';
+import { targetOf, type JobConfig } from './config.js';
 import { errorInfo, storeOptionsOf, type RunContext } from './runner.js';
 import type { ScheduledVerify, UnitState } from './state.js';
 
@@ -44,8 +44,9 @@ export async function verifyUnit(job: JobConfig, s: UnitState, ctx: RunContext):
     };
     const a = job.applyTo;
     if (a && !a.host) {
-      const v = await verifyAgainst({ dir: s.chainDir!, against: a.target, samplePercent: pct, stateDir: ctx.stateDir, signal: ctx.signal, storeOptions: so });
-      out.replica = { ok: v.ok, target: a.target, blocksChecked: v.blocksChecked, mismatchedBlocks: v.mismatchedBlocks, stateOk: v.stateOk };
+      const target = targetOf(a.target, s.volume);
+      const v = await verifyAgainst({ dir: s.chainDir!, against: target, samplePercent: pct, stateDir: ctx.stateDir, signal: ctx.signal, storeOptions: so });
+      out.replica = { ok: v.ok, target, blocksChecked: v.blocksChecked, mismatchedBlocks: v.mismatchedBlocks, stateOk: v.stateOk };
     }
   } catch (e) {
     if (ctx.signal.aborted || e instanceof AbortedError) throw e;

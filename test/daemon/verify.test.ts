@@ -55,7 +55,7 @@ describe('thinarchive daemon: scheduled verification (image sources)', () => {
     t = await tempDir('daemon-verify');
     const a = t.join('a.img');
     const b = t.join('b.img');
-    const replica = t.join('replica.img');
+    const replica = t.join('a.img.replica'); // apply_to.target {name}.replica
     await writeFile(a, Buffer.concat([randomBytes(2 << 20), Buffer.alloc(2 << 20)]));
     // b: data and zero 64 KiB blocks in turn: 32 one-block data records to sample from.
     const bData = randomBytes(4 << 20);
@@ -70,7 +70,7 @@ jobs:
     volumes: [{image: ${a}}]
     every: 1s
     to: ${t.join('store')}
-    apply_to: {target: ${replica}, args: [--create-if-missing]}
+    apply_to: {target: ${t.join('{name}.replica')}, args: [--create-if-missing]}
     verify: {every: 2s}
   - name: sampled
     volumes: [{image: ${b}}]
