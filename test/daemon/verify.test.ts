@@ -70,7 +70,7 @@ jobs:
     volumes: [{image: ${a}}]
     every: 1s
     to: ${t.join('store')}
-    apply_to: {target: ${t.join('{name}.replica')}, args: [--create-if-missing]}
+    apply_to: {target: "${t.join('{name}.replica')}", args: [--create-if-missing]}
     verify: {every: 2s}
   - name: sampled
     volumes: [{image: ${b}}]
