@@ -455,7 +455,7 @@ export class Daemon {
     clearTimeout(timer);
     this.saveState();
     await this.writing;
-    await this.textfile.busy;
+    while (this.textfile.busy) await this.textfile.busy; // (a write asked for meanwhile follows the one in progress)
     this.http?.closeAllConnections();
     await Promise.all([
       new Promise((res) => (this.http ? this.http.close(res) : res(undefined))),
