@@ -450,7 +450,8 @@ export class ArchiveFile {
     return mapEnd;
   }
 
-  private async indexEntriesAt(offset: number): Promise<IndexEntry[]> {
+  /** The entries of the index frame at `offset` (one of loadIndexes()). Reads no payload. */
+  async indexEntriesAt(offset: number): Promise<IndexEntry[]> {
     const f = await this.frameAt(offset, FrameType.INDEX);
     return withFile(this.path, () => decodeIndexBody(f.body, f.offset)).entries;
   }

@@ -134,7 +134,7 @@ export function addVerifyAgainstOptions(cmd: Command): Command {
   return cmd
     .option('--against <target>', 'compare this image, block device or VG/LV with the chain\'s newest state (checksums only)')
     .option('--changed-only', 'with --against: only the blocks the newest archive touches')
-    .addOption(new Option('--sample <percent>', 'with --against: a random PERCENT of the blocks').argParser(percent))
+    .addOption(new Option('--sample <percent>', 'with --against: a random PERCENT of the blocks; without: the structure and links of every archive and a random PERCENT of its data records').argParser(percent))
     .option('--state-dir <dir>', 'with --against: where block-device target state is kept')
     .option('--wait', 'with --against: when a writer (apply, restore, repair, recover) holds the target, wait for it instead of failing with TARGET_LOCKED');
 }

@@ -26,15 +26,21 @@ function dur(s: number): string {
   return `${Math.round(s / 86_400)}d`;
 }
 
+/** The scheduled verification (else the last one of any kind): "ok full 3h ago", "FAILED sample 2m ago". */
+function verified(u: StatusReport['units'][number], now: number): string {
+  const v = u.scheduledVerify ?? u.lastVerify;
+  return v ? `${v.ok ? 'ok' : 'FAILED'} ${v.mode} ${ago(v.at, now)}` : '-';
+}
+
 export function printStatus(r: StatusReport): string {
   const now = Date.parse(r.generated);
   const head = r.daemon ? `daemon pid ${r.daemon.pid}, up since ${r.daemon.startedAt}` : 'no daemon running: from the state file';
-  const rows = [['JOB', 'VOLUME', 'STATE', 'LAST ATTEMPT', 'LAST SUCCESS', 'LAG', 'BYTES', 'TOOK', 'NEXT', 'CHAIN', 'LAST ERROR']];
+  const rows = [['JOB', 'VOLUME', 'STATE', 'LAST ATTEMPT', 'LAST SUCCESS', 'LAG', 'BYTES', 'TOOK', 'NEXT', 'CHAIN', 'VERIFIED', 'LAST ERROR']];
   for (const u of r.units) {
     rows.push([
       u.job, u.volume, u.state, ago(u.lastAttempt, now), ago(u.lastSuccess, now), u.lagSeconds === null ? '-' : dur(u.lagSeconds),
       u.bytes === null ? '-' : formatBytes(u.bytes), u.durationSeconds === null ? '-' : `${u.durationSeconds.toFixed(1)}s`, ago(u.nextRun, now),
-      u.chainLength === null ? '-' : String(u.chainLength), u.lastError && u.state === 'failing' ? `${u.lastError.code}: ${u.lastError.message}` : '-',
+      u.chainLength === null ? '-' : String(u.chainLength), verified(u, now), u.lastError && u.state === 'failing' ? `${u.lastError.code}: ${u.lastError.message}` : '-',
     ]);
   }
   const w = rows[0].map((_, i) => Math.max(...rows.map((x) => x[i].length)));
@@ -85,7 +91,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
 
   program
     .command('run')
-    .description('one run of a job now, for every volume (or one): send, retention, replica; state recorded for status (cron, systemd timers)')
+    .description('one run of a job now, for every volume (or one): send, retention, replica; state recorded for status (cron, systemd timers; refused while a daemon runs)')
     .argument('<job>', 'job name in the configuration')
     .option('--volume <VG/LV|PATH>', 'only this volume (or image) of the job')
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
@@ -97,9 +103,10 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
       else {
         for (const r of res) {
           const x = r.outcome;
-          ctx.err(x.ok
+          ctx.err((x.ok
             ? `${r.job} ${r.volume}: ok, ${formatBytes(x.bytes)} in ${x.seconds.toFixed(1)}s${x.attempts > 1 ? ` (${x.attempts} attempts)` : ''}, chain of ${x.chainLength ?? '?'} points`
-            : `${r.job} ${r.volume}: failed after ${x.attempts} attempt${x.attempts > 1 ? 's' : ''}: ${x.error!.code}: ${x.error!.message}`);
+            : `${r.job} ${r.volume}: failed after ${x.attempts} attempt${x.attempts > 1 ? 's' : ''}: ${x.error!.code}: ${x.error!.message}`)
+            + (r.recorded ? '' : ' (not recorded in the state file: a daemon started meanwhile)'));
         }
       }
       const failed = res.find((r) => !r.outcome.ok);

@@ -214,15 +214,15 @@ function buildProgram(): Command {
 
   addVerifyAgainstOptions(program
     .command('verify')
-    .description('check archives completely: every block checksum, the structure, the digest and the chain links')
+    .description('check archives completely: every block checksum, the structure, the digest and the chain links (--sample: a random share of the records)')
     .argument('<archives...>', "archive files or URLs, stores/chains (directories, ssh:// or s3:// URLs), or '-' for standard input"))
     .option('--json', 'print the report as JSON')
     .action(async (archives: string[], o) => {
       if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
-      const orphan = (['changedOnly', 'sample', 'stateDir'] as const).filter((k) => o[k] !== undefined);
+      const orphan = (['changedOnly', 'stateDir'] as const).filter((k) => o[k] !== undefined);
       if (orphan.length) throw new UsageError(`${orphan.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
       const progress = new Progress('verify');
-      const res = await verify({ inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined), storeOptions: storeOptions() });
+      const res = await verify({ inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined), storeOptions: storeOptions(), samplePercent: o.sample });
       progress.done();
       if (o.json) json(res);
       else out(printVerify(res));

@@ -84,7 +84,8 @@ export function printVerify(r: VerifyResult): string {
     const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`);
   }
-  lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
+  const sampled = r.mode === 'sample' ? ` (sampled ${r.samplePercent}%: ${r.recordsChecked} of ${r.dataRecords} data records)` : '';
+  lines.push(`${r.ok ? 'verified' : 'verification FAILED'}${sampled}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
   return lines.join('\n');
 }
 

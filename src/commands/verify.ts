@@ -4,12 +4,19 @@
  * chain. Reports all findings, typed, rather than stopping at the first: a bad payload is recorded
  * and the archive read on; a structural error ends that archive's check (what follows cannot be
  * trusted) and the next archive is checked.
+ *
+ * Sampled (`samplePercent`): every archive's header, map, index chain and trailer totals are checked
+ * (ArchiveFile.preflight, no payload), the chain links too, and a random PERCENT of its data records
+ * (at least one when it has any; chosen uniformly, without repeats) is read, decompressed and
+ * hashed. Not checked: the digest over the whole archive and the records not drawn. Repeated sampled
+ * runs cover the archives; a full run is the complete check.
  */
 import { stat } from 'node:fs/promises';
-import { FormatError, ioError, ThinarchiveError } from '../errors.js';
+import { FormatError, ioError, ThinarchiveError, UsageError } from '../errors.js';
 import { payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
-import { filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
-import type { ArchiveHeader, Trailer } from '../format/types.js';
+import { ArchiveFile, filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
+import { FrameType } from '../format/constants.js';
+import type { ArchiveHeader, DataRecordHead, IndexEntry, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl } from '../store/open.js';
 import type { Finding, FindingCode } from '../chain/findings.js';
@@ -30,9 +37,16 @@ export interface VerifiedArchive {
 
 export interface VerifyResult {
   ok: boolean;
+  /** full: every byte read; sample: structure and links, and a random share of the data records */
+  mode: 'full' | 'sample';
+  samplePercent?: number;
   archives: VerifiedArchive[];
   findings: Finding[];
+  /** full: archive bytes read; sample: bytes of the data records drawn */
   bytesRead: number;
+  /** sample: data records in the archives, and how many were read and checked */
+  dataRecords?: number;
+  recordsChecked?: number;
   seconds: number;
 }
 
@@ -43,6 +57,10 @@ export interface VerifyOptions {
   signal?: AbortSignal;
   /** Options for remote stores (ssh options, S3 endpoint, ...). */
   storeOptions?: StoreOptions;
+  /** Sampled verification (see above): the percentage (0 < p <= 100) of each archive's data records to read. */
+  samplePercent?: number;
+  /** test hook: random numbers in [0, 1) for sampling */
+  random?: () => number;
 }
 
 function findingOf(e: unknown, archive: string): Finding {
@@ -52,6 +70,88 @@ function findingOf(e: unknown, archive: string): Finding {
   }
   if (e instanceof ThinarchiveError) return { code: 'UNREADABLE', detail: e.code, archive, message: e.message };
   throw e;
+}
+
+/** Decompress and hash one record's payload on the pool; what does not match becomes findings. */
+async function checkPayload(
+  pool: WorkerPool, buffers: RecordBuffers, buf: ArrayBuffer, len: number, r: DataRecordHead, blockSize: number, label: string, offset: number, findings: Finding[],
+): Promise<void> {
+  const res = await pool.decodeRecycled(buf, len, r, blockSize, false);
+  for (const b of res.spare) buffers.give(b);
+  if (res.ok) return;
+  if (res.badBlocks?.length) {
+    for (const i of res.badBlocks) {
+      findings.push({ code: 'CHECKSUM_MISMATCH', detail: 'BLOCK_CHECKSUM', archive: label, offset, block: r.firstBlock + i,
+        message: `block ${r.firstBlock + i} does not match its checksum (record at offset ${offset})` });
+    }
+  } else {
+    findings.push({ code: 'PAYLOAD_CORRUPT', detail: 'PAYLOAD_CORRUPT', archive: label, offset, block: r.firstBlock,
+      message: `record at block ${r.firstBlock}: ${res.error}` });
+  }
+}
+
+/** `k` of `items` drawn uniformly without repeats (a partial Fisher-Yates shuffle of a copy). */
+export function drawSample<T>(items: readonly T[], k: number, random: () => number = Math.random): T[] {
+  const a = items.slice();
+  const n = Math.min(k, a.length);
+  for (let i = 0; i < n; i++) {
+    const j = i + Math.min(a.length - i - 1, Math.floor(random() * (a.length - i)));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a.slice(0, n);
+}
+
+/** Data records to draw from `n`: PERCENT of them, rounded up (at least one when there are any). */
+export function sampleSize(n: number, percent: number): number {
+  return Math.min(n, Math.ceil((n * percent) / 100));
+}
+
+/** Sampled check of one stored archive (see the top of this file). */
+async function sampleOne(
+  label: string, openFile: () => Promise<ArchiveFile>, pool: WorkerPool, findings: Finding[], opts: VerifyOptions, buffers: RecordBuffers,
+): Promise<{ v: VerifiedArchive; header?: ArchiveHeader; bytesRead: number; dataRecords: number; checked: number }> {
+  const v: VerifiedArchive = { archive: label, ok: false, bytes: 0, dataBlocks: 0, zeroBlocks: 0, rawBytes: 0 };
+  const before = findings.length;
+  const pending: Promise<void>[] = [];
+  const limit = pool.size * 3;
+  let header: ArchiveHeader | undefined;
+  let af: ArchiveFile | undefined;
+  let bytesRead = 0;
+  let dataRecords = 0;
+  let checked = 0;
+  try {
+    af = await openFile();
+    header = af.header;
+    Object.assign(v, { archiveId: header.archiveId, chainId: header.chainId, sequence: header.sequence, full: header.full, bytes: af.size });
+    Object.assign(v, { dataBlocks: af.trailer.dataBlocks, zeroBlocks: af.trailer.zeroBlocks, rawBytes: af.trailer.rawBytes });
+    await af.preflight();
+    const data: IndexEntry[] = [];
+    for (const ix of await af.loadIndexes()) for (const e of await af.indexEntriesAt(ix.offset)) if (e.type === FrameType.DATA) data.push(e);
+    dataRecords = data.length;
+    const drawn = drawSample(data, sampleSize(data.length, opts.samplePercent!), opts.random).sort((a, b) => a.offset - b.offset);
+    for (const e of drawn) {
+      opts.signal?.throwIfAborted();
+      const into = buffers.take();
+      const r = await af.readRecordAt(e.offset, into, e).catch((err: unknown) => {
+        buffers.give(into);
+        throw err;
+      });
+      const p = r.payload!;
+      if (p.buffer !== into) buffers.give(into);
+      bytesRead += p.length;
+      checked++;
+      pending.push(checkPayload(pool, buffers, payloadStart(p), p.length, r.data!, header.blockSize, label, e.offset, findings));
+      if (pending.length >= limit) await pending.shift();
+      opts.onProgress?.({ archive: label, bytesRead: e.offset });
+    }
+  } catch (e) {
+    findings.push(findingOf(e, label));
+  } finally {
+    await Promise.all(pending);
+    await af?.close();
+  }
+  v.ok = findings.length === before;
+  return { v, header, bytesRead, dataRecords, checked };
 }
 
 async function verifyOne(
@@ -75,19 +175,7 @@ async function verifyOne(
         // The payload is the start of a buffer from `buffers` (or owns its own): sent to a worker and back.
         const buf = payloadStart(p);
         const offset = ev.offset;
-        pending.push(pool.decodeRecycled(buf, p.length, r, header!.blockSize, false).then((res) => {
-          for (const b of res.spare) buffers.give(b);
-          if (res.ok) return;
-          if (res.badBlocks?.length) {
-            for (const i of res.badBlocks) {
-              findings.push({ code: 'CHECKSUM_MISMATCH', detail: 'BLOCK_CHECKSUM', archive: label, offset, block: r.firstBlock + i,
-                message: `block ${r.firstBlock + i} does not match its checksum (record at offset ${offset})` });
-            }
-          } else {
-            findings.push({ code: 'PAYLOAD_CORRUPT', detail: 'PAYLOAD_CORRUPT', archive: label, offset, block: r.firstBlock,
-              message: `record at block ${r.firstBlock}: ${res.error}` });
-          }
-        }));
+        pending.push(checkPayload(pool, buffers, buf, p.length, r, header!.blockSize, label, offset, findings));
         if (pending.length >= limit) await pending.shift();
       } else if (ev.type === 'trailer') {
         trailer = ev.trailer;
@@ -140,15 +228,20 @@ function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader; store: 
 
 export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const started = performance.now();
+  const pct = opts.samplePercent;
+  if (pct !== undefined && (!(pct > 0) || pct > 100)) throw new UsageError('--sample must be a percentage above 0 and at most 100');
   const findings: Finding[] = [];
   const archives: VerifiedArchive[] = [];
   // Group inputs: a directory is every chain in it (each checked for links); files are checked alone
-  // and, when several of one chain are named, for links too.
-  type Group = { label: string; store: boolean; items: { label: string; open: () => AsyncIterable<Uint8Array> | PositionalSource }[] };
+  // and, when several of one chain are named, for links too. `file` opens a stored archive for
+  // random access (sampled verification).
+  type Item = { label: string; open: () => AsyncIterable<Uint8Array> | PositionalSource; file?: () => Promise<ArchiveFile> };
+  type Group = { label: string; store: boolean; items: Item[] };
   const groups: Group[] = [];
   for (const ref of opts.inputs) {
     if (ref === '-') {
       if (!opts.stdin) throw new ThinarchiveError('USAGE', 'no standard input', 'usage');
+      if (pct !== undefined) throw new UsageError('--sample reads archives in files or a store, not standard input');
       groups.push({ label: '-', store: false, items: [{ label: 'standard input', open: () => opts.stdin! }] });
       continue;
     }
@@ -167,27 +260,37 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       // archive missing inside a chain is a finding.
       throw ioError(e, `cannot open archive ${ref}`);
     }
+    const local = (path: string): Item => ({ label: path, open: () => filePositionalSource(path), file: () => ArchiveFile.open(path) });
     if (isDir) {
       const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);
       if (chains.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this directory' });
-      for (const c of chains) {
-        groups.push({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => filePositionalSource(a.path) })) });
-      }
+      for (const c of chains) groups.push({ label: c.dir, store: true, items: c.archives.map((a) => local(a.path)) });
     } else {
-      groups.push({ label: ref, store: false, items: [{ label: ref, open: () => filePositionalSource(ref) }] });
+      groups.push({ label: ref, store: false, items: [local(ref)] });
     }
   }
   let bytesRead = 0;
+  let dataRecords = 0;
+  let recordsChecked = 0;
   const buffers = new RecordBuffers();
   await withPool(async (pool) => {
     const byChain = new Map<string, { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[]>();
     for (const g of groups) {
       const results: { v: VerifiedArchive; header?: ArchiveHeader; store: boolean }[] = [];
       for (const it of g.items) {
-        const r = await verifyOne(it.label, it.open(), pool, findings, opts, buffers);
-        bytesRead += r.v.bytes;
+        let r: { v: VerifiedArchive; header?: ArchiveHeader };
+        if (pct !== undefined) {
+          const s = await sampleOne(it.label, it.file!, pool, findings, opts, buffers);
+          bytesRead += s.bytesRead;
+          dataRecords += s.dataRecords;
+          recordsChecked += s.checked;
+          r = s;
+        } else {
+          r = await verifyOne(it.label, it.open(), pool, findings, opts, buffers);
+          bytesRead += r.v.bytes;
+        }
         archives.push(r.v);
-        results.push({ ...r, store: g.store });
+        results.push({ v: r.v, header: r.header, store: g.store });
       }
       for (const r of results) {
         const key = r.header?.chainId ?? `?${r.v.archive}`;
@@ -200,5 +303,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       checkLinks(chain, findings);
     }
   });
-  return { ok: findings.length === 0, archives, findings, bytesRead, seconds: (performance.now() - started) / 1000 };
+  const seconds = (performance.now() - started) / 1000;
+  if (pct === undefined) return { ok: findings.length === 0, mode: 'full', archives, findings, bytesRead, seconds };
+  return { ok: findings.length === 0, mode: 'sample', samplePercent: pct, archives, findings, bytesRead, dataRecords, recordsChecked, seconds };
 }

@@ -124,6 +124,51 @@ unknown_top: 1
     expect(e.exitClass).toBe('usage');
     expect(e.message).toContain('line 1: jobs: must NOT have fewer than 1 items');
   });
+
+  it('verify: every and sample (full or a percentage); needs a store; metrics.textfile is an absolute *.prom path', () => {
+    const ok = checkConfigText(`metrics: {textfile: /var/lib/node_exporter/thinarchive.prom}
+jobs:
+  - {name: a, volumes: [vg0/a], every: 30s, to: /s, verify: {every: 1d, sample: 5%}}
+  - {name: b, volumes: [vg0/b], every: 30s, to: /s, verify: {every: 12h}}
+  - {name: c, volumes: [vg0/c], every: 30s, to: /s, verify: {every: 1w, sample: full}}
+`);
+    expect(ok.problems).toEqual([]);
+    expect(ok.config!.metrics).toEqual({ textfile: '/var/lib/node_exporter/thinarchive.prom' });
+    expect(ok.config!.jobs.map((j) => j.verify)).toEqual([{ every: 86_400_000, samplePercent: 5 }, { every: 43_200_000 }, { every: 604_800_000 }]);
+    const bad = checkConfigText(`metrics: {textfile: thinarchive.txt}
+jobs:
+  - name: a
+    volumes: [vg0/a]
+    every: 30s
+    apply_to: {host: ssh://h, target: vg1/a}
+    verify: {every: 1d}
+  - name: b
+    volumes: [vg0/b]
+    every: 30s
+    to: /s
+    verify: {every: 1d, sample: 0%, colour: red}
+  - name: c
+    volumes: [vg0/c]
+    every: 30s
+    to: /s
+    verify: {sample: half}
+`);
+    expect(bad.problems).toEqual([
+      { line: 1, message: 'metrics.textfile: an absolute path ending in .prom (node_exporter\'s textfile collector reads *.prom)' },
+      { line: 12, message: 'unknown key "colour" in jobs[1].verify' },
+      { line: 17, message: 'jobs[2].verify: missing key "every"' },
+      { line: 17, message: 'jobs[2].verify.sample: "full" or a percentage (examples: full, 5%, 0.5%)' },
+    ]);
+    const semantic = checkConfigText(`jobs:
+  - {name: a, volumes: [vg0/a], every: 30s, apply_to: {host: ssh://h, target: vg1/a}, verify: {every: 1d}}
+  - {name: b, volumes: [vg0/b], every: 30s, to: /s, verify: {every: 1d, sample: 0%}}
+`);
+    expect(semantic.problems).toEqual([
+      { line: 2, message: 'jobs[0].verify: scheduled verification checks the job\'s store (and its local replica): add "to"' },
+      { line: 3, message: 'jobs[1].verify.sample: a percentage above 0 and at most 100' },
+    ]);
+    expect(checkConfigText('metrics: {}\njobs: [{name: a, volumes: [vg0/a], every: 1s, to: /s}]\n').problems).toHaveLength(1);
+  });
 });
 
 describe('apply_to.target placeholders', () => {

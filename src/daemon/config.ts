@@ -13,6 +13,7 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
+import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
 
 export const DEFAULT_CONFIG = '/etc/thinarchive/thinarchive.yml';
@@ -52,6 +53,14 @@ export interface ApplyTo {
 /** One source of a job: a thin LV (or a pattern of them) or an image file. */
 export type SourceSpec = { kind: 'volume'; pattern: string } | { kind: 'image'; path: string };
 
+/** A job's scheduled verification (`verify:`). */
+export interface VerifySchedule {
+  /** milliseconds */
+  every: number;
+  /** undefined: full */
+  samplePercent?: number;
+}
+
 export interface JobConfig {
   name: string;
   sources: SourceSpec[];
@@ -60,6 +69,7 @@ export interface JobConfig {
   to?: string;
   keep?: KeepRules;
   applyTo?: ApplyTo;
+  verify?: VerifySchedule;
   level?: number;
   retry: { attempts: number; initialMs: number; maxMs: number };
   /** the line of the job in the file */
@@ -68,7 +78,8 @@ export interface JobConfig {
 
 export interface DaemonConfig {
   path: string;
-  metrics?: { listen: string };
+  /** at least one of the two */
+  metrics?: { listen?: string; textfile?: string };
   stateDir?: string;
   sshOptions: string[];
   s3Endpoint?: string;
@@ -94,8 +105,11 @@ const SCHEMA = {
     s3_endpoint: { type: 'string', minLength: 1 },
     lease_ttl: duration,
     metrics: {
-      type: 'object', additionalProperties: false, required: ['listen'],
-      properties: { listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$' } },
+      type: 'object', additionalProperties: false, minProperties: 1,
+      properties: {
+        listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$' },
+        textfile: { type: 'string', pattern: '^/.*[^/]\\.prom$' },
+      },
     },
     jobs: {
       type: 'array', minItems: 1,
@@ -128,6 +142,10 @@ const SCHEMA = {
               args: { type: 'array', items: { type: 'string' } },
               verify: { type: 'boolean' },
             },
+          },
+          verify: {
+            type: 'object', additionalProperties: false, required: ['every'],
+            properties: { every: duration, sample: { type: 'string', pattern: '^\\s*(full|\\d+(\\.\\d+)?\\s*%)\\s*$' } },
           },
           retry: {
             type: 'object', additionalProperties: false,
@@ -175,6 +193,8 @@ function describe(e: ErrorObject, path: (string | number)[]): string {
     case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"${path.length ? ` in ${where}` : ''}`;
     case 'required': return `${where}: missing key "${(e.params as { missingProperty: string }).missingProperty}"`;
     case 'pattern':
+      if (path[path.length - 1] === 'sample') return `${where}: "full" or a percentage (examples: full, 5%, 0.5%)`;
+      if (path[path.length - 1] === 'textfile') return `${where}: an absolute path ending in .prom (node_exporter's textfile collector reads *.prom)`;
       if (path[path.length - 1] === 'every' || path[0] === 'lease_ttl' || path.includes('keep') || path.includes('retry')) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
       if (path.includes('volumes')) return `${where}: not VG/LV (patterns allowed: vg0/vm-*)`;
       return `${where}: ${e.message}`;
@@ -240,12 +260,20 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       weekly: j.keep.weekly, monthly: j.keep.monthly, yearly: j.keep.yearly,
     } : undefined;
     const every = ms(['jobs', i, 'every'], j.every)!;
+    let verify: VerifySchedule | undefined;
+    if (j.verify) {
+      if (j.to === undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify']), message: `jobs[${i}].verify: scheduled verification checks the job's store (and its local replica): add "to"` });
+      const sample = String(j.verify.sample ?? 'full').trim();
+      const pct = sample === 'full' ? undefined : Number(sample.replace(/%$/, '').trim());
+      if (pct !== undefined && !(pct > 0 && pct <= 100)) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify', 'sample']), message: `jobs[${i}].verify.sample: a percentage above 0 and at most 100` });
+      verify = { every: ms(['jobs', i, 'verify', 'every'], j.verify.every)!, ...(pct !== undefined ? { samplePercent: pct } : {}) };
+    }
     const retry = {
       attempts: j.retry?.attempts ?? 5,
       initialMs: ms(['jobs', i, 'retry', 'initial'], j.retry?.initial) ?? 1000,
       maxMs: ms(['jobs', i, 'retry', 'max'], j.retry?.max) ?? 60_000,
     };
-    jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, level: j.level, retry, line });
+    jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, verify, level: j.level, retry, line });
   });
   const leaseTtlMs = raw.lease_ttl === undefined ? DEFAULT_LEASE_TTL_MS : parseDuration(raw.lease_ttl);
   if (leaseTtlMs < MIN_LEASE_TTL_MS) problems.push({ line: lineOf(doc, lc, ['lease_ttl']), message: `lease_ttl: must be at least ${MIN_LEASE_TTL_MS / 1000}s` });
@@ -279,6 +307,16 @@ export async function checkConfig(path = DEFAULT_CONFIG): Promise<{ problems: Co
   }
   const r = checkConfigText(text);
   return { problems: r.problems, config: r.config ? { ...r.config, path } : undefined };
+}
+
+/** The state directory an invalid file names (its `state_dir` when that is a string), for `status` to find a running daemon. */
+export async function stateDirHint(path: string): Promise<string | undefined> {
+  try {
+    const data = parseDocument(await readFile(path, 'utf8')).toJS() as { state_dir?: unknown } | null;
+    return typeof data?.state_dir === 'string' ? data.state_dir : defaultStateDir();
+  } catch {
+    return undefined;
+  }
 }
 
 /** The config at `path`, or a ConfigError (code CONFIG_INVALID, exit 2) listing every problem. */

@@ -1,18 +1,25 @@
 /**
  * `thinarchive daemon` (docs/DAEMON.md): one process runs every job on schedule. Each job and volume
  * (a "unit") has its own loop, so a failing or slow volume never delays another; a unit's runs never
- * overlap, and slots that pass while a run is still going are skipped and counted. State is written
- * atomically after every run; the status socket and /metrics read the live state.
+ * overlap, and slots that pass while a run is still going are skipped and counted. A job's scheduled
+ * verification runs in the unit's loop after a successful run, when due. State is written
+ * atomically after every run; the status socket, /metrics and the metrics textfile show the live
+ * state. The daemon holds the state directory's lock for its whole life: `thinarchive run` refuses
+ * while a daemon runs.
  */
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
 import { ChainLeaseHolder, thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
-import { checkConfig, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
+import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
-import { abortableSleep, runUnit, type RunOutcome } from './runner.js';
-import { emptyUnit, readState, removeStaleTemps, SOCKET_FILE, stateDirOf, unitKey, writeState, type UnitState } from './state.js';
+import { runUnit, type RunOutcome } from './runner.js';
+import { isVerifyDue, verifyDueAt, verifyUnit } from './scheduled-verify.js';
+import {
+  afterRun, afterVerify, emptyUnit, lockStateDir, readState, removeStaleTemps, removeStaleTempsOf, SOCKET_FILE, stateDirOf, unitKey, writeState,
+  type ScheduledVerify, type StateLock, type UnitState,
+} from './state.js';
 
 export const STATUS_VERSION = 1;
 
@@ -31,7 +38,12 @@ export interface UnitStatus {
   nextRun: string | null;
   chainLength: number | null;
   chainId: string | null;
+  /** the last verification of any kind (after an apply: changed-only; scheduled: full or sample) */
   lastVerify: { at: string; ok: boolean; mode: string } | null;
+  /** the last scheduled verification (job `verify:`) */
+  scheduledVerify: ScheduledVerify | null;
+  /** when the next scheduled verification is due (after the first successful run from then); null without `verify:` or from the state file */
+  nextVerify: string | null;
   consecutiveFailures: number;
   /** since the daemon started (null from the state file) */
   skippedRuns: number | null;
@@ -47,7 +59,13 @@ export interface StatusReport {
   units: UnitStatus[];
 }
 
-export function unitStatus(u: UnitState, now: number, live?: { running: boolean; next: number; skipped: number; runs: number }): UnitStatus {
+/** The next scheduled verification: after the first run that starts once it is due. */
+function nextVerifyOf(job: JobConfig | undefined, u: UnitState, nextRun: number | undefined): string | null {
+  const due = job ? verifyDueAt(job, u) : undefined;
+  return due === undefined || nextRun === undefined ? null : new Date(Math.max(due, nextRun)).toISOString();
+}
+
+export function unitStatus(u: UnitState, now: number, live?: { running: boolean; next: number; skipped: number; runs: number; job?: JobConfig }): UnitStatus {
   const failing = u.lastError !== null && (u.lastSuccess === null || u.lastError.at > u.lastSuccess);
   return {
     job: u.job, volume: u.volume,
@@ -55,7 +73,8 @@ export function unitStatus(u: UnitState, now: number, live?: { running: boolean;
     lastAttempt: u.lastAttempt, lastSuccess: u.lastSuccess, lastError: u.lastError,
     lagSeconds: u.newestPoint ? Math.max(0, Math.round((now - Date.parse(u.newestPoint)) / 1000)) : null,
     bytes: u.bytes, durationSeconds: u.durationSeconds, nextRun: live ? new Date(live.next).toISOString() : null,
-    chainLength: u.chainLength, chainId: u.chainId, lastVerify: u.lastVerify, consecutiveFailures: u.consecutiveFailures,
+    chainLength: u.chainLength, chainId: u.chainId, lastVerify: u.lastVerify, scheduledVerify: u.scheduledVerify ?? null,
+    nextVerify: nextVerifyOf(live?.job, u, live?.next), consecutiveFailures: u.consecutiveFailures,
     skippedRuns: live ? live.skipped : null, runs: live ? live.runs : null,
   };
 }
@@ -70,6 +89,8 @@ interface Unit {
   stop: AbortController;
   /** The lease of the chain the unit writes: held from its first run to its end (stop, reload removal). */
   lease: ChainLeaseHolder;
+  /** wakes the loop from its sleep (a reload changed `next`) */
+  wake?: () => void;
   loop?: Promise<void>;
 }
 
@@ -85,6 +106,11 @@ export function nextSlot(slot: number, every: number, now: number): { next: numb
     next += missed * every;
   }
   return { next, missed };
+}
+
+/** A reload changed a waiting unit's interval: its next run is `every` after its last attempt began (at once when that has passed). */
+export function rescheduled(lastAttemptMs: number | undefined, every: number, now: number): number {
+  return lastAttemptMs === undefined ? now : Math.max(now, lastAttemptMs + every);
 }
 
 function globRegex(pattern: string): RegExp {
@@ -138,10 +164,15 @@ export class Daemon {
   readonly stateDir: string;
   readonly metrics = new DaemonMetrics();
   private readonly units = new Map<string, Unit>();
+  /** loops of units a reload removed, still ending: a unit added again for the same key waits for its old loop */
+  private readonly ending = new Map<string, Promise<void>>();
   private state = new Map<string, UnitState>();
   private socket?: Server;
   private http?: HttpServer;
+  private lock?: StateLock;
   private writing: Promise<void> = Promise.resolve();
+  private reloading: Promise<boolean> = Promise.resolve(true);
+  private textfile: { path?: string; busy?: Promise<void>; again: boolean } = { again: false };
   private readonly startedAt = new Date();
   private stopping = false;
 
@@ -159,6 +190,9 @@ export class Daemon {
     await mkdir(this.stateDir, { recursive: true, mode: 0o700 });
     const sockPath = join(this.stateDir, SOCKET_FILE);
     if (await askDaemon(this.stateDir, 1000)) throw new ThinarchiveError('DAEMON_RUNNING', `a daemon already answers on ${sockPath}`);
+    // The state directory's lock, for the daemon's life (a `thinarchive run` merging its outcome holds it for a moment).
+    this.lock = await lockStateDir(this.stateDir, 5000);
+    if (!this.lock) throw new ThinarchiveError('DAEMON_RUNNING', `another thinarchive daemon or run holds ${join(this.stateDir, 'daemon.lock')}`);
     await rm(sockPath, { force: true });
     await removeStaleTemps(this.stateDir);
     this.state = await readState(this.stateDir);
@@ -181,8 +215,9 @@ export class Daemon {
       const s = this.state.get(unitKey(u.job.name, u.volume));
       return s?.newestPoint ? [{ job: u.job.name, volume: u.volume, newestMs: Date.parse(s.newestPoint) }] : [];
     });
-    if (this.config.metrics) this.http = await this.metrics.serve(this.config.metrics.listen);
+    if (this.config.metrics?.listen) this.http = await this.metrics.serve(this.config.metrics.listen);
     await this.applyJobs(this.config);
+    await this.setTextfile(this.config.metrics?.textfile);
     this.log.info({ config: this.configPath, stateDir: this.stateDir, units: this.units.size }, 'daemon started');
   }
 
@@ -199,32 +234,47 @@ export class Daemon {
       }
       for (const v of volumes) wanted.set(unitKey(job.name, v), { job, volume: v });
     }
+    let removed = false;
     for (const [key, u] of this.units) {
       if (wanted.has(key)) continue;
       u.stop.abort(new Error('removed from the configuration'));
       this.units.delete(key);
+      // Its state and metric series go too (label sets stay bounded; a volume added again starts afresh,
+      // its chain is continued by the send as always).
+      this.state.delete(key);
       this.metrics.forget(u.job.name, u.volume);
+      const loop = u.loop ?? Promise.resolve();
+      this.ending.set(key, loop);
+      void loop.finally(() => { if (this.ending.get(key) === loop) this.ending.delete(key); });
+      removed = true;
+      this.log.info({ job: u.job.name, volume: u.volume }, 'removed from the configuration');
     }
     const now = Date.now();
     for (const [key, w] of wanted) {
       const existing = this.units.get(key);
       if (existing) {
-        if (existing.job.every !== w.job.every) existing.next = Math.min(existing.next, now + w.job.every);
+        const old = existing.job.every;
         existing.job = w.job;
+        if (old !== w.job.every && !existing.running) {
+          const last = this.state.get(key)?.lastAttempt;
+          existing.next = rescheduled(last ? Date.parse(last) : undefined, w.job.every, now);
+          existing.wake?.();
+        }
         continue;
       }
       const prev = this.state.get(key);
       if (!prev) this.state.set(key, emptyUnit(w.job.name, w.volume));
       const last = prev?.lastAttempt ? Date.parse(prev.lastAttempt) : undefined;
       const unit: Unit = {
-        job: w.job, volume: w.volume, running: false, next: last !== undefined ? Math.max(now, last + w.job.every) : now, skipped: 0, runs: 0,
+        job: w.job, volume: w.volume, running: false, next: rescheduled(last, w.job.every, now), skipped: 0, runs: 0,
         stop: new AbortController(), lease: new ChainLeaseHolder({ job: w.job.name, ttlMs: config.leaseTtlMs, log: this.log }),
       };
       if (prev) this.initMetrics(prev);
       this.units.set(key, unit);
-      unit.loop = this.loop(unit);
+      unit.loop = this.loop(unit, this.ending.get(key));
     }
     this.config = config;
+    if (removed) this.saveState();
   }
 
   private initMetrics(s: UnitState): void {
@@ -232,28 +282,58 @@ export class Daemon {
     if (s.lastSuccess) this.metrics.lastSuccess.set(l, Date.parse(s.lastSuccess) / 1000);
     if (s.chainLength !== null) this.metrics.chainLength.set(l, s.chainLength);
     if (s.lastVerify?.ok) this.metrics.verifySuccess.set(l, Date.parse(s.lastVerify.at) / 1000);
+    const sv = s.scheduledVerify;
+    if (sv?.ok) this.metrics.scheduledVerifySuccess.set(l, Date.parse(sv.at) / 1000);
   }
 
-  private async loop(unit: Unit): Promise<void> {
+  /** Sleep until the unit's next slot; false when it was stopped. A reload may move `next` and wake it. */
+  private async sleepUntilNext(unit: Unit): Promise<boolean> {
     const signal = unit.stop.signal;
     while (!signal.aborted) {
-      try {
-        await abortableSleep(Math.max(0, unit.next - Date.now()), signal);
-      } catch {
-        break;
-      }
+      const ms = unit.next - Date.now();
+      if (ms <= 0) return true;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(t);
+          signal.removeEventListener('abort', done);
+          unit.wake = undefined;
+          resolve();
+        };
+        const t = setTimeout(done, ms);
+        unit.wake = done;
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+    return false;
+  }
+
+  private async loop(unit: Unit, previous?: Promise<void>): Promise<void> {
+    await previous;
+    const signal = unit.stop.signal;
+    const key = unitKey(unit.job.name, unit.volume);
+    while (await this.sleepUntilNext(unit)) {
       unit.running = true;
-      const key = unitKey(unit.job.name, unit.volume);
-      const prev = this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume);
-      const attemptAt = new Date();
       let out: RunOutcome;
+      const attemptAt = new Date();
+      const ctx = { config: this.config, stateDir: this.stateDir, log: this.log, signal, lease: unit.lease };
       try {
-        out = await runUnit(unit.job, unit.volume, prev, { config: this.config, stateDir: this.stateDir, log: this.log, signal, lease: unit.lease });
+        out = await runUnit(unit.job, unit.volume, this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume), ctx);
+        if (this.units.get(key) !== unit) break; // removed by a reload meanwhile: nothing to record
+        unit.runs++;
+        this.record(unit, attemptAt, out);
+        const s = this.state.get(key)!;
+        if (out.ok && isVerifyDue(unit.job, s, Date.now())) {
+          let v: ScheduledVerify | undefined;
+          try {
+            v = await verifyUnit(unit.job, s, ctx);
+          } catch {
+            // aborted (stop or removal): nothing recorded, due again at the next run
+          }
+          if (v && this.units.get(key) === unit) this.recordVerify(unit, v);
+        }
       } finally {
         unit.running = false;
       }
-      unit.runs++;
-      this.record(unit, prev, attemptAt, out);
       // The next slot after now; the slots a long run passed over are skipped and counted.
       const { next, missed } = nextSlot(unit.next, unit.job.every, Date.now());
       unit.next = next;
@@ -266,36 +346,71 @@ export class Daemon {
     await unit.lease.release();
   }
 
-  private record(unit: Unit, prev: UnitState, attemptAt: Date, out: RunOutcome): void {
+  private record(unit: Unit, attemptAt: Date, out: RunOutcome): void {
+    const key = unitKey(unit.job.name, unit.volume);
     const l = { job: unit.job.name, volume: unit.volume };
-    const s: UnitState = { ...prev, lastAttempt: attemptAt.toISOString() };
+    const s = afterRun(this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume), attemptAt, out);
     this.metrics.duration.observe(l, out.seconds);
     this.metrics.lastAttempt.set(l, Date.now() / 1000);
     if (out.ok) {
-      Object.assign(s, {
-        lastSuccess: new Date().toISOString(), bytes: out.bytes, durationSeconds: Math.round(out.seconds * 1000) / 1000, chainId: out.chainId ?? s.chainId,
-        chainDir: out.chainDir ?? s.chainDir, chainLength: out.chainLength ?? s.chainLength, lastArchiveId: out.archiveId ?? s.lastArchiveId,
-        newestPoint: out.newestPoint ?? s.newestPoint, consecutiveFailures: 0, lastVerify: out.verify ?? s.lastVerify,
-      });
-      this.metrics.lastSuccess.set(l, Date.now() / 1000);
+      this.metrics.lastSuccess.set(l, Date.parse(s.lastSuccess!) / 1000);
       this.metrics.bytes.inc(l, out.bytes);
       if (s.chainLength !== null) this.metrics.chainLength.set(l, s.chainLength);
       if (out.verify?.ok) this.metrics.verifySuccess.set(l, Date.parse(out.verify.at) / 1000);
     } else if (out.error!.code !== 'ABORTED') {
-      s.lastError = { code: out.error!.code, message: out.error!.message, at: new Date().toISOString() };
-      s.consecutiveFailures++;
-      this.metrics.failures.inc({ ...l, code: out.error!.code });
-    } else {
-      s.lastAttempt = prev.lastAttempt;
+      this.metrics.fail(unit.job.name, unit.volume, out.error!.code);
     }
-    this.state.set(unitKey(unit.job.name, unit.volume), s);
+    this.state.set(key, s);
     this.saveState();
   }
 
+  private recordVerify(unit: Unit, v: ScheduledVerify): void {
+    const key = unitKey(unit.job.name, unit.volume);
+    const l = { job: unit.job.name, volume: unit.volume };
+    this.state.set(key, afterVerify(this.state.get(key)!, v));
+    if (v.ok) {
+      this.metrics.verifySuccess.set(l, Date.parse(v.at) / 1000);
+      this.metrics.scheduledVerifySuccess.set(l, Date.parse(v.at) / 1000);
+    } else this.metrics.fail(unit.job.name, unit.volume, v.error?.code ?? 'VERIFY_FAILED');
+    this.saveState();
+  }
+
+  /** Write the state file (in order), then the metrics textfile. */
   private saveState(): void {
     const units = [...this.state.values()];
     this.writing = this.writing.then(() => writeState(this.stateDir, units)).catch((e) => {
       this.log.warn({ code: (e as ThinarchiveError).code }, `cannot write the state file: ${(e as Error).message}`);
+    });
+    this.writeTextfile();
+  }
+
+  /** Start (or stop) writing the metrics textfile at `path`; written at once. */
+  private async setTextfile(path: string | undefined): Promise<void> {
+    if (path === this.textfile.path) return;
+    this.textfile.path = path;
+    if (!path) return;
+    await removeStaleTempsOf(path);
+    this.writeTextfile();
+    await this.textfile.busy;
+  }
+
+  /** Write the textfile (one write at a time; a request during a write makes one more after it). */
+  private writeTextfile(): void {
+    const tf = this.textfile;
+    if (!tf.path) return;
+    if (tf.busy) {
+      tf.again = true;
+      return;
+    }
+    const path = tf.path;
+    tf.busy = this.metrics.writeTextfile(path).catch((e) => {
+      this.log.warn({ code: (e as NodeJS.ErrnoException).code, path }, `cannot write the metrics textfile: ${(e as Error).message}`);
+    }).finally(() => {
+      tf.busy = undefined;
+      if (tf.again) {
+        tf.again = false;
+        this.writeTextfile();
+      }
     });
   }
 
@@ -308,20 +423,28 @@ export class Daemon {
     };
   }
 
-  /** SIGHUP: read the config again; a bad one is logged and the running one kept. */
-  async reload(): Promise<boolean> {
+  /** SIGHUP: read the config again; a bad one is logged and the running one kept. Reloads run one at a time. */
+  reload(): Promise<boolean> {
+    this.reloading = this.reloading.then(() => this.reloadNow(), () => this.reloadNow());
+    return this.reloading;
+  }
+
+  private async reloadNow(): Promise<boolean> {
+    if (this.stopping) return false;
     const r = await checkConfig(this.configPath);
     if (!r.config) {
       this.log.warn({ config: this.configPath, problems: r.problems }, `configuration not reloaded: ${r.problems.map((p) => `line ${p.line}: ${p.message}`).join('; ')}`);
       return false;
     }
     if (stateDirOf(r.config.stateDir) !== this.stateDir) this.log.warn({}, 'state_dir changed: takes effect at the next start');
-    const metricsChanged = r.config.metrics?.listen !== this.config.metrics?.listen;
+    const listenChanged = r.config.metrics?.listen !== this.config.metrics?.listen;
     await this.applyJobs(r.config);
-    if (metricsChanged) {
+    if (listenChanged) {
       await new Promise((res) => (this.http ? this.http.close(res) : res(undefined)));
-      this.http = r.config.metrics ? await this.metrics.serve(r.config.metrics.listen) : undefined;
+      this.http = r.config.metrics?.listen ? await this.metrics.serve(r.config.metrics.listen) : undefined;
     }
+    await this.setTextfile(r.config.metrics?.textfile);
+    this.writeTextfile();
     this.log.info({ config: this.configPath, units: this.units.size }, 'configuration reloaded');
     return true;
   }
@@ -333,36 +456,49 @@ export class Daemon {
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.allSettled([...this.units.values()].map((u) => u.loop)),
+      Promise.allSettled([...this.units.values(), ...[...this.ending.values()].map((loop) => ({ loop }))].map((u) => u.loop)),
       new Promise((res) => { timer = setTimeout(res, graceMs); }),
     ]);
     clearTimeout(timer);
     this.saveState();
     await this.writing;
+    while (this.textfile.busy) await this.textfile.busy; // (a write asked for meanwhile follows the one in progress)
     this.http?.closeAllConnections();
     await Promise.all([
       new Promise((res) => (this.http ? this.http.close(res) : res(undefined))),
       new Promise((res) => (this.socket ? this.socket.close(res) : res(undefined))),
     ]);
     await rm(join(this.stateDir, SOCKET_FILE), { force: true });
+    await this.lock?.release();
     this.log.info({}, 'daemon stopped');
   }
 }
 
-/** `thinarchive run JOB [--volume V]`: one run of each (matching) volume of the job now, state recorded. */
-export async function runJobOnce(configPath: string, jobName: string, volume: string | undefined, log: Logger, signal: AbortSignal, takeLease = false): Promise<{ job: string; volume: string; outcome: RunOutcome }[]> {
+/**
+ * `thinarchive run JOB [--volume V]`: one run of each (matching) volume of the job now, state
+ * recorded. Refused (DAEMON_RUNNING) while a daemon runs on the same state directory: the daemon
+ * owns the state and runs the job on its schedule. The outcome is merged into the state file under
+ * the state directory's lock (several `run`s at once are fine); when a daemon started meanwhile, the
+ * outcome is not recorded (logged).
+ */
+export async function runJobOnce(configPath: string, jobName: string, volume: string | undefined, log: Logger, signal: AbortSignal, takeLease = false): Promise<{ job: string; volume: string; outcome: RunOutcome; recorded: boolean }[]> {
   const config = await loadConfig(configPath);
   const job = config.jobs.find((j) => j.name === jobName);
   if (!job) throw new ThinarchiveError('JOB_NOT_FOUND', `no job "${jobName}" in ${configPath} (jobs: ${config.jobs.map((j) => j.name).join(', ')})`, 'usage');
+  const stateDir = stateDirOf(config.stateDir);
+  const live = await askDaemon(stateDir, 1000);
+  if (live) {
+    throw new ThinarchiveError('DAEMON_RUNNING', `a daemon (pid ${live.daemon?.pid ?? '?'}) runs the jobs of ${stateDir} and runs "${jobName}" on its schedule; stop it to run a job by hand`);
+  }
   let volumes = await expandSources(job, signal);
   if (volume !== undefined) {
     volumes = volumes.filter((v) => v === volume);
     if (!volumes.length) throw new ThinarchiveError('JOB_NOT_FOUND', `job "${jobName}" has no volume ${volume}`, 'usage');
   }
-  const stateDir = stateDirOf(config.stateDir);
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const before = await readState(stateDir);
   const results = await Promise.all(volumes.map(async (v) => {
-    const prev = (await readState(stateDir)).get(unitKey(job.name, v)) ?? emptyUnit(job.name, v);
+    const prev = before.get(unitKey(job.name, v)) ?? emptyUnit(job.name, v);
     const attemptAt = new Date();
     const lease = new ChainLeaseHolder({ job: job.name, ttlMs: config.leaseTtlMs, log });
     let outcome: RunOutcome;
@@ -371,32 +507,42 @@ export async function runJobOnce(configPath: string, jobName: string, volume: st
     } finally {
       await lease.release();
     }
-    return { job: job.name, volume: v, outcome, prev, attemptAt };
+    return { job: job.name, volume: v, outcome, attemptAt, end: new Date() };
   }));
-  // Merge into the state file once (read again: a daemon or another run may have written meanwhile).
-  const state = await readState(stateDir);
-  for (const r of results) {
-    const s: UnitState = { ...(state.get(unitKey(r.job, r.volume)) ?? r.prev), lastAttempt: r.attemptAt.toISOString() };
-    const o = r.outcome;
-    if (o.ok) {
-      Object.assign(s, {
-        lastSuccess: new Date().toISOString(), bytes: o.bytes, durationSeconds: Math.round(o.seconds * 1000) / 1000, chainId: o.chainId ?? s.chainId,
-        chainDir: o.chainDir ?? s.chainDir, chainLength: o.chainLength ?? s.chainLength, lastArchiveId: o.archiveId ?? s.lastArchiveId,
-        newestPoint: o.newestPoint ?? s.newestPoint, consecutiveFailures: 0, lastVerify: o.verify ?? s.lastVerify,
-      });
-    } else {
-      s.lastError = { code: o.error!.code, message: o.error!.message, at: new Date().toISOString() };
-      s.consecutiveFailures++;
+  // Merge into the state file once, under the lock (read again: another run may have written meanwhile).
+  // A daemon that started meanwhile holds the lock for good: then the outcome is not recorded.
+  let lock = await lockStateDir(stateDir, 0);
+  if (!lock && !(await askDaemon(stateDir, 1000))) lock = await lockStateDir(stateDir, 10_000);
+  let recorded = false;
+  if (!lock) log.warn({ stateDir }, 'outcome not recorded in the state file: a daemon started meanwhile (or another process holds daemon.lock)');
+  else {
+    try {
+      const state = await readState(stateDir);
+      for (const r of results) {
+        const key = unitKey(r.job, r.volume);
+        state.set(key, afterRun(state.get(key) ?? emptyUnit(r.job, r.volume), r.attemptAt, r.outcome, r.end));
+      }
+      await writeState(stateDir, state.values());
+      recorded = true;
+    } finally {
+      await lock.release();
     }
-    state.set(unitKey(r.job, r.volume), s);
   }
-  await writeState(stateDir, state.values());
-  return results.map(({ job: j, volume: v, outcome }) => ({ job: j, volume: v, outcome }));
+  return results.map(({ job: j, volume: v, outcome }) => ({ job: j, volume: v, outcome, recorded }));
 }
 
 /** `status`: from the running daemon, or from the state file (units of the config, and any others recorded). */
 export async function readStatus(configPath: string): Promise<StatusReport> {
-  const config = await loadConfig(configPath);
+  let config: DaemonConfig;
+  try {
+    config = await loadConfig(configPath);
+  } catch (e) {
+    // A file broken after the daemon started (it keeps the configuration it has): still ask it.
+    const dir = e instanceof ConfigError ? await stateDirHint(configPath) : undefined;
+    const live = dir !== undefined ? await askDaemon(dir) : undefined;
+    if (live) return live;
+    throw e;
+  }
   const stateDir = stateDirOf(config.stateDir);
   const live = await askDaemon(stateDir);
   if (live) return live;

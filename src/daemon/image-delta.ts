@@ -10,7 +10,7 @@
  * continues the chain from it whatever its state file says (a kill between the archive's commit and
  * the state write loses nothing). Files without the id (older daemons) are not used: a full is sent.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ioError } from '../errors.js';
@@ -82,7 +82,8 @@ export async function imageDelta(image: string, blockSize: number, hashFile: str
     }
   }
   const xml = `<superblock uuid="" time="0" transaction="0" data_block_size="${blockSize / 512}" nr_data_blocks="0">\n  <diff left="0" right="1">\n${lines.join('\n')}\n  </diff>\n</superblock>\n`;
-  const changes = join(tmpDir, `.image-delta-${process.pid}-${Date.now().toString(36)}.xml`);
+  // (unique per call: units of one daemon often start in the same millisecond)
+  const changes = join(tmpDir, `.image-delta-${process.pid}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}.xml`);
   await writeFileAtomic(changes, xml);
   return {
     changes, changedBlocks: changed, blocks, commit, ...(baseArchiveId ? { baseArchiveId } : {}),

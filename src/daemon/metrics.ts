@@ -1,6 +1,10 @@
-/** Prometheus metrics of the daemon (docs/DAEMON.md, "Metrics"), on a registry of its own. */
+/**
+ * Prometheus metrics of the daemon (docs/DAEMON.md, "Metrics"), on a registry of its own: served at
+ * /metrics (`metrics.listen`) and/or written to a node_exporter textfile (`metrics.textfile`).
+ */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { writeFileAtomic } from '../fsutil.js';
 
 export class DaemonMetrics {
   readonly registry = new Registry();
@@ -26,12 +30,32 @@ export class DaemonMetrics {
   readonly failures = new Counter({ name: 'thinarchive_failures_total', help: 'failed runs by error code', labelNames: ['job', 'volume', 'code'], registers: [this.registry] });
   readonly skipped = new Counter({ name: 'thinarchive_skipped_runs_total', help: 'scheduled runs skipped because the previous run of the volume was still going', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly chainLength = new Gauge({ name: 'thinarchive_chain_length', help: 'points in the chain at the destination', labelNames: ['job', 'volume'], registers: [this.registry] });
-  readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of the replica', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of any kind (after an apply, or scheduled)', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly scheduledVerifySuccess = new Gauge({ name: 'thinarchive_scheduled_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful scheduled verification (job verify: store, and local replica)', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly up = new Gauge({ name: 'thinarchive_daemon_start_timestamp_seconds', help: 'Unix time the daemon started', registers: [this.registry] });
+
+  /** the failure codes seen per unit (to drop their series in forget) */
+  private readonly codes = new Map<string, Set<string>>();
+
+  /** Count a failure of the unit with `code`. */
+  fail(job: string, volume: string, code: string): void {
+    this.failures.inc({ job, volume, code });
+    const k = `${job}\0${volume}`;
+    if (!this.codes.has(k)) this.codes.set(k, new Set());
+    this.codes.get(k)!.add(code);
+  }
 
   /** Drop the series of units no longer configured (after a reload), so label sets stay bounded. */
   forget(job: string, volume: string): void {
-    for (const m of [this.lastSuccess, this.lastAttempt, this.lag, this.bytes, this.skipped, this.chainLength, this.verifySuccess, this.duration]) m.remove({ job, volume });
+    for (const m of [this.lastSuccess, this.lastAttempt, this.lag, this.bytes, this.skipped, this.chainLength, this.verifySuccess, this.scheduledVerifySuccess, this.duration]) m.remove({ job, volume });
+    const k = `${job}\0${volume}`;
+    for (const code of this.codes.get(k) ?? []) this.failures.remove({ job, volume, code });
+    this.codes.delete(k);
+  }
+
+  /** Write the registry in the text format to `path`, atomically (temporary file beside it, fsync, rename). */
+  async writeTextfile(path: string): Promise<void> {
+    await writeFileAtomic(path, await this.registry.metrics());
   }
 
   /** Serve /metrics on `listen` (HOST:PORT). */

@@ -1,15 +1,44 @@
 /**
  * The daemon's state file (docs/DAEMON.md, "State file"): per job and volume the last attempt, last
- * success, last error, bytes, duration, chain and newest point. Written atomically (temporary file,
- * fsync, rename) after every run, so a restart after SIGKILL continues from it.
+ * success, last error, bytes, duration, chain and newest point, and the verifications. Written
+ * atomically (temporary file, fsync, rename) after every run, so a restart after SIGKILL continues
+ * from it. One writer at a time: the state directory's lock (`daemon.lock`, flock) is held by a
+ * daemon for its whole life and by `thinarchive run` while it merges its outcome.
  */
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants as fsc } from 'node:fs';
+import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { defaultStateDir, writeFileAtomic } from '../fsutil.js';
+import { thinio } from '../native.js';
 
 export const STATE_VERSION = 1;
 export const STATE_FILE = 'daemon-state.json';
 export const SOCKET_FILE = 'daemon.sock';
+export const LOCK_FILE = 'daemon.lock';
+
+/** A verification: after each apply (changed-only), or a scheduled one (full or sample). */
+export interface VerifyMark {
+  at: string;
+  ok: boolean;
+  /** changed-only | full | sample */
+  mode: string;
+}
+
+/** The last scheduled verification of a unit (job `verify:`, docs/DAEMON.md). */
+export interface ScheduledVerify {
+  /** ISO 8601, when it ended */
+  at: string;
+  /** the store check (and the replica check, when there is one) ran and found nothing */
+  ok: boolean;
+  mode: 'full' | 'sample';
+  samplePercent: number | null;
+  /** the chain in the store; null when the check could not be done */
+  store: { ok: boolean; archives: number; findings: number; bytesRead: number; recordsChecked: number | null; dataRecords: number | null; firstFinding: string | null } | null;
+  /** a local apply_to replica (verify --against); null when the job has none or it could not be done */
+  replica: { ok: boolean; target: string; blocksChecked: number; mismatchedBlocks: number; stateOk: boolean } | null;
+  /** why the check could not be done (not a finding): retried sooner than `every` */
+  error: { code: string; message: string } | null;
+}
 
 export interface UnitState {
   job: string;
@@ -29,8 +58,25 @@ export interface UnitState {
   lastArchiveId: string | null;
   /** ISO 8601 creation time of the newest point at the destination */
   newestPoint: string | null;
-  lastVerify: { at: string; ok: boolean; mode: string } | null;
+  /** the last verification of any kind */
+  lastVerify: VerifyMark | null;
+  /** the last scheduled verification (never replaced by the checks after each apply) */
+  scheduledVerify: ScheduledVerify | null;
   consecutiveFailures: number;
+}
+
+/** What a run's outcome says about the unit (runner.ts RunOutcome has these fields). */
+export interface RecordedOutcome {
+  ok: boolean;
+  error?: { code: string; message: string };
+  bytes: number;
+  seconds: number;
+  chainId?: string;
+  chainDir?: string | null;
+  chainLength?: number | null;
+  archiveId?: string;
+  newestPoint?: string | null;
+  verify?: VerifyMark;
 }
 
 export interface StateFile {
@@ -50,8 +96,66 @@ export function unitKey(job: string, volume: string): string {
 export function emptyUnit(job: string, volume: string): UnitState {
   return {
     job, volume, lastAttempt: null, lastSuccess: null, lastError: null, bytes: null, durationSeconds: null, chainId: null, chainDir: null,
-    chainLength: null, lastArchiveId: null, newestPoint: null, lastVerify: null, consecutiveFailures: 0,
+    chainLength: null, lastArchiveId: null, newestPoint: null, lastVerify: null, scheduledVerify: null, consecutiveFailures: 0,
   };
+}
+
+/**
+ * The unit's state after a run that started at `attemptAt` and ended at `now`: the one place a run
+ * is merged into the state (the daemon and `thinarchive run`). An aborted run changes nothing.
+ */
+export function afterRun(prev: UnitState, attemptAt: Date, out: RecordedOutcome, now = new Date()): UnitState {
+  if (!out.ok && out.error?.code === 'ABORTED') return prev;
+  const s: UnitState = { ...prev, lastAttempt: attemptAt.toISOString() };
+  if (out.ok) {
+    Object.assign(s, {
+      lastSuccess: now.toISOString(), bytes: out.bytes, durationSeconds: Math.round(out.seconds * 1000) / 1000, chainId: out.chainId ?? s.chainId,
+      chainDir: out.chainDir ?? s.chainDir, chainLength: out.chainLength ?? s.chainLength, lastArchiveId: out.archiveId ?? s.lastArchiveId,
+      newestPoint: out.newestPoint ?? s.newestPoint, consecutiveFailures: 0, lastVerify: out.verify ?? s.lastVerify,
+    });
+  } else {
+    s.lastError = { code: out.error!.code, message: out.error!.message, at: now.toISOString() };
+    s.consecutiveFailures++;
+  }
+  return s;
+}
+
+/** The unit's state after a scheduled verification. */
+export function afterVerify(prev: UnitState, v: ScheduledVerify): UnitState {
+  return { ...prev, scheduledVerify: v, lastVerify: v.error ? prev.lastVerify : { at: v.at, ok: v.ok, mode: v.mode } };
+}
+
+export interface StateLock {
+  release(): Promise<void>;
+}
+
+/**
+ * Take the state directory's lock (flock on `daemon.lock`; the kernel drops it when the holder dies,
+ * so it never goes stale), polling until `waitMs` has passed. Undefined when another process still
+ * holds it.
+ */
+export async function lockStateDir(dir: string, waitMs: number): Promise<StateLock | undefined> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const fh = await open(join(dir, LOCK_FILE), fsc.O_RDWR | fsc.O_CREAT, 0o600);
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    if (thinio().flockExclusive(fh.fd)) {
+      let released = false;
+      return {
+        release: async () => {
+          if (released) return;
+          released = true;
+          thinio().flockUnlock(fh.fd);
+          await fh.close();
+        },
+      };
+    }
+    if (Date.now() >= deadline) {
+      await fh.close();
+      return undefined;
+    }
+    await new Promise((res) => setTimeout(res, 25));
+  }
 }
 
 /** The state in `dir` (empty when there is none; an unreadable or newer-version file is ignored and replaced). */
@@ -77,6 +181,17 @@ export async function writeState(dir: string, units: Iterable<UnitState>): Promi
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const file: StateFile = { version: STATE_VERSION, updated: new Date().toISOString(), units: [...units] };
   await writeFileAtomic(join(dir, STATE_FILE), `${JSON.stringify(file, null, 2)}\n`);
+}
+
+/** Remove the temporary files (`.NAME.tmp-PID-…`) other processes left beside `path` (the metrics textfile). */
+export async function removeStaleTempsOf(path: string): Promise<void> {
+  const prefix = `.${basename(path)}.tmp-`;
+  const names = await readdir(dirname(path)).catch(() => [] as string[]);
+  for (const n of names) {
+    if (!n.startsWith(prefix)) continue;
+    const pid = Number(/^(\d+)-/.exec(n.slice(prefix.length))?.[1]);
+    if (pid !== process.pid) await rm(join(dirname(path), n), { force: true });
+  }
 }
 
 /** Remove temporary files a killed writer left in `dir` (`.NAME.tmp-PID-…` of fsutil.writeFileAtomic). */

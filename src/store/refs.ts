@@ -144,16 +144,17 @@ export interface RemoteReadGroup {
   label: string;
   /** True for a chain of a store; false for one archive named by URL. */
   store: boolean;
-  items: { label: string; open: () => AsyncIterable<Uint8Array> }[];
+  /** `open`: the archive as a stream; `file`: opened for random access (header and trailer read). */
+  items: { label: string; open: () => AsyncIterable<Uint8Array>; file: () => Promise<ArchiveFile> }[];
 }
 
 /** Every chain of a remote store (or the one archive a `.tna` URL names), as streams. */
 export async function remoteReadGroups(ref: string, opts: StoreOptions = {}): Promise<RemoteReadGroup[]> {
   if (isArchiveUrl(ref)) {
     const { store, archives } = await remoteArchives(ref, opts);
-    return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a) })) }];
+    return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a), file: () => openStored(store, a) })) }];
   }
   const store = await storeFor(ref, opts);
   return (await store.listChains()).filter((c) => c.archives.length > 0)
-    .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a) })) }));
+    .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a), file: () => openStored(store, a) })) }));
 }

@@ -2,13 +2,15 @@
 // volume while a writer changes one image; status --json and /metrics show each volume's last success;
 // a missing image fails alone; restore of the newest point equals the image; SIGTERM exits within
 // 10 s leaving no temporary file; after SIGKILL a restart continues the same chains with no manual step.
+// SIGHUP reload (a job and volumes added, an interval changed, a volume removed; a bad file kept out),
+// the metrics textfile, and `run` refused while the daemon runs.
 import { randomBytes } from 'node:crypto';
-import { open, readdir, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { collect, run, runOk, sha256, show, sleep, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
 
-interface Unit { job: string; volume: string; state: string; lastSuccess: string | null; lastError: { code: string } | null; runs: number | null; chainLength: number | null; chainId: string | null; lagSeconds: number | null; nextRun: string | null; bytes: number | null; durationSeconds: number | null }
+interface Unit { job: string; volume: string; state: string; lastAttempt: string | null; lastSuccess: string | null; lastError: { code: string } | null; runs: number | null; chainLength: number | null; chainId: string | null; lagSeconds: number | null; nextRun: string | null; bytes: number | null; durationSeconds: number | null }
 interface Status { source: string; daemon: { pid: number } | null; units: Unit[] }
 
 async function status(cfg: string): Promise<Status> {
@@ -168,6 +170,124 @@ jobs:
       expect(c.code).toBe(2);
       expect(c.stderr.trim()).toBe(`${d.join('bad.yml')}:6: unknown key "colour" in jobs[0]`);
     } finally {
+      await d.remove();
+    }
+  });
+
+  it('SIGHUP reloads: new units run, a changed interval applies at once, a removed volume and its series go; a bad file is logged and the old one kept; textfile; run refused', async () => {
+    const d = await tempDir('daemon-hup');
+    let hup: ReturnType<typeof spawnCli> | undefined;
+    try {
+      const img = (n: string): string => d.join(`${n}.img`);
+      for (const n of ['a', 'c', 'd', 'e']) await writeFile(img(n), randomBytes(256 << 10));
+      const port = 20000 + Math.floor(Math.random() * 20000);
+      const prom = d.join('textfile', 'thinarchive.prom');
+      await (await import('node:fs/promises')).mkdir(d.join('textfile'));
+      const cfg = d.join('thinarchive.yml');
+      const head = `state_dir: ${d.join('state')}\nmetrics:\n  listen: 127.0.0.1:${port}\n  textfile: ${prom}\njobs:\n`;
+      // b is missing: it fails (a failures_total series) and is then removed.
+      await writeFile(cfg, `${head}  - name: imgs
+    volumes: [{image: ${img('a')}}, {image: ${img('b')}}]
+    every: 1h
+    to: ${d.join('store')}
+    retry: {attempts: 1}
+  - name: other
+    volumes: [{image: ${img('c')}}]
+    every: 1s
+    to: ${d.join('store')}
+    keep: {last: 3}
+`);
+      hup = spawnCli(['daemon', '--config', cfg]);
+      let log = '';
+      hup.stderr!.on('data', (b: Buffer) => { log += b.toString(); });
+      const done = collect(hup, 300_000);
+      const unit = (s: Status, job: string, v: string): Unit | undefined => s.units.find((u) => u.job === job && u.volume === v);
+      const s1 = await waitFor(async () => {
+        const s = await status(cfg).catch(() => undefined);
+        return s?.source === 'daemon' && unit(s, 'imgs', img('a'))?.lastSuccess && unit(s, 'imgs', img('b'))?.lastError && (unit(s, 'other', img('c'))?.runs ?? 0) >= 2 ? s : undefined;
+      }, 60_000, 200);
+      expect(s1.units.map((u) => `${u.job} ${u.volume}`).sort()).toEqual([`imgs ${img('a')}`, `imgs ${img('b')}`, `other ${img('c')}`]);
+      // An hourly unit ran once at start.
+      expect(unit(s1, 'imgs', img('a'))!.runs).toBe(1);
+      const series = (text: string, v: string): string[] => text.split('\n').filter((l) => !l.startsWith('#') && l.includes(`volume="${v}"`));
+      let metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(series(metrics, img('b')).join('\n')).toMatch(/thinarchive_failures_total\{job="imgs",volume="[^"]+",code="IO_ENOENT"\} 1/);
+      // The textfile: the registry in the text format, rewritten after every run.
+      const tf1 = await readFile(prom, 'utf8');
+      expect(tf1).toContain('# TYPE thinarchive_last_success_timestamp_seconds gauge');
+      expect(series(tf1, img('a')).join('\n')).toMatch(/thinarchive_last_success_timestamp_seconds\{job="imgs",volume="[^"]+"\} \d+/);
+      const attemptOf = (text: string): number => Number(/thinarchive_last_attempt_timestamp_seconds\{job="other",volume="[^"]+"\} ([\d.e+]+)/.exec(text)?.[1]);
+      await waitFor(async () => attemptOf(await readFile(prom, 'utf8')) > attemptOf(tf1), 20_000, 100);
+
+      // `run` is refused while the daemon runs (exit 1, one line), and records nothing.
+      const refused = await run(['run', 'imgs', '--config', cfg]);
+      expect(refused.code, show(refused)).toBe(1);
+      expect(refused.stderr).toMatch(/^thinarchive: a daemon \(pid \d+\) runs the jobs of .* stop it to run a job by hand\n$/);
+
+      // Reload: imgs loses b and goes from 1h to 1s; other gains d; a new job "extra" with e.
+      await writeFile(cfg, `${head}  - name: imgs
+    volumes: [{image: ${img('a')}}]
+    every: 1s
+    to: ${d.join('store')}
+  - name: other
+    volumes: [{image: ${img('c')}}, {image: ${img('d')}}]
+    every: 1s
+    to: ${d.join('store')}
+    keep: {last: 3}
+  - name: extra
+    volumes: [{image: ${img('e')}}]
+    every: 2s
+    to: ${d.join('store2')}
+`);
+      hup.kill('SIGHUP');
+      const s2 = await waitFor(async () => {
+        const s = await status(cfg);
+        return (unit(s, 'imgs', img('a'))?.runs ?? 0) >= 3 && unit(s, 'other', img('d'))?.lastSuccess && unit(s, 'extra', img('e'))?.lastSuccess ? s : undefined;
+      }, 60_000, 200);
+      expect(s2.daemon!.pid).toBe(s1.daemon!.pid);
+      expect(s2.units.map((u) => `${u.job} ${u.volume}`).sort()).toEqual([`extra ${img('e')}`, `imgs ${img('a')}`, `other ${img('c')}`, `other ${img('d')}`]);
+      // The counters of kept units go on (not restarted).
+      expect(unit(s2, 'other', img('c'))!.runs).toBeGreaterThan(unit(s1, 'other', img('c'))!.runs!);
+      metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(series(metrics, img('b'))).toEqual([]);
+      expect(series(metrics, img('e')).join('\n')).toMatch(/thinarchive_last_success_timestamp_seconds\{job="extra"/);
+      await waitFor(async () => series(await readFile(prom, 'utf8'), img('b')).length === 0 && series(await readFile(prom, 'utf8'), img('e')).length > 0, 10_000, 100);
+      expect(log).toMatch(/"msg":"configuration reloaded"/);
+
+      // A bad file on SIGHUP: logged with its line; the daemon keeps running the configuration it has.
+      const good = await readFile(cfg, 'utf8');
+      await writeFile(cfg, good.replace('  - name: extra\n', '  - name: extra\n    colour: red\n'));
+      const before = await status(cfg);
+      hup.kill('SIGHUP');
+      await waitFor(async () => /configuration not reloaded: line \d+: unknown key \\"colour\\"/.test(log), 10_000, 100);
+      const s3 = await waitFor(async () => {
+        const s = await status(cfg);
+        return (unit(s, 'other', img('d'))?.runs ?? 0) >= (unit(before, 'other', img('d'))?.runs ?? 0) + 2 ? s : undefined;
+      }, 30_000, 200);
+      expect(s3.daemon!.pid).toBe(s1.daemon!.pid);
+      expect(s3.units.map((u) => `${u.job} ${u.volume}`).sort()).toEqual(s2.units.map((u) => `${u.job} ${u.volume}`).sort());
+
+      hup.kill('SIGTERM');
+      const r = await done;
+      expect(r.code, show(r)).toBe(0);
+      // Nothing temporary left beside the textfile; its last version is complete.
+      expect((await readdir(d.join('textfile')))).toEqual(['thinarchive.prom']);
+      expect(await readFile(prom, 'utf8')).toMatch(/thinarchive_daemon_start_timestamp_seconds \d/);
+      // With no daemon to ask, status needs a valid file; the removed volume is gone from the state file too.
+      expect((await run(['status', '--config', cfg])).code).toBe(2);
+      await writeFile(cfg, good);
+      const sf = await status(cfg);
+      expect(sf.source).toBe('state-file');
+      expect(sf.units.some((u) => u.volume === img('b'))).toBe(false);
+
+      // With no daemon, `run` runs and records.
+      const lastA = unit(sf, 'imgs', img('a'))!.lastAttempt!;
+      const ran = await run(['run', 'imgs', '--config', cfg]);
+      expect(ran.code, show(ran)).toBe(0);
+      expect(ran.stderr).toMatch(/imgs .*a\.img: ok/);
+      expect(Date.parse(unit(await status(cfg), 'imgs', img('a'))!.lastAttempt!)).toBeGreaterThan(Date.parse(lastA));
+    } finally {
+      if (hup && hup.exitCode === null && hup.signalCode === null) hup.kill('SIGKILL');
       await d.remove();
     }
   });

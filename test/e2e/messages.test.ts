@@ -70,9 +70,10 @@ describe.concurrent('messages and exit codes (issue 11)', () => {
     expect(line).toContain(`--image ${src}`);
   });
 
-  it('verify --sample / --changed-only without --against are refused (2)', async () => {
-    expect(expectFailure(await run(['verify', store, '--sample', '5']), 2)).toContain('--against');
+  it('verify --changed-only without --against, and a sampled verify of standard input, are refused (2)', async () => {
     expect(expectFailure(await run(['verify', store, '--changed-only']), 2)).toContain('--against');
+    expect(expectFailure(await run(['verify', '-', '--sample', '5'], { input: '' }), 2)).toContain('not standard input');
+    expect(expectFailure(await run(['verify', store, '--sample', '0']), 2)).toContain('percentage');
   });
 
   it('--volume-uuid nope is a usage error (2)', async () => {
