@@ -8,13 +8,17 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
+import { thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger } from '../api/index.js';
+import { DaemonAlerts } from './alert-rules.js';
+import { AlertEngine } from './alerts.js';
 import { checkConfig, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { abortableSleep, runUnit, type RunOutcome } from './runner.js';
 import { emptyUnit, readState, removeStaleTemps, SOCKET_FILE, stateDirOf, unitKey, writeState, type UnitState } from './state.js';
 
 export const STATUS_VERSION = 1;
+/** How often every unit's lag is checked against its thresholds (and after every run). */
+export const LAG_CHECK_MS = 30_000;
 
 /** One row of `status --json` (docs/DAEMON.md, "status --json"). */
 export interface UnitStatus {
@@ -69,6 +73,8 @@ interface Unit {
   runs: number;
   stop: AbortController;
   loop?: Promise<void>;
+  /** ms: when this daemon started the unit (its lag reference until it has a point) */
+  since: number;
 }
 
 /**
@@ -142,6 +148,8 @@ export class Daemon {
   private writing: Promise<void> = Promise.resolve();
   private readonly startedAt = new Date();
   private stopping = false;
+  private alerts?: DaemonAlerts;
+  private lagTimer?: NodeJS.Timeout;
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
     if (config) this.config = config;
@@ -180,7 +188,15 @@ export class Daemon {
       return s?.newestPoint ? [{ job: u.job.name, volume: u.volume, newestMs: Date.parse(s.newestPoint) }] : [];
     });
     if (this.config.metrics) this.http = await this.metrics.serve(this.config.metrics.listen);
+    this.alerts = new DaemonAlerts(await AlertEngine.open(this.config.alerts, {
+      log: this.log, stateDir: this.stateDir,
+      onAlert: (e) => this.metrics.alerts.inc({ event: e.event }),
+      onDeliveryFailure: (channel) => this.metrics.alertDeliveryFailures.inc({ channel }),
+    }));
     await this.applyJobs(this.config);
+    this.alerts.started(this.units.size, this.config.jobs.length, TOOL_VERSION);
+    this.checkLag();
+    this.lagTimer = setInterval(() => this.checkLag(), LAG_CHECK_MS).unref();
     this.log.info({ config: this.configPath, stateDir: this.stateDir, units: this.units.size }, 'daemon started');
   }
 
@@ -214,12 +230,21 @@ export class Daemon {
       const prev = this.state.get(key);
       if (!prev) this.state.set(key, emptyUnit(w.job.name, w.volume));
       const last = prev?.lastAttempt ? Date.parse(prev.lastAttempt) : undefined;
-      const unit: Unit = { job: w.job, volume: w.volume, running: false, next: last !== undefined ? Math.max(now, last + w.job.every) : now, skipped: 0, runs: 0, stop: new AbortController() };
+      const unit: Unit = {
+        job: w.job, volume: w.volume, running: false, next: last !== undefined ? Math.max(now, last + w.job.every) : now, skipped: 0, runs: 0, stop: new AbortController(), since: now,
+      };
       if (prev) this.initMetrics(prev);
       this.units.set(key, unit);
       unit.loop = this.loop(unit);
     }
     this.config = config;
+    // Conditions of units no longer configured are forgotten (no resolved event for them).
+    this.alerts?.engine.retain((family, s) => (family !== 'run' && family !== 'lag') || this.units.has(unitKey(s.job ?? '', s.volume ?? '')));
+  }
+
+  /** Every unit's lag against its job's thresholds (lag_warning, lag_critical, lag_ok). */
+  private checkLag(): void {
+    this.alerts?.lag([...this.units.values()].map((u) => ({ job: u.job, volume: u.volume, state: this.state.get(unitKey(u.job.name, u.volume)), since: u.since })));
   }
 
   private initMetrics(s: UnitState): void {
@@ -242,13 +267,16 @@ export class Daemon {
       const prev = this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume);
       const attemptAt = new Date();
       let out: RunOutcome;
+      this.alerts?.runStarted(unit.job.name, unit.volume);
       try {
         out = await runUnit(unit.job, unit.volume, prev, { config: this.config, stateDir: this.stateDir, log: this.log, signal });
       } finally {
         unit.running = false;
       }
       unit.runs++;
-      this.record(unit, prev, attemptAt, out);
+      const s = this.record(unit, prev, attemptAt, out);
+      this.alerts?.afterRun(unit.job.name, unit.volume, prev, s, out, [...this.units.values()].map((u) => this.state.get(unitKey(u.job.name, u.volume)) ?? emptyUnit(u.job.name, u.volume)));
+      this.checkLag();
       // The next slot after now; the slots a long run passed over are skipped and counted.
       const { next, missed } = nextSlot(unit.next, unit.job.every, Date.now());
       unit.next = next;
@@ -259,7 +287,7 @@ export class Daemon {
     }
   }
 
-  private record(unit: Unit, prev: UnitState, attemptAt: Date, out: RunOutcome): void {
+  private record(unit: Unit, prev: UnitState, attemptAt: Date, out: RunOutcome): UnitState {
     const l = { job: unit.job.name, volume: unit.volume };
     const s: UnitState = { ...prev, lastAttempt: attemptAt.toISOString() };
     this.metrics.duration.observe(l, out.seconds);
@@ -283,6 +311,7 @@ export class Daemon {
     }
     this.state.set(unitKey(unit.job.name, unit.volume), s);
     this.saveState();
+    return s;
   }
 
   private saveState(): void {
@@ -310,6 +339,7 @@ export class Daemon {
     }
     if (stateDirOf(r.config.stateDir) !== this.stateDir) this.log.warn({}, 'state_dir changed: takes effect at the next start');
     const metricsChanged = r.config.metrics?.listen !== this.config.metrics?.listen;
+    this.alerts?.engine.configure(r.config.alerts);
     await this.applyJobs(r.config);
     if (metricsChanged) {
       await new Promise((res) => (this.http ? this.http.close(res) : res(undefined)));
@@ -323,6 +353,8 @@ export class Daemon {
   async stop(graceMs = 8000): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearInterval(this.lagTimer);
+    this.alerts?.stopped();
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -338,6 +370,9 @@ export class Daemon {
       new Promise((res) => (this.socket ? this.socket.close(res) : res(undefined))),
     ]);
     await rm(join(this.stateDir, SOCKET_FILE), { force: true });
+    // daemon_stopped was queued at the start of the stop; what is not delivered now is at the next start.
+    await this.alerts?.engine.flush(1000);
+    await this.alerts?.engine.close();
     this.log.info({}, 'daemon stopped');
   }
 }

@@ -27,6 +27,8 @@ export class DaemonMetrics {
   readonly skipped = new Counter({ name: 'thinarchive_skipped_runs_total', help: 'scheduled runs skipped because the previous run of the volume was still going', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly chainLength = new Gauge({ name: 'thinarchive_chain_length', help: 'points in the chain at the destination', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of the replica', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly alerts = new Counter({ name: 'thinarchive_alerts_total', help: 'alerts made (before delivery), by event (docs/ALERTS.md)', labelNames: ['event'], registers: [this.registry] });
+  readonly alertDeliveryFailures = new Counter({ name: 'thinarchive_alert_delivery_failures_total', help: 'failed delivery attempts of alerts and pings, by channel (each is retried)', labelNames: ['channel'], registers: [this.registry] });
   readonly up = new Gauge({ name: 'thinarchive_daemon_start_timestamp_seconds', help: 'Unix time the daemon started', registers: [this.registry] });
 
   /** Drop the series of units no longer configured (after a reload), so label sets stay bounded. */
