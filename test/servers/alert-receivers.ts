@@ -35,6 +35,12 @@ export interface SmtpOptions {
   secure?: boolean;
   /** require AUTH with this user and password (only allowed once TLS is on: STARTTLS on a plain port) */
   auth?: { user: string; pass: string };
+  /**
+   * offer STARTTLS on a plain port (default: only with auth). smtp-server's built-in certificate is
+   * self-signed (and past its end date): a client that verifies it cannot upgrade, so a plain relay
+   * for tests does not offer it.
+   */
+  starttls?: boolean;
 }
 
 export async function startSmtpReceiver(opts: SmtpOptions = {}): Promise<SmtpReceiver> {
@@ -43,6 +49,7 @@ export async function startSmtpReceiver(opts: SmtpOptions = {}): Promise<SmtpRec
   let port = opts.port ?? 0;
   const make = (): SMTPServer => new SMTPServer({
     secure: opts.secure ?? false,
+    hideSTARTTLS: !(opts.starttls ?? opts.auth !== undefined),
     logger: false,
     authOptional: !opts.auth,
     allowInsecureAuth: false,
