@@ -285,7 +285,7 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     };
     const lagWarningMs = ms(['jobs', i, 'lag_warning'], j.lag_warning) ?? 3 * every;
     const lagCriticalMs = ms(['jobs', i, 'lag_critical'], j.lag_critical) ?? 10 * every;
-    if (lagWarningMs >= lagCriticalMs) {
+    if (lagWarningMs >= lagCriticalMs && (j.lag_warning !== undefined || j.lag_critical !== undefined)) {
       problems.push({ line: lineOf(doc, lc, ['jobs', i, j.lag_critical !== undefined ? 'lag_critical' : 'lag_warning']), message: `jobs[${i}]: lag_warning (${j.lag_warning ?? '3 x every'}) must be less than lag_critical (${j.lag_critical ?? '10 x every'})` });
     }
     jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, level: j.level, retry, lagWarningMs, lagCriticalMs, line });
