@@ -26,7 +26,7 @@ export function registerAlertCommands(program: Command, ctx: CliContext): void {
       if (o.json) ctx.json({ ok, channels: results });
       else {
         for (const r of results) {
-          const what = r.pinged ? ` (pinged ${r.pinged.join(', ')})` : '';
+          const what = !r.pinged ? '' : r.pinged.length ? ` (pinged ${r.pinged.join(', ')})` : ' (nothing pinged: a test does not ping the fail URL)';
           ctx.out(r.ok ? `${r.label}: ok${what}` : `${r.label}: FAILED: ${r.error}`);
         }
       }
