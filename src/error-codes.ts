@@ -29,6 +29,7 @@ export const ERRORS = {
   S3_NO_OBJECT_LOCK: { exit: 'usage', meaning: 'retention was asked for but the bucket has no object lock' },
   JOB_NOT_FOUND: { exit: 'usage', meaning: 'run: no job of that name in the configuration, or no volume of the job matches --volume' },
   CONFIG_INVALID: { exit: 'usage', meaning: 'the daemon configuration file is unreadable or invalid (every problem with its line)' },
+  ALERTS_NOT_CONFIGURED: { exit: 'usage', meaning: 'notify test: the configuration has no alert channel (alerts.email, webhook, exec or ping)' },
   CHANGES_INVALID: { exit: 'usage', meaning: 'the --changes file of an image send is not valid thin_delta XML (the DELTA_* code is in the message)' },
 
   // interrupted (exit 130)

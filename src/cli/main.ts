@@ -10,6 +10,7 @@ import {
   type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
 } from '../api/index.js';
 import { registerDaemonCommands } from './daemon-commands.js';
+import { registerAlertCommands } from './alert-commands.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
 import {
   describeRecovery, describeZeroStats, intOption, parseSize, printApply, printInfo, printList, printRemoteApply, printSend, printVerify, Progress,
@@ -252,6 +253,7 @@ function buildProgram(): Command {
     });
   registerChainCommands(program, chainCtx);
   registerDaemonCommands(program, chainCtx);
+  registerAlertCommands(program, chainCtx);
   return program;
 }
 

@@ -108,6 +108,51 @@ unknown_top: 1
     ]);
   });
 
+  it('alerts and lag thresholds: defaults, conversions, and their problems with lines', () => {
+    const ok = checkConfigText(`alerts:
+  email: { to: ops@example.com, from: thinarchive@backup1, smtp: "smtps://u:p%40ss@mail.example:465" }
+  webhook: { url: "http://127.0.0.1:8080/hook" }
+  exec: /usr/local/bin/on-thinarchive-event
+  ping: { success: "https://hc.example/ping/x" }
+${GOOD.replace('    to: /srv/backup\n', '    to: /srv/backup\n    lag_warning: 2m\n')}`);
+    expect(ok.problems).toEqual([]);
+    expect(ok.config!.alerts).toEqual({
+      email: { to: ['ops@example.com'], from: 'thinarchive@backup1', smtp: 'smtps://u:p%40ss@mail.example:465' },
+      webhook: { url: 'http://127.0.0.1:8080/hook', timeoutMs: 10_000 }, exec: '/usr/local/bin/on-thinarchive-event',
+      ping: { start: undefined, success: 'https://hc.example/ping/x', fail: undefined }, repeatAfterMs: 3_600_000,
+    });
+    const [vms, standby] = ok.config!.jobs;
+    expect([vms.lagWarningMs, vms.lagCriticalMs]).toEqual([120_000, 300_000]);
+    expect([standby.lagWarningMs, standby.lagCriticalMs]).toEqual([900_000, 3_000_000]);
+    expect(checkConfigText(GOOD).config!.alerts).toBeUndefined();
+
+    // Schema problems stop there; the semantic ones (a valid URL, durations above 0, lag order) come once the schema holds.
+    const problems = (alerts: string): string[] => checkConfigText(`alerts:
+${alerts}jobs:
+  - name: a
+    volumes: [vg0/a]
+    every: 1m
+    to: /s
+    lag_warning: 1h
+`).problems.map((p) => `${p.line}: ${p.message}`);
+    expect(problems(`  email: { to: [], from: a@b, smtp: "smtp://" }
+  webhook: { url: "https://[bad/hook", timeout: 0s }
+  ping: {}
+  repeat_after: 1 hour
+`)).toEqual([
+      '2: alerts.email.to: an address, or a list of addresses',
+      '2: alerts.email.smtp: not an smtp:// or smtps:// URL (smtp://[user:pass@]host[:port])',
+      '4: alerts.ping: must NOT have fewer than 1 properties',
+      '5: alerts.repeat_after: not a duration (examples: 30s, 5m, 1h, 1d)',
+    ]);
+    expect(problems(`  webhook: { url: "https://[bad/hook", timeout: 0s }
+`)).toEqual([
+      '2: alerts.webhook.timeout: must be more than 0',
+      '2: alerts.webhook.url: not a valid URL',
+      '8: jobs[0]: lag_warning (1h) must be less than lag_critical (10 x every)',
+    ]);
+  });
+
   it('reports YAML syntax errors and duplicate keys with their line', () => {
     const { problems } = checkConfigText('jobs:\n  - name: a\n    name: b\n    every: [\n');
     expect(problems.length).toBeGreaterThan(0);

@@ -72,14 +72,29 @@ export interface JobConfig {
   verify?: VerifySchedule;
   level?: number;
   retry: { attempts: number; initialMs: number; maxMs: number };
+  /** milliseconds: lag_warning and lag_critical alerts (docs/ALERTS.md); default 3 and 10 times `every` */
+  lagWarningMs: number;
+  lagCriticalMs: number;
   /** the line of the job in the file */
   line: number;
+}
+
+/** `alerts` (docs/ALERTS.md): the channels and the reminder interval. */
+export interface AlertsConfig {
+  email?: { to: string[]; from: string; smtp: string };
+  webhook?: { url: string; timeoutMs: number };
+  /** an absolute path, run without a shell */
+  exec?: string;
+  ping?: { start?: string; success?: string; fail?: string };
+  /** milliseconds: a condition that still holds is sent again after this long */
+  repeatAfterMs: number;
 }
 
 export interface DaemonConfig {
   path: string;
   /** at least one of the two */
   metrics?: { listen?: string; textfile?: string };
+  alerts?: AlertsConfig;
   stateDir?: string;
   sshOptions: string[];
   s3Endpoint?: string;
@@ -95,6 +110,7 @@ export interface ConfigProblem {
 
 const duration = { type: 'string', pattern: '^\\s*\\d+\\s*[smhdwSMHDW]\\s*$' };
 const count = { type: 'integer', minimum: 0 };
+const httpUrl = { type: 'string', pattern: '^https?://[^\\s/?#]+' };
 const SCHEMA = {
   type: 'object',
   additionalProperties: false,
@@ -109,6 +125,23 @@ const SCHEMA = {
       properties: {
         listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$' },
         textfile: { type: 'string', pattern: '^/.*[^/]\\.prom$' },
+      },
+    },
+    alerts: {
+      type: 'object', additionalProperties: false,
+      properties: {
+        email: {
+          type: 'object', additionalProperties: false, required: ['to', 'from', 'smtp'],
+          properties: {
+            to: { oneOf: [{ type: 'string', minLength: 3 }, { type: 'array', minItems: 1, items: { type: 'string', minLength: 3 } }] },
+            from: { type: 'string', minLength: 3 },
+            smtp: { type: 'string', pattern: '^smtps?://[^\\s/?#]+' },
+          },
+        },
+        webhook: { type: 'object', additionalProperties: false, required: ['url'], properties: { url: httpUrl, timeout: duration } },
+        exec: { type: 'string', pattern: '^/' },
+        ping: { type: 'object', additionalProperties: false, minProperties: 1, properties: { start: httpUrl, success: httpUrl, fail: httpUrl } },
+        repeat_after: duration,
       },
     },
     jobs: {
@@ -151,6 +184,8 @@ const SCHEMA = {
             type: 'object', additionalProperties: false,
             properties: { attempts: { type: 'integer', minimum: 1, maximum: 100 }, initial: duration, max: duration },
           },
+          lag_warning: duration,
+          lag_critical: duration,
         },
       },
     },
@@ -192,12 +227,18 @@ function describe(e: ErrorObject, path: (string | number)[]): string {
   switch (e.keyword) {
     case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"${path.length ? ` in ${where}` : ''}`;
     case 'required': return `${where}: missing key "${(e.params as { missingProperty: string }).missingProperty}"`;
-    case 'pattern':
+    case 'pattern': {
+      const pattern = (e.params as { pattern: string }).pattern;
       if (path[path.length - 1] === 'sample') return `${where}: "full" or a percentage (examples: full, 5%, 0.5%)`;
       if (path[path.length - 1] === 'textfile') return `${where}: an absolute path ending in .prom (node_exporter's textfile collector reads *.prom)`;
-      if (path[path.length - 1] === 'every' || path[0] === 'lease_ttl' || path.includes('keep') || path.includes('retry')) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
+      if (pattern === duration.pattern) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
       if (path.includes('volumes')) return `${where}: not VG/LV (patterns allowed: vg0/vm-*)`;
+      if (pattern === httpUrl.pattern) return `${where}: not an http:// or https:// URL`;
+      if (pattern.startsWith('^smtps?')) return `${where}: not an smtp:// or smtps:// URL (smtp://[user:pass@]host[:port])`;
+      if (pattern === '^/') return `${where}: not an absolute path`;
       return `${where}: ${e.message}`;
+    }
+    case 'oneOf': return `${where}: an address, or a list of addresses`;
     default: return `${where}: ${e.message}`;
   }
 }
@@ -215,7 +256,8 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     const seen = new Set<string>();
     for (const e of validate.errors ?? []) {
       const path = pathOf(e.instancePath);
-      if (e.keyword === 'oneOf' || (path.includes('volumes') && e.keyword === 'type')) continue;
+      const emailTo = path[0] === 'alerts' && path[1] === 'email' && path[2] === 'to';
+      if (emailTo ? e.keyword !== 'oneOf' : e.keyword === 'oneOf' || (path.includes('volumes') && e.keyword === 'type')) continue;
       const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty : undefined;
       const p = { line: lineOf(doc, lc, path, key), message: describe(e, path) };
       const id = `${p.line}\0${p.message}`;
@@ -273,15 +315,34 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       initialMs: ms(['jobs', i, 'retry', 'initial'], j.retry?.initial) ?? 1000,
       maxMs: ms(['jobs', i, 'retry', 'max'], j.retry?.max) ?? 60_000,
     };
-    jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, verify, level: j.level, retry, line });
+    const lagWarningMs = ms(['jobs', i, 'lag_warning'], j.lag_warning) ?? 3 * every;
+    const lagCriticalMs = ms(['jobs', i, 'lag_critical'], j.lag_critical) ?? 10 * every;
+    if (lagWarningMs >= lagCriticalMs && (j.lag_warning !== undefined || j.lag_critical !== undefined)) {
+      problems.push({ line: lineOf(doc, lc, ['jobs', i, j.lag_critical !== undefined ? 'lag_critical' : 'lag_warning']), message: `jobs[${i}]: lag_warning (${j.lag_warning ?? '3 x every'}) must be less than lag_critical (${j.lag_critical ?? '10 x every'})` });
+    }
+    jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, verify, level: j.level, retry, lagWarningMs, lagCriticalMs, line });
   });
   const leaseTtlMs = raw.lease_ttl === undefined ? DEFAULT_LEASE_TTL_MS : parseDuration(raw.lease_ttl);
   if (leaseTtlMs < MIN_LEASE_TTL_MS) problems.push({ line: lineOf(doc, lc, ['lease_ttl']), message: `lease_ttl: must be at least ${MIN_LEASE_TTL_MS / 1000}s` });
+  let alerts: AlertsConfig | undefined;
+  if (raw.alerts) {
+    const a = raw.alerts as Record<string, any>;
+    alerts = {
+      email: a.email ? { to: typeof a.email.to === 'string' ? [a.email.to] : a.email.to, from: a.email.from, smtp: a.email.smtp } : undefined,
+      webhook: a.webhook ? { url: a.webhook.url, timeoutMs: ms(['alerts', 'webhook', 'timeout'], a.webhook.timeout) ?? 10_000 } : undefined,
+      exec: a.exec,
+      ping: a.ping ? { start: a.ping.start, success: a.ping.success, fail: a.ping.fail } : undefined,
+      repeatAfterMs: ms(['alerts', 'repeat_after'], a.repeat_after) ?? 3_600_000,
+    };
+    for (const [path, url] of [[['alerts', 'email', 'smtp'], a.email?.smtp], [['alerts', 'webhook', 'url'], a.webhook?.url], ...['start', 'success', 'fail'].map((k) => [['alerts', 'ping', k], a.ping?.[k]])] as [string[], string | undefined][]) {
+      if (url !== undefined && !URL.canParse(url)) problems.push({ line: lineOf(doc, lc, path), message: `${path.join('.')}: not a valid URL` });
+    }
+  }
   problems.sort((a, b) => a.line - b.line);
   if (problems.length) return { problems };
   return {
     problems,
-    config: { metrics: raw.metrics, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, jobs },
+    config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, jobs },
   };
 }
 

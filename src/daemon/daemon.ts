@@ -11,7 +11,9 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { ChainLeaseHolder, thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
+import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger } from '../api/index.js';
+import { DaemonAlerts } from './alert-rules.js';
+import { AlertEngine } from './alerts.js';
 import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { runUnit, type RunOutcome } from './runner.js';
@@ -22,6 +24,8 @@ import {
 } from './state.js';
 
 export const STATUS_VERSION = 1;
+/** How often every unit's lag is checked against its thresholds (and after every run). */
+export const LAG_CHECK_MS = 30_000;
 
 /** One row of `status --json` (docs/DAEMON.md, "status --json"). */
 export interface UnitStatus {
@@ -92,6 +96,8 @@ interface Unit {
   /** wakes the loop from its sleep (a reload changed `next`) */
   wake?: () => void;
   loop?: Promise<void>;
+  /** ms: when this daemon started the unit (its lag reference until it has a point) */
+  since: number;
 }
 
 /**
@@ -175,6 +181,8 @@ export class Daemon {
   private textfile: { path?: string; busy?: Promise<void>; again: boolean } = { again: false };
   private readonly startedAt = new Date();
   private stopping = false;
+  private alerts?: DaemonAlerts;
+  private lagTimer?: NodeJS.Timeout;
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
     if (config) this.config = config;
@@ -216,8 +224,16 @@ export class Daemon {
       return s?.newestPoint ? [{ job: u.job.name, volume: u.volume, newestMs: Date.parse(s.newestPoint) }] : [];
     });
     if (this.config.metrics?.listen) this.http = await this.metrics.serve(this.config.metrics.listen);
+    this.alerts = new DaemonAlerts(await AlertEngine.open(this.config.alerts, {
+      log: this.log, stateDir: this.stateDir,
+      onAlert: (e) => this.metrics.alerts.inc({ event: e.event }),
+      onDeliveryFailure: (channel) => this.metrics.alertDeliveryFailures.inc({ channel }),
+    }));
     await this.applyJobs(this.config);
     await this.setTextfile(this.config.metrics?.textfile);
+    this.alerts.started(this.units.size, this.config.jobs.length, TOOL_VERSION);
+    this.checkLag();
+    this.lagTimer = setInterval(() => this.checkLag(), LAG_CHECK_MS).unref();
     this.log.info({ config: this.configPath, stateDir: this.stateDir, units: this.units.size }, 'daemon started');
   }
 
@@ -266,7 +282,7 @@ export class Daemon {
       if (!prev) this.state.set(key, emptyUnit(w.job.name, w.volume));
       const last = prev?.lastAttempt ? Date.parse(prev.lastAttempt) : undefined;
       const unit: Unit = {
-        job: w.job, volume: w.volume, running: false, next: rescheduled(last, w.job.every, now), skipped: 0, runs: 0,
+        job: w.job, volume: w.volume, running: false, next: rescheduled(last, w.job.every, now), skipped: 0, runs: 0, since: now,
         stop: new AbortController(), lease: new ChainLeaseHolder({ job: w.job.name, ttlMs: config.leaseTtlMs, log: this.log }),
       };
       if (prev) this.initMetrics(prev);
@@ -275,6 +291,13 @@ export class Daemon {
     }
     this.config = config;
     if (removed) this.saveState();
+    // Conditions of units no longer configured are forgotten (no resolved event for them).
+    this.alerts?.engine.retain((family, s) => (family !== 'run' && family !== 'lag') || this.units.has(unitKey(s.job ?? '', s.volume ?? '')));
+  }
+
+  /** Every unit's lag against its job's thresholds (lag_warning, lag_critical, lag_ok). */
+  private checkLag(): void {
+    this.alerts?.lag([...this.units.values()].map((u) => ({ job: u.job, volume: u.volume, state: this.state.get(unitKey(u.job.name, u.volume)), since: u.since })));
   }
 
   private initMetrics(s: UnitState): void {
@@ -316,12 +339,15 @@ export class Daemon {
       let out: RunOutcome;
       const attemptAt = new Date();
       const ctx = { config: this.config, stateDir: this.stateDir, log: this.log, signal, lease: unit.lease };
+      this.alerts?.runStarted(unit.job.name, unit.volume);
       try {
-        out = await runUnit(unit.job, unit.volume, this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume), ctx);
+        const prev = this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume);
+        out = await runUnit(unit.job, unit.volume, prev, ctx);
         if (this.units.get(key) !== unit) break; // removed by a reload meanwhile: nothing to record
         unit.runs++;
-        this.record(unit, attemptAt, out);
-        const s = this.state.get(key)!;
+        const s = this.record(unit, attemptAt, out);
+        this.alerts?.afterRun(unit.job.name, unit.volume, prev, s, out, [...this.units.values()].map((u) => this.state.get(unitKey(u.job.name, u.volume)) ?? emptyUnit(u.job.name, u.volume)));
+        this.checkLag();
         if (out.ok && isVerifyDue(unit.job, s, Date.now())) {
           let v: ScheduledVerify | undefined;
           try {
@@ -346,7 +372,7 @@ export class Daemon {
     await unit.lease.release();
   }
 
-  private record(unit: Unit, attemptAt: Date, out: RunOutcome): void {
+  private record(unit: Unit, attemptAt: Date, out: RunOutcome): UnitState {
     const key = unitKey(unit.job.name, unit.volume);
     const l = { job: unit.job.name, volume: unit.volume };
     const s = afterRun(this.state.get(key) ?? emptyUnit(unit.job.name, unit.volume), attemptAt, out);
@@ -362,6 +388,7 @@ export class Daemon {
     }
     this.state.set(key, s);
     this.saveState();
+    return s;
   }
 
   private recordVerify(unit: Unit, v: ScheduledVerify): void {
@@ -438,6 +465,7 @@ export class Daemon {
     }
     if (stateDirOf(r.config.stateDir) !== this.stateDir) this.log.warn({}, 'state_dir changed: takes effect at the next start');
     const listenChanged = r.config.metrics?.listen !== this.config.metrics?.listen;
+    this.alerts?.engine.configure(r.config.alerts);
     await this.applyJobs(r.config);
     if (listenChanged) {
       await new Promise((res) => (this.http ? this.http.close(res) : res(undefined)));
@@ -453,6 +481,8 @@ export class Daemon {
   async stop(graceMs = 8000): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearInterval(this.lagTimer);
+    this.alerts?.stopped();
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -469,6 +499,9 @@ export class Daemon {
       new Promise((res) => (this.socket ? this.socket.close(res) : res(undefined))),
     ]);
     await rm(join(this.stateDir, SOCKET_FILE), { force: true });
+    // daemon_stopped was queued at the start of the stop; what is not delivered now is at the next start.
+    await this.alerts?.engine.flush(1000);
+    await this.alerts?.engine.close();
     await this.lock?.release();
     this.log.info({}, 'daemon stopped');
   }

@@ -32,6 +32,8 @@ export class DaemonMetrics {
   readonly chainLength = new Gauge({ name: 'thinarchive_chain_length', help: 'points in the chain at the destination', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of any kind (after an apply, or scheduled)', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly scheduledVerifySuccess = new Gauge({ name: 'thinarchive_scheduled_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful scheduled verification (job verify: store, and local replica)', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly alerts = new Counter({ name: 'thinarchive_alerts_total', help: 'alerts made (before delivery), by event (docs/ALERTS.md)', labelNames: ['event'], registers: [this.registry] });
+  readonly alertDeliveryFailures = new Counter({ name: 'thinarchive_alert_delivery_failures_total', help: 'failed delivery attempts of alerts and pings, by channel (each is retried)', labelNames: ['channel'], registers: [this.registry] });
   readonly up = new Gauge({ name: 'thinarchive_daemon_start_timestamp_seconds', help: 'Unix time the daemon started', registers: [this.registry] });
 
   /** the failure codes seen per unit (to drop their series in forget) */

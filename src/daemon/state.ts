@@ -198,7 +198,7 @@ export async function removeStaleTempsOf(path: string): Promise<void> {
 export async function removeStaleTemps(dir: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const n of names) {
-    const m = /^\.(?:daemon-state\.json|image-.*)\.tmp-(\d+)-/.exec(n) ?? /^\.\.?image-delta-(\d+)-/.exec(n);
+    const m = /^\.(?:daemon-state\.json|alerts-state\.json|image-.*)\.tmp-(\d+)-/.exec(n) ?? /^\.\.?image-delta-(\d+)-/.exec(n);
     if (m && Number(m[1]) !== process.pid) await rm(join(dir, n), { force: true });
   }
 }

@@ -155,7 +155,12 @@ export class SshConnection {
   /** Start the shared connection (once). Authentication errors surface here, as one line. */
   async connect(): Promise<void> {
     if (this.opts.sshMultiplex === false) return;
-    this.masterReady ??= this.startMaster();
+    // A failed start is not kept: the next call tries again (a long-lived process, the daemon, must
+    // reconnect once the host is reachable again).
+    this.masterReady ??= this.startMaster().catch((e: unknown) => {
+      this.masterReady = undefined;
+      throw e;
+    });
     return this.masterReady;
   }
 

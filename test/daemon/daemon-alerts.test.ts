@@ -1,0 +1,179 @@
+// The real daemon's alerts, end to end: an image job every second into an ssh:// store (a private
+// sshd, reached through a TCP relay in this test that can be cut and restored), alerts to a real SMTP
+// server and a webhook receiver, pings to the same receiver.
+// - The SMTP server down at start: backups go on, and daemon_started arrives by e-mail once it is back.
+// - The destination cut: one run_failed (job and volume, the error code) over many failed runs,
+//   e-mailed too; lag_warning; fail pings. A restart of the daemon meanwhile alerts nothing again.
+// - The destination back: run_recovered, lag_ok, a success ping; metrics count the alerts; SIGTERM
+//   sends daemon_stopped before the process exits.
+import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { AlertEvent } from '../../src/daemon/alert-event.js';
+import { collect, runOk, show, sleep, spawnCli, tempDir, waitFor, type RunResult, type TempDir } from '../helpers/cli.js';
+import { freePort } from '../helpers/host.js';
+import { startHttpReceiver, startSmtpReceiver, type HttpReceiver, type SmtpReceiver } from '../servers/alert-receivers.js';
+import { ciSet, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
+
+const avail = sshdAvailable();
+if (!avail.ok && ciSet()) throw new Error(`sshd is not available under CI: ${avail.reason}`);
+
+/** A TCP relay on 127.0.0.1:port to `target`; `cut()` closes it and every connection through it (refused), `restore()` listens again. */
+async function relay(port: number, target: number): Promise<{ cut: () => Promise<void>; restore: () => Promise<void> }> {
+  let server: Server | undefined;
+  const conns = new Set<Socket>();
+  const restore = async (): Promise<void> => {
+    server = createServer((c) => {
+      const up = connect(target, '127.0.0.1');
+      for (const s of [c, up]) {
+        conns.add(s);
+        s.on('close', () => conns.delete(s));
+        s.on('error', () => { c.destroy(); up.destroy(); });
+      }
+      c.pipe(up).pipe(c);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server!.once('error', reject);
+      server!.listen(port, '127.0.0.1', () => resolve());
+    });
+  };
+  const cut = async (): Promise<void> => {
+    const s = server;
+    server = undefined;
+    for (const c of conns) c.destroy();
+    await new Promise<void>((resolve) => (s ? s.close(() => resolve()) : resolve()));
+  };
+  await restore();
+  return { cut, restore };
+}
+
+interface Unit { job: string; volume: string; state: string; runs: number | null; consecutiveFailures: number; lastSuccess: string | null; lastError: { code: string } | null }
+
+describe.skipIf(!avail.ok)('daemon alerts', () => {
+  let t: TempDir;
+  let sshd: Sshd | undefined;
+  let smtp: SmtpReceiver | undefined;
+  let http: HttpReceiver | undefined;
+  let daemon: ReturnType<typeof spawnCli> | undefined;
+  afterAll(async () => {
+    if (daemon && daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
+    await sleep(200);
+    await smtp?.stop();
+    await http?.stop();
+    await sshd?.stop();
+    await t?.remove();
+  });
+
+  it('run_failed once for an unreachable destination, run_recovered when it is back; a dead SMTP server delays only its own e-mail', async () => {
+    t = await tempDir('daemon-alerts');
+    sshd = await startSshd();
+    smtp = await startSmtpReceiver();
+    http = await startHttpReceiver();
+    const relayPort = await freePort();
+    const link = await relay(relayPort, sshd.port);
+    const image = t.join('a.img');
+    await writeFile(image, randomBytes(1 << 20));
+    const metricsPort = await freePort();
+    const cfg = t.join('thinarchive.yml');
+    const store = `ssh://${sshd.user}@127.0.0.1:${relayPort}${t.join('remote-store')}`;
+    await writeFile(cfg, `state_dir: ${t.join('state')}
+metrics: { listen: "127.0.0.1:${metricsPort}" }
+ssh_options: [IdentityFile=${sshd.key}, IdentitiesOnly=yes, BatchMode=yes, UserKnownHostsFile=/dev/null, StrictHostKeyChecking=no, LogLevel=ERROR, ConnectTimeout=5]
+alerts:
+  email: { to: ops@example.com, from: thinarchive@backup1, smtp: "smtp://127.0.0.1:${smtp.port}" }
+  webhook: { url: "${http.url('/hook')}", timeout: 5s }
+  ping: { start: "${http.url('/ping/start')}", success: "${http.url('/ping/success')}", fail: "${http.url('/ping/fail')}" }
+  repeat_after: 1h
+jobs:
+  - name: remote
+    volumes: [{image: ${image}}]
+    every: 1s
+    to: ${store}
+    retry: { attempts: 1 }
+    lag_warning: 4s
+    lag_critical: 1h
+`);
+    await runOk(['config', 'check', '--config', cfg]);
+    const hooks = (): AlertEvent[] => http!.json<AlertEvent>('/hook');
+    const of = (event: string): AlertEvent[] => hooks().filter((e) => e.event === event);
+    const unit = async (): Promise<Unit | undefined> => {
+      const r = await runOk(['status', '--config', cfg, '--json']).catch(() => undefined);
+      const s = r && (JSON.parse(r.stdout) as { source: string; units: Unit[] });
+      return s?.source === 'daemon' ? s.units[0] : undefined;
+    };
+    const start = (): Promise<RunResult> => {
+      daemon = spawnCli(['daemon', '--config', cfg]);
+      return collect(daemon, 300_000);
+    };
+
+    // 1. The SMTP server is down when the daemon starts: the backups run on schedule regardless.
+    await smtp.stop();
+    let done = start();
+    await waitFor(() => of('daemon_started').length === 1, 30_000);
+    const running = await waitFor(async () => { const u = await unit(); return u && (u.runs ?? 0) >= 3 && u.lastSuccess ? u : undefined; }, 60_000, 100);
+    expect(running.consecutiveFailures).toBe(0);
+    expect(smtp.messages).toEqual([]);
+    expect(http.requests.filter((q) => q.path === '/ping/success').length).toBeGreaterThanOrEqual(3);
+    expect(http.requests.find((q) => q.path === '/ping/start')!.body).toBe(`remote ${image}`);
+    expect(http.requests.find((q) => q.path === '/ping/success')!.body).toBe('1 volume ok');
+    // Back: the queued e-mail is delivered (retries every 2, 4, 8 ... s).
+    await smtp.start();
+    const startedMail = await waitFor(() => smtp!.messages.find((m) => m.mail.headers.get('x-thinarchive-event') === 'daemon_started'), 30_000, 100);
+    expect(startedMail.mail.subject).toMatch(/^\[thinarchive\] INFO daemon_started: /);
+
+    // 2. The destination becomes unreachable: one run_failed however many runs fail.
+    await link.cut();
+    const [failed] = await waitFor(() => (of('run_failed').length ? of('run_failed') : undefined), 30_000, 100);
+    expect(failed).toMatchObject({
+      event: 'run_failed', severity: 'warning', status: 'firing', reminder: false, job: 'remote', volume: image, pool: null,
+      values: { code: 'SSH_CONNECT', exitClass: 'runtime', attempts: 1, consecutiveFailures: 1 },
+    });
+    expect(failed.message).toMatch(new RegExp(`^remote ${image.replace(/[.]/g, '\\.')}: run failed after 1 attempt: SSH_CONNECT: `));
+    await waitFor(async () => ((await unit())?.consecutiveFailures ?? 0) >= 4, 60_000, 100);
+    const lag = await waitFor(() => of('lag_warning')[0], 30_000, 100);
+    expect(lag).toMatchObject({ job: 'remote', volume: image, severity: 'warning', values: { warningSeconds: 4, criticalSeconds: 3600 } });
+    expect(lag.values.lagSeconds).toBeGreaterThanOrEqual(4);
+    const mail = await waitFor(() => smtp!.messages.find((m) => m.mail.headers.get('x-thinarchive-event') === 'run_failed'), 30_000, 100);
+    expect(mail.mail.subject).toBe(`[thinarchive] WARNING run_failed: remote ${image} on ${failed.host}`);
+    expect(mail.mail.text).toContain('code:');
+    await waitFor(() => http!.requests.some((q) => q.path === '/ping/fail' && q.body.startsWith(`1 of 1 failing: remote ${image}: SSH_CONNECT`)), 10_000, 100);
+
+    // 3. A restart during the outage: the conditions are remembered, nothing is alerted again.
+    daemon!.kill('SIGTERM');
+    expect((await done).code).toBe(0);
+    expect(of('daemon_stopped')).toHaveLength(1);
+    done = start();
+    await waitFor(() => of('daemon_started').length === 2, 30_000);
+    const before = (await waitFor(unit, 30_000, 100)).consecutiveFailures;
+    await waitFor(async () => ((await unit())?.consecutiveFailures ?? 0) >= before + 3, 60_000, 100);
+    expect(of('run_failed')).toHaveLength(1);
+    expect(of('lag_warning')).toHaveLength(1);
+
+    // 4. The destination is back: one run_recovered and one lag_ok, then success pings.
+    const failedRuns = (await unit())!.consecutiveFailures;
+    await link.restore();
+    const recovered = await waitFor(() => of('run_recovered')[0], 60_000, 100);
+    expect(recovered).toMatchObject({ severity: 'ok', status: 'resolved', job: 'remote', volume: image, since: failed.since });
+    expect(recovered.values.failedRuns).toBeGreaterThanOrEqual(failedRuns);
+    const lagOk = await waitFor(() => of('lag_ok')[0], 30_000, 100);
+    expect(lagOk).toMatchObject({ job: 'remote', volume: image, since: lag.since });
+    const pingsAfter = http.requests.length;
+    await waitFor(() => http!.requests.slice(pingsAfter).some((q) => q.path === '/ping/success'), 30_000, 100);
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^thinarchive_alerts_total\{event="run_recovered"\} 1$/m);
+    expect(metrics).toMatch(/^thinarchive_alerts_total\{event="lag_ok"\} 1$/m);
+    expect(metrics).toMatch(/^thinarchive_alerts_total\{event="daemon_started"\} 1$/m);
+    expect(metrics).not.toMatch(/thinarchive_alerts_total\{event="run_failed"\}/);
+
+    // 5. SIGTERM: daemon_stopped is delivered before the process ends; nothing is left to deliver.
+    daemon!.kill('SIGTERM');
+    const r = await done;
+    expect(r.code, show(r)).toBe(0);
+    expect(of('daemon_stopped')).toHaveLength(2);
+    expect(hooks().map((e) => e.event).filter((e) => e !== 'daemon_started' && e !== 'daemon_stopped')).toEqual(['run_failed', 'lag_warning', 'run_recovered', 'lag_ok']);
+    const state = JSON.parse(await readFile(join(t.join('state'), 'alerts-state.json'), 'utf8'));
+    expect(state).toMatchObject({ version: 1, conditions: [], pending: [] });
+  });
+});
