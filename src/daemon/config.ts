@@ -11,6 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { resolveThresholds, type PoolWatchSettings } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
 import { parseDuration } from '../units.js';
 
@@ -71,6 +72,8 @@ export interface DaemonConfig {
   stateDir?: string;
   sshOptions: string[];
   s3Endpoint?: string;
+  /** the pool watch and guard, per pool ("VG/POOL") and "default" (check, send, the daemon's pool sampling) */
+  pools: Record<string, PoolWatchSettings>;
   jobs: JobConfig[];
 }
 
@@ -81,6 +84,10 @@ export interface ConfigProblem {
 
 const duration = { type: 'string', pattern: '^\\s*\\d+\\s*[smhdwSMHDW]\\s*$' };
 const count = { type: 'integer', minimum: 0 };
+const percent = { type: 'number', minimum: 0, maximum: 100 };
+const usagePair = { type: 'object', additionalProperties: false, minProperties: 1, properties: { data: percent, metadata: percent } };
+/** `default` or VG/POOL (LVM names). */
+const POOL_KEY = '^(default|[A-Za-z0-9+_.][A-Za-z0-9+_.-]*/[A-Za-z0-9+_.][A-Za-z0-9+_.-]*)$';
 const SCHEMA = {
   type: 'object',
   additionalProperties: false,
@@ -89,6 +96,14 @@ const SCHEMA = {
     state_dir: { type: 'string', minLength: 1 },
     ssh_options: { type: 'array', items: { type: 'string' } },
     s3_endpoint: { type: 'string', minLength: 1 },
+    pools: {
+      type: 'object',
+      propertyNames: { pattern: POOL_KEY },
+      additionalProperties: {
+        type: 'object', additionalProperties: false,
+        properties: { warn: usagePair, crit: usagePair, require_autoextend: { type: 'boolean' }, held_metadata_snapshot: duration },
+      },
+    },
     metrics: {
       type: 'object', additionalProperties: false, required: ['listen'],
       properties: { listen: { type: 'string', pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$' } },
@@ -168,10 +183,11 @@ function pathOf(instancePath: string): (string | number)[] {
 function describe(e: ErrorObject, path: (string | number)[]): string {
   const where = path.length ? path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '') : 'the file';
   switch (e.keyword) {
+    case 'propertyNames': return `${where}: ${JSON.stringify((e.params as { propertyName: string }).propertyName)} is neither "default" nor VG/POOL`;
     case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"${path.length ? ` in ${where}` : ''}`;
     case 'required': return `${where}: missing key "${(e.params as { missingProperty: string }).missingProperty}"`;
     case 'pattern':
-      if (path[path.length - 1] === 'every' || path.includes('keep') || path.includes('retry')) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
+      if (path[path.length - 1] === 'every' || path.includes('keep') || path.includes('retry') || path[path.length - 1] === 'held_metadata_snapshot') return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
       if (path.includes('volumes')) return `${where}: not VG/LV (patterns allowed: vg0/vm-*)`;
       return `${where}: ${e.message}`;
     default: return `${where}: ${e.message}`;
@@ -192,7 +208,9 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     for (const e of validate.errors ?? []) {
       const path = pathOf(e.instancePath);
       if (e.keyword === 'oneOf' || (path.includes('volumes') && e.keyword === 'type')) continue;
-      const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty : undefined;
+      if ((e as ErrorObject & { propertyName?: string }).propertyName !== undefined && e.keyword !== 'propertyNames') continue; // said by its propertyNames error
+      const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty
+        : e.keyword === 'propertyNames' ? (e.params as { propertyName: string }).propertyName : undefined;
       const p = { line: lineOf(doc, lc, path, key), message: describe(e, path) };
       const id = `${p.line}\0${p.message}`;
       if (!seen.has(id)) problems.push(p);
@@ -243,11 +261,26 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     };
     jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, level: j.level, retry, line });
   });
+  const pools: Record<string, PoolWatchSettings> = {};
+  for (const [key, p] of Object.entries((raw.pools ?? {}) as Record<string, Record<string, any>>)) {
+    pools[key] = {
+      ...(p.warn ? { warn: p.warn } : {}), ...(p.crit ? { crit: p.crit } : {}),
+      ...(p.require_autoextend !== undefined ? { requireAutoextend: p.require_autoextend } : {}),
+      ...(p.held_metadata_snapshot !== undefined ? { heldMetadataSnapshotMs: ms(['pools', key, 'held_metadata_snapshot'], p.held_metadata_snapshot) } : {}),
+    };
+  }
+  for (const key of Object.keys(pools)) {
+    try {
+      resolveThresholds(key, pools);
+    } catch (e) {
+      problems.push({ line: lineOf(doc, lc, ['pools', key]), message: `pools.${key}: ${(e as Error).message.replace(/^[^:]*: /, '')}` });
+    }
+  }
   problems.sort((a, b) => a.line - b.line);
   if (problems.length) return { problems };
   return {
     problems,
-    config: { metrics: raw.metrics, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, jobs },
+    config: { metrics: raw.metrics, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, pools, jobs },
   };
 }
 

@@ -8,9 +8,10 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { thinVolumes, ThinarchiveError, type Logger } from '../api/index.js';
+import { thinVolumes, ThinarchiveError, type Logger, type PoolCondition } from '../api/index.js';
 import { checkConfig, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
+import { PoolSampler } from './pool-sampler.js';
 import { abortableSleep, runUnit, type RunOutcome } from './runner.js';
 import { emptyUnit, readState, removeStaleTemps, SOCKET_FILE, stateDirOf, unitKey, writeState, type UnitState } from './state.js';
 
@@ -142,6 +143,7 @@ export class Daemon {
   private writing: Promise<void> = Promise.resolve();
   private readonly startedAt = new Date();
   private stopping = false;
+  private pools?: PoolSampler;
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
     if (config) this.config = config;
@@ -181,6 +183,10 @@ export class Daemon {
     });
     if (this.config.metrics) this.http = await this.metrics.serve(this.config.metrics.listen);
     await this.applyJobs(this.config);
+    this.pools = new PoolSampler({
+      volumes: () => [...new Set([...this.units.values()].map((u) => u.volume))], config: () => this.config, stateDir: this.stateDir, log: this.log, metrics: this.metrics,
+    });
+    this.pools.start();
     this.log.info({ config: this.configPath, stateDir: this.stateDir, units: this.units.size }, 'daemon started');
   }
 
@@ -301,6 +307,11 @@ export class Daemon {
     };
   }
 
+  /** The latest condition of each pool holding a volume of the daemon (sampled every minute; empty before the first sample). */
+  poolConditions(): PoolCondition[] {
+    return this.pools?.conditions() ?? [];
+  }
+
   /** SIGHUP: read the config again; a bad one is logged and the running one kept. */
   async reload(): Promise<boolean> {
     const r = await checkConfig(this.configPath);
@@ -326,7 +337,7 @@ export class Daemon {
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.allSettled([...this.units.values()].map((u) => u.loop)),
+      Promise.allSettled([...[...this.units.values()].map((u) => u.loop), this.pools?.close()]),
       new Promise((res) => { timer = setTimeout(res, graceMs); }),
     ]);
     clearTimeout(timer);

@@ -136,14 +136,14 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
     }
   } else if (job.applyTo?.host) {
     const remote = remoteApplyDestination({ host: job.applyTo.host, target: targetOf(job.applyTo.target, volume), remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
-    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, poolThresholds: ctx.config.pools });
     sent = r;
     return {
       ok: true, bytes: r.archiveBytes, seconds: (performance.now() - started) / 1000, attempts: 1, chainId: r.chainId, chainDir: null, chainLength: r.sequence + 1,
       archiveId: r.archiveId, newestPoint: new Date().toISOString(),
     };
   } else {
-    sent = await send({ volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+    sent = await send({ volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, poolThresholds: ctx.config.pools });
   }
   log.info({ job: job.name, volume, archiveId: sent.archiveId, bytes: sent.archiveBytes }, 'sent');
   let chain = await findChain(job.to!, sent.chainId, so);
