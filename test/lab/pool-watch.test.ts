@@ -66,7 +66,7 @@ describe('pool watch, check and the pool guard in the thin-LVM lab', () => {
     };
     console.log(`pool-watch lab: boot ${(run.bootMs / 1000).toFixed(1)} s, guest ${(run.durationMs / 1000).toFixed(1)} s; timings (ms): ${file('timings.txt').replace(/\n/g, ', ')}`);
 
-    /** The pools' status before check LABEL: data and metadata used/total of A and B. */
+    /** The pools' status before check LABEL: data and metadata used/total of A and B (of those active). */
     const status = (label: string): Record<string, { data: [number, number]; meta: [number, number]; line: string }> => {
       const [a, b] = file(`status-${label}.txt`).split('\n');
       const parse = (line: string) => {
@@ -74,7 +74,8 @@ describe('pool watch, check and the pool guard in the thin-LVM lab', () => {
         const frac = (s: string): [number, number] => s.split('/').map(Number) as [number, number];
         return { meta: frac(f[4]!), data: frac(f[5]!), line };
       };
-      return { [A]: parse(a!), [B]: parse(b!) };
+      // '-': the pool was not active
+      return Object.fromEntries(([[A, a!], [B, b!]] as const).filter(([, l]) => l.trim() !== '-').map(([p, l]) => [p, parse(l)]));
     };
     const pct = ([used, total]: [number, number]): string => ((100 * used) / total).toFixed(2);
     /** Bytes the base snapshot of `pool` maps that its origin does not map to the same block, from the dumps of LABEL. */
