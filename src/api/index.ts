@@ -28,7 +28,7 @@ export { list, type ListedArchive, type ListedChain } from '../commands/list.js'
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
 export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
-export { parseDuration } from '../units.js';
+export { formatBytes, formatDuration, parseDuration } from '../units.js';
 export { repairInputs, type RepairOptions, type RepairResult } from '../commands/repair.js';
 export type { RestoreOptions, RestoreResult } from '../commands/restore.js';
 export type { VerifiedArchive, VerifyOptions, VerifyResult } from '../commands/verify.js';

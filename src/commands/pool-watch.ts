@@ -9,13 +9,14 @@
 import { ThinarchiveError, UsageError } from '../errors.js';
 import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
+import { formatBytes, formatDuration } from '../units.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { readReservationRecord } from '../lvm/metadata-snap.js';
 import { assertLvmName } from '../lvm/names.js';
 import { isAlive } from '../lvm/pool-lock.js';
 import { addSample, fillRate, readPoolSamples, updatePoolSamples, type FillRate, type PoolSample, type PoolSamplesFile } from '../lvm/pool-samples.js';
 import { formatPercent, resolveThresholds, type PoolThresholdSettings, type PoolThresholds } from '../lvm/pool-status.js';
-import { evaluateAutoextend, humanBytes, readPoolFacts, type AutoextendVerdict, type PoolFacts } from '../lvm/pool-watch.js';
+import { evaluateAutoextend, readPoolFacts, type AutoextendVerdict, type PoolFacts } from '../lvm/pool-watch.js';
 import type { LvInfo } from '../lvm/report.js';
 import { listLvs } from '../lvm/tools.js';
 import { baseSnapshotsIn, pinnedSpace, type PinnedSnapshot } from '../source/pinned.js';
@@ -124,13 +125,6 @@ function settingOf<K extends 'requireAutoextend' | 'heldMetadataSnapshotMs'>(set
   return settings?.[pool]?.[key] ?? settings?.['default']?.[key];
 }
 
-function duration(s: number): string {
-  if (s < 120) return `${Math.round(s)}s`;
-  if (s < 7200) return `${Math.round(s / 60)}m`;
-  if (s < 172_800) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
-
 /** The condition of a pool from its report (pure): each problem with its state, the worst, one line. */
 export function poolCondition(r: Omit<PoolReport, 'condition'>): PoolCondition {
   const problems: { state: CheckState; message: string }[] = [];
@@ -152,16 +146,16 @@ export function poolCondition(r: Omit<PoolReport, 'condition'>): PoolCondition {
   if (r.autoextend && r.autoextend.required && !r.autoextend.armed) add('WARNING', `autoextend is not armed: ${r.autoextend.reasons.join(', ')}`);
   const h = r.heldMetadataSnapshot;
   if (h && h.holder !== 'thinarchive' && h.seconds > h.maxSeconds) {
-    add('WARNING', `a metadata snapshot (root ${h.root}) has been held by ${h.holder === 'other' ? 'another program' : 'a thinarchive process that is gone'} for ${duration(h.seconds)} `
-      + `(more than ${duration(h.maxSeconds)}): it costs metadata space and thinarchive sends on this pool are refused until it is released`
+    add('WARNING', `a metadata snapshot (root ${h.root}) has been held by ${h.holder === 'other' ? 'another program' : 'a thinarchive process that is gone'} for ${formatDuration(h.seconds)} `
+      + `(more than ${formatDuration(h.maxSeconds)}): it costs metadata space and thinarchive sends on this pool are refused until it is released`
       + (h.holder === 'thinarchive-gone' ? ' (the next send on the pool releases it)' : ''));
   }
   problems.sort((a, b) => STATE_RANK[b.state] - STATE_RANK[a.state]);
   const state = worstState(problems.map((p) => p.state));
   const usage = r.data && r.metadata ? `data ${formatPercent(r.data.percent)}, metadata ${formatPercent(r.metadata.percent)}` : '';
   const extra = [
-    r.pinned.bytes ? `pinned by base snapshots ${humanBytes(r.pinned.bytes)}` : '',
-    r.secondsToFull !== null ? `full in ${duration(r.secondsToFull)} at the last hour's rate` : '',
+    r.pinned.bytes ? `pinned by base snapshots ${formatBytes(r.pinned.bytes)}` : '',
+    r.secondsToFull !== null ? `full in ${formatDuration(r.secondsToFull)} at the last hour's rate` : '',
   ].filter(Boolean);
   const message = problems.length
     ? `${r.pool} ${state}: ${problems.map((p) => p.message).join('; ')}`

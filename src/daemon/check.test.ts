@@ -69,7 +69,7 @@ describe('the plugin output', () => {
   it('the summary: problems worst first; when all is OK, what was checked', () => {
     const ok = pool('vg0/pool', 45, 10);
     const u = unitCheck(unit(600), { every: HOUR, applyTo: undefined }, NOW);
-    expect(summaryOf([ok], [u], [])).toBe('vg0/pool data 45.00%, metadata 10.00%, pinned by base snapshots 1.0 MiB; 1 volume within their lag');
+    expect(summaryOf([ok], [u], [])).toBe('vg0/pool data 45.00%, metadata 10.00%, pinned by base snapshots 1.00 MiB; 1 volume within their lag');
     const warn = pool('vg0/a', 85, 10);
     const crit = pool('vg0/b', 95, 10);
     const lagging = unitCheck(unit(20000), { every: HOUR, applyTo: undefined }, NOW);

@@ -7,7 +7,7 @@
  */
 import { access } from 'node:fs/promises';
 import {
-  poolsOfVolumes, STATE_RANK, UsageError, watchPools, worstState, type CheckState, type Logger, type PoolReport, type PoolThresholdSettings,
+  formatDuration, poolsOfVolumes, STATE_RANK, UsageError, watchPools, worstState, type CheckState, type Logger, type PoolReport, type PoolThresholdSettings,
 } from '../api/index.js';
 import { DEFAULT_CONFIG, loadConfig, type DaemonConfig, type JobConfig } from './config.js';
 import { expandSources, readStatus, type UnitStatus } from './daemon.js';
@@ -70,13 +70,6 @@ export interface CheckOptions {
   now?: () => number;
 }
 
-function dur(s: number): string {
-  if (s < 120) return `${Math.round(s)}s`;
-  if (s < 7200) return `${Math.round(s / 60)}m`;
-  if (s < 172_800) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
-
 function byState(a: Problem, b: Problem): number {
   return STATE_RANK[b.state] - STATE_RANK[a.state];
 }
@@ -91,9 +84,9 @@ export function unitCheck(u: UnitStatus, job: Pick<JobConfig, 'every' | 'applyTo
   if (u.lagSeconds === null) {
     problems.push({ state: 'WARNING', message: `no point yet${u.lastAttempt ? '' : ' (never run)'}${why}` });
   } else if (u.lagSeconds > critSeconds) {
-    problems.push({ state: 'CRITICAL', message: `lag ${dur(u.lagSeconds)} > ${dur(critSeconds)}${why}` });
+    problems.push({ state: 'CRITICAL', message: `lag ${formatDuration(u.lagSeconds)} > ${formatDuration(critSeconds)}${why}` });
   } else if (u.lagSeconds > warnSeconds) {
-    problems.push({ state: 'WARNING', message: `lag ${dur(u.lagSeconds)} > ${dur(warnSeconds)}${why}` });
+    problems.push({ state: 'WARNING', message: `lag ${formatDuration(u.lagSeconds)} > ${formatDuration(warnSeconds)}${why}` });
   }
   const verifies = !!job.applyTo && !job.applyTo.host && job.applyTo.verify;
   if (u.lastVerify && !u.lastVerify.ok) {
@@ -104,7 +97,7 @@ export function unitCheck(u: UnitStatus, job: Pick<JobConfig, 'every' | 'applyTo
     if (!u.lastVerify) problems.push({ state: 'WARNING', message: 'the replica has not been verified' });
     else {
       const age = Math.max(0, Math.round((now - Date.parse(u.lastVerify.at)) / 1000));
-      if (age > critSeconds) problems.push({ state: 'WARNING', message: `last verification ${dur(age)} ago > ${dur(critSeconds)}` });
+      if (age > critSeconds) problems.push({ state: 'WARNING', message: `last verification ${formatDuration(age)} ago > ${formatDuration(critSeconds)}` });
     }
   }
   problems.sort(byState);
@@ -112,7 +105,7 @@ export function unitCheck(u: UnitStatus, job: Pick<JobConfig, 'every' | 'applyTo
   const name = `${u.job} ${u.volume}`;
   const message = problems.length
     ? `${name} ${state}: ${problems.map((p) => p.message).join('; ')}`
-    : `${name} OK: lag ${dur(u.lagSeconds ?? 0)}`;
+    : `${name} OK: lag ${formatDuration(u.lagSeconds ?? 0)}`;
   return {
     job: u.job, volume: u.volume, state, lagSeconds: u.lagSeconds, warnSeconds, critSeconds, lastSuccess: u.lastSuccess, lastError: u.lastError,
     lastVerify: u.lastVerify, problems, message,

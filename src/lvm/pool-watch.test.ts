@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { CommandError, UsageError } from '../errors.js';
 import { DEFAULT_POOL_THRESHOLDS, resolveThresholds } from './pool-status.js';
-import { evaluateAutoextend, humanBytes, parseAutoextendConfig, readPoolFacts } from './pool-watch.js';
+import { evaluateAutoextend, parseAutoextendConfig, readPoolFacts } from './pool-watch.js';
+import { formatBytes } from '../units.js';
 import { parsePoolReport, POOL_FIELDS } from './report.js';
 import type { LvmExec } from './exec.js';
 
@@ -103,7 +104,7 @@ describe('thresholds', () => {
     expect(() => resolveThresholds('vg/p', { default: { crit: { metadata: 101 } } })).toThrow(/critical metadata threshold of vg\/p must be a number from 0 to 100/);
     expect(() => resolveThresholds('vg/p', undefined, { warn: { data: Number.NaN } })).toThrow(UsageError);
   });
-  it('humanBytes', () => {
-    expect([humanBytes(512), humanBytes(1536), humanBytes(200 * MiB), humanBytes(3 * 1024 ** 3)]).toEqual(['512 B', '1.5 KiB', '200.0 MiB', '3.0 GiB']);
+  it('formatBytes', () => {
+    expect([formatBytes(512), formatBytes(1536), formatBytes(200 * MiB), formatBytes(3 * 1024 ** 3)]).toEqual(['512 B', '1.50 KiB', '200.0 MiB', '3.00 GiB']);
   });
 });

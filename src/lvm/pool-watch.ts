@@ -5,6 +5,7 @@
  * (`evaluateAutoextend`, pure).
  */
 import { CommandError, ThinarchiveError, UsageError } from '../errors.js';
+import { formatBytes } from '../units.js';
 import { runLvmCommand } from './exec.js';
 import { assertLvmName, dmName } from './names.js';
 import { type PoolStatus, parsePoolStatus } from './pool-status.js';
@@ -42,18 +43,6 @@ export interface AutoextendVerdict {
   reasons: string[];
 }
 
-/** `2.5 MiB`, `512 KiB`, `3.0 GiB`: sizes in messages. */
-export function humanBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
-}
-
 /**
  * Is autoextend armed, i.e. will dmeventd really extend this pool before it fills? All of: a
  * threshold below 100, a percent above 0, the pool monitored, and room in the VG for one step.
@@ -70,7 +59,7 @@ export function evaluateAutoextend(f: { autoextend: AutoextendSettings; monitor:
   const extent = Math.max(1, f.vgExtentBytes);
   const stepBytes = Math.ceil(Math.ceil((f.dataBytes * Math.max(0, percent)) / 100) / extent) * extent;
   if (f.vgFreeBytes <= 0) reasons.push('the volume group has no free extents');
-  else if (f.vgFreeBytes < stepBytes) reasons.push(`the volume group has ${humanBytes(f.vgFreeBytes)} free, one ${percent}% step needs ${humanBytes(stepBytes)}`);
+  else if (f.vgFreeBytes < stepBytes) reasons.push(`the volume group has ${formatBytes(f.vgFreeBytes)} free, one ${percent}% step needs ${formatBytes(stepBytes)}`);
   return { armed: reasons.length === 0, threshold, percent, monitored, vgFreeBytes: f.vgFreeBytes, stepBytes, reasons };
 }
 

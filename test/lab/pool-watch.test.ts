@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, removeHostTempDirs } from './host-files.js';
-import { LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab, type LabRun } from './lab.js';
+import { LAB_SLOT_WAIT_MS, labFile, labLeftovers, requireLab, runInLab, type LabRun } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const VG = 'lab-vg';
@@ -56,14 +56,9 @@ describe('pool watch, check and the pool guard in the thin-LVM lab', () => {
       },
       timeoutMs: 840_000, // a few minutes on an idle machine; UML slows down a lot on a loaded one
     });
-    if (run.exitCode !== 0) console.log(run.output, run.console.slice(-3000));
-    expect(run.exitCode, run.output).toBe(0);
+    expect(run.exitCode, `${run.output}\n--- console:\n${run.console.slice(-3000)}`).toBe(0);
     expect(labLeftovers(run.pid)).toEqual([]);
-    const F = run.files;
-    const file = (name: string): string => {
-      expect(F[name], `guest result ${name} missing; output:\n${run.output}`).toBeDefined();
-      return F[name]!.trim();
-    };
+    const file = labFile(run);
     console.log(`pool-watch lab: boot ${(run.bootMs / 1000).toFixed(1)} s, guest ${(run.durationMs / 1000).toFixed(1)} s; timings (ms): ${file('timings.txt').replace(/\n/g, ', ')}`);
 
     /** The pools' status before check LABEL: data and metadata used/total of A and B (of those active). */
