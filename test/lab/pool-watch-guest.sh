@@ -2,7 +2,8 @@
 # (-eE -o pipefail). Drives the real CLI (`ta`) against two real thin pools watched by a real dmeventd
 # (autoextend configured but never reached): $POOL for data (filled past 80 % and 90 %, then freed by
 # fstrim and lvremove), $MPOOL for metadata (a 2 MiB metadata area filled past its thresholds by
-# snapshots whose origin is rewritten, then freed by lvremove). Each `check` is recorded with the pool
+# snapshots whose origin is rewritten, then freed by lvremove; its levels are lowered to 30 % / 40 %
+# in the configuration so that few snapshots do). Each `check` is recorded with the pool
 # status lines read just before it and thin_dump of every base snapshot and its origin just after it;
 # the host computes the expected perfdata and pinned bytes from those and asserts.
 #
@@ -18,6 +19,8 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 T0=$(now_ms)
 timing() { echo "$1 $(( $(now_ms) - T0 ))" >> "$LAB_OUT/timings.txt"; }
 data_pct() { dmsetup status "$1" | awk '{ split($6, d, "/"); printf "%d\n", 100 * d[1] / d[2] }'; }
+# MiB still to write into pool $1 (64 KiB chunks) for its data usage to pass $2 %
+data_mib_to() { dmsetup status "$1" | awk -v p="$2" '{ split($6, d, "/"); n = int(d[2] * (p + 1) / 100) + 1 - d[1]; printf "%d\n", (n > 0 ? (n + 15) / 16 : 0) }'; }
 meta_pct() { dmsetup status "$1" | awk '{ split($5, m, "/"); printf "%d\n", 100 * m[1] / m[2] }'; }
 
 # lvm.conf of the guest plus monitoring and an autoextend policy that is armed but never reached.
@@ -45,7 +48,7 @@ state_dir: $THINARCHIVE_STATE_DIR
 metrics: { listen: "127.0.0.1:9811" }
 pools:
   default: { held_metadata_snapshot: 2s }
-  "$VG/$MPOOL": { warn: { metadata: 60 }, crit: { metadata: 70 } }
+  "$VG/$MPOOL": { warn: { metadata: 30 }, crit: { metadata: 40 } }
 jobs:
   - { name: j, volumes: [$VG/vol, $VG/mvol], every: 1h, to: "$STORE" }
 EOF
@@ -53,22 +56,21 @@ timing setup
 
 # dumps LABEL: thin_dump of each pool's base snapshot and its origin, under a metadata snapshot of our own
 dumps() {
-  local label=$1 pool tp base origin bid oid
+  local label=$1 pool tp ids
+  lvs --noheadings --separator '|' -o lv_name,pool_lv,origin,thin_id,lv_tags "$VG" | sed 's/^ *//' > /run/lvs.txt
   for pool in "$POOL" "$MPOOL"; do
     tp="$(dm "$VG")-$(dm "$pool")-tpool"
-    base=$(lvs --noheadings -o lv_name,lv_tags -S "pool_lv=$pool" "$VG" | awk '$2 ~ /(^|,)thinarchive(,|$)/ && $2 !~ /ta_pending/ { print $1 }')
-    origin=$(lvs --noheadings -o origin "$VG/$base" | awk '{ print $1 }')
-    bid=$(lvs --noheadings -o thin_id "$VG/$base" | awk '{ print $1 }')
-    oid=$(lvs --noheadings -o thin_id "$VG/$origin" | awk '{ print $1 }')
+    # the base (tagged thinarchive, not pending) and its origin: "BASE_ID ORIGIN_ID"
+    ids=$(awk -F'|' -v p="$pool" '$2 == p && $5 ~ /(^|,)thinarchive(,|$)/ && $5 !~ /ta_pending/ { b = $4; o = $3 } { id[$1] = $4 } END { print b, id[o] }' /run/lvs.txt)
     dmsetup message "$tp" 0 reserve_metadata_snap
-    thin_dump -m --dev-id "$bid" "/dev/mapper/$(dm "$VG")-$(dm "$pool")_tmeta" > "$LAB_OUT/dump-$label-$pool-base.xml"
-    thin_dump -m --dev-id "$oid" "/dev/mapper/$(dm "$VG")-$(dm "$pool")_tmeta" > "$LAB_OUT/dump-$label-$pool-origin.xml"
+    thin_dump -m --dev-id "${ids% *}" "/dev/mapper/$(dm "$VG")-$(dm "$pool")_tmeta" > "$LAB_OUT/dump-$label-$pool-base.xml"
+    thin_dump -m --dev-id "${ids#* }" "/dev/mapper/$(dm "$VG")-$(dm "$pool")_tmeta" > "$LAB_OUT/dump-$label-$pool-origin.xml"
     dmsetup message "$tp" 0 release_metadata_snap
-    echo "$base $origin" > "$LAB_OUT/base-$label-$pool.txt"
   done
 }
 
-# check LABEL [ARGS...]: `ta check ARGS` with the pools' status before, its line, exit code and stderr
+# check LABEL [ARGS...]: `ta check ARGS` with the pools' status before, its output, exit code and stderr
+# (with --json among ARGS the output is the JSON report, whose `line` is what the plain check prints)
 check() {
   local label=$1 rc=0; shift
   { dmsetup status "$TPOOL" 2> /dev/null || echo "-"; dmsetup status "$TMPOOL" 2> /dev/null || echo "-"; } > "$LAB_OUT/status-$label.txt"
@@ -78,9 +80,8 @@ check() {
 
 # --- a full send of both volumes makes the base snapshots; nothing pinned yet
 ta run j --config "$CFG" > "$LAB_OUT/run0.out" 2>&1
-check ok0 --config "$CFG"
+check ok0 --config "$CFG" --json
 dumps ok0
-ta check --config "$CFG" --json > "$LAB_OUT/check-ok0.json" || true
 timing ok0
 
 # --- the origin is rewritten (4 MiB), then more (8 MiB) and 1 MiB of it discarded: the base pins more
@@ -99,7 +100,7 @@ check unmonitored --config "$CFG"
 lvchange -q --monitor y "$VG/$POOL"
 
 # --- the daemon samples the pools at start: its gauges
-ta daemon --config "$CFG" 2> "$LAB_OUT/daemon.err" &
+node "$TA_LAUNCHER" daemon --config "$CFG" 2> "$LAB_OUT/daemon.err" &  # not `ta`: $! must be node itself
 DAEMON=$!
 got=0
 for _ in $(seq 1 120); do
@@ -109,7 +110,9 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 kill -TERM "$DAEMON"
-wait "$DAEMON" || true
+rc=0; wait "$DAEMON" || rc=$?
+echo "$rc" > "$LAB_OUT/daemon.rc"
+grep -c '"msg":"daemon stopped"' "$LAB_OUT/daemon.err" > "$LAB_OUT/daemon-stopped.txt" || true
 echo "$got" > "$LAB_OUT/metrics-got.txt"
 { dmsetup status "$TPOOL"; dmsetup status "$TMPOOL"; } > "$LAB_OUT/status-metrics.txt"
 timing daemon
@@ -117,7 +120,11 @@ timing daemon
 # --- data past 80 % (raw writes to a second volume), then past 90 % (files on ext4)
 lvcreate -q -y -V 512M -T "$VG/$POOL" -n fill2 > /dev/null
 n=0
-while [ "$(data_pct "$TPOOL")" -le 82 ]; do dd if=/dev/urandom of="/dev/$VG/fill2" bs=1M count=2 seek=$((n * 2)) oflag=direct status=none; n=$((n + 1)); done
+while [ "$(data_pct "$TPOOL")" -le 82 ]; do
+  m=$(data_mib_to "$TPOOL" 82)
+  dd if=/dev/urandom of="/dev/$VG/fill2" bs=1M count="$m" seek="$n" oflag=direct status=none
+  n=$((n + m))
+done
 check warn --config "$CFG"
 dumps warn
 lvcreate -q -y -V 512M -T "$VG/$POOL" -n fill > /dev/null
@@ -125,12 +132,15 @@ mkfs.ext4 -q -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "/dev/$VG/fill"
 mkdir -p "$FILL"
 mount -o noinit_itable "/dev/$VG/fill" "$FILL"
 n=0
-while [ "$(data_pct "$TPOOL")" -le 92 ]; do head -c $((2 * 1024 * 1024)) /dev/urandom > "$FILL/f$n.bin"; sync; n=$((n + 1)); done
-check crit --config "$CFG"
+while [ "$(data_pct "$TPOOL")" -le 92 ]; do
+  head -c $(($(data_mib_to "$TPOOL" 92) * 1024 * 1024 + 65536)) /dev/urandom > "$FILL/f$n.bin"
+  sync
+  n=$((n + 1))
+done
+check crit --config "$CFG" --json
 dumps crit
 # the command line wins over the configuration: critical at 95 % makes it a warning
 check critflags --config "$CFG" --pool "$VG/$POOL" --crit-data 95
-ta check --config "$CFG" --json > "$LAB_OUT/check-crit.json" || true
 timing full
 
 # --- at the critical level a send is refused before any snapshot is created (send, and a job run)
@@ -152,7 +162,7 @@ dumps freed
 timing freed
 
 # --- metadata of $MPOOL: each snapshot of mvol, then a write into each leaf of mvol's mapping tree,
-# copies those leaves; past 60 % (warning) and 70 % (critical); then the snapshots go
+# copies those leaves; past 30 % (warning) and 40 % (critical: its own levels); then the snapshots go
 i=0
 metafill() {
   while [ "$(meta_pct "$TMPOOL")" -le "$1" ] && [ "$i" -lt 150 ]; do
@@ -161,10 +171,10 @@ metafill() {
     for off in $(seq 0 128 2047); do dd if=/dev/urandom of="/dev/$VG/mvol" bs=64k count=1 seek="$off" oflag=direct status=none; done
   done
 }
-metafill 62
+metafill 32
 check mwarn --config "$CFG"
 dumps mwarn
-metafill 72
+metafill 42
 check mcrit --config "$CFG"
 dumps mcrit
 echo "$i" > "$LAB_OUT/metafill-snapshots.txt"
@@ -177,8 +187,7 @@ timing metadata
 dmsetup message "$TPOOL" 0 reserve_metadata_snap
 check held0 --config "$CFG"
 sleep 3
-check held --config "$CFG"
-ta check --config "$CFG" --json > "$LAB_OUT/check-held.json" || true
+check held --config "$CFG" --json
 dmsetup message "$TPOOL" 0 release_metadata_snap
 check released --config "$CFG"
 timing held
