@@ -24,6 +24,7 @@ export const ERRORS = {
   // usage (exit 2)
   USAGE: { exit: 'usage', meaning: 'bad or missing arguments, or a bad argument to a library call' },
   NOT_THIN_VOLUME: { exit: 'usage', meaning: 'the LV named is not a thin volume' },
+  NOT_THIN_POOL: { exit: 'usage', meaning: 'check --pool: the LV named is not a thin pool' },
   SOURCE_NOT_VOLUME: { exit: 'usage', meaning: 'the source is neither a regular file nor a block device' },
   SOURCE_EMPTY: { exit: 'usage', meaning: 'the source image is empty' },
   S3_NO_OBJECT_LOCK: { exit: 'usage', meaning: 'retention was asked for but the bucket has no object lock' },
@@ -157,8 +158,7 @@ export const ERRORS = {
   POOL_NEEDS_CHECK: { exit: 'unsafe', meaning: 'the thin pool is flagged needs_check' },
   POOL_READ_ONLY: { exit: 'unsafe', meaning: 'the thin pool is read-only (metadata error or full metadata)' },
   POOL_OUT_OF_SPACE: { exit: 'unsafe', meaning: 'the thin pool is out of data space' },
-  POOL_DATA_FULL: { exit: 'unsafe', meaning: 'the thin pool data usage is above --max-data-percent' },
-  POOL_METADATA_FULL: { exit: 'unsafe', meaning: 'the thin pool metadata usage is above --max-metadata-percent' },
+  POOL_CRITICAL: { exit: 'unsafe', meaning: 'send VG/LV: the thin pool data or metadata usage is above its critical threshold (--max-data-percent, --max-metadata-percent, config pools); no snapshot was created' },
   POOL_SKIPS_ZEROING: { exit: 'unsafe', meaning: 'the pool does not zero new chunks larger than the block size: stale data could show' },
   METADATA_SNAP_HELD: { exit: 'unsafe', meaning: 'the pool holds a metadata snapshot this run did not reserve' },
   METADATA_SNAP_LOST: { exit: 'unsafe', meaning: 'the metadata snapshot was released by another program while in use' },

@@ -31,7 +31,7 @@ export {
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
 export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
-export { parseDuration } from '../units.js';
+export { formatBytes, formatDuration, parseDuration } from '../units.js';
 export { repairInputs, type RepairOptions, type RepairResult } from '../commands/repair.js';
 export type { RestoreOptions, RestoreResult } from '../commands/restore.js';
 export type { VerifiedArchive, VerifyOptions, VerifyResult } from '../commands/verify.js';
@@ -47,7 +47,17 @@ export { remoteApplyDestination, type RemoteApplyOptions, type RemoteApplyResult
 export type { ZeroStats } from '../target/file-target.js';
 export type { TargetKind, TargetState } from '../target/state.js';
 export type { LvTargetReport, TargetSnapshot, TargetSnapshots } from '../target/target.js';
-export { DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT } from '../lvm/pool-status.js';
+export {
+  DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, DEFAULT_POOL_THRESHOLDS, formatPercent, resolveThresholds,
+  type PoolThresholds, type PoolThresholdSettings, type UsagePair,
+} from '../lvm/pool-status.js';
+export {
+  DEFAULT_HELD_METADATA_SNAPSHOT_MS, poolCondition, poolsOfVolumes, STATE_RANK, watchPools, worstState,
+  type CheckState, type HeldMetadataSnapshotInfo, type PoolCondition, type PoolReport, type PoolWatchSettings, type SpaceUsage, type WatchPoolsOptions,
+} from '../commands/pool-watch.js';
+export type { AutoextendVerdict } from '../lvm/pool-watch.js';
+export type { FillRate } from '../lvm/pool-samples.js';
+export type { PinnedSnapshot } from '../source/pinned.js';
 export { DEFAULT_CHAIN } from '../source/snapshot-chain.js';
 export { AbortedError, CommandError, FormatError, ThinarchiveError, UnsafeError, UsageError, type ErrorCode, type ExitClass } from '../errors.js';
 export { ERRORS, EXIT_CODE } from '../error-codes.js';

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { checkConfig, DEFAULT_CONFIG } from '../daemon/config.js';
 import { Daemon, readStatus, runJobOnce, type StatusReport } from '../daemon/daemon.js';
-import { EXIT_CODE } from '../api/index.js';
+import { EXIT_CODE, formatDuration } from '../api/index.js';
 import type { CliContext } from './chain-commands.js';
 import { formatBytes } from './output.js';
 
@@ -19,12 +19,7 @@ function ago(iso: string | null, now: number): string {
   const s = Math.round((now - Date.parse(iso)) / 1000);
   return s < 0 ? `in ${dur(-s)}` : `${dur(s)} ago`;
 }
-function dur(s: number): string {
-  if (s < 120) return `${s}s`;
-  if (s < 7200) return `${Math.round(s / 60)}m`;
-  if (s < 172_800) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
+const dur = formatDuration;
 
 /** The scheduled verification (else the last one of any kind): "ok full 3h ago", "FAILED sample 2m ago". */
 function verified(u: StatusReport['units'][number], now: number): string {

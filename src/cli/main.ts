@@ -9,6 +9,7 @@ import {
   targetHooks, ThinarchiveError, TOOL_VERSION, UsageError, verify, writableSink, recover, EXIT_CODE,
   type RemoteApplyResult, type SendVolumeResult, type StoreOptions, type WriteProgress,
 } from '../api/index.js';
+import { registerCheckCommand } from './check-command.js';
 import { registerDaemonCommands } from './daemon-commands.js';
 import { registerAlertCommands } from './alert-commands.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
@@ -254,6 +255,7 @@ function buildProgram(): Command {
   registerChainCommands(program, chainCtx);
   registerDaemonCommands(program, chainCtx);
   registerAlertCommands(program, chainCtx);
+  registerCheckCommand(program, chainCtx);
   return program;
 }
 
@@ -289,6 +291,20 @@ function fail(wantJson: boolean, code: string, exitClass: string, exit: number, 
   if (printLine) err(`thinarchive: ${message}`);
   if (wantJson) json({ error: { code, exitClass, exit, message } }, jsonErrorsToStderr);
   return exit;
+}
+
+/**
+ * `check` follows the monitoring-plugin convention even when it fails: `THINARCHIVE UNKNOWN - <reason>`
+ * on standard output (with --json the JSON error object instead) and exit 3, whatever the failure.
+ */
+function checkUnknown(e: unknown, wantJson: boolean): number {
+  const reason = interrupted ? 'interrupted'
+    : e instanceof CommanderError ? commanderMessage(e.message)
+      : e instanceof ThinarchiveError ? e.message : `internal error: ${(e as Error)?.message ?? String(e)}`;
+  Progress.clearLine();
+  if (!wantJson) out(`THINARCHIVE UNKNOWN - ${reason.replace(/[\r\n]+/g, ' ').replace(/\|/g, '/')}`);
+  else json({ error: { code: e instanceof ThinarchiveError ? e.code : 'USAGE', exitClass: e instanceof ThinarchiveError ? e.exitClass : 'usage', exit: 3, message: reason } }, false);
+  return 3;
 }
 
 /** send --to - --json: standard output carries the archive, so the JSON (result or error) goes to stderr. */
@@ -330,6 +346,8 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (e) {
     await close();
+    const helpShown = e instanceof CommanderError && ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code);
+    if (!helpShown && args.find((a) => !a.startsWith('-')) === 'check') return checkUnknown(e, wantJson);
     if (interrupted) return fail(wantJson, 'ABORTED', 'interrupted', EXIT.interrupted, 'interrupted');
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;

@@ -1,18 +1,9 @@
 /** Human-readable output and the progress line. */
 import {
-  UsageError, type ApplyResult, type ArchiveInfo, type ListedChain, type RecoverResult, type RemoteApplyResult, type SendResult, type VerifyResult, type ZeroStats,
+  formatBytes, UsageError, type ApplyResult, type ArchiveInfo, type ListedChain, type RecoverResult, type RemoteApplyResult, type SendResult, type VerifyResult, type ZeroStats,
 } from '../api/index.js';
 
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
-}
+export { formatBytes };
 
 /** "65536", "64K", "64KiB", "1M", "2G" -> bytes. */
 export function parseSize(s: string): number | undefined {

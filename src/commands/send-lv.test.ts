@@ -218,11 +218,14 @@ describe('pool checks before snapshotting', () => {
   const st = (data: string, meta: string, rest = '- rw no_discard_passdown queue_if_no_space - 256') =>
     parsePoolStatus(`0 2097152 thin-pool 3 ${meta} ${data} ${rest}`);
   const limits = { maxDataPercent: 90, maxMetadataPercent: 80 };
-  it('refuses high usage naming the value and the flag, and unhealthy pools', () => {
+  it('refuses high usage (POOL_CRITICAL) naming the value, by how much, and the flag, and unhealthy pools', () => {
     expect(() => checkPoolForSend('vg/pool', st('50/100', '10/100'), limits)).not.toThrow();
     expect(() => checkPoolForSend('vg/pool', st('90/100', '80/100'), limits)).not.toThrow();
-    expect(() => checkPoolForSend('vg/pool', st('91/100', '10/100'), limits)).toThrow(/data usage is 91\.0%, above the limit of 90% \(--max-data-percent\)/);
-    expect(() => checkPoolForSend('vg/pool', st('10/100', '81/100'), limits)).toThrow(/metadata usage is 81\.0%.*--max-metadata-percent/);
+    expect(() => checkPoolForSend('vg/pool', st('91/100', '10/100'), limits)).toThrow(/thin pool vg\/pool is critical: data usage is 91\.00%, 1\.00 points above the critical threshold of 90% \(--max-data-percent\)\. No snapshot was created/);
+    expect(() => checkPoolForSend('vg/pool', st('10/100', '81/100'), limits)).toThrow(/metadata usage is 81\.00%, 1\.00 points above the critical threshold of 80% \(--max-metadata-percent\)/);
+    expect(() => checkPoolForSend('vg/pool', st('95/100', '85/100'), limits)).toThrow(expect.objectContaining({
+      code: 'POOL_CRITICAL', exitClass: 'unsafe', message: expect.stringMatching(/data usage is 95\.00%, 5\.00 points above .*; metadata usage is 85\.00%, 5\.00 points above/),
+    }));
     expect(() => checkPoolForSend('vg/pool', st('10/100', '10/100', '- ro no_discard_passdown queue_if_no_space - 256'), limits)).toThrow(/read-only/);
     expect(() => checkPoolForSend('vg/pool', st('10/100', '10/100', '- out_of_data_space no_discard_passdown queue_if_no_space - 256'), limits)).toThrow(/out of data space/);
     expect(() => checkPoolForSend('vg/pool', st('10/100', '10/100', '- rw no_discard_passdown queue_if_no_space needs_check 256'), limits)).toThrow(/needs_check/);
@@ -310,12 +313,16 @@ describe('sendLv against an emulated pool', () => {
 
   it('refuses a pool above the data threshold before creating anything', async () => {
     w.dataUsed = 95;
-    await expect(sendLv({ ...base(), volume: `${VG}/vol` })).rejects.toThrow(/data usage is 95\.0%, above the limit of 90% \(--max-data-percent\)/);
+    await expect(sendLv({ ...base(), volume: `${VG}/vol` })).rejects.toMatchObject({ code: 'POOL_CRITICAL', message: expect.stringMatching(/data usage is 95\.00%, 5\.00 points above the critical threshold of 90%/) });
     expect(w.calls.some((c) => c.startsWith('lvcreate'))).toBe(false);
     const r = await sendLv({ ...base(), volume: `${VG}/vol`, dryRun: true, maxDataPercent: 96 });
     expect(r.dryRun).toBe(true);
+    // the configuration's thresholds for this pool (pools."VG/POOL", then pools.default) guard it when no option is given
+    await expect(sendLv({ ...base(), volume: `${VG}/vol`, dryRun: true, poolThresholds: { default: { crit: { data: 97 } } } })).resolves.toMatchObject({ dryRun: true });
+    await expect(sendLv({ ...base(), volume: `${VG}/vol`, poolThresholds: { default: { crit: { data: 97 } }, [`${VG}/${POOL}`]: { warn: { data: 50 }, crit: { data: 94 } } } }))
+      .rejects.toMatchObject({ code: 'POOL_CRITICAL', message: expect.stringMatching(/1\.00 points above the critical threshold of 94%/) });
     w.dataUsed = 20;
-    await expect(sendLv({ ...base(), volume: `${VG}/vol`, maxMetadataPercent: 1 })).rejects.toMatchObject({ code: 'POOL_METADATA_FULL', exitClass: 'unsafe' });
+    await expect(sendLv({ ...base(), volume: `${VG}/vol`, maxMetadataPercent: 1 })).rejects.toMatchObject({ code: 'POOL_CRITICAL', exitClass: 'unsafe' });
     w.mode = 'out_of_data_space';
     await expect(sendLv({ ...base(), volume: `${VG}/vol` })).rejects.toMatchObject({ code: 'POOL_OUT_OF_SPACE' });
     expect(names()).toEqual([POOL, 'vol']);

@@ -18,7 +18,7 @@ import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { assertLvmName } from '../lvm/names.js';
-import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT } from '../lvm/pool-status.js';
+import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, resolveThresholds, type PoolThresholdSettings } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
 import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
@@ -48,10 +48,12 @@ export interface SendLvOptions extends SendLeaseOptions {
   full?: boolean;
   /** Managed: the chain name; default "default". */
   chain?: string;
-  /** Refuse when the pool's data usage is above this (percent); default 90. */
+  /** Refuse (POOL_CRITICAL) when the pool's data usage is above this (percent); default: the pool's critical data threshold (`poolThresholds`), 90. */
   maxDataPercent?: number;
-  /** Refuse when the pool's metadata usage is above this (percent); default 80. */
+  /** Refuse (POOL_CRITICAL) when the pool's metadata usage is above this (percent); default: the pool's critical metadata threshold, 80. */
   maxMetadataPercent?: number;
+  /** Thresholds per pool ("VG/POOL") and "default" (the daemon configuration's `pools`): their `crit` levels guard the send. */
+  poolThresholds?: Readonly<Record<string, PoolThresholdSettings>>;
   /** Release a metadata snapshot held by someone else (withMetadataSnapshot's `force`). */
   forceRelease?: boolean;
   dryRun?: boolean;
@@ -237,9 +239,11 @@ async function poolChecks(vg: string, lv: LvInfo, lvs: readonly LvInfo[], o: Sen
   if (!poolLv.isThinPool || !(poolLv.chunkSizeBytes > 0)) {
     throw new ThinarchiveError('POOL_REPORT', `${vg}/${pool} (the pool of ${lv.name}) is not reported as a thin pool with a chunk size (attr ${poolLv.attr})`);
   }
+  // The critical thresholds of this pool (options, then the configuration's pools), the warning ones ignored.
+  const crit = resolveThresholds(`${vg}/${pool}`, o.poolThresholds, { warn: { data: 0, metadata: 0 } }).crit;
   const limits = {
-    maxDataPercent: percentOption(o.maxDataPercent, DEFAULT_MAX_DATA_PERCENT, '--max-data-percent'),
-    maxMetadataPercent: percentOption(o.maxMetadataPercent, DEFAULT_MAX_METADATA_PERCENT, '--max-metadata-percent'),
+    maxDataPercent: percentOption(o.maxDataPercent, crit.data, '--max-data-percent'),
+    maxMetadataPercent: percentOption(o.maxMetadataPercent, crit.metadata, '--max-metadata-percent'),
   };
   checkPoolForSend(`${vg}/${pool}`, await poolStatus(vg, pool, ctx.tools), limits);
   return { pool, chunk: poolLv.chunkSizeBytes };

@@ -9,6 +9,7 @@ import { CHAIN_BROKEN_CODES, DaemonAlerts, failureEvent } from './alert-rules.js
 import { AlertEngine } from './alerts.js';
 import type { JobConfig } from './config.js';
 import type { RunOutcome } from './runner.js';
+import type { PoolCondition } from '../api/index.js';
 import { emptyUnit, type UnitState } from './state.js';
 
 let http: HttpReceiver;
@@ -84,5 +85,30 @@ describe('daemon alert rules', () => {
       ['/ok', '2 volumes ok'],
     ]);
     expect(http.requests[0].headers['content-type']).toBe('text/plain; charset=utf-8');
+  });
+
+  it('pool conditions: one warning, escalation to critical, one pool_ok; a stuck metadata snapshot is its own condition; UNKNOWN changes nothing', async () => {
+    let now = T0;
+    const made: AlertEvent[] = [];
+    const engine = await AlertEngine.open({ repeatAfterMs: 3_600_000 }, { log: silentLogger, now: () => now, host: 'backup1', onAlert: (e) => made.push(e) });
+    const rules = new DaemonAlerts(engine, () => now);
+    const values = { dataPercent: 85, metadataPercent: 10, pinnedBytes: 0, secondsToFull: null };
+    const cond = (state: 'OK' | 'WARNING' | 'CRITICAL' | 'UNKNOWN', problems: { state: 'WARNING' | 'CRITICAL'; message: string }[], data = 85): PoolCondition => ({
+      pool: 'vg0/pool', state, values: { ...values, dataPercent: data }, problems, message: `vg0/pool ${state}`,
+    });
+    const warn = { state: 'WARNING' as const, message: 'data 85.00% > 80% (warning)' };
+    for (let i = 0; i < 10; i++) {
+      rules.pools([cond('WARNING', [warn])]);
+      now += 60_000;
+    }
+    rules.pools([cond('UNKNOWN', [], 0)]);
+    rules.pools([cond('CRITICAL', [{ state: 'CRITICAL', message: 'data 93.00% > 90% (critical)' }], 93)]);
+    rules.pools([cond('WARNING', [{ state: 'WARNING', message: 'a metadata snapshot (root 12) has been held by another program for 20m' }], 50)]);
+    rules.pools([cond('OK', [], 50)]);
+    expect(made.map((e) => [e.event, e.pool])).toEqual([
+      ['pool_warning', 'vg0/pool'], ['pool_critical', 'vg0/pool'], ['pool_ok', 'vg0/pool'], ['metadata_snapshot_stuck', 'vg0/pool'], ['metadata_snapshot_released', 'vg0/pool'],
+    ]);
+    expect(made[0]).toMatchObject({ severity: 'warning', message: 'pool vg0/pool: data 85.00% > 80% (warning)', values: { dataPercent: 85 } });
+    expect(made[1]).toMatchObject({ severity: 'critical', values: { dataPercent: 93 } });
   });
 });

@@ -3,6 +3,7 @@
  * (run_failed, verify_mismatch, chain_broken, run_recovered), each unit's lag against its job's
  * thresholds (lag_warning, lag_critical, lag_ok), its own start and stop, and the ping URLs.
  */
+import type { PoolCondition } from '../api/index.js';
 import type { AlertEngine } from './alerts.js';
 import type { JobConfig } from './config.js';
 import type { RunOutcome } from './runner.js';
@@ -107,4 +108,31 @@ export class DaemonAlerts {
       });
     }
   }
+
+  /**
+   * The pool watch's conditions (PoolSampler, every minute): pool_warning / pool_critical while a pool
+   * has problems, pool_ok when they end; a metadata snapshot held too long by another program is its
+   * own condition (metadata_snapshot_stuck, resolved by metadata_snapshot_released). A pool that could
+   * not be read (UNKNOWN) changes no condition.
+   */
+  pools(conditions: readonly PoolCondition[]): void {
+    for (const c of conditions) {
+      if (c.state === 'UNKNOWN') continue;
+      const values = { ...c.values };
+      const stuck = c.problems.filter((p) => HELD_SNAPSHOT.test(p.message));
+      const rest = c.problems.filter((p) => !HELD_SNAPSHOT.test(p.message));
+      const level = rest.some((p) => p.state === 'CRITICAL') ? 'pool_critical' : rest.length ? 'pool_warning' : undefined;
+      this.engine.observe({
+        event: level ?? 'pool_ok', active: level !== undefined, subject: { pool: c.pool }, values,
+        message: level ? `pool ${c.pool}: ${rest.map((p) => p.message).join('; ')}` : `pool ${c.pool}: ok (${c.message})`,
+      });
+      this.engine.observe({
+        event: stuck.length ? 'metadata_snapshot_stuck' : 'metadata_snapshot_released', active: stuck.length > 0, subject: { pool: c.pool }, values,
+        message: stuck.length ? `pool ${c.pool}: ${stuck[0]!.message}` : `pool ${c.pool}: no metadata snapshot held too long`,
+      });
+    }
+  }
 }
+
+/** The pool watch's problem of a metadata snapshot held too long (src/commands/pool-watch.ts). */
+const HELD_SNAPSHOT = /^a metadata snapshot \(root /;

@@ -242,3 +242,26 @@ describe('apply_to.target placeholders', () => {
     ]);
   });
 });
+
+describe('daemon config: pools', () => {
+  const jobs = 'jobs:\n  - {name: a, volumes: [vg/x], every: 1h, to: /srv/b}\n';
+  it('thresholds per pool and default, autoextend and the held metadata snapshot limit', () => {
+    const r = checkConfigText(`pools:\n  default: {warn: {data: 75}, held_metadata_snapshot: 10m}\n  "vg0/pool": {crit: {data: 95, metadata: 85}, require_autoextend: false}\n${jobs}`);
+    expect(r.problems).toEqual([]);
+    expect(r.config!.pools).toEqual({ default: { warn: { data: 75 }, heldMetadataSnapshotMs: 600_000 }, 'vg0/pool': { crit: { data: 95, metadata: 85 }, requireAutoextend: false } });
+    expect(checkConfigText(jobs).config!.pools).toEqual({});
+  });
+  it('reports bad pool keys, values and a warning above its critical level with their lines', () => {
+    const r = checkConfigText(`${jobs}pools:\n  vg0: {}\n  "vg/p": {warn: {data: 101, disk: 3}, held_metadata_snapshot: soon}\n`);
+    expect(r.problems).toEqual([
+      { line: 4, message: 'pools: "vg0" is neither "default" nor VG/POOL' },
+      { line: 5, message: 'unknown key "disk" in pools.vg/p.warn' },
+      { line: 5, message: 'pools.vg/p.warn.data: must be <= 100' },
+      { line: 5, message: 'pools.vg/p.held_metadata_snapshot: not a duration (examples: 30s, 5m, 1h, 1d)' },
+    ]);
+    expect(checkConfigText(`${jobs}pools:\n  default: {crit: {metadata: 50}}\n  "vg/p": {warn: {data: 95}}\n`).problems).toEqual([
+      { line: 4, message: 'pools.default: the warning metadata threshold (70%) is above the critical one (50%)' },
+      { line: 5, message: 'pools.vg/p: the warning data threshold (95%) is above the critical one (90%)' },
+    ]);
+  });
+});

@@ -11,7 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS } from '../api/index.js';
+import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS, resolveThresholds, type PoolWatchSettings } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
 import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
@@ -100,6 +100,8 @@ export interface DaemonConfig {
   s3Endpoint?: string;
   /** The ttl of the chain leases the daemon holds (milliseconds; renewed every third of it). */
   leaseTtlMs: number;
+  /** the pool watch and guard, per pool ("VG/POOL") and "default" (check, send, the daemon's pool sampling) */
+  pools: Record<string, PoolWatchSettings>;
   jobs: JobConfig[];
 }
 
@@ -111,6 +113,10 @@ export interface ConfigProblem {
 const duration = { type: 'string', pattern: '^\\s*\\d+\\s*[smhdwSMHDW]\\s*$' };
 const count = { type: 'integer', minimum: 0 };
 const httpUrl = { type: 'string', pattern: '^https?://[^\\s/?#]+' };
+const percent = { type: 'number', minimum: 0, maximum: 100 };
+const usagePair = { type: 'object', additionalProperties: false, minProperties: 1, properties: { data: percent, metadata: percent } };
+/** `default` or VG/POOL (LVM names). */
+const POOL_KEY = '^(default|[A-Za-z0-9+_.][A-Za-z0-9+_.-]*/[A-Za-z0-9+_.][A-Za-z0-9+_.-]*)$';
 const SCHEMA = {
   type: 'object',
   additionalProperties: false,
@@ -120,6 +126,14 @@ const SCHEMA = {
     ssh_options: { type: 'array', items: { type: 'string' } },
     s3_endpoint: { type: 'string', minLength: 1 },
     lease_ttl: duration,
+    pools: {
+      type: 'object',
+      propertyNames: { pattern: POOL_KEY },
+      additionalProperties: {
+        type: 'object', additionalProperties: false,
+        properties: { warn: usagePair, crit: usagePair, require_autoextend: { type: 'boolean' }, held_metadata_snapshot: duration },
+      },
+    },
     metrics: {
       type: 'object', additionalProperties: false, minProperties: 1,
       properties: {
@@ -225,6 +239,7 @@ function pathOf(instancePath: string): (string | number)[] {
 function describe(e: ErrorObject, path: (string | number)[]): string {
   const where = path.length ? path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '') : 'the file';
   switch (e.keyword) {
+    case 'propertyNames': return `${where}: ${JSON.stringify((e.params as { propertyName: string }).propertyName)} is neither "default" nor VG/POOL`;
     case 'additionalProperties': return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"${path.length ? ` in ${where}` : ''}`;
     case 'required': return `${where}: missing key "${(e.params as { missingProperty: string }).missingProperty}"`;
     case 'pattern': {
@@ -258,7 +273,9 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       const path = pathOf(e.instancePath);
       const emailTo = path[0] === 'alerts' && path[1] === 'email' && path[2] === 'to';
       if (emailTo ? e.keyword !== 'oneOf' : e.keyword === 'oneOf' || (path.includes('volumes') && e.keyword === 'type')) continue;
-      const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty : undefined;
+      if ((e as ErrorObject & { propertyName?: string }).propertyName !== undefined && e.keyword !== 'propertyNames') continue; // said by its propertyNames error
+      const key = e.keyword === 'additionalProperties' ? (e.params as { additionalProperty: string }).additionalProperty
+        : e.keyword === 'propertyNames' ? (e.params as { propertyName: string }).propertyName : undefined;
       const p = { line: lineOf(doc, lc, path, key), message: describe(e, path) };
       const id = `${p.line}\0${p.message}`;
       if (!seen.has(id)) problems.push(p);
@@ -338,11 +355,26 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       if (url !== undefined && !URL.canParse(url)) problems.push({ line: lineOf(doc, lc, path), message: `${path.join('.')}: not a valid URL` });
     }
   }
+  const pools: Record<string, PoolWatchSettings> = {};
+  for (const [key, p] of Object.entries((raw.pools ?? {}) as Record<string, Record<string, any>>)) {
+    pools[key] = {
+      ...(p.warn ? { warn: p.warn } : {}), ...(p.crit ? { crit: p.crit } : {}),
+      ...(p.require_autoextend !== undefined ? { requireAutoextend: p.require_autoextend } : {}),
+      ...(p.held_metadata_snapshot !== undefined ? { heldMetadataSnapshotMs: ms(['pools', key, 'held_metadata_snapshot'], p.held_metadata_snapshot) } : {}),
+    };
+  }
+  for (const key of Object.keys(pools)) {
+    try {
+      resolveThresholds(key, pools);
+    } catch (e) {
+      problems.push({ line: lineOf(doc, lc, ['pools', key]), message: `pools.${key}: ${(e as Error).message.replace(/^[^:]*: /, '')}` });
+    }
+  }
   problems.sort((a, b) => a.line - b.line);
   if (problems.length) return { problems };
   return {
     problems,
-    config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, jobs },
+    config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, pools, jobs },
   };
 }
 

@@ -11,11 +11,12 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger } from '../api/index.js';
+import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
 import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
+import { PoolSampler } from './pool-sampler.js';
 import { runUnit, type RunOutcome } from './runner.js';
 import { isVerifyDue, verifyDueAt, verifyUnit } from './scheduled-verify.js';
 import {
@@ -183,6 +184,7 @@ export class Daemon {
   private stopping = false;
   private alerts?: DaemonAlerts;
   private lagTimer?: NodeJS.Timeout;
+  private pools?: PoolSampler;
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
     if (config) this.config = config;
@@ -234,6 +236,11 @@ export class Daemon {
     this.alerts.started(this.units.size, this.config.jobs.length, TOOL_VERSION);
     this.checkLag();
     this.lagTimer = setInterval(() => this.checkLag(), LAG_CHECK_MS).unref();
+    this.pools = new PoolSampler({
+      volumes: () => [...new Set([...this.units.values()].map((u) => u.volume))], config: () => this.config, stateDir: this.stateDir, log: this.log, metrics: this.metrics,
+      onConditions: (c) => this.alerts?.pools(c),
+    });
+    this.pools.start();
     this.log.info({ config: this.configPath, stateDir: this.stateDir, units: this.units.size }, 'daemon started');
   }
 
@@ -450,6 +457,11 @@ export class Daemon {
     };
   }
 
+  /** The latest condition of each pool holding a volume of the daemon (sampled every minute; empty before the first sample). */
+  poolConditions(): PoolCondition[] {
+    return this.pools?.conditions() ?? [];
+  }
+
   /** SIGHUP: read the config again; a bad one is logged and the running one kept. Reloads run one at a time. */
   reload(): Promise<boolean> {
     this.reloading = this.reloading.then(() => this.reloadNow(), () => this.reloadNow());
@@ -486,7 +498,7 @@ export class Daemon {
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.allSettled([...this.units.values(), ...[...this.ending.values()].map((loop) => ({ loop }))].map((u) => u.loop)),
+      Promise.allSettled([...[...this.units.values(), ...[...this.ending.values()].map((loop) => ({ loop }))].map((u) => u.loop), this.pools?.close()]),
       new Promise((res) => { timer = setTimeout(res, graceMs); }),
     ]);
     clearTimeout(timer);

@@ -4,6 +4,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { PoolReport } from '../api/index.js';
 import { writeFileAtomic } from '../fsutil.js';
 
 export class DaemonMetrics {
@@ -45,6 +46,31 @@ export class DaemonMetrics {
     const k = `${job}\0${volume}`;
     if (!this.codes.has(k)) this.codes.set(k, new Set());
     this.codes.get(k)!.add(code);
+  }
+
+  readonly poolData = new Gauge({ name: 'thinarchive_pool_data_percent', help: 'data space of the thin pool in use, percent', labelNames: ['pool'], registers: [this.registry] });
+  readonly poolMetadata = new Gauge({ name: 'thinarchive_pool_metadata_percent', help: 'metadata space of the thin pool in use, percent', labelNames: ['pool'], registers: [this.registry] });
+  readonly poolPinned = new Gauge({ name: 'thinarchive_pool_pinned_bytes', help: "pool space only thinarchive's base snapshots hold (blocks their origins rewrote or discarded)", labelNames: ['pool'], registers: [this.registry] });
+  readonly poolSecondsToFull = new Gauge({ name: 'thinarchive_pool_seconds_to_full', help: 'predicted seconds until the data or metadata space is full at the last hour\'s rate (absent when not filling or not predictable)', labelNames: ['pool'], registers: [this.registry] });
+
+  /** The pool gauges from a pool watch report: a value that cannot be told removes its series. */
+  setPool(r: PoolReport): void {
+    const l = { pool: r.pool };
+    const set = (g: Gauge, v: number | null | undefined): void => {
+      if (v === null || v === undefined) g.remove(l);
+      else g.set(l, v);
+    };
+    set(this.poolData, r.data?.percent);
+    set(this.poolMetadata, r.metadata?.percent);
+    // A pinned space not measured this time keeps its last value (it is measured less often).
+    if (r.pinned.bytes !== null) this.poolPinned.set(l, r.pinned.bytes);
+    else if (r.error) this.poolPinned.remove(l);
+    set(this.poolSecondsToFull, r.secondsToFull);
+  }
+
+  /** Drop the series of a pool no longer watched. */
+  forgetPool(pool: string): void {
+    for (const g of [this.poolData, this.poolMetadata, this.poolPinned, this.poolSecondsToFull]) g.remove({ pool });
   }
 
   /** Drop the series of units no longer configured (after a reload), so label sets stay bounded. */

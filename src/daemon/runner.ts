@@ -140,7 +140,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
     }
   } else if (job.applyTo?.host) {
     const remote = remoteApplyDestination({ host: job.applyTo.host, target: targetOf(job.applyTo.target, volume), remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
-    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so });
+    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, poolThresholds: ctx.config.pools });
     sent = r;
     return {
       ok: true, bytes: r.archiveBytes, seconds: (performance.now() - started) / 1000, attempts: 1, chainId: r.chainId, chainDir: null, chainLength: r.sequence + 1,
@@ -149,6 +149,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   } else {
     sent = await send({
       volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, lease: ctx.lease, takeLease: ctx.takeLease,
+      poolThresholds: ctx.config.pools,
     });
   }
   log.info({ job: job.name, volume, archiveId: sent.archiveId, bytes: sent.archiveBytes }, 'sent');

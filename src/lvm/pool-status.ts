@@ -3,7 +3,7 @@
  * and the pool health checks built on it. The line's format and the fields used: docs/LVM.md
  * section 3.
  */
-import { FormatError, UnsafeError } from '../errors.js';
+import { FormatError, UnsafeError, UsageError } from '../errors.js';
 
 export type PoolMode = 'rw' | 'ro' | 'out_of_data_space';
 export type DiscardMode = 'passdown' | 'no_passdown' | 'ignore';
@@ -144,24 +144,93 @@ export function checkPoolHealth(pool: string, st: PoolStatus, purpose: string, a
   if (st.mode === 'out_of_data_space' && !allow.outOfSpace) throw new UnsafeError('POOL_OUT_OF_SPACE', `thin pool ${pool} is out of data space: extend it (lvextend) before ${purpose}`);
 }
 
-export const DEFAULT_MAX_DATA_PERCENT = 90;
-export const DEFAULT_MAX_METADATA_PERCENT = 80;
+/** A pair of percentages: of the pool's data space and of its metadata space. */
+export interface UsagePair {
+  data: number;
+  metadata: number;
+}
+
+/**
+ * The levels of a pool's usage: above `warn` WARNING, above `crit` CRITICAL (strictly above, as a
+ * Nagios threshold "80" means "alert when more than 80"). The critical levels are also where `send`
+ * refuses to snapshot (checkPoolForSend).
+ */
+export interface PoolThresholds {
+  warn: UsagePair;
+  crit: UsagePair;
+}
+
+/** What a configuration or the command line may say about one pool (every key optional). */
+export interface PoolThresholdSettings {
+  warn?: Partial<UsagePair>;
+  crit?: Partial<UsagePair>;
+}
+
+export const DEFAULT_POOL_THRESHOLDS: Readonly<PoolThresholds> = Object.freeze({
+  warn: Object.freeze({ data: 80, metadata: 70 }),
+  crit: Object.freeze({ data: 90, metadata: 80 }),
+});
+
+export const DEFAULT_MAX_DATA_PERCENT = DEFAULT_POOL_THRESHOLDS.crit.data;
+export const DEFAULT_MAX_METADATA_PERCENT = DEFAULT_POOL_THRESHOLDS.crit.metadata;
+
+function checkPercent(v: number, what: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 100) throw new UsageError(`${what} must be a number from 0 to 100, got ${v}`);
+  return v;
+}
+
+/**
+ * The thresholds of pool `pool` ("VG/POOL"): `override` (the command line), then `byPool[pool]`, then
+ * `byPool.default`, then DEFAULT_POOL_THRESHOLDS, key by key. UsageError when a value is not a
+ * percentage or a warning level is above its critical level.
+ */
+export function resolveThresholds(pool: string, byPool: Readonly<Record<string, PoolThresholdSettings>> | undefined, override: PoolThresholdSettings = {}): PoolThresholds {
+  const layers = [override, byPool?.[pool] ?? {}, byPool?.['default'] ?? {}, DEFAULT_POOL_THRESHOLDS];
+  const pick = (level: 'warn' | 'crit', space: 'data' | 'metadata'): number => {
+    for (const l of layers) {
+      const v = l[level]?.[space];
+      if (v !== undefined) return checkPercent(v, `the ${level === 'warn' ? 'warning' : 'critical'} ${space} threshold of ${pool}`);
+    }
+    return DEFAULT_POOL_THRESHOLDS[level][space];
+  };
+  const t: PoolThresholds = {
+    warn: { data: pick('warn', 'data'), metadata: pick('warn', 'metadata') },
+    crit: { data: pick('crit', 'data'), metadata: pick('crit', 'metadata') },
+  };
+  for (const space of ['data', 'metadata'] as const) {
+    if (t.warn[space] > t.crit[space]) {
+      throw new UsageError(`${pool}: the warning ${space} threshold (${t.warn[space]}%) is above the critical one (${t.crit[space]}%)`);
+    }
+  }
+  return t;
+}
+
+/** A percentage as thinarchive prints it: two decimals. */
+export function formatPercent(v: number): string {
+  return `${v.toFixed(2)}%`;
+}
 
 export interface PoolLimits {
   maxDataPercent: number;
   maxMetadataPercent: number;
 }
 
-/** Refuse (UnsafeError) to snapshot on a pool that is damaged (checkPoolHealth) or fuller than the limits. */
+/**
+ * The pool guard: refuse (UnsafeError) to snapshot on a pool that is damaged (checkPoolHealth), or
+ * POOL_CRITICAL when its data or metadata usage is above the critical threshold, saying by how much.
+ * Runs before any snapshot is created.
+ */
 export function checkPoolForSend(pool: string, st: PoolStatus, limits: PoolLimits): void {
   checkPoolHealth(pool, st, 'sending');
-  const pct = (v: number): string => `${v.toFixed(1)}%`;
+  const over: string[] = [];
   if (st.dataPercent > limits.maxDataPercent) {
-    throw new UnsafeError('POOL_DATA_FULL', `thin pool ${pool} data usage is ${pct(st.dataPercent)}, above the limit of ${limits.maxDataPercent}% `
-      + '(--max-data-percent): a snapshot keeps blocks the volume overwrites, so it could fill the pool; free or add space, or raise --max-data-percent');
+    over.push(`data usage is ${formatPercent(st.dataPercent)}, ${(st.dataPercent - limits.maxDataPercent).toFixed(2)} points above the critical threshold of ${limits.maxDataPercent}% (--max-data-percent)`);
   }
   if (st.metadataPercent > limits.maxMetadataPercent) {
-    throw new UnsafeError('POOL_METADATA_FULL', `thin pool ${pool} metadata usage is ${pct(st.metadataPercent)}, above the limit of ${limits.maxMetadataPercent}% `
-      + '(--max-metadata-percent): extend the pool metadata (lvextend --poolmetadatasize) or raise --max-metadata-percent');
+    over.push(`metadata usage is ${formatPercent(st.metadataPercent)}, ${(st.metadataPercent - limits.maxMetadataPercent).toFixed(2)} points above the critical threshold of ${limits.maxMetadataPercent}% (--max-metadata-percent)`);
+  }
+  if (over.length) {
+    throw new UnsafeError('POOL_CRITICAL', `thin pool ${pool} is critical: ${over.join('; ')}. No snapshot was created: a snapshot keeps the blocks the volume `
+      + 'overwrites and could fill the pool. Free or add space (lvextend, fstrim, lvremove), or raise the threshold (pools.<VG/POOL>.crit in the daemon configuration)');
   }
 }

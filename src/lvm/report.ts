@@ -207,3 +207,56 @@ export function parsePoolSettings(out: string, what: string): { discards: string
   const zero = z === 'zero' || z === 1 || z === '1' || z === true;
   return { discards, zero };
 }
+
+/** The fields readPoolFacts asks lvs for, about one thin pool (`lvs ... VG/POOL`). */
+export const POOL_FIELDS = [
+  'lv_name', 'vg_name', 'lv_attr', 'lv_size', 'lv_metadata_size', 'chunk_size', 'lv_when_full', 'seg_monitor', 'lv_profile', 'vg_profile',
+  'vg_free', 'vg_extent_size',
+] as const;
+
+/** What lvs says about a thin pool's settings and its VG (docs/LVM.md section 8). */
+export interface PoolReportRow {
+  vg: string;
+  name: string;
+  attr: string;
+  isThinPool: boolean;
+  /** the data space (lv_size of the pool) */
+  dataBytes: number;
+  metadataBytes: number;
+  chunkBytes: number;
+  /** lv_when_full: what a write does when the data space is full; null when lvs prints nothing */
+  whenFull: 'queue' | 'error' | null;
+  /** seg_monitor: "monitored", "not monitored", "" (monitoring off in lvm.conf), ... as printed */
+  monitor: string;
+  /** the metadata profile in effect (the LV's, else the VG's), null for none */
+  profile: string | null;
+  vgFreeBytes: number;
+  vgExtentBytes: number;
+}
+
+/** Parse `lvs --reportformat json --units b --nosuffix -o <POOL_FIELDS> VG/POOL` (one row). */
+export function parsePoolReport(input: string | unknown): PoolReportRow {
+  const W = 'lvs';
+  const all = rows(input, 'lv', W);
+  if (all.length !== 1) throw reportError(W, `${all.length} rows, want the one thin pool asked for`);
+  const row = all[0]!;
+  const attr = str(row, 'lv_attr', W);
+  const wf = str(row, 'lv_when_full', W, false);
+  if (wf !== '' && wf !== 'queue' && wf !== 'error') throw reportError(W, `field lv_when_full is ${JSON.stringify(wf)}, want queue or error`);
+  const lvProfile = str(row, 'lv_profile', W, false);
+  const vgProfile = str(row, 'vg_profile', W, false);
+  return {
+    vg: str(row, 'vg_name', W),
+    name: str(row, 'lv_name', W),
+    attr,
+    isThinPool: attr[0] === 't',
+    dataBytes: num(row, 'lv_size', W, { nullable: false, integer: true }),
+    metadataBytes: num(row, 'lv_metadata_size', W, { nullable: true, integer: true }) ?? 0,
+    chunkBytes: num(row, 'chunk_size', W, { nullable: true, integer: true }) ?? 0,
+    whenFull: wf === '' ? null : wf,
+    monitor: str(row, 'seg_monitor', W, false),
+    profile: lvProfile || vgProfile || null,
+    vgFreeBytes: num(row, 'vg_free', W, { nullable: false, integer: true }),
+    vgExtentBytes: num(row, 'vg_extent_size', W, { nullable: false, integer: true }),
+  };
+}

@@ -221,6 +221,15 @@ export function parseResults(tsv: string): Record<string, string> {
   return r;
 }
 
+/** A reader of a run's `$LAB_OUT` files (relative names), trimmed; a missing one throws, with the script's output. */
+export function labFile(run: Pick<LabRun, 'files' | 'output'>): (name: string) => string {
+  return (name) => {
+    const text = run.files[name];
+    if (text === undefined) throw new Error(`guest result ${name} missing; output:\n${run.output}`);
+    return text.trim();
+  };
+}
+
 /** Single-quote for bash. */
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;

@@ -145,7 +145,7 @@ echo "$(lv_names)" > "$LAB_OUT/lvs-after-kill.txt"
 snapinfo 4 "$(snap_of 4)"
 timing kill
 
-# Refused: the pool's data usage is above --max-data-percent; nothing is created.
+# Refused (POOL_CRITICAL): the pool's data usage is above --max-data-percent; nothing is created.
 rc=0; ta send "$VG/vol" --to "$STORE" --max-data-percent 1 2> "$LAB_OUT/refused.err" || rc=$?
 echo "$rc" > "$LAB_OUT/refused-rc.txt"
 echo "$(lv_names)" > "$LAB_OUT/lvs-after-refused.txt"

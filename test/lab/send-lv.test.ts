@@ -126,9 +126,9 @@ describe('send VG/LV in the thin-LVM lab', () => {
     expect(sends[4]!.removed).toEqual(['vol_ta_default_4', 'vol_ta_default_3']);
     expect(file('lvs-after-kill.txt').split(' ')).toEqual([POOL, 'vol', 'vol2', 'vol2_ta_default_0', 'vol_ta_default_4']);
 
-    // refused above the data threshold, nothing created
+    // refused above the data threshold (POOL_CRITICAL), nothing created
     expect(file('refused-rc.txt'), file('refused.err')).toBe('4');
-    expect(file('refused.err')).toMatch(/thin pool lab-vg\/thin-pool data usage is \d+\.\d%, above the limit of 1% \(--max-data-percent\)/);
+    expect(file('refused.err')).toMatch(/thin pool lab-vg\/thin-pool is critical: data usage is \d+\.\d\d%, \d+\.\d\d points above the critical threshold of 1% \(--max-data-percent\)/);
     expect(file('lvs-after-refused.txt')).toBe(file('lvs-after-kill.txt'));
 
     expect(file('held-final.txt')).toBe('-');
