@@ -2,7 +2,7 @@
  * Issue 11, "Messages and exit codes that mislead" and "Output that a user misreads": the CLI's
  * words and exit codes for bad input, --json failures, and the text a user reads.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,9 +13,9 @@ const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
 
 /** Run the CLI with stdout (and stderr) on a pseudo-terminal (util-linux script); returns what the terminal got and the exit code. */
-function onTerminal(args: string[], cwd: string, signal?: string, after?: number): { code: number; text: string } {
+function onTerminal(args: string[], cwd: string): { code: number; text: string } {
   const q = (a: string): string => `'${a.replace(/'/g, "'\\''")}'`;
-  const cmd = (signal ? ['timeout', '--preserve-status', '-s', signal, String(after), process.execPath, BIN, ...args] : [process.execPath, BIN, ...args]).map(q).join(' ');
+  const cmd = [process.execPath, BIN, ...args].map(q).join(' ');
   try {
     const text = execFileSync('script', ['-qec', cmd, '/dev/null'], { cwd, encoding: 'latin1', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, maxBuffer: 256 * MiB });
     return { code: 0, text };
@@ -23,6 +23,29 @@ function onTerminal(args: string[], cwd: string, signal?: string, after?: number
     const x = e as { status: number; stdout: string };
     return { code: x.status, text: x.stdout };
   }
+}
+
+/**
+ * Run the CLI on a pseudo-terminal and send it SIGINT once the terminal shows `waitFor` (so that on a
+ * slow machine the signal never comes before the text it is about). Returns the terminal text and the
+ * exit code; code 0 when it finished before the text was seen.
+ */
+function interruptOnTerminal(args: string[], cwd: string, waitFor: string): Promise<{ code: number; text: string }> {
+  const q = (a: string): string => `'${a.replace(/'/g, "'\\''")}'`;
+  const pidFile = join(cwd, 'cli.pid');
+  // exec keeps the shell's pid: the pid file names the CLI process itself
+  const cmd = `echo $$ > ${q(pidFile)}; exec ${[process.execPath, BIN, ...args].map(q).join(' ')}`;
+  const child = spawn('script', ['-qfec', `sh -c ${q(cmd)}`, '/dev/null'], { cwd, stdio: ['ignore', 'pipe', 'ignore'] });
+  let text = '';
+  let sent = false;
+  child.stdout.on('data', (b: Buffer) => {
+    text += b.toString('latin1');
+    if (!sent && text.includes(waitFor)) {
+      sent = true;
+      process.kill(Number(readFileSync(pidFile, 'utf8').trim()), 'SIGINT');
+    }
+  });
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code: code ?? -1, text })));
 }
 
 describe.concurrent('messages and exit codes (issue 11)', () => {
@@ -204,9 +227,8 @@ describe('interrupted with a progress line on the terminal', () => {
       for (let off = 0; off < 768 * MiB; off += 4 * MiB) m.write(off, chunk);
       m.close();
       const sent = JSON.parse((await runOk(['send', '--image', img, '--to', d.join('s'), '--json', '--level', '1'])).stdout);
-      // SIGINT after the progress line has been drawn (updates every 250 ms; start-up takes seconds on a
-      // loaded machine), well before the end.
-      const t = onTerminal(['apply', sent.path, '--to', d.join('t.img'), '--create', '--no-undo'], d.path, 'INT', 3);
+      // SIGINT once the progress line has been drawn (updates every 250 ms), well before the end.
+      const t = await interruptOnTerminal(['apply', sent.path, '--to', d.join('t.img'), '--create', '--no-undo'], d.path, 'apply: ');
       if (t.code === 0) return; // finished before the signal: nothing to see on this machine
       expect(t.code, JSON.stringify(t.text.slice(-300))).toBe(130);
       const at = t.text.indexOf('thinarchive: interrupted');
