@@ -81,12 +81,19 @@ export interface PoolReport {
 }
 
 /** One pool's condition: what an alert or a check line says about it. */
+export interface PoolProblem {
+  state: CheckState;
+  message: string;
+  heldMetadataSnapshot?: true;
+}
+
 export interface PoolCondition {
   pool: string;
   state: CheckState;
   values: { dataPercent: number | null; metadataPercent: number | null; pinnedBytes: number | null; secondsToFull: number | null };
   /** every problem with its own state, worst first; empty when OK */
-  problems: { state: CheckState; message: string }[];
+  /** `heldMetadataSnapshot`: the problem is a metadata snapshot held too long (its own alert condition) */
+  problems: PoolProblem[];
   /** one line: the pool, its state, and its problems or its usage */
   message: string;
 }
@@ -127,9 +134,9 @@ function settingOf<K extends 'requireAutoextend' | 'heldMetadataSnapshotMs'>(set
 
 /** The condition of a pool from its report (pure): each problem with its state, the worst, one line. */
 export function poolCondition(r: Omit<PoolReport, 'condition'>): PoolCondition {
-  const problems: { state: CheckState; message: string }[] = [];
-  const add = (state: CheckState, message: string): void => {
-    problems.push({ state, message });
+  const problems: PoolProblem[] = [];
+  const add = (state: CheckState, message: string, held?: true): void => {
+    problems.push(held ? { state, message, heldMetadataSnapshot: held } : { state, message });
   };
   if (r.error) add('UNKNOWN', `cannot read the pool: ${r.error.message}`);
   if (r.mode === 'failed') add('CRITICAL', 'the pool is in failure mode (repair it: lvconvert --repair)');
@@ -148,7 +155,7 @@ export function poolCondition(r: Omit<PoolReport, 'condition'>): PoolCondition {
   if (h && h.holder !== 'thinarchive' && h.seconds > h.maxSeconds) {
     add('WARNING', `a metadata snapshot (root ${h.root}) has been held by ${h.holder === 'other' ? 'another program' : 'a thinarchive process that is gone'} for ${formatDuration(h.seconds)} `
       + `(more than ${formatDuration(h.maxSeconds)}): it costs metadata space and thinarchive sends on this pool are refused until it is released`
-      + (h.holder === 'thinarchive-gone' ? ' (the next send on the pool releases it)' : ''));
+      + (h.holder === 'thinarchive-gone' ? ' (the next send on the pool releases it)' : ''), true);
   }
   problems.sort((a, b) => STATE_RANK[b.state] - STATE_RANK[a.state]);
   const state = worstState(problems.map((p) => p.state));

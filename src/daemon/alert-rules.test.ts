@@ -93,7 +93,7 @@ describe('daemon alert rules', () => {
     const engine = await AlertEngine.open({ repeatAfterMs: 3_600_000 }, { log: silentLogger, now: () => now, host: 'backup1', onAlert: (e) => made.push(e) });
     const rules = new DaemonAlerts(engine, () => now);
     const values = { dataPercent: 85, metadataPercent: 10, pinnedBytes: 0, secondsToFull: null };
-    const cond = (state: 'OK' | 'WARNING' | 'CRITICAL' | 'UNKNOWN', problems: { state: 'WARNING' | 'CRITICAL'; message: string }[], data = 85): PoolCondition => ({
+    const cond = (state: 'OK' | 'WARNING' | 'CRITICAL' | 'UNKNOWN', problems: PoolCondition['problems'], data = 85): PoolCondition => ({
       pool: 'vg0/pool', state, values: { ...values, dataPercent: data }, problems, message: `vg0/pool ${state}`,
     });
     const warn = { state: 'WARNING' as const, message: 'data 85.00% > 80% (warning)' };
@@ -103,7 +103,7 @@ describe('daemon alert rules', () => {
     }
     rules.pools([cond('UNKNOWN', [], 0)]);
     rules.pools([cond('CRITICAL', [{ state: 'CRITICAL', message: 'data 93.00% > 90% (critical)' }], 93)]);
-    rules.pools([cond('WARNING', [{ state: 'WARNING', message: 'a metadata snapshot (root 12) has been held by another program for 20m' }], 50)]);
+    rules.pools([cond('WARNING', [{ state: 'WARNING', message: 'a metadata snapshot (root 12) has been held by another program for 20m', heldMetadataSnapshot: true }], 50)]);
     rules.pools([cond('OK', [], 50)]);
     expect(made.map((e) => [e.event, e.pool])).toEqual([
       ['pool_warning', 'vg0/pool'], ['pool_critical', 'vg0/pool'], ['pool_ok', 'vg0/pool'], ['metadata_snapshot_stuck', 'vg0/pool'], ['metadata_snapshot_released', 'vg0/pool'],

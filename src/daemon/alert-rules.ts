@@ -119,8 +119,8 @@ export class DaemonAlerts {
     for (const c of conditions) {
       if (c.state === 'UNKNOWN') continue;
       const values = { ...c.values };
-      const stuck = c.problems.filter((p) => HELD_SNAPSHOT.test(p.message));
-      const rest = c.problems.filter((p) => !HELD_SNAPSHOT.test(p.message));
+      const stuck = c.problems.filter((p) => p.heldMetadataSnapshot);
+      const rest = c.problems.filter((p) => !p.heldMetadataSnapshot);
       const level = rest.some((p) => p.state === 'CRITICAL') ? 'pool_critical' : rest.length ? 'pool_warning' : undefined;
       this.engine.observe({
         event: level ?? 'pool_ok', active: level !== undefined, subject: { pool: c.pool }, values,
@@ -133,6 +133,3 @@ export class DaemonAlerts {
     }
   }
 }
-
-/** The pool watch's problem of a metadata snapshot held too long (src/commands/pool-watch.ts). */
-const HELD_SNAPSHOT = /^a metadata snapshot \(root /;
