@@ -27,8 +27,12 @@
  *   --section ssh       only the ssh:// section: send to a private sshd on 127.0.0.1 against cat | ssh of the
  *                       same archive, and apply back (scripts/bench-ssh.mjs; image: the smaller of --size and 1G)
  *   --link-mbit N       the ssh section also runs over an emulated N Mbit/s link (default 1000; 0: skip)
+ *   --section age       only encrypted (age, --encrypt-to) against plain archives, same image, runs
+ *                       interleaved: full send, apply, verify, restore; peak RSS (image: the smaller of --size and 1G)
  *   --section s3        only the S3 section: send to / apply from a local Ceph radosgw (scripts/bench-s3.mjs;
  *                       image: the smaller of --size and 1G; --runs sends each)
+ *   --section startup   only start-up: node -e 0, thinarchive --version, --help and info ARCHIVE, interleaved,
+ *                       max(--runs, 10) rounds; medians and the ratio to node -e 0 (--wait-quiet 0: no waiting)
  *
  * The tool under test is a snapshot of dist/ (+ build/Release/thinio.node) copied at start, so an
  * `npm run build` by someone else during the run cannot change it half-way. Needs: bin/thinarchive
@@ -545,6 +549,8 @@ function summarizeProfiles(dir) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.section === 'restore') return mainRestore(opts);
+  if (opts.section === 'startup') return mainStartup(opts);
+  if (opts.section === 'age') return mainAge(opts);
   if (opts.section === 'ssh') {
     const { benchSsh } = await import('./bench-ssh.mjs');
     return benchSsh({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log, linkMbit: opts.linkMbit });
@@ -980,6 +986,66 @@ function reportRestore(r) {
   return lines;
 }
 
+/**
+ * --section age: encrypted (age, one X25519 recipient) against plain archives of the same image, each
+ * step run plain then encrypted, `--runs` times: full send, apply (into a new image), verify, restore of
+ * the point. Reports median seconds, MB/s of the allocated bytes, the encrypted/plain throughput ratio
+ * and peak RSS. Uses the built tree directly.
+ */
+async function mainAge(opts) {
+  const dir = fs.mkdtempSync(join(opts.tmpdir, 'thinarchive-bench-age-'));
+  try {
+    const TA = join(ROOT, 'bin/thinarchive');
+    const ta = (...a) => ({ cmd: process.execPath, args: [TA, ...a] });
+    const runner = new Runner(opts, dir);
+    const size = Math.min(opts.size, GiB);
+    const img = join(dir, 'image.img');
+    const { summary: comp } = generateImage(img, size, opts.seed);
+    const key = join(dir, 'bench.key');
+    const recipient = sh(process.execPath, [TA, 'key', 'generate', '--out', key]).stdout.trim();
+    const kinds = { plain: [], encrypted: [ '--encrypt-to', recipient ] };
+    const readKeys = { plain: [], encrypted: ['--identity', key] };
+    const rows = {};
+    const add = (step, kind, m) => {
+      rows[step] ??= {};
+      const prev = rows[step][kind];
+      rows[step][kind] = prev ? { ...m, runs: [...prev.runs, ...m.runs], ...stats([...prev.runs, ...m.runs]) } : m;
+    };
+    const stores = {};
+    for (let i = 0; i < opts.runs; i++) {
+      for (const kind of Object.keys(kinds)) {
+        const store = join(dir, `store-${kind}`);
+        stores[kind] = store;
+        add('send full', kind, await measure(runner, `send full (${kind})`, 1, () => ({
+          ...ta('send', '--image', img, '--to', store, ...kinds[kind], '--state-dir', join(dir, 'state'), '--json'),
+          opts: { cacheFiles: [img], before: () => fs.rmSync(store, { recursive: true, force: true }) },
+        })));
+      }
+      for (const kind of Object.keys(kinds)) {
+        const target = join(dir, `target-${kind}.img`);
+        const clear = () => { fs.rmSync(target, { force: true }); fs.rmSync(`${target}.thinarchive.json`, { force: true }); };
+        add('apply', kind, await measure(runner, `apply (${kind})`, 1, () => ({ ...ta('apply', stores[kind], '--to', target, '--create', ...readKeys[kind], '--json'), opts: { before: clear } })));
+        add('verify', kind, await measure(runner, `verify (${kind})`, 1, () => ({ ...ta('verify', stores[kind], ...readKeys[kind], '--json') })));
+        add('restore', kind, await measure(runner, `restore (${kind})`, 1, () => ({ ...ta('restore', stores[kind], '--to', target, '--create', ...readKeys[kind], '--json'), opts: { before: clear } })));
+      }
+    }
+    const lines = [`encrypted vs plain, ${fmtBytes(size)} image (${fmtMiB(comp.allocated)} allocated), ${opts.runs} run(s) each, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+      '| step | plain s | encrypted s | plain MB/s | encrypted MB/s | encrypted/plain | peak RSS plain | peak RSS encrypted |', '|---|---|---|---|---|---|---|---|'];
+    for (const [step, r] of Object.entries(rows)) {
+      const p = r.plain;
+      const e = r.encrypted;
+      lines.push(`| ${step} | ${p.seconds.toFixed(2)} | ${e.seconds.toFixed(2)} | ${mbps(comp.allocated, p.seconds).toFixed(0)} | ${mbps(comp.allocated, e.seconds).toFixed(0)} | ${(p.seconds / e.seconds).toFixed(2)}x | ${fmtMiB(p.peakRssBytes)} | ${fmtMiB(e.peakRssBytes)} |`);
+    }
+    for (const l of lines) process.stdout.write(`${l}\n`);
+    fs.mkdirSync(dirname(opts.out), { recursive: true });
+    const out = opts.out.replace(/\.json$/, '-age.json');
+    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), options: { ...opts, out: undefined }, image: comp, rows }, null, 2) + '\n');
+    log(`results written to ${out}`);
+  } finally {
+    if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** --section restore: only the restore section (uses the built tree directly, no snapshot of dist/). */
 async function mainRestore(opts) {
   const dir = fs.mkdtempSync(join(opts.tmpdir, 'thinarchive-bench-restore-'));
@@ -993,6 +1059,55 @@ async function mainRestore(opts) {
     fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), options: { ...opts, out: undefined }, restore: r }, null, 2) + '\n');
     log(`results written to ${out}`);
     if (!r.restores.every((x) => x.matches) || !r.replay.matches) process.exitCode = 1;
+  } finally {
+    if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * --section startup: the CLI's start-up beside a bare `node -e 0` in the same run, interleaved
+ * (node, --version, --help, info, node, ...) so that the machine's drift hits each alike. Uses the
+ * built tree directly.
+ */
+async function mainStartup(opts) {
+  const dir = fs.mkdtempSync(join(opts.tmpdir, 'thinarchive-bench-startup-'));
+  try {
+    const TA = join(ROOT, 'bin/thinarchive');
+    const node = process.execPath;
+    const img = join(dir, 'tiny.img');
+    generateImage(img, MiB, opts.seed);
+    const archive = JSON.parse(sh(node, [TA, 'send', '--image', img, '--to', join(dir, 'store'), '--json']).stdout).path;
+    const cases = [
+      { name: 'node -e 0', args: ['-e', '0'] },
+      { name: 'thinarchive --version', args: [TA, '--version'] },
+      { name: 'thinarchive --help', args: [TA, '--help'] },
+      { name: 'thinarchive info ARCHIVE', args: [TA, 'info', archive] },
+    ].map((c) => ({ ...c, runs: [] }));
+    const runner = new Runner(opts, dir);
+    const rounds = Math.max(opts.runs, 10);
+    const loadAtStart = loadavg();
+    for (let i = 0; i < rounds; i++) {
+      for (const c of cases) {
+        const r = await runner.time(node, c.args);
+        delete r.stdout;
+        c.runs.push({ ...r, disturbed: disturbed(r) });
+      }
+    }
+    const base = stats(cases[0].runs);
+    const out = cases.map((c) => {
+      const st = stats(c.runs);
+      return { name: c.name, ...st, wallRatio: +(st.seconds / base.seconds).toFixed(2), cpuRatio: +(st.cpuSeconds / base.cpuSeconds).toFixed(2), runs: c.runs };
+    });
+    process.stdout.write(`start-up, ${rounds} rounds, load average ${loadAtStart.join(' ')} at start, ${loadavg().join(' ')} at the end:
+`);
+    for (const c of out) {
+      process.stdout.write(`  ${c.name.padEnd(26)} wall ${c.seconds.toFixed(3)} s (${c.wallRatio.toFixed(2)}x), cpu ${c.cpuSeconds.toFixed(3)} s (${c.cpuRatio.toFixed(2)}x), `
+        + `peak RSS ${fmtMiB(c.peakRssBytes)}${c.disturbedRuns ? `, ${c.disturbedRuns} disturbed runs` : ''}\n`);
+    }
+    fs.mkdirSync(dirname(opts.out), { recursive: true });
+    const file = opts.out.replace(/\.json$/, '-startup.json');
+    fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), options: { ...opts, out: undefined }, node: process.version, startup: out }, null, 2) + '\n');
+    log(`results written to ${file}`);
   } finally {
     if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
   }

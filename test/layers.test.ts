@@ -1,6 +1,6 @@
 // Layers import downward only (docs/ARCHITECTURE.md):
-//   base -> format -> archive -> lvm -> store | target | source -> chain -> commands -> api -> daemon -> cli
-// store, target and source share a rank and do not import each other; no command imports another;
+//   base -> format | crypto -> archive -> lvm -> store | target | source | nbd -> chain -> commands -> api -> daemon -> cli
+// store, target, source and nbd share a rank and do not import each other; no command imports another;
 // no import cycles; only the CLI prints or exits; the CLI calls the library through src/api (and the
 // daemon through src/daemon) only; the daemon uses src/api and the base layer only.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 
 const SRC = resolve(__dirname, '..', 'src');
 const RANK: Record<string, number> = {
-  '': 0, format: 1, archive: 2, lvm: 3, store: 4, target: 4, source: 4, chain: 5, commands: 6, api: 7, daemon: 8, cli: 9,
+  '': 0, format: 1, crypto: 1, archive: 2, lvm: 3, store: 4, target: 4, source: 4, nbd: 4, chain: 5, commands: 6, api: 7, daemon: 8, cli: 9,
 };
 
 function files(dir: string): string[] {

@@ -18,12 +18,14 @@ import type { DataRecordHead } from '../format/types.js';
  */
 export class RecordBuffers {
   private readonly free: ArrayBuffer[] = [];
+  /** At most `maxFree` spare buffers are kept (the rest go to the GC). */
+  constructor(private readonly maxFree = 64) {}
   take(): ArrayBuffer {
     return this.free.pop() ?? new ArrayBuffer(MAX_RECORD_RAW);
   }
   give(b: ArrayBuffer | undefined): void {
     // (a buffer of another size came from a fallback path: left to the GC)
-    if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < 64) this.free.push(b);
+    if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < this.maxFree) this.free.push(b);
   }
   /** For readArchive's payloadBuffer: a buffer when `n` bytes fit one. */
   readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
@@ -93,6 +95,20 @@ export interface HashResult {
   buf: ArrayBuffer;
 }
 
+export interface SealResult {
+  plain: ArrayBuffer;
+  out: ArrayBuffer;
+  len: number;
+}
+
+export interface OpenResult {
+  ok: boolean;
+  /** With `decrypt`: the plaintext bytes at the start of `sealed`. */
+  len?: number;
+  badChunk?: number;
+  sealed: ArrayBuffer;
+}
+
 interface Pending {
   msg: Record<string, unknown>;
   transfer: ArrayBuffer[];
@@ -157,12 +173,17 @@ export class WorkerPool {
   }
 
   private run<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<T> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.closed) return Promise.reject(new ThinarchiveError('WORKER_FAILED', 'worker pool is closed'));
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push({ msg, transfer, resolve: resolve as (v: unknown) => void, reject });
-      this.pump();
-    });
+    const job = this.failure ? Promise.reject(this.failure)
+      : this.closed ? Promise.reject(new ThinarchiveError('WORKER_FAILED', 'worker pool is closed'))
+        : new Promise<T>((resolve, reject) => {
+          this.queue.push({ msg, transfer, resolve: resolve as (v: unknown) => void, reject });
+          this.pump();
+        });
+    // Pipelines keep several jobs in flight and stop awaiting the rest at the first failure: a failed
+    // pool rejects them all at once, and a rejection nobody awaits must not end the process (a
+    // daemon's other runs go on). Whoever awaits a job still gets its error.
+    job.catch(() => {});
+    return job;
   }
 
   /**
@@ -207,6 +228,25 @@ export class WorkerPool {
   /** Hash the blocks of `len` bytes of `buf` (transferred); also reports which blocks are all zero. */
   hash(buf: ArrayBuffer, len: number, blockSize: number): Promise<HashResult> {
     return this.run({ op: 'hash', buf, len, blockSize }, [buf]);
+  }
+
+  /**
+   * Seal the plaintext `plainLen` bytes of `plain` (transferred) as consecutive age chunks from chunk
+   * `index` (the final one flagged last when `last`) into `out` (transferred; room for the ciphertext
+   * and a tag per chunk). Both buffers come back; `len` bytes of `out` are the sealed chunks.
+   */
+  seal(key: Buffer, index: number, last: boolean, plain: ArrayBuffer, plainLen: number, out: ArrayBuffer): Promise<SealResult> {
+    return this.run({ op: 'seal', key: new Uint8Array(key), index, last, plain, plainLen, out }, [plain, out]);
+  }
+
+  /**
+   * Authenticate the sealed age chunks in the first `sealedLen` bytes of `sealed` (transferred), chunk
+   * `index` first, of a payload of `total` chunks; with `decrypt` the plaintext replaces them in place
+   * (its first `len` bytes). The buffer comes back; `badChunk` is the first chunk that fails (or
+   * `total`: bytes after the last).
+   */
+  open(key: Buffer, index: number, total: number, sealed: ArrayBuffer, sealedLen: number, decrypt: boolean): Promise<OpenResult> {
+    return this.run({ op: 'open', key: new Uint8Array(key), index, total, sealed, sealedLen, decrypt }, [sealed]);
   }
 
   async close(): Promise<void> {

@@ -23,6 +23,7 @@ import { initHash } from '../format/hash.js';
 import type { ArchiveHeader, DataRecordHead, IndexEntry, MapEnd, MapExtent, Trailer, ZeroRecord } from '../format/types.js';
 import { ArchiveValidator, canonicalRuns } from '../format/validator.js';
 import { ByteReader, PositionalReader, type ArchiveByteReader, type PositionalSource } from './byte-reader.js';
+import type { WorkerPool } from './pool.js';
 
 export type { PositionalSource } from './byte-reader.js';
 
@@ -187,6 +188,18 @@ export interface ByteSource {
   stream(start?: number): AsyncIterable<Uint8Array>;
   /** Positional reads into the caller's buffer (a local file): up to `length` bytes, 0 at the end. */
   readInto?(buf: Uint8Array, offset: number, length: number, position: number): Promise<number>;
+  /** Whole-archive reads should use `stream` even though `readInto` exists (an encrypted archive). */
+  readonly streamPreferred?: boolean;
+  /**
+   * An encrypted archive's plaintext: authenticate every byte (encrypted.ts), on `pool`'s workers when
+   * given; apply's pre-flight calls it.
+   */
+  authenticate?(pool?: WorkerPool): Promise<void>;
+  /**
+   * An encrypted archive's plaintext: decrypt on `pool` from now on (read ahead; with `random`, only
+   * what each read needs); undefined detaches it.
+   */
+  usePool?(pool: WorkerPool | undefined, random?: boolean): void;
   close(): Promise<void>;
 }
 
@@ -377,7 +390,7 @@ export class ArchiveFile {
    */
   readSource(): AsyncIterable<Uint8Array> | PositionalSource {
     const src = this.src;
-    if (!src.readInto) return src.stream(0);
+    if (!src.readInto || src.streamPreferred) return src.stream(0);
     return { readInto: (buf, offset, length, position) => src.readInto!(buf, offset, length, position) };
   }
 

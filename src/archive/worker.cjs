@@ -10,9 +10,15 @@
  * decode: check one record's stored payload against its hash, decompress it into exactly rawLen bytes
  *         and check every block's hash. With `recycle`, every buffer the caller sent comes back to it.
  * hash:   hash the blocks of a buffer (for comparing a target with a chain).
+ * seal:   encrypt consecutive 64 KiB chunks of an age payload (ChaCha20-Poly1305, STREAM nonces) into
+ *         the caller's output buffer: ciphertext and tag of each chunk, one after the other.
+ * open:   authenticate (and with `decrypt`, decrypt in place) consecutive sealed chunks of an age
+ *         payload; reports the first chunk that fails. The buffer sent comes back.
+ *         (The age format itself: src/crypto/age.ts; these two ops are its chunk loop, off the main thread.)
  */
 'use strict';
 const { parentPort } = require('node:worker_threads');
+const { createCipheriv, createDecipheriv } = require('node:crypto');
 const binding = require('zstd-napi/binding');
 const xxhash = require('xxhash-wasm');
 
@@ -183,6 +189,90 @@ function hash(api, msg) {
   return { result: { hashes: hashes.buffer, zeroMask: zeroMask.buffer, buf: msg.buf }, transfer: [hashes.buffer, zeroMask.buffer, msg.buf] };
 }
 
+// Node's ciphers have no output-buffer form: every chunk's update() allocates its result, garbage
+// as soon as it is copied out. V8 collects such buffers only after tens of MiB of them (external
+// memory), which would add that much to each worker's RSS; a minor collection every few MiB of
+// chunks keeps it to a few MiB (it costs well under a millisecond: the young generation is small).
+// The main thread's counterpart, and why `gc` is obtained this way: src/gc.ts.
+require('node:v8').setFlagsFromString('--expose-gc');
+/** @type {(o: { type: string, execution: string }) => void} */
+const collect = require('node:vm').runInNewContext('gc');
+const COLLECT_EVERY = 4 << 20;
+let sinceCollect = 0;
+function cipherGarbage(/** @type {number} */ n) {
+  sinceCollect += n;
+  if (sinceCollect < COLLECT_EVERY) return;
+  sinceCollect = 0;
+  collect({ type: 'minor', execution: 'sync' });
+}
+
+const AGE_CHUNK = 64 * 1024;
+const AGE_TAG = 16;
+const ageNonce = Buffer.alloc(12);
+
+/** The STREAM nonce of chunk `index` (an 11-byte big-endian counter, then the last-chunk flag), in a reused buffer. */
+function setNonce(/** @type {number} */ index, /** @type {boolean} */ last) {
+  ageNonce.fill(0);
+  ageNonce.writeUIntBE(index, 5, 6);
+  ageNonce[11] = last ? 1 : 0;
+  return ageNonce;
+}
+
+function seal(msg) {
+  const key = Buffer.from(msg.key);
+  const plain = Buffer.from(msg.plain, 0, msg.plainLen);
+  const out = Buffer.from(msg.out);
+  const n = Math.max(1, Math.ceil(plain.length / AGE_CHUNK));
+  let at = 0;
+  for (let k = 0; k < n; k++) {
+    const c = createCipheriv('chacha20-poly1305', key, setNonce(msg.index + k, msg.last && k === n - 1), { authTagLength: AGE_TAG });
+    const ct = c.update(plain.subarray(k * AGE_CHUNK, Math.min(plain.length, (k + 1) * AGE_CHUNK)));
+    c.final();
+    out.set(ct, at);
+    at += ct.length;
+    out.set(c.getAuthTag(), at);
+    at += AGE_TAG;
+  }
+  cipherGarbage(at);
+  return { result: { plain: msg.plain, out: msg.out, len: at }, transfer: [msg.plain, msg.out] };
+}
+
+function open(msg) {
+  const key = Buffer.from(msg.key);
+  const sealed = Buffer.from(msg.sealed, 0, msg.sealedLen);
+  // With msg.decrypt the plaintext goes into the same buffer, in place: chunk k's plaintext lands at
+  // k * 64 KiB, never past the ciphertext not yet read (chunk k + 1 starts at (k + 1) * (64 KiB + 16)).
+  const out = msg.decrypt ? Buffer.from(msg.sealed) : undefined;
+  const back = [msg.sealed];
+  let at = 0;
+  let o = 0;
+  for (let i = msg.index; at < sealed.length; i++) {
+    const last = i === msg.total - 1;
+    const n = Math.min(AGE_CHUNK + AGE_TAG, sealed.length - at);
+    // A chunk before the last is full; the last holds at least its tag, and is empty only when it is the only one.
+    let ok = last ? n >= AGE_TAG && (i === 0 || n > AGE_TAG) : n === AGE_CHUNK + AGE_TAG;
+    if (ok) {
+      const d = createDecipheriv('chacha20-poly1305', key, setNonce(i, last), { authTagLength: AGE_TAG });
+      d.setAuthTag(sealed.subarray(at + n - AGE_TAG, at + n));
+      const p = d.update(sealed.subarray(at, at + n - AGE_TAG));
+      try {
+        d.final();
+      } catch {
+        ok = false;
+      }
+      // (written before final() said yes: the caller uses nothing of a batch that failed)
+      if (ok && out) out.set(p, o);
+      o += p.length;
+    }
+    if (!ok) return { result: { ok: false, badChunk: i, sealed: msg.sealed }, transfer: back };
+    at += n;
+    if (last) break;
+  }
+  cipherGarbage(at);
+  if (at !== sealed.length) return { result: { ok: false, badChunk: msg.total, sealed: msg.sealed }, transfer: back };
+  return { result: { ok: true, len: o, sealed: msg.sealed }, transfer: back };
+}
+
 if (parentPort) {
   const port = parentPort;
   port.on('message', async (msg) => {
@@ -192,6 +282,8 @@ if (parentPort) {
       if (msg.op === 'encode') out = encode(api, msg);
       else if (msg.op === 'decode') out = decode(api, msg);
       else if (msg.op === 'hash') out = hash(api, msg);
+      else if (msg.op === 'seal') out = seal(msg);
+      else if (msg.op === 'open') out = open(msg);
       else throw new Error(`unknown op ${msg.op}`);
       port.postMessage({ id: msg.id, result: out.result }, out.transfer);
     } catch (e) {

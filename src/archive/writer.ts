@@ -7,7 +7,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ThinarchiveError, UsageError } from '../errors.js';
 import {
-  Codec, CompressionAlg, DigestAlg, ExtentKind, FORMAT_MAJOR, FORMAT_MINOR, FrameType, HashAlg, MAX_EXTENT_BLOCKS,
+  Codec, CompressionAlg, DigestAlg, ExtentKind, FORMAT_MAJOR, minorFor, FrameType, HashAlg, MAX_EXTENT_BLOCKS,
   MAX_INDEX_ENTRIES, MAX_MAP_ENTRIES_PER_FRAME, MAX_RECORD_RAW,
 } from '../format/constants.js';
 import {
@@ -122,7 +122,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
   if (!(h0.volumeSize > 0)) throw new UsageError('volume size must be positive');
   const header: ArchiveHeader = {
     major: FORMAT_MAJOR,
-    minor: FORMAT_MINOR,
+    minor: minorFor(h0.meta),
     full: h0.full,
     blockSize: h0.blockSize,
     archiveId: h0.archiveId ?? randomUUID(),
@@ -169,7 +169,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
   };
   const frame = (type: number, body: Uint8Array): Promise<void> => put(encodeFrame(type, body), true);
 
-  await put(encodePreamble(), true);
+  await put(encodePreamble(header.minor), true);
   await frame(FrameType.HEADER, encodeHeaderBody(header));
 
   // Map: written as it streams in, and spooled for the payload pass.

@@ -4,11 +4,12 @@
  * exist), the point an `--at` names, and the verification record kept beside a directory chain.
  */
 import { FormatError, UsageError } from '../errors.js';
-import { ArchiveFile } from '../archive/reader.js';
+import type { ArchiveFile } from '../archive/reader.js';
 import type { ArchiveHeader } from '../format/types.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { DirectoryStore } from '../store/dir.js';
 import { openStore, type StoreOptions } from '../store/open.js';
+import { openStored } from '../store/refs.js';
 import type { ArchiveStore, ChainListing, StoredArchive } from '../store/types.js';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -64,7 +65,7 @@ export async function openChain(ref: string, storeOptions?: StoreOptions): Promi
     const listing = await store.onlyChain();
     let writeStore: ArchiveStore = store;
     if (store instanceof DirectoryStore && resolve(listing.dir) === resolve(store.root)) writeStore = new DirectoryStore(dirname(resolve(store.root)));
-    const res = await resolveChain(store, listing, opened);
+    const res = await resolveChain(store, listing, opened, storeOptions);
     return {
       store, writeStore, chainId: listing.chainId, dir: listing.dir, ...res,
       close: async () => {
@@ -79,10 +80,10 @@ export async function openChain(ref: string, storeOptions?: StoreOptions): Promi
   }
 }
 
-async function resolveChain(store: ArchiveStore, listing: ChainListing, opened: ArchiveFile[]): Promise<{ archives: ChainArchive[]; superseded: StoredArchive[] }> {
+async function resolveChain(store: ArchiveStore, listing: ChainListing, opened: ArchiveFile[], storeOptions?: StoreOptions): Promise<{ archives: ChainArchive[]; superseded: StoredArchive[] }> {
   const all: ChainArchive[] = [];
   for (const a of listing.archives) {
-    const file = await ArchiveFile.openSource(await store.openArchive(a));
+    const file = await openStored(store, a, storeOptions);
     opened.push(file);
     const h = file.header;
     if (h.archiveId !== a.archiveId || h.sequence !== a.sequence || h.chainId !== listing.chainId) {

@@ -3,7 +3,11 @@
  * of a block win; the result takes the last archive's id and the first's parent and sequence
  * (docs/FORMAT.md, "Merged archives").
  */
+import { AgeEncryptor } from '../archive/encrypted.js';
 import { withPool } from '../archive/pool.js';
+import { recipientOf } from '../crypto/age.js';
+import { isEncrypted } from '../store/layout.js';
+import type { StoreOptions } from '../store/open.js';
 import { writeArchive, type NewArchive } from '../archive/writer.js';
 import { ThinarchiveError } from '../errors.js';
 import { ExtentKind } from '../format/constants.js';
@@ -31,8 +35,12 @@ export interface MergedArchive {
 
 /** Merge `group` (consecutive archives of the opened chain) into one archive written to `store`. */
 export async function mergeGroup(
-  group: ChainArchive[], store: ArchiveStore, opts: { level?: number; signal?: AbortSignal },
+  group: ChainArchive[], store: ArchiveStore, opts: { level?: number; signal?: AbortSignal; storeOptions?: StoreOptions },
 ): Promise<MergedArchive> {
+  // A merged archive of an encrypted chain is encrypted too (FORMAT.md §3.4): to the recipients given,
+  // else to those of the identities that read the chain.
+  const encrypted = isEncrypted(group[0].stored);
+  const recipients = encrypted ? (opts.storeOptions?.recipients?.length ? opts.storeOptions.recipients : (opts.storeOptions?.identities ?? []).map(recipientOf)) : undefined;
   const first = group[0].header;
   const last = group[group.length - 1].header;
   const count = group.reduce((n, a) => n + (mergedInfo(a.header)?.archives ?? 1), 0);
@@ -54,13 +62,15 @@ export async function mergeGroup(
     }
   }
   // It takes a sequence its originals hold: no exclusive claim (store/types.ts).
-  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!, { replaces: true });
+  const pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!, { replaces: true, encrypted });
   try {
+    const enc = recipients ? new AgeEncryptor(recipients, (b) => pending.sink.write(b)) : undefined;
+    const sink = enc ? { write: (c: Uint8Array) => enc.write(c) } : pending.sink;
     const { res, bytesRead } = await withPool(async (pool) => {
       const reader = new ChainReader(files, pool);
       try {
         const r = await writeArchive({
-          header, extents: extents(), source: reader, sink: pending.sink, pool,
+          header, extents: extents(), source: reader, sink, pool,
           level: opts.level, signal: opts.signal,
         });
         return { res: r, bytesRead: reader.stats.reduce((n, s) => n + s.bytesRead, 0) };
@@ -69,6 +79,7 @@ export async function mergeGroup(
       }
     });
     opts.signal?.throwIfAborted();
+    await enc?.finish();
     await pending.commit();
     return {
       chainId: header.chainId, archiveId: header.archiveId!, sequence: header.sequence, full: header.full, parentId: header.parentId, merged,

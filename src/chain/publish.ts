@@ -2,7 +2,7 @@
  * Publishing an archive: where it goes (a store, or a pipe), the fork check, writing and committing it,
  * and the result a send reports (also for a dry run, counted from the map alone).
  */
-import { withPool } from '../archive/pool.js';
+import { withPool, type WorkerPool } from '../archive/pool.js';
 import { normalizeExtents, writeArchive, type ArchiveSink, type NewArchive, type VolumeSource, type WriteProgress } from '../archive/writer.js';
 import { UnsafeError } from '../errors.js';
 import { ExtentKind } from '../format/constants.js';
@@ -13,7 +13,9 @@ import { ChainLeaseHolder, checkLease, type LeaseSubject } from '../store/lease.
 import type { StoreOptions } from '../store/open.js';
 import { storeFor } from '../store/refs.js';
 import type { RemoteApplyResult } from '../store/remote-apply.js';
-import type { ArchivePipe, ArchiveStore, PendingArchive } from '../store/types.js';
+import type { ArchivePipe, ArchiveStore, PendingArchive, StoredArchive } from '../store/types.js';
+import { isEncrypted } from '../store/layout.js';
+import { AgeEncryptor } from '../archive/encrypted.js';
 
 export interface SendResult {
   dryRun: boolean;
@@ -91,6 +93,11 @@ export interface OpenedDestination {
   commit(): Promise<void>;
   /** Remove what was written (harmless after commit) and let go of a lease the send held itself. */
   abort(): Promise<void>;
+  /**
+   * An encrypted destination: seal on `pool` from the first write; `undefined` (before the pool
+   * closes) writes what was sealed on it.
+   */
+  usePool?(pool: WorkerPool | undefined): Promise<void>;
 }
 
 /** Never fork a chain: the new archive's sequence must be past every archive of its chain in the store. */
@@ -154,6 +161,40 @@ export async function checkChainLease(to: SendDestination, chainId: string, stor
  * commit, and its lease discarded when nothing is published.
  */
 export async function openDestination(to: SendDestination, header: NewArchive, storeOptions?: StoreOptions, lease: LeaseUse = {}): Promise<OpenedDestination> {
+  const recipients = storeOptions?.recipients;
+  if (!recipients?.length) return openPlainDestination(to, header, storeOptions, lease);
+  // An encrypted archive (FORMAT.md §3.4): the writer's bytes go through the age encryptor; its last
+  // chunk is sealed right before the commit.
+  const dest = await openPlainDestination(to, header, storeOptions, lease, true);
+  let enc: AgeEncryptor;
+  try {
+    enc = new AgeEncryptor(recipients, (b) => dest.sink.write(b));
+  } catch (e) {
+    await dest.abort();
+    throw e;
+  }
+  return {
+    path: dest.path,
+    sink: { write: (chunk) => enc.write(chunk) },
+    commit: async () => {
+      await enc.finish();
+      await dest.commit();
+    },
+    abort: () => dest.abort(),
+    usePool: (pool) => enc.usePool(pool),
+  };
+}
+
+/** A chain is all encrypted or all plain (FORMAT.md §3.4): CHAIN_ENCRYPTION_MIXED when `archives` are not all as `encrypted`. */
+export function checkSameEncryption(archives: StoredArchive[], encrypted: boolean, where: string): void {
+  const other = archives.find((a) => isEncrypted(a) !== encrypted);
+  if (other) {
+    throw new UnsafeError('CHAIN_ENCRYPTION_MIXED', `the chain in ${where} holds ${encrypted ? 'plain' : 'encrypted'} archives (${other.name}); `
+      + `a chain is all encrypted or all plain: ${encrypted ? 'start a new chain with a full send, or send without --encrypt-to/--recipients-file/--passphrase-file' : 'send with the chain\'s recipients (--encrypt-to, --recipients-file or --passphrase-file)'}`);
+  }
+}
+
+async function openPlainDestination(to: SendDestination, header: NewArchive, storeOptions: StoreOptions | undefined, lease: LeaseUse, encrypted = false): Promise<OpenedDestination> {
   if (typeof to !== 'string') {
     let ended = false;
     return {
@@ -172,7 +213,9 @@ export async function openDestination(to: SendDestination, header: NewArchive, s
   await checkNoFork(store, header);
   // A chain this send starts has a fresh random id no other writer knows: its lease is taken right
   // before the commit, so that a send that fails or is killed before it leaves no lease behind.
-  const newChain = (await store.chainArchives(header.chainId)).length === 0;
+  const existing = await store.chainArchives(header.chainId);
+  checkSameEncryption(existing, encrypted, store.url);
+  const newChain = existing.length === 0;
   const own = !lease.holder;
   const holder = lease.holder ?? new ChainLeaseHolder({ ttlMs: lease.ttlMs, log: lease.log });
   const hold = (): Promise<unknown> => holder.hold(store, header.chainId, leaseSubject(header), !!lease.take);
@@ -188,7 +231,7 @@ export async function openDestination(to: SendDestination, header: NewArchive, s
   };
   let pending: PendingArchive;
   try {
-    pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!);
+    pending = await store.createArchive(header.chainId, header.sequence, header.archiveId!, { encrypted, leaseToken: holder.token, log: lease.log });
   } catch (e) {
     await endLease();
     throw e;
@@ -229,9 +272,15 @@ export interface WriteToOptions {
 export async function writeAndCommit(dest: OpenedDestination, o: WriteToOptions): Promise<SendResult> {
   const { header, source } = o;
   try {
-    const res = await withPool((pool) => writeArchive({
-      header, extents: o.extents, source, sink: dest.sink, pool, level: o.level, signal: o.signal, onProgress: o.onProgress,
-    }));
+    const res = await withPool(async (pool) => {
+      // An encrypted archive is sealed on the same workers as it is compressed.
+      await dest.usePool?.(pool);
+      const r = await writeArchive({
+        header, extents: o.extents, source, sink: dest.sink, pool, level: o.level, signal: o.signal, onProgress: o.onProgress,
+      });
+      await dest.usePool?.(undefined);
+      return r;
+    });
     o.signal?.throwIfAborted();
     await dest.commit();
     const bs = header.blockSize;

@@ -6,7 +6,46 @@ import { payloadBuffer, payloadCorrupt, RecordBuffers, type WorkerPool } from '.
 import { ArchiveFile } from '../archive/reader.js';
 import type { VolumeSource } from '../archive/writer.js';
 import { Codec, FRAME_CHECK_SIZE, FRAME_HEAD_SIZE } from '../format/constants.js';
+import type { IndexEntry } from '../format/types.js';
 import { chainSegments, type Segment } from './segments.js';
+
+// ---------------------------------------------------------------------------------------------
+// Reading one record
+
+/**
+ * Read the DATA record `entry` of `f` and decode it on the worker pool: stored hash checked,
+ * decompressed into exactly rawLen bytes, every block's xxh64 checked. The bytes are in a buffer of
+ * `buffers` (give it back when done with them). A record that fails its checks is PAYLOAD_CORRUPT.
+ * The one record decoder of the chain readers (restore, merge, serve).
+ */
+export async function decodeRecord(f: ArchiveFile, entry: IndexEntry, pool: WorkerPool, buffers: RecordBuffers, st?: ArchiveReadStats): Promise<Uint8Array> {
+  const into = buffers.take();
+  const r = await f.readRecordAt(entry.offset, into, entry).catch((e: unknown) => {
+    buffers.give(into);
+    throw e;
+  });
+  const d = r.data!;
+  if (st) {
+    st.records++;
+    st.bytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
+  }
+  const p = r.payload!;
+  // The payload is the start of `into`, or (a source without positional reads) a buffer of its own.
+  let buf: ArrayBuffer;
+  if (p.buffer === into) buf = into;
+  else {
+    buffers.give(into);
+    buf = payloadBuffer(p);
+  }
+  const out = d.codec === Codec.ZSTD ? buffers.take() : undefined;
+  const res = await pool.decodeRecycled(buf, p.length, d, f.header.blockSize, true, out);
+  for (const b of res.spare) buffers.give(b);
+  if (!res.ok) {
+    buffers.give(res.raw);
+    throw payloadCorrupt(res, d.firstBlock, entry.offset, f.path);
+  }
+  return new Uint8Array(res.raw!, 0, d.rawLen);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reading the chain's volume
@@ -53,6 +92,8 @@ export class ChainReader implements VolumeSource {
     this.stats = files.map((f) => ({ archiveId: f.header.archiveId, sequence: f.header.sequence, records: 0, bytesRead: 0, rereads: 0 }));
     this.it = (segments ?? chainSegments(files))[Symbol.asyncIterator]();
     this.maxDecodes = pool.size * 2 + 2;
+    // Encrypted archives open the chunks each read needs on the pool (encrypted.ts), until close().
+    for (const f of files) f.src.usePool?.(pool, true);
   }
 
   private key(s: Segment): string {
@@ -70,30 +111,7 @@ export class ChainReader implements VolumeSource {
     const st = this.stats[s.archive];
     if (this.seenRecords.has(k)) st.rereads++;
     else this.seenRecords.add(k);
-    const bs = this.blockSize;
-    const raw = (async () => {
-      const into = this.buffers.take();
-      const r = await f.readRecordAt(s.record!.offset, into, s.record).catch((e: unknown) => {
-        this.buffers.give(into);
-        throw e;
-      });
-      const d = r.data!;
-      st.records++;
-      st.bytesRead += d.storedLen + FRAME_HEAD_SIZE + FRAME_CHECK_SIZE + 32 + d.blockCount * 8;
-      const p = r.payload!;
-      // The payload is the start of `into`, or (a source without positional reads) a buffer of its own.
-      let buf: ArrayBuffer;
-      if (p.buffer === into) buf = into;
-      else {
-        this.buffers.give(into);
-        buf = payloadBuffer(p);
-      }
-      const out = d.codec === Codec.ZSTD ? this.buffers.take() : undefined;
-      const res = await this.pool.decodeRecycled(buf, p.length, d, bs, true, out);
-      for (const b of res.spare) this.buffers.give(b);
-      if (!res.ok) throw payloadCorrupt(res, d.firstBlock, s.record!.offset, f.path);
-      return new Uint8Array(res.raw!, 0, d.rawLen);
-    })();
+    const raw = decodeRecord(f, s.record!, this.pool, this.buffers, st);
     raw.catch(() => {}); // awaited when used
     this.decoded.set(k, { raw, refs: 1 });
   }
@@ -181,5 +199,6 @@ export class ChainReader implements VolumeSource {
     await Promise.allSettled([...this.decoded.values()].map((d) => d.raw));
     this.decoded.clear();
     await this.it.return?.();
+    for (const f of this.files) f.src.usePool?.(undefined);
   }
 }

@@ -224,7 +224,7 @@ export async function openScanTarget(to: string, stateDir?: string, o: { wait?: 
   };
 }
 
-async function openScanTargetLocked(to: string, stateDir?: string): Promise<ScanTarget> {
+export async function openScanTargetLocked(to: string, stateDir?: string): Promise<ScanTarget> {
   const lv = await lvTargetSpec(to);
   if (lv) {
     const exec = createLvmExec();

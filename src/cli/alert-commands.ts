@@ -3,9 +3,8 @@
  * Registered by main.ts.
  */
 import type { Command } from 'commander';
-import { EXIT_CODE, ThinarchiveError } from '../api/index.js';
-import { notifyTest } from '../daemon/alerts.js';
-import { DEFAULT_CONFIG, loadConfig } from '../daemon/config.js';
+import { EXIT_CODE, ThinarchiveError } from '../api/core.js';
+import { DEFAULT_CONFIG } from '../daemon/config-path.js';
 import type { CliContext } from './chain-commands.js';
 
 export function registerAlertCommands(program: Command, ctx: CliContext): void {
@@ -16,6 +15,7 @@ export function registerAlertCommands(program: Command, ctx: CliContext): void {
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
     .option('--json', 'print the result per channel as JSON')
     .action(async (o) => {
+      const [{ loadConfig }, { notifyTest }] = await Promise.all([import('../daemon/config.js'), import('../daemon/alerts.js')]);
       const config = await loadConfig(o.config);
       const a = config.alerts;
       if (!a?.email && !a?.webhook && !a?.exec && !a?.ping) {

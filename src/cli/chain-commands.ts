@@ -3,10 +3,9 @@
  * (--against) and apply (--repair): options, calls and human-readable output. Registered by main.ts.
  */
 import { Command, Option } from 'commander';
-import {
-  merge, parseDuration, prune, repair, repairInputs, restore, UsageError, verifyAgainst,
-  type Logger, type MergeResult, type PruneResult, type RepairResult, type RestoreResult, type StoreOptions, type VerifyAgainstResult,
-} from '../api/index.js';
+import { EXIT_CODE, parseDuration, UsageError, type Logger } from '../api/core.js';
+import { merge, mount, prune, repair, restore, restoreGroup, serve, umount, verifyAgainst } from '../api/operations.js';
+import type { MergeResult, ServeResult, PruneResult, RepairResult, RestoreResult, StoreOptions, VerifyAgainstResult } from '../api/index.js';
 import { describeZeroStats, formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
@@ -19,6 +18,12 @@ export interface CliContext {
   verifyExit: number;
   /** Options for remote stores (set by main.ts from the global options). */
   storeOptions?: () => StoreOptions;
+  /** The global store options as arguments (for a server process mount starts). */
+  storeArgs?: () => string[];
+  /** mount: the -o values given after the command name (mount options, not ssh options). */
+  mountOptions?: () => string[];
+  /** argv that runs this CLI again (for the server process of mount). */
+  selfCommand?: string[];
 }
 
 function seqOption(name: string) {
@@ -61,6 +66,14 @@ export function printVerifyAgainst(r: VerifyAgainstResult): string {
   lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.blocksChecked} of ${r.blocks} blocks checked (${r.blocksRead} read), `
     + `${r.mismatchedBlocks} mismatched; read ${formatBytes(r.bytesRead)} of the target and ${formatBytes(r.archiveBytesRead)} of archive metadata in ${r.seconds.toFixed(2)} s, ${rate(r.bytesRead, r.seconds)}`);
   return lines.join('\n');
+}
+
+export function printServe(r: ServeResult): string {
+  return [
+    `stopped serving ${r.address}: ${r.connections} connections, ${r.requests} requests, ${formatBytes(r.bytesRead)} read, `
+      + `${formatBytes(r.bytesWritten)} written to the overlay, ${r.readErrors} reads failed (EIO), ${r.protocolErrors} clients disconnected for protocol violations`,
+    ...r.keptOverlays.map((k) => `  kept the overlay of point ${k.sequence} (archive ${k.archiveId}): ${formatBytes(k.dataBytes)} written, ${formatBytes(k.zeroBytes)} zeroed, in ${k.overlay}`),
+  ].join('\n');
 }
 
 export function printRestore(r: RestoreResult): string {
@@ -118,6 +131,7 @@ export async function runVerifyAgainst(inputs: string[], o: Record<string, unkno
 export async function runRepair(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
   const bad = ['create', 'pool', 'snapshotTarget', 'keep', 'force'].filter((k) => o[k] !== undefined && o[k] !== false);
   if (bad.length) throw new UsageError(`--repair does not go with ${bad.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`);
+  const { repairInputs } = await import('../api/index.js');
   const res = await repair({ dir: repairInputs(inputs), to: o.to as string, stateDir: o.stateDir as string | undefined, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.() });
   if (o.json) ctx.json(res);
   else ctx.err(printRepair(res));
@@ -142,10 +156,12 @@ export function addVerifyAgainstOptions(cmd: Command): Command {
 export function registerChainCommands(program: Command, ctx: CliContext): void {
   program
     .command('restore')
-    .description('build the volume as of any archive of a chain, reading each block once')
+    .description('build the volume as of any archive of a chain, reading each block once; with --group, every member of a group point')
     .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
-    .option('--at <point>', 'sequence number, archive id or time (ISO 8601); default: the newest archive')
-    .requiredOption('--to <target>', 'image file, block device, or VG/LV')
+    .option('--at <point>', 'sequence number, archive id or time (ISO 8601); default: the newest archive. With --group: a group point id (or a unique prefix) or a time; default: the newest complete point')
+    .option('--to <target>', 'image file, block device, or VG/LV')
+    .option('--group <name>', 'restore every member of a point of this consistency group (refused when a member\'s archive is missing: GROUP_INCOMPLETE)')
+    .option('--to-vg <vg>', 'with --group: restore each member into VG/<its LV name>')
     .option('--create', 'create a new sparse image, or with --pool a new thin LV')
     .option('--pool <VG/POOL>', 'thin pool --create makes a new LV target in')
     .option('--force', 'overwrite a target that holds data of no or another chain')
@@ -153,6 +169,23 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .option('--wait', 'when another thinarchive process holds the target, wait for it instead of failing with TARGET_LOCKED')
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
+      if (o.group !== undefined || o.toVg !== undefined) {
+        if (o.group === undefined || o.toVg === undefined) throw new UsageError('--group and --to-vg go together');
+        if (o.to !== undefined) throw new UsageError('--to does not go with --group (members go to --to-vg VG)');
+        const progress = new Progress('restore');
+        const res = await restoreGroup({
+          dir, group: o.group, at: o.at, toVg: o.toVg, create: !!o.create, pool: o.pool, force: !!o.force, stateDir: o.stateDir, wait: !!o.wait, signal: ctx.signal,
+          log: ctx.log, storeOptions: ctx.storeOptions?.(), onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
+        });
+        progress.done();
+        if (o.json) ctx.json(res);
+        else {
+          ctx.err(`group "${res.group}" point ${res.point.id} (${res.point.frozenAt}): ${res.members.length} member${res.members.length > 1 ? 's' : ''} restored`);
+          for (const m of res.members) ctx.err(`  ${m.volume} -> ${printRestore(m).split('\n')[0]}`);
+        }
+        return;
+      }
+      if (o.to === undefined) throw new UsageError("required option '--to <target>' not specified (or --group NAME --to-vg VG)");
       const progress = new Progress('restore');
       const res = await restore({
         dir, at: o.at, to: o.to, create: !!o.create, pool: o.pool, force: !!o.force, stateDir: o.stateDir, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.(),
@@ -161,6 +194,63 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
       progress.done();
       if (o.json) ctx.json(res);
       else ctx.err(printRestore(res));
+    });
+
+  program
+    .command('serve')
+    .description('serve the volume as of any point of a chain over NBD (read-only unless --writable) until SIGINT/SIGTERM')
+    .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
+    .option('--at <point>', 'the default export: sequence number, archive id or time (ISO 8601); default: the newest archive')
+    .option('--socket <path>', 'listen on this unix socket')
+    .option('--listen <host:port>', 'listen on this TCP address (PORT or :PORT alone: 127.0.0.1)')
+    .option('--writable', 'accept writes into a copy-on-write overlay file, discarded when the server stops unless --keep-overlay (the archives are never written)')
+    .option('--overlay-dir <dir>', 'with --writable: where the overlay files go (default: the temporary directory)')
+    .option('--keep-overlay <dir>', 'with --writable: keep each point\'s written overlay in this directory when the server stops, and resume the overlays kept there')
+    .addOption(new Option('--cache <n>', 'decoded records cached per export (each up to 4 MiB)').argParser(intOption('--cache', 2, 4096)).default(8))
+    .option('--json', 'print the result as JSON when the server stops')
+    .action(async (dir: string, o) => {
+      const res = await serve({
+        dir, at: o.at, socket: o.socket, listen: o.listen, writable: !!o.writable, overlayDir: o.overlayDir, keepOverlay: o.keepOverlay, cacheRecords: o.cache,
+        signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.(),
+        onReadError: (e) => ctx.err(`thinarchive: warning: export ${JSON.stringify(e.exportName)}: a read of ${e.length} bytes at ${e.offset} failed and was answered EIO: ${e.code ? `${e.code}: ` : ''}${e.message}`),
+        onListening: (l) => ctx.err(`serving chain ${l.chainId} point ${l.sequence} (${formatBytes(l.volumeSize)}${l.writable ? `, writable overlay${l.resumedOverlay ? ` resumed from ${o.keepOverlay}` : o.keepOverlay !== undefined ? ` kept in ${o.keepOverlay}` : ''}` : ', read-only'}) at ${l.uri}; exports: "" (default), ${l.points.join(', ')}`),
+      });
+      if (o.json) ctx.json(res);
+      else ctx.err(printServe(res));
+      for (const f of res.keepFailures) ctx.err(`thinarchive: the overlay of point ${f.sequence} could not be kept in ${o.keepOverlay}: ${f.message}`);
+      if (res.keepFailures.length) process.exitCode = EXIT_CODE.runtime;
+    });
+
+  program
+    .command('mount')
+    .description('mount a point of a chain through the kernel NBD client (read-only; ext4 noload, xfs norecovery) until umount')
+    .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
+    .argument('<mountpoint>', 'an existing directory')
+    .option('--at <point>', 'sequence number, archive id or time (ISO 8601); default: the newest archive')
+    .addOption(new Option('--partition <n>', 'mount partition N of the volume').argParser(intOption('--partition', 1, 128)))
+    .option('--writable', 'mount read-write; writes go to the server\'s overlay and are discarded by umount')
+    .option('--state-dir <dir>', 'where the mount record is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--json', 'print the mount record as JSON')
+    .addHelpText('after', '\n  -o OPTIONS after the command name are mount options (added to ro,noload / ro,norecovery);\n  ssh options (-o) for the store go before it: thinarchive -o Port=2222 mount ssh://... /mnt')
+    .action(async (dir: string, mountpoint: string, o) => {
+      const res = await mount({
+        dir, mountpoint, at: o.at, partition: o.partition, writable: !!o.writable, stateDir: o.stateDir, options: ctx.mountOptions?.().join(','),
+        serveCommand: ctx.selfCommand, serveArgs: ctx.storeArgs?.(), storeOptions: ctx.storeOptions?.(), log: ctx.log, signal: ctx.signal,
+      });
+      if (o.json) ctx.json(res);
+      else ctx.err(`mounted point ${res.sequence} (archive ${res.archiveId}) of chain ${res.chainId}: ${res.mountedDevice} (${res.fsType}, ${res.mountOptions}) on ${res.mountpoint}; server pid ${res.serverPid}`);
+    });
+
+  program
+    .command('umount')
+    .description('undo a mount: unmount, disconnect the NBD device, stop its server')
+    .argument('<mountpoint>')
+    .option('--state-dir <dir>', 'where the mount record is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--json', 'print the result as JSON')
+    .action(async (mountpoint: string, o) => {
+      const res = await umount({ mountpoint, stateDir: o.stateDir, log: ctx.log });
+      if (o.json) ctx.json(res);
+      else ctx.err(`unmounted ${res.mountpoint}, disconnected ${res.nbdDevice}${res.serverGone ? ' (its server had already stopped)' : ', server stopped'}`);
     });
 
   program

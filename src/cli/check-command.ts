@@ -4,9 +4,9 @@
  * main.ts turns any failure of it into `THINARCHIVE UNKNOWN - <reason>` and exit 3.
  */
 import { Option, type Command } from 'commander';
-import { UsageError, type PoolThresholdSettings } from '../api/index.js';
-import { runCheck } from '../daemon/check.js';
-import { DEFAULT_CONFIG } from '../daemon/config.js';
+import { UsageError } from '../api/core.js';
+import type { PoolThresholdSettings } from '../api/index.js';
+import { DEFAULT_CONFIG } from '../daemon/config-path.js';
 import type { CliContext } from './chain-commands.js';
 
 function percentOption(name: string) {
@@ -33,6 +33,7 @@ export function registerCheckCommand(program: Command, ctx: CliContext): void {
         warn: { ...(o.warnData !== undefined ? { data: o.warnData } : {}), ...(o.warnMetadata !== undefined ? { metadata: o.warnMetadata } : {}) },
         crit: { ...(o.critData !== undefined ? { data: o.critData } : {}), ...(o.critMetadata !== undefined ? { metadata: o.critMetadata } : {}) },
       };
+      const { runCheck } = await import('../daemon/check.js');
       const r = await runCheck({ config: o.config, pools: o.pool, override, log: ctx.log, signal: ctx.signal });
       if (o.json) ctx.json(r);
       else ctx.out(r.line);

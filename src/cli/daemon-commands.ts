@@ -2,15 +2,15 @@
  * The daemon's commands (docs/DAEMON.md): config check, daemon, run, status. Registered by main.ts.
  */
 import type { Command } from 'commander';
-import { pino } from 'pino';
-import { checkConfig, DEFAULT_CONFIG } from '../daemon/config.js';
-import { Daemon, readStatus, runJobOnce, type StatusReport } from '../daemon/daemon.js';
-import { EXIT_CODE, formatDuration } from '../api/index.js';
+import { DEFAULT_CONFIG } from '../daemon/config-path.js';
+import type { StatusReport } from '../daemon/daemon.js';
+import { EXIT_CODE, formatDuration } from '../api/core.js';
 import type { CliContext } from './chain-commands.js';
 import { formatBytes } from './output.js';
 
 /** pino JSON on standard error (THINARCHIVE_LOG sets the level; info by default for the daemon). */
-function daemonLogger() {
+async function daemonLogger() {
+  const { pino } = await import('pino');
   return pino({ level: process.env.THINARCHIVE_LOG || 'info', base: { pid: process.pid } }, pino.destination(2));
 }
 
@@ -50,6 +50,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
     .option('--json', 'print the problems as JSON')
     .action(async (o) => {
+      const { checkConfig } = await import('../daemon/config.js');
       const r = await checkConfig(o.config);
       if (o.json) ctx.json({ file: o.config, ok: r.problems.length === 0, problems: r.problems });
       else for (const p of r.problems) ctx.err(`${o.config}:${p.line}: ${p.message}`);
@@ -61,11 +62,18 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
     .description('run every job of the configuration on schedule (SIGTERM stops within 10 s, SIGHUP reloads the configuration)')
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
     .action(async (o) => {
-      const log = daemonLogger();
-      const d = await Daemon.create(o.config, log);
-      // The daemon handles its own signals (main.ts's abort-on-signal is for one-shot commands).
+      // The daemon handles its own signals (main.ts's abort-on-signal is for one-shot commands). A
+      // signal that comes while the daemon starts (reading the configuration and the state, listing
+      // volumes: seconds on a busy host) is kept and acted on once it has started, never lost nor fatal.
       for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.removeAllListeners(s);
+      const early: string[] = [];
+      const keep = (s: string) => (): void => { early.push(s); };
+      for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, keep(s));
+      const log = await daemonLogger();
+      const { Daemon } = await import('../daemon/daemon.js');
+      const d = await Daemon.create(o.config, log);
       await d.start();
+      for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.removeAllListeners(s);
       await new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
           log.info({ signal }, 'stopping');
@@ -79,6 +87,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
         process.on('SIGTERM', () => stop('SIGTERM'));
         process.on('SIGINT', () => stop('SIGINT'));
         process.on('SIGHUP', () => { void d.reload(); });
+        for (const s of early) process.emit(s as NodeJS.Signals, s as NodeJS.Signals);
       });
       // Nothing of ours is left running: do not wait for lingering handles (ssh masters, timers of aborted runs).
       setTimeout(() => process.exit(process.exitCode ?? 0), 1500).unref();
@@ -93,6 +102,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
     .option('--take-lease', "take the chain's lease over even while another writer holds it (CHAIN_LEASED); only when that writer is gone")
     .option('--json', 'print the outcomes as JSON')
     .action(async (job: string, o) => {
+      const { runJobOnce } = await import('../daemon/daemon.js');
       const res = await runJobOnce(o.config, job, o.volume, ctx.log, ctx.signal, !!o.takeLease);
       if (o.json) ctx.json(res);
       else {
@@ -109,6 +119,8 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
         const cls = failed.outcome.error!.exitClass;
         process.exitCode = cls in EXIT_CODE ? EXIT_CODE[cls as keyof typeof EXIT_CODE] : 1;
       }
+      // An alert delivery still in flight after run's bounded wait (kept in alerts-state.json) does not hold the exit.
+      setTimeout(() => process.exit(process.exitCode ?? 0), 1000).unref();
     });
 
   program
@@ -117,6 +129,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG})`, DEFAULT_CONFIG)
     .option('--json', 'print as JSON (docs/DAEMON.md, "status --json")')
     .action(async (o) => {
+      const { readStatus } = await import('../daemon/daemon.js');
       const r = await readStatus(o.config);
       if (o.json) ctx.json(r);
       else ctx.out(printStatus(r));

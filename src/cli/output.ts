@@ -1,6 +1,8 @@
 /** Human-readable output and the progress line. */
-import {
-  formatBytes, UsageError, type ApplyResult, type ArchiveInfo, type ListedChain, type RecoverResult, type RemoteApplyResult, type SendResult, type VerifyResult, type ZeroStats,
+import { formatBytes, UsageError } from '../api/core.js';
+import type {
+  GroupPoint,
+  ApplyResult, ArchiveInfo, ListedChain, RecoverResult, RemoteApplyResult, SendResult, VerifyResult, ZeroStats,
 } from '../api/index.js';
 
 export { formatBytes };
@@ -57,6 +59,7 @@ export function printApply(r: ApplyResult, zeroing: string): string {
   for (const id of r.skipped) lines.push(`skipped ${id} (already applied)`);
   for (const a of r.applied) {
     lines.push(`applied ${a.archiveId} (sequence ${a.sequence}): ${formatBytes(a.dataBytes)} written, ${formatBytes(a.zeroBytes)} zeroed in ${a.seconds.toFixed(2)} s, ${rate(a.dataBytes + a.zeroBytes, a.seconds)}`);
+    if (a.verify) lines.push(`  read back ${a.verify.blocksChecked} blocks (${formatBytes(a.verify.bytesRead)} read) in ${a.verify.seconds.toFixed(2)} s: all as written`);
   }
   if (r.applied.length === 0) lines.push(`nothing to apply: ${r.target} is at archive ${r.state.archiveId} (sequence ${r.state.sequence})`);
   else lines.push(`${r.target} (${r.targetKind}) is at archive ${r.state.archiveId} (sequence ${r.state.sequence}); zeroing: ${zeroing}`);
@@ -75,7 +78,7 @@ export function printVerify(r: VerifyResult): string {
     const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`);
   }
-  const sampled = r.mode === 'sample' ? ` (sampled ${r.samplePercent}%: ${r.recordsChecked} of ${r.dataRecords} data records)` : '';
+  const sampled = r.mode === 'sample' ? ` (sampled ${r.samplePercent}%: ${r.recordsChecked} of ${r.dataRecords} data records)` : r.mode === 'structure' ? ' (structure only)' : '';
   lines.push(`${r.ok ? 'verified' : 'verification FAILED'}${sampled}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
   return lines.join('\n');
 }
@@ -124,6 +127,19 @@ export function printList(chains: ListedChain[]): string {
       const merged = a.merged ? `  merged ${a.merged.fromSequence}..${a.merged.toSequence}` : '';
       lines.push(`  ${String(a.sequence).padStart(4)}  ${a.full ? 'full' : 'incr'}  ${a.created ?? '?'}  ${formatBytes(a.bytes).padStart(10)}  ${a.archiveId}  ${a.status}${merged}`);
     }
+  }
+  return lines.join('\n');
+}
+
+/** Group points (list): one line per point, one per member that is not complete. '' when there are none. */
+export function printGroups(points: readonly GroupPoint[]): string {
+  if (!points.length) return '';
+  const lines = ['group points:'];
+  for (const p of points) {
+    const missing = p.members.filter((m) => m.status !== 'complete');
+    lines.push(`  ${p.name}  ${p.frozenAt}  ${p.id}  ${p.members.length} member${p.members.length > 1 ? 's' : ''}  ${p.quiesce.method} ${p.quiesce.freezeMs} ms  `
+      + `${p.complete ? 'complete' : `INCOMPLETE (${missing.length} of ${p.members.length} missing or unreadable)`}`);
+    for (const m of missing) lines.push(`      ${m.volume}  sequence ${m.sequence}  archive ${m.archiveId}: ${m.status}`);
   }
   return lines.join('\n');
 }

@@ -5,19 +5,21 @@
  * committed ("clean"). From standard input the trailer is checked only at the end: the target stays
  * "applying" until the whole stream is verified. Crash safety: docs/JOURNAL.md.
  */
-import { FormatError, UnsafeError, UsageError } from '../errors.js';
-import { payloadCorrupt, payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
+import { FormatError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { payloadCorrupt, payloadStart, RecordBuffers, WorkerPool } from '../archive/pool.js';
+import { plainStream } from '../archive/encrypted.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
 import { Codec, ExtentKind } from '../format/constants.js';
 import type { ArchiveHeader, MapEnd } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import type { Logger } from '../log.js';
 import type { LvmExec } from '../lvm/exec.js';
+import { verifyWritten, WrittenBlocks, type WrittenCheck } from '../chain/written.js';
 import { resolveArchiveInputs, type StoreOptions } from '../store/refs.js';
 import type { ZeroStats } from '../target/file-target.js';
 import { recover, type RecoverResult } from '../target/recover.js';
 import type { TargetKind, TargetState } from '../target/state.js';
-import { checkTargetOptions, lockTarget, resolveCreate, Target, type LvTargetReport, type TargetSnapshots } from '../target/target.js';
+import { checkTargetOptions, lockTarget, resolveCreate, Target, type LvTargetReport, type TargetLock, type TargetSnapshots } from '../target/target.js';
 
 export interface ApplyProgress {
   archiveId: string;
@@ -48,6 +50,14 @@ export interface ApplyOptions {
   /** No undo journal / rollback snapshot: faster; an interrupted apply is completed by applying again. */
   noUndo?: boolean;
   /**
+   * Read back every block each archive wrote, zeroed or unmapped and compare it with the archive's
+   * checksums before its new state is recorded (src/chain/written.ts). A mismatch fails with
+   * REPLICA_MISMATCH and leaves the target mid-apply: the next apply rolls it back first.
+   */
+  verify?: boolean;
+  /** test hook: runs after an archive's writes are flushed, before they are read back */
+  beforeVerify?: () => Promise<void>;
+  /**
    * Another process holds the target (its lock, docs/JOURNAL.md): wait for it instead of being
    * refused at once with TARGET_LOCKED.
    */
@@ -55,6 +65,18 @@ export interface ApplyOptions {
   signal?: AbortSignal;
   onProgress?: (p: ApplyProgress) => void;
   log?: Logger;
+  /**
+   * The target lock, already held by the caller (the target side of `sync`, which holds it from
+   * hashing to the end of the apply): apply neither takes nor releases it.
+   */
+  lock?: TargetLock;
+  /**
+   * The target side of `sync` (docs/SYNC.md): the one archive to apply is a resync archive whose
+   * parent must be `baseId`, the nonce of this hashing session; the target's recorded state is not
+   * consulted for where to start (the hashes were). `unchanged` is called after the target is opened
+   * and before the first write, and throws when the target changed since it was hashed.
+   */
+  resync?: { baseId: string; unchanged?: () => Promise<void> };
 }
 
 export interface AppliedArchive {
@@ -63,6 +85,8 @@ export interface AppliedArchive {
   dataBytes: number;
   zeroBytes: number;
   seconds: number;
+  /** with verify: the read-back check of what this archive wrote */
+  verify?: WrittenCheck;
 }
 
 export interface ApplyResult {
@@ -125,6 +149,17 @@ export function planStart(headers: ArchiveHeader[], state: TargetState | null, o
   throw new UnsafeError('CHAIN_MISMATCH', `the target holds ${describeState(state)}; archive ${first.archiveId} (sequence ${first.sequence}) applies on top of ${want}`);
 }
 
+/**
+ * sync: the archive must be the resync archive computed against this hashing session (its parent is
+ * the session's nonce), or it would be written over content it was not compared with.
+ */
+export function checkResync(headers: ArchiveHeader[], baseId: string): void {
+  const h = headers[0];
+  if (headers.length !== 1 || h.full || h.parentId !== baseId) {
+    throw new UnsafeError('RESYNC_MISMATCH', `archive ${h.archiveId} (sequence ${h.sequence}) is not the resync archive of this hashing session (its parent is ${h.parentId ?? 'none'}, the session is ${baseId}); nothing was written`);
+  }
+}
+
 /** Check that each archive continues the one before it. */
 export function checkChain(headers: ArchiveHeader[]): void {
   for (let i = 1; i < headers.length; i++) {
@@ -143,7 +178,7 @@ const MAX_WRITES_IN_FLIGHT = 2;
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
   events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: Target, pool: WorkerPool, buffers: RecordBuffers,
-  opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void },
+  opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void; written?: WrittenBlocks },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
   const size = h.volumeSize;
@@ -182,11 +217,13 @@ async function applyStream(
         // (announced first: the undo journal keeps all their old contents with one flush)
         if (!opts.fresh) for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) target.announce(e.firstBlock * bs, rangeBytes(e.firstBlock, e.blockCount, size, bs));
         for (const e of ev.extents) if (e.kind !== ExtentKind.DATA) await zero(e.firstBlock, e.blockCount);
+        if (opts.written) for (const e of ev.extents) await opts.written.mapExtent(e);
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
         // The payload is the start of a record buffer (readArchive's payloadBuffer), or owns its own.
         const buf = payloadStart(p);
+        await opts.written?.dataRecord(r);
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
         const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
         window.push({ first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset, p: pool.decodeRecycled(buf, p.length, r, bs, true, out) });
@@ -195,6 +232,7 @@ async function applyStream(
         while (window.length > 0) await writeOldest();
         while (writes.length > 0) await writes.shift();
         await zero(ev.record.firstBlock, ev.record.blockCount);
+        await opts.written?.zeroRecord(ev.record);
       }
     }
     while (window.length > 0) await writeOldest();
@@ -211,12 +249,18 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
   const inputs = await resolveArchiveInputs(opts.inputs, opts.storeOptions);
   const files: ArchiveFile[] = [];
   const maps: MapEnd[] = [];
+  // The worker pool, started when first needed (authenticating an encrypted archive, or applying).
+  let workers: WorkerPool | undefined;
+  const pool = (): WorkerPool => (workers ??= new WorkerPool());
   try {
     // 1. Everything that can be checked before touching the target.
     for (const inp of inputs) {
       if (inp.kind === 'file') {
         const f = await inp.open();
         files.push(f);
+        // An encrypted archive: every chunk authenticated before the target is touched (FORMAT.md §3.4),
+        // on every worker at once.
+        if (f.src.authenticate) await f.src.authenticate(pool());
         maps.push(await f.preflight());
       }
     }
@@ -229,7 +273,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     let stdinEvents: AsyncGenerator<ArchiveEvent> | undefined;
     let headers: ArchiveHeader[];
     if (fromStdin) {
-      stdinEvents = readArchive(opts.stdin!, { file: 'standard input', payloadBuffer: buffers.forPayload });
+      stdinEvents = readArchive(plainStream(opts.stdin!, opts.storeOptions?.identities ?? [], 'standard input'), { file: 'standard input', payloadBuffer: buffers.forPayload });
       const first = await stdinEvents.next();
       if (first.done || first.value.type !== 'header') throw new FormatError('BAD_STRUCTURE', 'no archive header on standard input');
       headers = [first.value.header];
@@ -238,37 +282,46 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     }
 
     // A new image (or LV) is created only once the archives are known to fit it.
-    const created = await resolveCreate(opts.to, opts, opts.lvmExec);
+    if (opts.resync) checkResync(headers, opts.resync.baseId);
+    const created = opts.resync ? false : await resolveCreate(opts.to, opts, opts.lvmExec);
     if (created) planStart(headers, null, { fresh: true, force: !!opts.force });
     // A target left by an interrupted apply is rolled back first (or, without undo, left to be completed).
     // Only when this apply would go ahead on the interrupted target: a refused apply touches nothing.
+    // recover's question: would this apply go ahead on a target in state s, applying something?
     const accept = (s: TargetState | null): boolean => {
       try {
-        planStart(headers, created ? null : s, { fresh: created, force: !!opts.force });
-        return true;
+        return planStart(headers, created ? null : s, { fresh: created, force: !!opts.force }) < headers.length;
       } catch {
         return false;
       }
     };
     // One writer at a time: the target lock is taken before recovery looks at the state, and held
     // until the target is closed. A live apply is never taken for an interrupted one.
-    const lock = await lockTarget(opts.to, { stateDir: opts.stateDir, command: 'apply', wait: opts.wait, signal: opts.signal, log: opts.log });
+    const lock = opts.lock ?? await lockTarget(opts.to, { stateDir: opts.stateDir, command: 'apply', wait: opts.wait, signal: opts.signal, log: opts.log });
+    const releaseLock = async (): Promise<void> => {
+      if (!opts.lock) await lock.release();
+    };
     let target: Target;
     let rec: RecoverResult;
     try {
-      rec = await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept, lock });
+      // (sync recovered the target before hashing it, under the same lock)
+      rec = opts.resync
+        ? { target: opts.to, targetKind: 'image', action: 'none', state: null, seconds: 0 }
+        : await recover({ target: opts.to, stateDir: opts.stateDir, ...(opts.lvmExec ? { lvmExec: opts.lvmExec } : {}), log: opts.log, fromApply: true, accept, lock });
       target = await Target.open(opts.to, {
-        create: created, pool: opts.pool, snapshotTarget: opts.snapshotTarget, keep: opts.keep, noUndo: opts.noUndo,
+        // --create-if-missing on a target that exists: the pool is for creating, not used
+        create: created, pool: created ? opts.pool : undefined, snapshotTarget: opts.snapshotTarget, keep: opts.keep, noUndo: opts.noUndo,
         createSize: headers[0].volumeSize, neededSize: Math.max(...headers.map((h) => h.volumeSize)), blockSize: headers[0].blockSize,
         journalFor: headers[0], stateDir: opts.stateDir, ...(opts.lvmExec ? { exec: opts.lvmExec } : {}), log: opts.log, lock,
       });
     } catch (e) {
-      await lock.release();
+      await releaseLock();
       throw e;
     }
     try {
       const state = created ? null : await target.readState();
-      const start = planStart(headers, state, { fresh: created, force: !!opts.force });
+      if (opts.resync) await opts.resync.unchanged?.();
+      const start = opts.resync ? 0 : planStart(headers, state, { fresh: created, force: !!opts.force });
       const result: ApplyResult = {
         target: opts.to, targetKind: target.kind, applied: [], skipped: headers.slice(0, start).map((h) => h.archiveId),
         state: state ? { archiveId: state.archiveId, sequence: state.sequence, chainId: state.chainId } : { archiveId: '', sequence: -1, chainId: '' },
@@ -287,54 +340,73 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
 
       // The state as last read or written (an LV target's state costs an lvs call to read).
       let current: TargetState | null = state;
-      await withPool(async (pool) => {
-        for (let i = start; i < headers.length; i++) {
-          const h = headers[i];
-          const t0 = performance.now();
-          // A target created by this run is all holes: zeroing it again is skipped for its first archive.
-          const fresh = created && i === start && start === 0;
-          await target.begin(h, current, fresh);
-          let events: AsyncGenerator<ArchiveEvent>;
-          let total: number | undefined;
-          if (fromStdin) {
-            events = stdinEvents!;
-          } else {
-            const f = files[i];
-            // What applyStream counts: the records' data and zero blocks, and the map's ZERO and UNMAP
-            // extents (zeroed too); a partial last block counts only its bytes.
-            const m = maps[i];
-            total = Math.min(f.trailer.rawBytes + (f.trailer.zeroBlocks + m.zeroBlocks + m.unmapBlocks) * h.blockSize, h.volumeSize);
-            events = readArchive(f.readSource(), { file: f.path, payloadBuffer: buffers.forPayload });
-            const first = await events.next();
-            if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {
-              throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
-            }
+      for (let i = start; i < headers.length; i++) {
+        const h = headers[i];
+        const t0 = performance.now();
+        // A target created by this run is all holes: zeroing it again is skipped for its first archive.
+        const fresh = created && i === start && start === 0;
+        await target.begin(h, current, fresh);
+        let events: AsyncGenerator<ArchiveEvent>;
+        let total: number | undefined;
+        if (fromStdin) {
+          events = stdinEvents!;
+        } else {
+          const f = files[i];
+          // What applyStream counts: the records' data and zero blocks, and the map's ZERO and UNMAP
+          // extents (zeroed too); a partial last block counts only its bytes.
+          const m = maps[i];
+          total = Math.min(f.trailer.rawBytes + (f.trailer.zeroBlocks + m.zeroBlocks + m.unmapBlocks) * h.blockSize, h.volumeSize);
+          // An encrypted archive is decrypted on the pool, ahead of the reader.
+          f.src.usePool?.(pool());
+          events = readArchive(f.readSource(), { file: f.path, payloadBuffer: buffers.forPayload });
+          const first = await events.next();
+          if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {
+            throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
           }
-          const label = fromStdin ? 'standard input' : files[i].path;
-          let r: { dataBytes: number; zeroBytes: number };
+        }
+        const label = fromStdin ? 'standard input' : files[i].path;
+        let r: { dataBytes: number; zeroBytes: number };
+        const written = opts.verify ? new WrittenBlocks() : undefined;
+        let check: WrittenCheck | undefined;
+        try {
           try {
-            r = await applyStream(events, h, target, pool, buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress });
+            r = await applyStream(events, h, target, pool(), buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress, written });
             await target.sync();
           } finally {
+            if (!fromStdin) files[i].src.usePool?.(undefined);
             await target.endWrites();
           }
-          const done = await target.commit(h);
-          current = done.state;
-          result.undoBytes += done.undoBytes;
-          opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
-          result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000 });
-          result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
+          if (written) {
+            await opts.beforeVerify?.();
+            check = await verifyWritten(written, { to: opts.to, stateDir: opts.stateDir, pool: pool(), blockSize: h.blockSize, volumeSize: h.volumeSize, signal: opts.signal });
+            if (check.mismatchedBlocks > 0) {
+              const f = check.first!;
+              throw new ThinarchiveError('REPLICA_MISMATCH', `${opts.to}: ${check.mismatchedBlocks} of the ${check.blocksChecked} blocks archive ${h.archiveId} (sequence ${h.sequence}) wrote read back wrong (block ${f.block}, byte ${f.block * h.blockSize}: expected ${f.expected}, read ${f.actual}); its state is not recorded: the next apply rolls it back first`, 'verify');
+            }
+          }
+        } finally {
+          await written?.close();
         }
-      });
+        const done = await target.commit(h);
+        current = done.state;
+        result.undoBytes += done.undoBytes;
+        opts.log?.info({ archiveId: h.archiveId, sequence: h.sequence, target: opts.to, ...r }, 'archive applied');
+        result.applied.push({ archiveId: h.archiveId, sequence: h.sequence, ...r, seconds: (performance.now() - t0) / 1000, ...(check ? { verify: check } : {}) });
+        result.state = { archiveId: h.archiveId, sequence: h.sequence, chainId: h.chainId };
+      }
       return result;
     } finally {
       try {
         await target.close();
       } finally {
-        await lock.release();
+        await releaseLock();
       }
     }
   } finally {
-    for (const f of files) await f.close();
+    try {
+      for (const f of files) await f.close();
+    } finally {
+      await workers?.close();
+    }
   }
 }

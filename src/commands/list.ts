@@ -1,7 +1,10 @@
 /** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
+import { groupPoints, type GroupPoint } from '../chain/group.js';
+import { groupOf, type GroupMeta } from '../format/group.js';
 import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain.js';
 import { leaseState, readLease, type LeaseRecord, type LeaseState } from '../store/lease.js';
+import { isEncrypted } from '../store/layout.js';
 import { openStored, storeFor, type StoreOptions } from '../store/refs.js';
 
 export interface ListedArchive {
@@ -19,6 +22,8 @@ export interface ListedArchive {
   merged?: MergedInfo | null;
   /** 'complete': header and trailer read and consistent; otherwise the reason it is not. */
   status: string;
+  /** The consistency group the archive was sent in (FORMAT.md §2.3.1), null for none. */
+  group?: GroupMeta | null;
 }
 
 /** The chain's lease (store/lease.ts, FORMAT.md §3.3): who writes it, as of the listing. */
@@ -38,10 +43,12 @@ export interface ListedChain {
   archives: ListedArchive[];
 }
 
-export async function list(opts: { dir: string; storeOptions?: StoreOptions }): Promise<ListedChain[]> {
+/** `chainId`: that chain only (the others' archives are not opened: what a daemon run needs after its send). */
+export async function list(opts: { dir: string; chainId?: string; storeOptions?: StoreOptions }): Promise<ListedChain[]> {
   const out: ListedChain[] = [];
   const store = await storeFor(opts.dir, opts.storeOptions);
   for (const c of await store.listChains()) {
+    if (opts.chainId !== undefined && c.chainId !== opts.chainId) continue;
     const l = await readLease(store, c.chainId);
     const lease: ListedLease | null = l && {
       state: leaseState(l), host: l.host, pid: l.pid, job: l.job, volume: l.volume, source: l.source, acquired: l.acquired, renewed: l.renewed, expires: l.expires,
@@ -55,12 +62,21 @@ export async function list(opts: { dir: string; storeOptions?: StoreOptions }): 
         volume: null, volumeSize: null, bytes: 0, rawBytes: null, status: 'complete',
       };
       try {
-        const f = await openStored(store, a);
+        if (isEncrypted(a) && !opts.storeOptions?.identities?.length) {
+          // Without the identity: what the name and the store tell (FORMAT.md §3.4).
+          const src = await store.openArchive(a);
+          item.bytes = src.size;
+          await src.close();
+          item.status = 'encrypted (no identity given)';
+          chain.archives.push(item);
+          continue;
+        }
+        const f = await openStored(store, a, opts.storeOptions);
         try {
           const h = f.header;
           Object.assign(item, {
             parentId: h.parentId, full: h.full, created: new Date(h.createdMs).toISOString(), volume: h.meta.volume.name,
-            volumeSize: h.volumeSize, bytes: f.size, rawBytes: f.trailer.rawBytes, merged: mergedInfo(h) ?? null,
+            volumeSize: h.volumeSize, bytes: f.size, rawBytes: f.trailer.rawBytes, merged: mergedInfo(h) ?? null, group: groupOf(h.meta, h.archiveId),
           });
           if (h.archiveId !== a.archiveId || h.sequence !== a.sequence || h.chainId !== c.chainId) item.status = 'misnamed: the header does not match the file name';
           chain.volume ??= h.meta.volume.name;
@@ -89,4 +105,12 @@ export async function list(opts: { dir: string; storeOptions?: StoreOptions }): 
     out.push(chain);
   }
   return out;
+}
+
+/** The group points of a listing (oldest first), each with whether every member's archive is there (chain/group.ts). */
+export function listGroups(chains: readonly ListedChain[], name?: string): GroupPoint[] {
+  const seen = chains.flatMap((c) => c.archives.map((a) => ({
+    chainId: c.chainId, chainDir: c.dir, archiveId: a.archiveId, sequence: a.sequence, status: a.status, group: a.group ?? null,
+  })));
+  return groupPoints(seen).filter((p) => name === undefined || p.name === name);
 }

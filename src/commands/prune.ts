@@ -97,7 +97,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       const group = groups[g];
       for (const a of group) await a.file.preflight();
       opts.signal?.throwIfAborted();
-      const r = await mergeGroup(group, chain.writeStore, { level: opts.level, signal: opts.signal });
+      const r = await mergeGroup(group, chain.writeStore, { level: opts.level, signal: opts.signal, storeOptions: opts.storeOptions });
       result.merges[g].path = r.path;
       result.merges[g].archiveBytes = r.archiveBytes;
       // Durable now: delete what it replaces (the original sharing its id last).

@@ -14,6 +14,9 @@ import {
 } from '../chain/publish.js';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import type { ArchiveHeader, SnapshotIdentity } from '../format/types.js';
+import { GROUP_NAME_RE, MAX_GROUP_MEMBERS, type GroupMeta } from '../format/group.js';
+import { lvKernelName, topHolders } from '../lvm/holders.js';
+import { withQuiesce, type QuiesceReport, type QuiesceSpec, type StepRunner } from '../source/quiesce.js';
 import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
@@ -26,7 +29,7 @@ import {
   checkChainName, createPendingSnapshot, DEFAULT_CHAIN, discardPendingSnapshot, lockSnapshotChain, promoteSnapshot, settleInterrupted, snapshotName,
   snapshotTags, TAG_OURS, UUID, volumeUuidForLv,
 } from '../source/snapshot-chain.js';
-import { readThinMap } from '../source/thin-map.js';
+import { readThinMap, readThinMaps, type ThinMap, type ThinMapRequest } from '../source/thin-map.js';
 import { FileVolume } from '../source/volume.js';
 import type { StoreOptions } from '../store/open.js';
 import { openArchiveRef, storeFor } from '../store/refs.js';
@@ -168,8 +171,8 @@ interface Transfer {
 }
 
 /** Map, then count (dry run) or read the snapshot and write + commit the archive. */
-async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number): Promise<SendResult> {
-  const map = await readThinMap({
+async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number, given?: ThinMap): Promise<SendResult> {
+  const map = given ?? await readThinMap({
     vg: t.vg, pool: t.pool, chunk: t.chunk, blockSize: t.header.blockSize, volumeSize: t.header.volumeSize, snapThinId: t.snap.thinId,
     base: t.base ? { thinId: t.base.thinId, sizeBytes: t.baseSize! } : null,
   }, {
@@ -254,15 +257,20 @@ async function storeHolds(to: SendDestination, chainId: string, archiveId: strin
   return (await (await storeFor(to, storeOptions)).chainArchives(chainId)).some((a) => a.archiveId === archiveId);
 }
 
-export async function sendLv(o: SendLvOptions): Promise<SendLvResult> {
-  const started = performance.now();
-  checkLevel(o.level);
-  // Commands are logged (debug) through the caller's logger.
+/** The LVM context of a send: commands logged (debug) through the caller's logger, aborted by its signal. */
+function sendContext(o: { exec?: LvmExec; log?: Logger; signal?: AbortSignal }): Ctx {
   const exec = o.exec ?? (o.log ? createLvmExec({ logger: o.log }) : runLvmCommand);
-  const ctx: Ctx = {
+  return {
     exec, logger: o.log ?? silentLogger, ...(o.signal ? { signal: o.signal } : {}),
     tools: { exec, ...(o.signal ? { signal: o.signal } : {}) }, cleanup: { exec },
   };
+}
+
+export async function sendLv(o: SendLvOptions): Promise<SendLvResult> {
+  const started = performance.now();
+  checkLevel(o.level);
+  const ctx = sendContext(o);
+  const exec = ctx.exec;
   percentOption(o.maxDataPercent, DEFAULT_MAX_DATA_PERCENT, '--max-data-percent');
   percentOption(o.maxMetadataPercent, DEFAULT_MAX_METADATA_PERCENT, '--max-metadata-percent');
   if (o.snapshot !== undefined) {
@@ -277,8 +285,31 @@ export async function sendLv(o: SendLvOptions): Promise<SendLvResult> {
   return sendManaged(o, ctx, started);
 }
 
-async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise<SendLvResult> {
-  const { vg, lv: lvName } = parseRef(o.volume!, 'LV');
+/** A managed send up to its snapshot: the chain locked, interrupted runs settled, the pool checked, the next archive named. */
+interface PreparedManaged {
+  vg: string;
+  lvName: string;
+  lv: LvInfo;
+  chain: string;
+  lock: { release(): Promise<void> };
+  removed: string[];
+  recovered: string[];
+  baseInfo: { lv: LvInfo; tags: { archiveId: string; chainId: string; sequence: number; createdAt?: string } } | null;
+  full: boolean;
+  pool: string;
+  chunk: number;
+  blockSize: number;
+  archiveId: string;
+  chainId: string;
+  sequence: number;
+  parentId: string | null;
+  name: string;
+  tags: string[];
+  createdAt: string;
+}
+
+async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promise<PreparedManaged> {
+  const { vg, lv: lvName } = parseRef(volume, 'LV');
   const chain = o.chain ?? DEFAULT_CHAIN;
   checkChainName(chain);
   const log = ctx.logger;
@@ -287,7 +318,6 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
   try {
     const removed: string[] = [];
     const recovered: string[] = [];
-    const warnings: string[] = [];
     let lvs = await listLvs(vg, ctx.tools);
     const lv = findLv(lvs, vg, lvName);
     requireThin(lv, 'the volume');
@@ -335,46 +365,76 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
     const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     const name = snapshotName(lvName, chain, sequence, archiveId);
     const tags = snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence, createdAt }, true);
+    return {
+      vg, lvName, lv, chain, lock, removed, recovered, baseInfo: baseInfo ?? null, full, pool, chunk, blockSize, archiveId, chainId, sequence, parentId, name, tags, createdAt,
+    };
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+}
+
+function managedHeader(p: PreparedManaged, snapLv: LvInfo, group?: GroupMeta): NewArchive {
+  const snap = refOf(snapLv, p.createdAt);
+  const base = p.full ? null : refOf(p.baseInfo!.lv, p.baseInfo!.tags.createdAt);
+  const h = poolHeader({
+    full: p.full, blockSize: p.blockSize, chunk: p.chunk, archiveId: p.archiveId, parentId: p.parentId, chainId: p.chainId, sequence: p.sequence,
+    volumeUuid: volumeUuidForLv(p.lv.uuid), volumeSize: snapLv.sizeBytes, volume: { vg: p.vg, lv: p.lvName, lvUuid: p.lv.uuid }, snap, base,
+  });
+  if (group) h.meta.group = group;
+  return h;
+}
+
+/** Archive the prepared member's snapshot (its map read already, or read now), then make it the base. */
+async function finishManaged(p: PreparedManaged, snapLv: LvInfo, header: NewArchive, o: SendLvOptions, ctx: Ctx, started: number, map?: ThinMap): Promise<SendLvResult> {
+  const { vg, name } = p;
+  const log = ctx.logger;
+  const warnings: string[] = [];
+  const removed = [...p.removed];
+  let committed = false;
+  let result: SendResult;
+  const snap = refOf(snapLv, p.createdAt);
+  const base = p.full ? null : refOf(p.baseInfo!.lv, p.baseInfo!.tags.createdAt);
+  try {
+    result = await transfer({
+      vg, pool: p.pool, chunk: p.chunk, header, snap, base, ...(base ? { baseSize: p.baseInfo!.lv.sizeBytes } : {}),
+      activate: async () => ({
+        dev: await activateReadOnly(vg, name, ctx.tools, snapLv),
+        restore: () => deactivate(vg, name, ctx.cleanup),
+      }),
+    }, o, ctx, started, map);
+    committed = !o.dryRun;
+  } finally {
+    // Nothing committed: the new snapshot goes (only if it is ours), the old base stays.
+    if (!committed && await discardPendingSnapshot(vg, name, snapLv, { tools: ctx.cleanup, log })) removed.push(name);
+  }
+  if (committed) {
+    // The archive is durable: the new snapshot becomes the base, the old one goes.
+    const r = await promoteSnapshot(vg, name, p.baseInfo?.lv ?? null, { tools: ctx.cleanup, log });
+    removed.push(...r.removed);
+    warnings.push(...r.warnings);
+    for (const w of warnings) log.warn({ volume: `${vg}/${p.lvName}` }, w);
+  }
+  return {
+    ...result!, volume: { vg, lv: p.lvName, lvUuid: p.lv.uuid }, pool: `${vg}/${p.pool}`, poolChunkSize: p.chunk, managed: true, chain: p.chain,
+    snapshot: snap, base, removed, recovered: p.recovered, warnings,
+  };
+}
+
+async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise<SendLvResult> {
+  const p = await prepareManaged(o.volume!, o, ctx);
+  try {
     ctx.signal?.throwIfAborted();
     let snapLv: LvInfo | undefined;
-    let committed = false;
-    let result: SendResult;
     try {
-      snapLv = await createPendingSnapshot(vg, lvName, name, tags, { tools: ctx.tools, log });
-      const snap = refOf(snapLv, createdAt);
-      const base = full ? null : refOf(baseInfo!.lv, baseInfo!.tags.createdAt);
-      const header = poolHeader({
-        full, blockSize, chunk, archiveId, parentId, chainId, sequence, volumeUuid: volumeUuidForLv(lv.uuid), volumeSize: snapLv.sizeBytes,
-        volume: { vg, lv: lvName, lvUuid: lv.uuid }, snap, base: full ? null : base,
-      });
-      result = await transfer({
-        vg, pool, chunk, header, snap, base, ...(base ? { baseSize: baseInfo!.lv.sizeBytes } : {}),
-        activate: async () => ({
-          dev: await activateReadOnly(vg, name, ctx.tools),
-          restore: () => deactivate(vg, name, ctx.cleanup),
-        }),
-      }, o, ctx, started);
-      committed = !o.dryRun;
-    } finally {
-      // Nothing committed: the new snapshot goes (only if it is ours), the old base stays.
-      if (!committed && await discardPendingSnapshot(vg, name, snapLv !== undefined, { tools: ctx.cleanup, log })) removed.push(name);
+      snapLv = await createPendingSnapshot(p.vg, p.lvName, p.name, p.tags, { tools: ctx.tools, log: ctx.logger });
+    } catch (e) {
+      await discardPendingSnapshot(p.vg, p.name, undefined, { tools: ctx.cleanup, log: ctx.logger }).catch(() => false);
+      throw e;
     }
-
-    const snap = refOf(snapLv!, createdAt);
-    const base = baseInfo ? refOf(baseInfo.lv, baseInfo.tags.createdAt) : null;
-    if (committed) {
-      // The archive is durable: the new snapshot becomes the base, the old one goes.
-      const r = await promoteSnapshot(vg, name, baseInfo?.lv.name ?? null, { tools: ctx.cleanup, log });
-      removed.push(...r.removed);
-      warnings.push(...r.warnings);
-      for (const w of warnings) log.warn({ volume: `${vg}/${lvName}` }, w);
-    }
-    return {
-      ...result!, volume: { vg, lv: lvName, lvUuid: lv.uuid }, pool: `${vg}/${pool}`, poolChunkSize: chunk, managed: true, chain,
-      snapshot: snap, base: full ? null : base, removed, recovered, warnings,
-    };
+    return await finishManaged(p, snapLv, managedHeader(p, snapLv), o, ctx, started);
   } finally {
-    await lock.release();
+    await p.lock.release();
   }
 }
 
@@ -434,4 +494,140 @@ async function sendUserSnapshot(o: SendLvOptions, ctx: Ctx, started: number): Pr
   return {
     ...result, volume, pool: `${vg}/${pool}`, poolChunkSize: chunk, managed: false, chain: null, snapshot: snap, base, removed: [], recovered: [], warnings: [],
   };
+}
+
+// ------------------------------------------------------------------------------------------ groups
+
+export interface SendGroupOptions extends Omit<SendLvOptions, 'volume' | 'snapshot' | 'base' | 'parent' | 'dryRun'> {
+  /** the members, `VG/LV` each (thin LVs of one or more pools) */
+  volumes: string[];
+  /** the group's name, recorded in every member's archive */
+  group: string;
+  /**
+   * How to quiesce: fsfreeze of mountpoints, a freeze/thaw command pair, virsh domfsfreeze/domfsthaw.
+   * Without one, the device-mapper devices stacked on the members are suspended (write-order
+   * consistency; docs/LVM.md section 9).
+   */
+  quiesce?: Exclude<QuiesceSpec, { method: 'dm-suspend' }>;
+  /** the whole quiesce window must end within this (the watchdog thaws then); default 10 s */
+  freezeTimeoutMs?: number;
+  /** tests: runs the freeze and thaw steps */
+  quiesceRunner?: StepRunner;
+}
+
+export interface SendGroupResult {
+  group: GroupMeta;
+  quiesce: QuiesceReport | null;
+  /** every member's result, in the order of group.members */
+  members: SendLvResult[];
+  seconds: number;
+}
+
+/** Without a freeze method: the dm devices at the top of every stack over the members (GROUP_NOT_QUIESCABLE when there is none). */
+async function holdersToSuspend(preps: readonly PreparedManaged[], ctx: Ctx): Promise<string[]> {
+  const devices = new Set<string>();
+  for (const p of preps) {
+    const tops = await topHolders(await lvKernelName(p.vg, p.lvName, ctx.tools), ctx.tools);
+    const what = `${p.vg}/${p.lvName}`;
+    if (!tops.length) {
+      throw new UsageError(`${what} has no device-mapper device stacked on it (it is used directly: mounted, or by a VM), so a group send cannot hold its writes `
+        + 'without a freeze method: give --freeze MOUNTPOINT, --freeze-cmd/--thaw-cmd or --virsh-domain (docs/LVM.md section 9)', 'GROUP_NOT_QUIESCABLE');
+    }
+    const other = tops.find((t) => t.dmName === null);
+    if (other) {
+      throw new UsageError(`${what} is under ${other.kernelName}, which is not a device-mapper device and cannot be suspended: give a freeze method `
+        + '(--freeze MOUNTPOINT, --freeze-cmd/--thaw-cmd or --virsh-domain)', 'GROUP_NOT_QUIESCABLE');
+    }
+    for (const t of tops) devices.add(t.dmName!);
+  }
+  return [...devices].sort();
+}
+
+/**
+ * send VG/LV VG/LV... --group NAME: every member's snapshot inside one quiesce window, one metadata
+ * snapshot per pool for all their maps, then each member's archive (recording the group) in turn.
+ * A member that fails stops the send: members committed before it stay (the group point is
+ * incomplete: `list` says so, `restore --group` refuses it).
+ */
+export async function sendLvGroup(o: SendGroupOptions): Promise<SendGroupResult> {
+  const started = performance.now();
+  checkLevel(o.level);
+  const ctx = sendContext(o);
+  const exec = ctx.exec;
+  if (!GROUP_NAME_RE.test(o.group)) throw new UsageError(`--group ${JSON.stringify(o.group)}: a group name is 1 to 64 letters, digits and _ . + - (starting with a letter or digit)`);
+  if (typeof o.to !== 'string') throw new UsageError('a group send goes to a store (--to STORE): each member is an archive of its own chain');
+  if (o.volumes.length < 1 || o.volumes.length > MAX_GROUP_MEMBERS) throw new UsageError(`a group has 1 to ${MAX_GROUP_MEMBERS} volumes`);
+  const refs = o.volumes.map((v) => parseRef(v, 'LV')).sort((a, b) => `${a.vg}/${a.lv}`.localeCompare(`${b.vg}/${b.lv}`));
+  for (let i = 1; i < refs.length; i++) {
+    if (refs[i]!.vg === refs[i - 1]!.vg && refs[i]!.lv === refs[i - 1]!.lv) throw new UsageError(`${refs[i]!.vg}/${refs[i]!.lv} is named twice`);
+  }
+  if (o.freezeTimeoutMs !== undefined && !(Number.isFinite(o.freezeTimeoutMs) && o.freezeTimeoutMs >= 100 && o.freezeTimeoutMs <= 3_600_000)) {
+    throw new UsageError('--freeze-timeout must be from 100 ms to 1 hour');
+  }
+  percentOption(o.maxDataPercent, DEFAULT_MAX_DATA_PERCENT, '--max-data-percent');
+  percentOption(o.maxMetadataPercent, DEFAULT_MAX_METADATA_PERCENT, '--max-metadata-percent');
+  const lo: SendLvOptions = { ...o, dryRun: false };
+  const preps: PreparedManaged[] = [];
+  // Per member: the snapshot once created (undefined: lvcreate may have run, the pending tag finds it).
+  const snaps = new Map<PreparedManaged, LvInfo | undefined>();
+  const done = new Set<PreparedManaged>();
+  try {
+    // Chain locks in one order (sorted): two group sends sharing a member cannot deadlock.
+    for (const r of refs) preps.push(await prepareManaged(`${r.vg}/${r.lv}`, lo, ctx));
+    const spec: QuiesceSpec | null = o.quiesce ?? (preps.length > 1 ? { method: 'dm-suspend', devices: await holdersToSuspend(preps, ctx) } : null);
+    ctx.signal?.throwIfAborted();
+    const snapshotAll = async (window?: AbortSignal): Promise<void> => {
+      const signal = window ? (ctx.signal ? AbortSignal.any([ctx.signal, window]) : window) : ctx.signal;
+      const tools = { exec, ...(signal ? { signal } : {}) };
+      for (const p of preps) {
+        snaps.set(p, undefined);
+        snaps.set(p, await createPendingSnapshot(p.vg, p.lvName, p.name, p.tags, { tools, log: ctx.logger }));
+      }
+    };
+    let report: QuiesceReport | null = null;
+    const frozenAt = new Date().toISOString();
+    const t0 = performance.now();
+    if (spec) {
+      report = (await withQuiesce(spec, {
+        log: ctx.logger, ...(o.freezeTimeoutMs !== undefined ? { timeoutMs: o.freezeTimeoutMs } : {}), ...(o.quiesceRunner ? { run: o.quiesceRunner } : {}),
+      }, snapshotAll)).report;
+      ctx.logger.info({ group: o.group, method: report.method, targets: report.targets, freezeMs: report.freezeMs }, 'group snapshots taken inside the quiesce window');
+    } else {
+      await snapshotAll();
+    }
+    const group: GroupMeta = {
+      id: randomUUID(),
+      name: o.group,
+      members: preps.map((p) => ({ volume: `${p.vg}/${p.lvName}`, lvUuid: p.lv.uuid, chainId: p.chainId, archiveId: p.archiveId, sequence: p.sequence })),
+      quiesce: report
+        ? { method: report.method, targets: report.targets, frozenAt: report.frozenAt, freezeMs: report.freezeMs }
+        : { method: 'lvm', targets: preps.map((p) => `${p.vg}/${p.lvName}`), frozenAt, freezeMs: Math.round(performance.now() - t0) },
+    };
+    // One metadata-snapshot reservation per pool for every member's map.
+    const headers = preps.map((p) => managedHeader(p, snaps.get(p)!, group));
+    const requests: ThinMapRequest[] = preps.map((p, i) => ({
+      vg: p.vg, pool: p.pool, chunk: p.chunk, blockSize: headers[i]!.blockSize, volumeSize: headers[i]!.volumeSize, snapThinId: snaps.get(p)!.thinId!,
+      base: p.full ? null : { thinId: p.baseInfo!.lv.thinId!, sizeBytes: p.baseInfo!.lv.sizeBytes },
+    }));
+    const maps = await readThinMaps(requests, {
+      exec, logger: ctx.logger, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
+      forceRelease: !!o.forceRelease, ...(o.poolLockTimeoutMs !== undefined ? { lockTimeoutMs: o.poolLockTimeoutMs } : {}), ...(o.tmpDir !== undefined ? { tmpDir: o.tmpDir } : {}),
+    });
+    const members: SendLvResult[] = [];
+    try {
+      for (const [i, p] of preps.entries()) {
+        done.add(p); // finishManaged discards or promotes its snapshot itself
+        members.push(await finishManaged(p, snaps.get(p)!, headers[i]!, lo, ctx, performance.now(), maps[i]));
+      }
+    } finally {
+      for (const m of maps) await m.remove().catch(() => undefined);
+    }
+    return { group, quiesce: report, members, seconds: (performance.now() - started) / 1000 };
+  } finally {
+    for (const [p, snapLv] of snaps) {
+      if (done.has(p)) continue;
+      await discardPendingSnapshot(p.vg, p.name, snapLv, { tools: ctx.cleanup, log: ctx.logger }).catch((e: Error) => ctx.logger.warn({ snapshot: `${p.vg}/${p.name}`, err: e.message }, 'could not remove the pending snapshot'));
+    }
+    for (const p of [...preps].reverse()) await p.lock.release();
+  }
 }

@@ -14,13 +14,15 @@
 import { stat } from 'node:fs/promises';
 import { FormatError, ioError, ThinarchiveError, UsageError } from '../errors.js';
 import { payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
-import { ArchiveFile, filePositionalSource, readArchive, type PositionalSource } from '../archive/reader.js';
+import { checkAgeStructure, isAgeSource, plainStream } from '../archive/encrypted.js';
+import { ArchiveFile, FileByteSource, filePositionalSource, readArchive, type ByteSource, type PositionalSource } from '../archive/reader.js';
 import { FrameType } from '../format/constants.js';
 import type { ArchiveHeader, DataRecordHead, IndexEntry, Trailer } from '../format/types.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl } from '../store/open.js';
 import type { Finding, FindingCode } from '../chain/findings.js';
-import { remoteReadGroups, type StoreOptions } from '../store/refs.js';
+import { isEncrypted } from '../store/layout.js';
+import { isAgeFile, openLocalArchive, plainSource, pooledLocal, remoteReadGroups, storeFor, type StoreOptions } from '../store/refs.js';
 
 export interface VerifiedArchive {
   archive: string;
@@ -37,8 +39,12 @@ export interface VerifiedArchive {
 
 export interface VerifyResult {
   ok: boolean;
-  /** full: every byte read; sample: structure and links, and a random share of the data records */
-  mode: 'full' | 'sample';
+  /**
+   * full: every byte read; sample: structure and links, and a random share of the data records;
+   * structure: header, map, index and trailer of each archive, and of an encrypted archive read
+   * without its identity only its age structure (header, chunk lengths)
+   */
+  mode: 'full' | 'sample' | 'structure';
   samplePercent?: number;
   archives: VerifiedArchive[];
   findings: Finding[];
@@ -59,6 +65,12 @@ export interface VerifyOptions {
   storeOptions?: StoreOptions;
   /** Sampled verification (see above): the percentage (0 < p <= 100) of each archive's data records to read. */
   samplePercent?: number;
+  /**
+   * Check only the structure (README "Encrypted archives"): a plain (or decryptable) archive's header,
+   * map, index and trailer (no payload); an encrypted archive without an identity, its age header and
+   * chunk lengths.
+   */
+  structureOnly?: boolean;
   /** test hook: random numbers in [0, 1) for sampling */
   random?: () => number;
 }
@@ -226,8 +238,69 @@ function checkLinks(chain: { v: VerifiedArchive; header?: ArchiveHeader; store: 
   }
 }
 
+/** One archive's structure (VerifyOptions.structureOnly); problems become findings. `raw`: its stored bytes. */
+async function structureOne(raw: ByteSource, encrypted: boolean, opts: VerifyOptions, findings: Finding[]): Promise<VerifiedArchive> {
+  const v: VerifiedArchive = { archive: raw.label, ok: false, bytes: raw.size, dataBlocks: 0, zeroBlocks: 0, rawBytes: 0 };
+  const before = findings.length;
+  try {
+    if (encrypted && !opts.storeOptions?.identities?.length) {
+      await checkAgeStructure(raw);
+      await raw.close();
+    } else {
+      const f = await ArchiveFile.openSource(await plainSource(raw, encrypted, opts.storeOptions));
+      try {
+        await f.preflight();
+        const h = f.header;
+        Object.assign(v, { archiveId: h.archiveId, chainId: h.chainId, sequence: h.sequence, full: h.full, dataBlocks: f.trailer.dataBlocks, zeroBlocks: f.trailer.zeroBlocks, rawBytes: f.trailer.rawBytes });
+      } finally {
+        await f.close();
+      }
+    }
+  } catch (e) {
+    await raw.close().catch(() => {});
+    if (e instanceof UsageError) throw e;
+    findings.push(findingOf(e, raw.label));
+  }
+  v.ok = findings.length === before;
+  return v;
+}
+
+/** verify --structure-only: every archive of the stores or files named, without payloads (see structureOne). */
+async function verifyStructure(opts: VerifyOptions, started: number): Promise<VerifyResult> {
+  const findings: Finding[] = [];
+  const archives: VerifiedArchive[] = [];
+  for (const ref of opts.inputs) {
+    if (ref === '-') throw new UsageError('--structure-only reads archives in files or a store, not standard input');
+    let isFile = false;
+    if (!isStoreUrl(ref)) {
+      try {
+        isFile = (await stat(ref)).isFile();
+      } catch (e) {
+        throw ioError(e, `cannot open archive ${ref}`);
+      }
+    }
+    if (isFile) {
+      const raw = await FileByteSource.open(ref);
+      archives.push(await structureOne(raw, await isAgeSource(raw), opts, findings));
+      continue;
+    }
+    const store = await storeFor(ref, opts.storeOptions);
+    for (const c of await store.listChains()) {
+      for (const a of c.archives) {
+        opts.signal?.throwIfAborted();
+        archives.push(await structureOne(await store.openArchive(a), isEncrypted(a), opts, findings));
+      }
+    }
+  }
+  return { ok: findings.length === 0, mode: 'structure', archives, findings, bytesRead: 0, seconds: (performance.now() - started) / 1000 };
+}
+
 export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const started = performance.now();
+  if (opts.structureOnly) {
+    if (opts.samplePercent !== undefined) throw new UsageError('--structure-only and --sample do not go together');
+    return verifyStructure(opts, started);
+  }
   const pct = opts.samplePercent;
   if (pct !== undefined && (!(pct > 0) || pct > 100)) throw new UsageError('--sample must be a percentage above 0 and at most 100');
   const findings: Finding[] = [];
@@ -235,14 +308,14 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   // Group inputs: a directory is every chain in it (each checked for links); files are checked alone
   // and, when several of one chain are named, for links too. `file` opens a stored archive for
   // random access (sampled verification).
-  type Item = { label: string; open: () => AsyncIterable<Uint8Array> | PositionalSource; file?: () => Promise<ArchiveFile> };
+  type Item = { label: string; open: (pool: WorkerPool) => AsyncIterable<Uint8Array> | PositionalSource; file?: () => Promise<ArchiveFile> };
   type Group = { label: string; store: boolean; items: Item[] };
   const groups: Group[] = [];
   for (const ref of opts.inputs) {
     if (ref === '-') {
       if (!opts.stdin) throw new ThinarchiveError('USAGE', 'no standard input', 'usage');
       if (pct !== undefined) throw new UsageError('--sample reads archives in files or a store, not standard input');
-      groups.push({ label: '-', store: false, items: [{ label: 'standard input', open: () => opts.stdin! }] });
+      groups.push({ label: '-', store: false, items: [{ label: 'standard input', open: () => plainStream(opts.stdin!, opts.storeOptions?.identities ?? [], 'standard input') }] });
       continue;
     }
     if (isStoreUrl(ref)) {
@@ -260,13 +333,16 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       // archive missing inside a chain is a finding.
       throw ioError(e, `cannot open archive ${ref}`);
     }
-    const local = (path: string): Item => ({ label: path, open: () => filePositionalSource(path), file: () => ArchiveFile.open(path) });
+    // Positional reads; an encrypted archive (FORMAT.md §3.4) decrypted on the worker pool, ahead of the reader.
+    const local = (path: string, encrypted: boolean): Item => ({
+      label: path, open: (pool) => (encrypted ? pooledLocal(path, opts.storeOptions ?? {}, pool) : filePositionalSource(path)), file: () => openLocalArchive(path, opts.storeOptions),
+    });
     if (isDir) {
       const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);
       if (chains.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this directory' });
-      for (const c of chains) groups.push({ label: c.dir, store: true, items: c.archives.map((a) => local(a.path)) });
+      for (const c of chains) groups.push({ label: c.dir, store: true, items: c.archives.map((a) => local(a.path, isEncrypted(a))) });
     } else {
-      groups.push({ label: ref, store: false, items: [local(ref)] });
+      groups.push({ label: ref, store: false, items: [local(ref, await isAgeFile(ref))] });
     }
   }
   let bytesRead = 0;
@@ -286,7 +362,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
           recordsChecked += s.checked;
           r = s;
         } else {
-          r = await verifyOne(it.label, it.open(), pool, findings, opts, buffers);
+          r = await verifyOne(it.label, it.open(pool), pool, findings, opts, buffers);
           bytesRead += r.v.bytes;
         }
         archives.push(r.v);

@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { createTransport, type Transporter } from 'nodemailer';
+import type { Transporter } from 'nodemailer';
 import { TOOL_VERSION } from '../api/index.js';
 import { emailSubject, emailText, eventEnv, type AlertEvent } from './alert-event.js';
 import type { AlertsConfig } from './config.js';
@@ -74,17 +74,21 @@ export function post(url: string, body: string, contentType: string, timeoutMs: 
 export class EmailChannel implements AlertChannel {
   readonly name = 'email';
   readonly label: string;
-  private readonly transport: Transporter;
+  private transport: Promise<Transporter> | undefined;
 
   constructor(private readonly cfg: NonNullable<AlertsConfig['email']>) {
-    // The URL's own query (requireTLS, tls.rejectUnauthorized, timeouts) wins over these defaults.
-    this.transport = createTransport({ url: cfg.smtp, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000 });
     this.label = `email to ${cfg.to.join(', ')} via ${redactUrl(cfg.smtp)}`;
   }
 
   async deliver(e: AlertEvent): Promise<void> {
+    // nodemailer is imported at the first e-mail (commands that send none skip it: docs/PERFORMANCE.md,
+    // "Start-up"). The URL's own query (requireTLS, tls.rejectUnauthorized, timeouts) wins over these defaults.
+    this.transport ??= import('nodemailer').then(({ createTransport }) => createTransport({
+      url: this.cfg.smtp, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000,
+    }));
+    const transport = await this.transport;
     try {
-      await this.transport.sendMail({
+      await transport.sendMail({
         from: this.cfg.from, to: this.cfg.to, subject: emailSubject(e), text: emailText(e),
         headers: { 'X-Thinarchive-Event': e.event, 'X-Thinarchive-Severity': e.severity, 'X-Thinarchive-Id': e.id },
       });

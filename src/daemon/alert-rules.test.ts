@@ -10,7 +10,7 @@ import { AlertEngine } from './alerts.js';
 import type { JobConfig } from './config.js';
 import type { RunOutcome } from './runner.js';
 import type { PoolCondition } from '../api/index.js';
-import { emptyUnit, type UnitState } from './state.js';
+import { emptyUnit, type ScheduledVerify, type UnitState } from './state.js';
 
 let http: HttpReceiver;
 beforeAll(async () => { http = await startHttpReceiver(); });
@@ -30,6 +30,26 @@ describe('daemon alert rules', () => {
     for (const c of ['MISSING_ARCHIVE', 'BROKEN_LINK', 'CHAIN_BROKEN', 'CHAIN_FORK', 'PARENT_NOT_IN_STORE']) expect(failureEvent(c)).toBe('chain_broken');
     for (const c of ['SSH_CONNECT', 'IO_ENOENT', 'S3_ECONNREFUSED', 'POOL_DATA_FULL', 'INTERNAL']) expect(failureEvent(c)).toBe('run_failed');
     expect(CHAIN_BROKEN_CODES.has('REPLICA_MISMATCH')).toBe(false);
+  });
+
+  it('scheduled verification: its own condition beside the runs; store findings are chain_broken, a replica mismatch verify_mismatch; a check not done changes nothing', async () => {
+    const made: AlertEvent[] = [];
+    const engine = await AlertEngine.open(undefined, { log: silentLogger, host: 'backup1', onAlert: (e) => made.push(e) });
+    const rules = new DaemonAlerts(engine);
+    const base: ScheduledVerify = { at: '2026-05-01T12:00:00.000Z', ok: true, mode: 'full', samplePercent: null, store: { ok: true, archives: 3, findings: 0, bytesRead: 1, recordsChecked: null, dataRecords: null, firstFinding: null }, replica: { ok: true, target: '/r.img', blocksChecked: 64, mismatchedBlocks: 0, stateOk: true }, error: null };
+    const prev = emptyUnit('vms', 'vg0/vm1');
+    rules.verifyOutcome('vms', 'vg0/vm1', { ...base, ok: false, replica: { ...base.replica!, ok: false, mismatchedBlocks: 2 } });
+    rules.runOutcome('vms', 'vg0/vm1', prev, { ...prev, consecutiveFailures: 1 }, failed('SSH_CONNECT'));
+    rules.runOutcome('vms', 'vg0/vm1', { ...prev, consecutiveFailures: 1 }, prev, succeeded);
+    rules.verifyOutcome('vms', 'vg0/vm1', { ...base, ok: false, store: null, replica: null, error: { code: 'SSH_CONNECT', message: 'x' } });
+    rules.verifyOutcome('vms', 'vg0/vm1', { ...base, ok: false, store: { ...base.store!, ok: false, findings: 1, firstFinding: 'MISSING_ARCHIVE: sequence 1 is missing' } });
+    rules.verifyOutcome('vms', 'vg0/vm1', base);
+    expect(made.map((e) => e.event)).toEqual(['verify_mismatch', 'run_failed', 'run_recovered', 'chain_broken', 'run_recovered']);
+    expect(made[0]).toMatchObject({ values: { replica: '/r.img', mismatchedBlocks: 2 }, message: 'vms vg0/vm1: scheduled verification (full): replica /r.img differs from the chain (2 blocks)' });
+    expect(made[3].since).toBe(made[0].since);
+    expect(made[3].message).toBe('vms vg0/vm1: scheduled verification (full) found 1 problem in the chain in the store: MISSING_ARCHIVE: sequence 1 is missing');
+    expect(made[4]).toMatchObject({ status: 'resolved', since: made[0].since, message: 'vms vg0/vm1: scheduled verification (full) passes again' });
+    await engine.close();
   });
 
   it('run outcomes, lag and pings', async () => {

@@ -7,7 +7,7 @@ import type { PoolCondition } from '../api/index.js';
 import type { AlertEngine } from './alerts.js';
 import type { JobConfig } from './config.js';
 import type { RunOutcome } from './runner.js';
-import type { UnitState } from './state.js';
+import type { ScheduledVerify, UnitState } from './state.js';
 
 /** Error codes that mean the replica differs from its chain. */
 export const VERIFY_MISMATCH_CODES: ReadonlySet<string> = new Set(['REPLICA_MISMATCH']);
@@ -69,6 +69,13 @@ export class DaemonAlerts {
   /** After a run of one unit: its condition, and the ping for the daemon as a whole (`all`: every configured unit's state). */
   afterRun(job: string, volume: string, prev: UnitState, s: UnitState, out: RunOutcome, all: UnitState[]): void {
     if (!out.ok && out.error?.code === 'ABORTED') return;
+    this.runOutcome(job, volume, prev, s, out);
+    this.outcomePing(all);
+  }
+
+  /** The run condition of one unit after a run (run_failed, verify_mismatch, chain_broken; run_recovered). An aborted run changes nothing. */
+  runOutcome(job: string, volume: string, prev: UnitState, s: UnitState, out: RunOutcome): void {
+    if (!out.ok && out.error?.code === 'ABORTED') return;
     const subject = { job, volume };
     if (out.ok) {
       this.engine.observe({
@@ -84,6 +91,38 @@ export class DaemonAlerts {
         message: `${job} ${volume}: ${what}: ${err.code}: ${err.message}`,
       });
     }
+  }
+
+  /**
+   * After a scheduled verification of one unit (docs/ALERTS.md): findings in the chain in the store
+   * (an archive missing, damaged, or not following) are chain_broken, a local replica that differs
+   * from the chain verify_mismatch, both of the run family with key `verify` (a condition apart from
+   * the runs'), resolved by run_recovered when a later scheduled verification passes. A check that
+   * could not be done (the store unreachable) changes nothing: the runs alert on that.
+   */
+  verifyOutcome(job: string, volume: string, v: ScheduledVerify): void {
+    if (v.error) return;
+    const subject = { job, volume };
+    const values = {
+      mode: v.mode, archives: v.store?.archives ?? null, findings: v.store?.findings ?? null, firstFinding: v.store?.firstFinding ?? null,
+      replica: v.replica?.target ?? null, mismatchedBlocks: v.replica?.mismatchedBlocks ?? null, replicaStateOk: v.replica?.stateOk ?? null,
+    };
+    const name = `${job} ${volume}`;
+    if (v.ok) {
+      this.engine.observe({ event: 'run_recovered', active: false, key: 'verify', subject, values, message: `${name}: scheduled verification (${v.mode}) passes again` });
+      return;
+    }
+    const broken = v.store !== null && !v.store.ok;
+    this.engine.observe({
+      event: broken ? 'chain_broken' : 'verify_mismatch', active: true, key: 'verify', subject, values,
+      message: broken
+        ? `${name}: scheduled verification (${v.mode}) found ${v.store!.findings} problem${v.store!.findings === 1 ? '' : 's'} in the chain in the store: ${v.store!.firstFinding ?? '?'}`
+        : `${name}: scheduled verification (${v.mode}): replica ${v.replica!.target} differs from the chain (${v.replica!.mismatchedBlocks} block${v.replica!.mismatchedBlocks === 1 ? '' : 's'}${v.replica!.stateOk ? '' : ', state not at the newest point'})`,
+    });
+  }
+
+  /** The ping after runs: `fail` naming the failing units of `all`, else `success`. */
+  outcomePing(all: UnitState[]): void {
     const bad = all.filter(failing);
     if (bad.length) this.engine.ping('fail', `${bad.length} of ${all.length} failing: ${bad.map((u) => `${u.job} ${u.volume}: ${u.lastError!.code}`).join('; ')}`);
     else this.engine.ping('success', `${all.length} volume${all.length === 1 ? '' : 's'} ok`);

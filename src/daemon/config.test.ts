@@ -1,3 +1,5 @@
+// Calendars (every: "30 2 * * *") are in the local time zone: pinned, so that their intervals are what they are in UTC.
+process.env.TZ = 'UTC';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +28,18 @@ jobs:
 `;
 
 describe('daemon config', () => {
+  it('takes keys for encrypted archives by file (and recipients), and refuses relative paths and non-recipients by line', () => {
+    const ok = checkConfigText(`encrypt_to: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]\nrecipients_files: [/etc/thinarchive/recipients.txt]\n`
+      + `identity_files: [/root/backup.key]\n${GOOD}`);
+    expect(ok.problems).toEqual([]);
+    expect(ok.config!.keys).toEqual({
+      encryptTo: ['age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p'], recipientsFiles: ['/etc/thinarchive/recipients.txt'], identityFiles: ['/root/backup.key'],
+    });
+    expect(checkConfigText(GOOD).config!.keys).toEqual({ encryptTo: [], recipientsFiles: [], identityFiles: [] });
+    const bad = checkConfigText(`identity_files: [backup.key]\nencrypt_to: [AGE-SECRET-KEY-1X]\n${GOOD}`);
+    expect(bad.problems.map((p) => p.line)).toEqual([1, 2]);
+  });
+
   it('accepts the documented example and converts durations', () => {
     const r = checkConfigText(GOOD);
     expect(r.problems).toEqual([]);
@@ -42,6 +56,23 @@ describe('daemon config', () => {
     expect(checkConfigText(`lease_ttl: 90s\n${GOOD}`).config!.leaseTtlMs).toBe(90_000);
     expect(checkConfigText(`lease_ttl: 2s\n${GOOD}`).problems).toEqual([{ line: 1, message: 'lease_ttl: must be at least 3s' }]);
     expect(checkConfigText(`${GOOD}lease_ttl: soon\n`).problems).toEqual([{ line: 20, message: 'lease_ttl: not a duration (examples: 30s, 5m, 1h, 1d)' }]);
+  });
+
+  it('pool_sample_every: a duration of at least 1 s (default 1 minute), with its line otherwise', () => {
+    expect(checkConfigText(GOOD).config!.poolSampleMs).toBe(60_000);
+    expect(checkConfigText(`pool_sample_every: 2s\n${GOOD}`).config!.poolSampleMs).toBe(2000);
+    expect(checkConfigText(`pool_sample_every: 0s\n${GOOD}`).problems).toEqual([{ line: 1, message: 'pool_sample_every: must be at least 1s' }]);
+    expect(checkConfigText(`pool_sample_every: often\n${GOOD}`).problems).toEqual([{ line: 1, message: 'pool_sample_every: not a duration (examples: 30s, 5m, 1h, 1d)' }]);
+  });
+
+  it('every: an interval or a calendar (cron fields or a macro); a wrong calendar is a problem on its line', () => {
+    const job = (every: string): string => `jobs:\n  - name: j\n    volumes: [vg0/a]\n    every: "${every}"\n    to: /srv/b\n`;
+    expect(checkConfigText(job('30s')).config!.jobs[0]).toMatchObject({ schedule: { kind: 'interval', ms: 30_000 }, every: 30_000 });
+    const c = checkConfigText(job('30 2 * * *')).config!.jobs[0]!;
+    expect(c).toMatchObject({ schedule: { kind: 'calendar', expr: '30 2 * * *' }, every: 86_400_000, lagWarningMs: 3 * 86_400_000 });
+    expect(checkConfigText(job('@hourly')).config!.jobs[0]!.every).toBe(3_600_000);
+    expect(checkConfigText(job('61 2 * * *')).problems).toEqual([{ line: 4, message: expect.stringMatching(/^jobs\[0\]\.every: "61 2 \* \* \*" is neither a duration \(30s, 5m, 1h\) nor a calendar .*: Constraint error, got value 61 expected range 0-59$/) }]);
+    expect(checkConfigText(job('@often')).problems).toEqual([{ line: 4, message: expect.stringMatching(/unknown macro @often/) }]);
   });
 
   it('reports every problem with its line, unknown keys included', () => {
@@ -73,7 +104,7 @@ unknown_top: 1
       { line: 15, message: 'jobs[1].volumes[0]: not VG/LV (patterns allowed: vg0/vm-*)' },
       { line: 15, message: 'jobs[1].volumes[1]: missing key "image"' },
       { line: 15, message: 'unknown key "img" in jobs[1].volumes[1]' },
-      { line: 16, message: 'jobs[1].every: not a duration (examples: 30s, 5m, 1h, 1d)' },
+      { line: 16, message: 'jobs[1].every: neither a duration (examples: 30s, 5m, 1h, 1d) nor a calendar (a cron expression such as "30 2 * * *", or @hourly, @daily, @weekly, @monthly)' },
       { line: 18, message: 'unknown key "unknown_top"' },
     ]);
   });

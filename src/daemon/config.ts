@@ -15,8 +15,12 @@ import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS, resolveThresholds, type PoolWat
 import { ThinarchiveError } from '../errors.js';
 import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
+import { nominalMs, parseCalendar, type Schedule } from './schedule.js';
+import { DEFAULT_CONFIG } from './config-path.js';
 
-export const DEFAULT_CONFIG = '/etc/thinarchive/thinarchive.yml';
+export { DEFAULT_CONFIG };
+/** How often the daemon samples its pools when `pool_sample_every` is not set. */
+export const DEFAULT_POOL_SAMPLE_MS = 60_000;
 
 export interface KeepRules {
   /** milliseconds */
@@ -64,7 +68,9 @@ export interface VerifySchedule {
 export interface JobConfig {
   name: string;
   sources: SourceSpec[];
-  /** milliseconds */
+  /** `every`: an interval or a calendar (schedule.ts) */
+  schedule: Schedule;
+  /** milliseconds: the interval, or a calendar's longest gap between fire times (lag thresholds scale with it) */
   every: number;
   to?: string;
   keep?: KeepRules;
@@ -98,10 +104,14 @@ export interface DaemonConfig {
   stateDir?: string;
   sshOptions: string[];
   s3Endpoint?: string;
+  /** Encrypted archives (README "Encrypted archives"): keys by file only, read at each run. */
+  keys: { encryptTo: string[]; recipientsFiles: string[]; identityFiles: string[]; passphraseFile?: string };
   /** The ttl of the chain leases the daemon holds (milliseconds; renewed every third of it). */
   leaseTtlMs: number;
   /** the pool watch and guard, per pool ("VG/POOL") and "default" (check, send, the daemon's pool sampling) */
   pools: Record<string, PoolWatchSettings>;
+  /** How often the daemon samples its pools (milliseconds; `pool_sample_every`, default 1 minute). */
+  poolSampleMs: number;
   jobs: JobConfig[];
 }
 
@@ -110,7 +120,10 @@ export interface ConfigProblem {
   message: string;
 }
 
-const duration = { type: 'string', pattern: '^\\s*\\d+\\s*[smhdwSMHDW]\\s*$' };
+const DURATION_RE = /^\s*\d+\s*[smhdwSMHDW]\s*$/;
+const duration = { type: 'string', pattern: DURATION_RE.source };
+/** `every`: a duration, or what may be a calendar (a macro, five fields); schedule.ts checks the calendar itself. */
+const scheduleText = { type: 'string', pattern: '^\\s*(\\d+\\s*[smhdwSMHDW]|@[a-z]+|\\S+(\\s+\\S+){4})\\s*$' };
 const count = { type: 'integer', minimum: 0 };
 const httpUrl = { type: 'string', pattern: '^https?://[^\\s/?#]+' };
 const percent = { type: 'number', minimum: 0, maximum: 100 };
@@ -125,7 +138,12 @@ const SCHEMA = {
     state_dir: { type: 'string', minLength: 1 },
     ssh_options: { type: 'array', items: { type: 'string' } },
     s3_endpoint: { type: 'string', minLength: 1 },
+    encrypt_to: { type: 'array', items: { type: 'string', pattern: '^age1[02-9ac-hj-np-z]+$' } },
+    recipients_files: { type: 'array', items: { type: 'string', pattern: '^/' } },
+    identity_files: { type: 'array', items: { type: 'string', pattern: '^/' } },
+    passphrase_file: { type: 'string', pattern: '^/' },
     lease_ttl: duration,
+    pool_sample_every: duration,
     pools: {
       type: 'object',
       propertyNames: { pattern: POOL_KEY },
@@ -173,7 +191,7 @@ const SCHEMA = {
               ],
             },
           },
-          every: duration,
+          every: scheduleText,
           to: { type: 'string', minLength: 1 },
           level: { type: 'integer', minimum: 1, maximum: 19 },
           keep: {
@@ -247,6 +265,7 @@ function describe(e: ErrorObject, path: (string | number)[]): string {
       if (path[path.length - 1] === 'sample') return `${where}: "full" or a percentage (examples: full, 5%, 0.5%)`;
       if (path[path.length - 1] === 'textfile') return `${where}: an absolute path ending in .prom (node_exporter's textfile collector reads *.prom)`;
       if (pattern === duration.pattern) return `${where}: not a duration (examples: 30s, 5m, 1h, 1d)`;
+      if (pattern === scheduleText.pattern) return `${where}: neither a duration (examples: 30s, 5m, 1h, 1d) nor a calendar (a cron expression such as "30 2 * * *", or @hourly, @daily, @weekly, @monthly)`;
       if (path.includes('volumes')) return `${where}: not VG/LV (patterns allowed: vg0/vm-*)`;
       if (pattern === httpUrl.pattern) return `${where}: not an http:// or https:// URL`;
       if (pattern.startsWith('^smtps?')) return `${where}: not an smtp:// or smtps:// URL (smtp://[user:pass@]host[:port])`;
@@ -318,7 +337,14 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       within: ms(['jobs', i, 'keep', 'within'], j.keep.within), last: j.keep.last, hourly: j.keep.hourly, daily: j.keep.daily,
       weekly: j.keep.weekly, monthly: j.keep.monthly, yearly: j.keep.yearly,
     } : undefined;
-    const every = ms(['jobs', i, 'every'], j.every)!;
+    let schedule: Schedule = { kind: 'interval', ms: 60_000 };
+    if (DURATION_RE.test(j.every)) schedule = { kind: 'interval', ms: ms(['jobs', i, 'every'], j.every)! };
+    else {
+      const c = parseCalendar(j.every);
+      if (c.schedule) schedule = c.schedule;
+      else problems.push({ line: lineOf(doc, lc, ['jobs', i, 'every']), message: `jobs[${i}].every: "${j.every}" is neither a duration (30s, 5m, 1h) nor a calendar (a cron expression such as "30 2 * * *", or @hourly, @daily, @weekly, @monthly): ${c.error}` });
+    }
+    const every = nominalMs(schedule);
     let verify: VerifySchedule | undefined;
     if (j.verify) {
       if (j.to === undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify']), message: `jobs[${i}].verify: scheduled verification checks the job's store (and its local replica): add "to"` });
@@ -337,10 +363,12 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     if (lagWarningMs >= lagCriticalMs && (j.lag_warning !== undefined || j.lag_critical !== undefined)) {
       problems.push({ line: lineOf(doc, lc, ['jobs', i, j.lag_critical !== undefined ? 'lag_critical' : 'lag_warning']), message: `jobs[${i}]: lag_warning (${j.lag_warning ?? '3 x every'}) must be less than lag_critical (${j.lag_critical ?? '10 x every'})` });
     }
-    jobs.push({ name: j.name, sources, every, to: j.to, keep, applyTo, verify, level: j.level, retry, lagWarningMs, lagCriticalMs, line });
+    jobs.push({ name: j.name, sources, schedule, every, to: j.to, keep, applyTo, verify, level: j.level, retry, lagWarningMs, lagCriticalMs, line });
   });
   const leaseTtlMs = raw.lease_ttl === undefined ? DEFAULT_LEASE_TTL_MS : parseDuration(raw.lease_ttl);
   if (leaseTtlMs < MIN_LEASE_TTL_MS) problems.push({ line: lineOf(doc, lc, ['lease_ttl']), message: `lease_ttl: must be at least ${MIN_LEASE_TTL_MS / 1000}s` });
+  const poolSampleMs = raw.pool_sample_every === undefined ? DEFAULT_POOL_SAMPLE_MS : parseDuration(raw.pool_sample_every);
+  if (poolSampleMs < 1000) problems.push({ line: lineOf(doc, lc, ['pool_sample_every']), message: 'pool_sample_every: must be at least 1s' });
   let alerts: AlertsConfig | undefined;
   if (raw.alerts) {
     const a = raw.alerts as Record<string, any>;
@@ -374,7 +402,8 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
   if (problems.length) return { problems };
   return {
     problems,
-    config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs, pools, jobs },
+    config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs,
+      keys: { encryptTo: raw.encrypt_to ?? [], recipientsFiles: raw.recipients_files ?? [], identityFiles: raw.identity_files ?? [], ...(raw.passphrase_file ? { passphraseFile: raw.passphrase_file } : {}) }, pools, poolSampleMs, jobs },
   };
 }
 

@@ -14,10 +14,12 @@ import { join } from 'node:path';
 import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
+import { runAlerts, runStartPings, RUN_ALERT_WAIT_MS, type RunAlertUnit } from './run-alerts.js';
 import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { PoolSampler } from './pool-sampler.js';
 import { runUnit, type RunOutcome } from './runner.js';
+import { nextSlot, rescheduled, scheduleKey } from './schedule.js';
 import { isVerifyDue, verifyDueAt, verifyUnit } from './scheduled-verify.js';
 import {
   afterRun, afterVerify, emptyUnit, lockStateDir, readState, removeStaleTemps, removeStaleTempsOf, SOCKET_FILE, stateDirOf, unitKey, writeState,
@@ -101,25 +103,6 @@ interface Unit {
   since: number;
 }
 
-/**
- * After a run of the slot at `slot`: the next slot (slot + k * every, the first not yet passed) and
- * how many slots passed while the run went on (skipped, not queued).
- */
-export function nextSlot(slot: number, every: number, now: number): { next: number; missed: number } {
-  let next = slot + every;
-  let missed = 0;
-  if (now > next) {
-    missed = Math.ceil((now - next) / every);
-    next += missed * every;
-  }
-  return { next, missed };
-}
-
-/** A reload changed a waiting unit's interval: its next run is `every` after its last attempt began (at once when that has passed). */
-export function rescheduled(lastAttemptMs: number | undefined, every: number, now: number): number {
-  return lastAttemptMs === undefined ? now : Math.max(now, lastAttemptMs + every);
-}
-
 function globRegex(pattern: string): RegExp {
   const re = pattern.replace(/[.+^${}()|\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]');
   return new RegExp(`^${re}$`);
@@ -142,14 +125,23 @@ export async function expandSources(job: JobConfig, signal?: AbortSignal): Promi
 }
 
 /** Ask a running daemon for its status over the socket; undefined when none answers. */
-export function askDaemon(stateDir: string, timeoutMs = 3000): Promise<StatusReport | undefined> {
+export function askDaemon(stateDir: string, connectTimeoutMs = 3000, answerTimeoutMs = 30_000): Promise<StatusReport | undefined> {
   return new Promise((resolve) => {
     const sock = createConnection(join(stateDir, SOCKET_FILE));
     const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
+    // Nobody listening fails at once (ENOENT, ECONNREFUSED); a daemon that accepted answers from its event
+    // loop, which a busy host may hold for seconds: once connected it gets the longer wait.
+    let timer = setTimeout(() => {
       sock.destroy();
       resolve(undefined);
-    }, timeoutMs);
+    }, connectTimeoutMs);
+    sock.on('connect', () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        sock.destroy();
+        resolve(undefined);
+      }, answerTimeoutMs);
+    });
     sock.on('data', (b) => chunks.push(b));
     sock.on('error', () => {
       clearTimeout(timer);
@@ -276,11 +268,11 @@ export class Daemon {
     for (const [key, w] of wanted) {
       const existing = this.units.get(key);
       if (existing) {
-        const old = existing.job.every;
+        const old = scheduleKey(existing.job.schedule);
         existing.job = w.job;
-        if (old !== w.job.every && !existing.running) {
+        if (old !== scheduleKey(w.job.schedule) && !existing.running) {
           const last = this.state.get(key)?.lastAttempt;
-          existing.next = rescheduled(last ? Date.parse(last) : undefined, w.job.every, now);
+          existing.next = rescheduled(last ? Date.parse(last) : undefined, w.job.schedule, now);
           existing.wake?.();
         }
         continue;
@@ -289,7 +281,7 @@ export class Daemon {
       if (!prev) this.state.set(key, emptyUnit(w.job.name, w.volume));
       const last = prev?.lastAttempt ? Date.parse(prev.lastAttempt) : undefined;
       const unit: Unit = {
-        job: w.job, volume: w.volume, running: false, next: rescheduled(last, w.job.every, now), skipped: 0, runs: 0, since: now,
+        job: w.job, volume: w.volume, running: false, next: rescheduled(last, w.job.schedule, now), skipped: 0, runs: 0, since: now,
         stop: new AbortController(), lease: new ChainLeaseHolder({ job: w.job.name, ttlMs: config.leaseTtlMs, log: this.log }),
       };
       if (prev) this.initMetrics(prev);
@@ -362,13 +354,16 @@ export class Daemon {
           } catch {
             // aborted (stop or removal): nothing recorded, due again at the next run
           }
-          if (v && this.units.get(key) === unit) this.recordVerify(unit, v);
+          if (v && this.units.get(key) === unit) {
+            this.recordVerify(unit, v);
+            this.alerts?.verifyOutcome(unit.job.name, unit.volume, v);
+          }
         }
       } finally {
         unit.running = false;
       }
       // The next slot after now; the slots a long run passed over are skipped and counted.
-      const { next, missed } = nextSlot(unit.next, unit.job.every, Date.now());
+      const { next, missed } = nextSlot(unit.next, unit.job.schedule, Date.now());
       unit.next = next;
       if (missed) {
         unit.skipped += missed;
@@ -542,6 +537,7 @@ export async function runJobOnce(configPath: string, jobName: string, volume: st
   }
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const before = await readState(stateDir);
+  await runStartPings(config.alerts, job.name, volumes, log);
   const results = await Promise.all(volumes.map(async (v) => {
     const prev = before.get(unitKey(job.name, v)) ?? emptyUnit(job.name, v);
     const attemptAt = new Date();
@@ -556,19 +552,26 @@ export async function runJobOnce(configPath: string, jobName: string, volume: st
   }));
   // Merge into the state file once, under the lock (read again: another run may have written meanwhile).
   // A daemon that started meanwhile holds the lock for good: then the outcome is not recorded.
+  // The alerts (docs/ALERTS.md, "thinarchive run") under the same lock: alerts-state.json is shared
+  // with other runs and the daemon; another run waits for them (at most RUN_ALERT_WAIT_MS).
   let lock = await lockStateDir(stateDir, 0);
-  if (!lock && !(await askDaemon(stateDir, 1000))) lock = await lockStateDir(stateDir, 10_000);
+  if (!lock && !(await askDaemon(stateDir, 1000))) lock = await lockStateDir(stateDir, 10_000 + RUN_ALERT_WAIT_MS);
   let recorded = false;
-  if (!lock) log.warn({ stateDir }, 'outcome not recorded in the state file: a daemon started meanwhile (or another process holds daemon.lock)');
+  if (!lock) log.warn({ stateDir }, 'outcome not recorded in the state file and no alerts sent: a daemon started meanwhile (or another process holds daemon.lock)');
   else {
     try {
       const state = await readState(stateDir);
+      const units: RunAlertUnit[] = [];
       for (const r of results) {
         const key = unitKey(r.job, r.volume);
-        state.set(key, afterRun(state.get(key) ?? emptyUnit(r.job, r.volume), r.attemptAt, r.outcome, r.end));
+        const prev = state.get(key) ?? emptyUnit(r.job, r.volume);
+        const next = afterRun(prev, r.attemptAt, r.outcome, r.end);
+        state.set(key, next);
+        units.push({ job: r.job, volume: r.volume, prev, state: next, outcome: r.outcome });
       }
       await writeState(stateDir, state.values());
       recorded = true;
+      await runAlerts(config.alerts, stateDir, units, log);
     } finally {
       await lock.release();
     }

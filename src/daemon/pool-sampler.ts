@@ -1,5 +1,5 @@
 /**
- * The daemon's pool sampling (docs/DAEMON.md, "Pool watch"): every POOL_SAMPLE_INTERVAL_MS the pools
+ * The daemon's pool sampling (docs/DAEMON.md, "Pool watch"): every `pool_sample_every` (default 1 minute) the pools
  * that hold the daemon's volumes are watched (src/api watchPools: a sample is recorded in the state
  * directory, the pinned space measured at most every PINNED_INTERVAL_MS), the pool gauges set, and the
  * latest condition of each pool kept for `conditions()` (and handed to `onConditions`).
@@ -9,7 +9,6 @@ import { poolCondition, poolsOfVolumes, watchPools, type Logger, type PoolCondit
 import type { DaemonConfig } from './config.js';
 import type { DaemonMetrics } from './metrics.js';
 
-export const POOL_SAMPLE_INTERVAL_MS = 60_000;
 /** Measuring the pinned space reserves the pool's metadata snapshot and runs thin_delta per base: less often. */
 export const PINNED_INTERVAL_MS = 10 * 60_000;
 
@@ -20,6 +19,7 @@ export interface PoolSamplerOptions {
   stateDir: string;
   log: Logger;
   metrics: DaemonMetrics;
+  /** default: the configuration's `pool_sample_every`, read again each round (a reload applies it) */
   intervalMs?: number;
   pinnedIntervalMs?: number;
   /** after each round, the condition of every watched pool */
@@ -42,7 +42,7 @@ export class PoolSampler {
         await this.sampleOnce().catch((e: Error) => {
           if (!signal.aborted) this.o.log.warn({ err: e.message }, 'pool sampling failed');
         });
-        await abortableSleep(this.o.intervalMs ?? POOL_SAMPLE_INTERVAL_MS, signal).catch(() => {});
+        await abortableSleep(this.o.intervalMs ?? this.o.config().poolSampleMs, signal).catch(() => {});
       }
     })();
   }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AbortedError, ThinarchiveError, UnsafeError, UsageError } from '../api/index.js';
 import { backoffMs, isPermanent } from './runner.js';
-import { nextSlot, unitStatus } from './daemon.js';
+import { unitStatus } from './daemon.js';
 import { emptyUnit } from './state.js';
 
 describe('daemon runs: retries and status', () => {
@@ -12,6 +12,8 @@ describe('daemon runs: retries and status', () => {
     expect(isPermanent(new AbortedError())).toBe(true);
     expect(isPermanent(new ThinarchiveError('SSH_CONNECT', 'x'))).toBe(false);
     expect(isPermanent(new ThinarchiveError('SEND_IN_PROGRESS', 'x'))).toBe(false);
+    // a removed volume: retrying within the run cannot help (the next scheduled run tries again)
+    expect(isPermanent(new ThinarchiveError('LV_NOT_FOUND', 'x'))).toBe(true);
     expect(isPermanent(new Error('socket hang up'))).toBe(false);
   });
 
@@ -34,10 +36,4 @@ describe('daemon runs: retries and status', () => {
     expect(unitStatus(emptyUnit('j', 'vg0/a'), now).state).toBe('never-run');
   });
 
-  it('a run longer than its interval skips the slots it passed (counted), and never queues them', () => {
-    expect(nextSlot(0, 30_000, 10_000)).toEqual({ next: 30_000, missed: 0 });
-    expect(nextSlot(0, 30_000, 30_000)).toEqual({ next: 30_000, missed: 0 });
-    expect(nextSlot(0, 30_000, 30_001)).toEqual({ next: 60_000, missed: 1 });
-    expect(nextSlot(0, 30_000, 95_000)).toEqual({ next: 120_000, missed: 3 });
-  });
 });

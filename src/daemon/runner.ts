@@ -8,7 +8,8 @@
 import { createHash } from 'node:crypto';
 import { basename, join } from 'node:path';
 import {
-  AbortedError, apply, list, prune, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
+  loadKeys,
+  AbortedError, apply, list, prune, RemoteApplyError, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
   type ChainLeaseHolder, type Logger, type ListedChain, type StoreOptions,
 } from '../api/index.js';
 import { targetOf, type ApplyTo, type DaemonConfig, type JobConfig } from './config.js';
@@ -47,14 +48,19 @@ export interface RunOutcome {
   verify?: { at: string; ok: boolean; mode: string };
 }
 
-export function storeOptionsOf(c: DaemonConfig): StoreOptions {
-  return { sshOptions: c.sshOptions.flatMap((x) => ['-o', x]), s3Endpoint: c.s3Endpoint };
+/** The store options of a run: ssh and S3 settings, and the keys, read from their files now (a rotation needs no reload). */
+export async function storeOptionsOf(c: DaemonConfig): Promise<StoreOptions> {
+  const keys = await loadKeys({ recipients: c.keys.encryptTo, recipientsFiles: c.keys.recipientsFiles, identityFiles: c.keys.identityFiles, passphraseFile: c.keys.passphraseFile });
+  return { sshOptions: c.sshOptions.flatMap((x) => ['-o', x]), s3Endpoint: c.s3Endpoint, ...keys };
 }
 
 /** Permanent errors fail the run at once; the rest are retried. */
+/** Runtime errors a retry within the run cannot fix: a volume that does not exist (removed, renamed). */
+const PERMANENT_CODES: ReadonlySet<string> = new Set(['LV_NOT_FOUND']);
+
 export function isPermanent(e: unknown): boolean {
   if (e instanceof AbortedError) return true;
-  return e instanceof ThinarchiveError && (e.exitClass === 'usage' || e.exitClass === 'verify' || e.exitClass === 'unsafe');
+  return e instanceof ThinarchiveError && (e.exitClass === 'usage' || e.exitClass === 'verify' || e.exitClass === 'unsafe' || PERMANENT_CODES.has(e.code));
 }
 
 /** Delay before retry `attempt` (1 = the first retry): full jitter over an exponential, capped. */
@@ -89,7 +95,7 @@ function hashFileOf(stateDir: string, job: string, image: string): string {
 }
 
 async function findChain(to: string, chainId: string, so: StoreOptions): Promise<ListedChain | undefined> {
-  return (await list({ dir: to, storeOptions: so })).find((c) => c.chainId === chainId);
+  return (await list({ dir: to, chainId, storeOptions: so }))[0];
 }
 
 /** Local apply_to args (the same flags as `apply`): --create, --create-if-missing, --pool P, --snapshot-target, --keep N, --force, --no-undo. */
@@ -112,11 +118,18 @@ function localApplyOptions(a: ApplyTo): { create?: boolean; createIfMissing?: bo
 /** One attempt: send, retention, local replica. */
 async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: RunContext): Promise<RunOutcome> {
   const started = performance.now();
-  const so = storeOptionsOf(ctx.config);
+  const so = await storeOptionsOf(ctx.config);
   const signal = ctx.signal;
   const log = ctx.log;
   const image = volume.startsWith('/') ? volume : undefined;
-  let sent: { chainId: string; archiveId: string; archiveBytes: number; path: string | null };
+  let sent: { chainId: string; archiveId: string; archiveBytes: number; path: string | null; sequence: number; full: boolean };
+  const logSent = (): void => {
+    log.info({ job: job.name, volume, archiveId: sent.archiveId, sequence: sent.sequence, full: sent.full, bytes: sent.archiveBytes }, 'sent');
+  };
+  // What every send of a run shares; the store's sends also hold the chain's lease (a remote apply has no store).
+  const common = { level: job.level, stateDir: ctx.stateDir, signal, storeOptions: so };
+  const leased = { lease: ctx.lease, takeLease: ctx.takeLease };
+  const lvSend = { ...common, chain: job.name, log, poolThresholds: ctx.config.pools };
   if (image) {
     // Incremental on the chain this daemon continues, when its newest archive holds exactly what the
     // block hashes were taken of (the hash file names that archive: it is right even when the state
@@ -130,7 +143,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
       const parent = newest?.path;
       const incremental = parent !== undefined && delta.changes !== undefined;
       const r = await send({
-        image, to: job.to!, level: job.level, signal, storeOptions: so, name: basename(image), lease: ctx.lease, takeLease: ctx.takeLease,
+        ...common, ...leased, image, to: job.to!, name: basename(image),
         ...(incremental ? { parent, changes: delta.changes } : { blockSize: IMAGE_BLOCK_SIZE }),
       });
       await delta.commit(r.archiveId);
@@ -139,20 +152,35 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
       await delta.discard();
     }
   } else if (job.applyTo?.host) {
-    const remote = remoteApplyDestination({ host: job.applyTo.host, target: targetOf(job.applyTo.target, volume), remoteCommand: job.applyTo.command, remoteArgs: job.applyTo.args, storeOptions: so });
-    const r = await send({ volume, to: remote.dest, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, poolThresholds: ctx.config.pools });
+    // apply_to.verify: the remote apply reads back what it wrote before recording its state (apply --verify)
+    const verifyRemote = job.applyTo.verify;
+    const target = targetOf(job.applyTo.target, volume);
+    const remoteArgs = verifyRemote && !job.applyTo.args.includes('--verify') ? [...job.applyTo.args, '--verify'] : job.applyTo.args;
+    const remote = remoteApplyDestination({ host: job.applyTo.host, target, remoteCommand: job.applyTo.command, remoteArgs, storeOptions: so });
+    let r: Awaited<ReturnType<typeof send>>;
+    try {
+      r = await send({ ...lvSend, volume, to: remote.dest });
+    } catch (e) {
+      // The replica read back wrong: the daemon's REPLICA_MISMATCH, as for a local replica.
+      if (e instanceof RemoteApplyError && e.remoteCode === 'REPLICA_MISMATCH') {
+        throw new ThinarchiveError('REPLICA_MISMATCH', `replica ${target} on ${job.applyTo.host}: ${e.message}`, 'verify', { cause: e });
+      }
+      throw e;
+    }
     sent = r;
-    return {
+    logSent();
+    const out: RunOutcome = {
       ok: true, bytes: r.archiveBytes, seconds: (performance.now() - started) / 1000, attempts: 1, chainId: r.chainId, chainDir: null, chainLength: r.sequence + 1,
       archiveId: r.archiveId, newestPoint: new Date().toISOString(),
     };
+    const checked = verifyRemote ? remoteVerified(remote.result()?.result) : undefined;
+    if (checked !== undefined) out.verify = { at: new Date().toISOString(), ok: true, mode: 'changed-only' };
+    if (verifyRemote && checked === undefined) log.warn({ job: job.name, volume, host: job.applyTo.host }, 'the remote apply reported no read-back check (an older thinarchive there?)');
+    return out;
   } else {
-    sent = await send({
-      volume, to: job.to!, chain: job.name, level: job.level, stateDir: ctx.stateDir, signal, log, storeOptions: so, lease: ctx.lease, takeLease: ctx.takeLease,
-      poolThresholds: ctx.config.pools,
-    });
+    sent = await send({ ...lvSend, ...leased, volume, to: job.to! });
   }
-  log.info({ job: job.name, volume, archiveId: sent.archiveId, bytes: sent.archiveBytes }, 'sent');
+  logSent();
   let chain = await findChain(job.to!, sent.chainId, so);
   if (job.keep && chain) {
     const k = job.keep;
@@ -182,6 +210,18 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   return out;
 }
 
+/** The blocks a remote `apply --verify --json` read back, when its result says it did (every archive it applied). */
+function remoteVerified(result: unknown): number | undefined {
+  const applied = (result as { applied?: { verify?: { blocksChecked?: unknown; mismatchedBlocks?: unknown } }[] } | undefined)?.applied;
+  if (!Array.isArray(applied)) return undefined;
+  let n = 0;
+  for (const a of applied) {
+    if (typeof a?.verify?.blocksChecked !== 'number' || a.verify.mismatchedBlocks !== 0) return undefined;
+    n += a.verify.blocksChecked;
+  }
+  return n;
+}
+
 /** A run: attempts with retries. Never throws. */
 export async function runUnit(job: JobConfig, volume: string, prev: UnitState, ctx: RunContext): Promise<RunOutcome> {
   const started = performance.now();
@@ -189,7 +229,9 @@ export async function runUnit(job: JobConfig, volume: string, prev: UnitState, c
   for (let n = 1; ; n++) {
     try {
       const r = await attempt(job, volume, prev, ctx);
-      return { ...r, attempts: n, seconds: (performance.now() - started) / 1000 };
+      const seconds = (performance.now() - started) / 1000;
+      ctx.log.info({ job: job.name, volume, attempts: n, seconds: Math.round(seconds * 1000) / 1000, bytes: r.bytes }, 'run succeeded');
+      return { ...r, attempts: n, seconds };
     } catch (e) {
       // Whatever a run fails with once its signal fired is the abort (the step's clean-up has run).
       const info = errorInfo(ctx.signal.aborted ? new AbortedError('cancelled', e) : e);

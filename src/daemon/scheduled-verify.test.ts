@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkConfigText, type JobConfig } from './config.js';
-import { rescheduled } from './daemon.js';
 import { isVerifyDue, verifyDueAt, VERIFY_RETRY_MS } from './scheduled-verify.js';
 import { afterRun, afterVerify, emptyUnit, lockStateDir, type ScheduledVerify, type UnitState } from './state.js';
 
@@ -108,31 +107,5 @@ describe('the state of a unit after a run (one merge for the daemon and `run`)',
   });
   it('an aborted run changes nothing', () => {
     expect(afterRun(prev, new Date(T0), { ok: false, bytes: 0, seconds: 2, error: { code: 'ABORTED', message: 'x' } })).toBe(prev);
-  });
-  it('a reload that changes the interval: next run counts from the last attempt (at once when passed)', () => {
-    expect(rescheduled(undefined, 60_000, T0)).toBe(T0);
-    expect(rescheduled(T0 - 10_000, 60_000, T0)).toBe(T0 + 50_000);
-    expect(rescheduled(T0 - 3_600_000, 60_000, T0)).toBe(T0);
-  });
-});
-
-describe('the state directory lock (daemon for its life, `run` while it merges)', () => {
-  it('one holder at a time; waits up to its limit; free again after release', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ta-statelock-'));
-    try {
-      const first = await lockStateDir(dir, 0);
-      expect(first).toBeDefined();
-      expect(await lockStateDir(dir, 0)).toBeUndefined();
-      const t0 = Date.now();
-      const waiting = lockStateDir(dir, 5000);
-      setTimeout(() => { void first!.release(); }, 150);
-      const second = await waiting;
-      expect(second).toBeDefined();
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(100);
-      await second!.release();
-      await second!.release(); // idempotent
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
   });
 });

@@ -34,9 +34,9 @@ export function isVerifyDue(job: JobConfig, s: UnitState, now: number): boolean 
 /** One scheduled verification of the unit's chain (and local replica). An abort is thrown (nothing is recorded); anything else is in the result. */
 export async function verifyUnit(job: JobConfig, s: UnitState, ctx: RunContext): Promise<ScheduledVerify> {
   const pct = job.verify?.samplePercent;
-  const so = storeOptionsOf(ctx.config);
   const out: ScheduledVerify = { at: '', ok: false, mode: pct === undefined ? 'full' : 'sample', samplePercent: pct ?? null, store: null, replica: null, error: null };
   try {
+    const so = await storeOptionsOf(ctx.config);
     const r = await verify({ inputs: [s.chainDir!], samplePercent: pct, signal: ctx.signal, storeOptions: so });
     out.store = {
       ok: r.ok, archives: r.archives.length, findings: r.findings.length, bytesRead: r.bytesRead, recordsChecked: r.recordsChecked ?? null,

@@ -6,7 +6,12 @@ export const MAGIC = Uint8Array.of(0x89, 0x54, 0x4e, 0x41, 0x0d, 0x0a, 0x1a, 0x0
 export const END_MAGIC = Uint8Array.of(0x89, 0x54, 0x4e, 0x41, 0x45, 0x4e, 0x44, 0x0a);
 
 export const FORMAT_MAJOR = 1;
-export const FORMAT_MINOR = 0;
+/** The highest minor version this code writes and knows: 1.1 adds `meta.group` (consistency groups). */
+export const FORMAT_MINOR = 1;
+/** The minor an archive is written with: 1 when its header carries `meta.group`, else 0 (readable by every 1.x reader either way). */
+export function minorFor(meta: object): number {
+  return (meta as { group?: unknown }).group !== undefined ? 1 : 0;
+}
 
 export const PREAMBLE_SIZE = 16;
 export const FRAME_HEAD_SIZE = 8;
@@ -65,3 +70,5 @@ export const TRAILER_BODY_SIZE = 88;
 export const DIGEST_SIZE = 32;
 
 export const ARCHIVE_EXTENSION = '.tna';
+/** What an encrypted archive's name adds (an age v1 file, FORMAT.md §3.4). */
+export const ENCRYPTED_SUFFIX = '.age';

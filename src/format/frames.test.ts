@@ -24,7 +24,7 @@ import { readArchive } from '../archive/reader.js';
 
 beforeAll(async () => { await initHash(); });
 
-const V = { major: FORMAT_MAJOR, minor: FORMAT_MINOR };
+const V = { major: FORMAT_MAJOR, minor: 0 };
 const OFF = 1000;
 const TWO_53 = 2n ** 53n;
 
@@ -49,7 +49,7 @@ function dv(b: Uint8Array): DataView {
 
 function header(over: Partial<ArchiveHeader> = {}): ArchiveHeader {
   return {
-    major: FORMAT_MAJOR, minor: FORMAT_MINOR, full: true, blockSize: 65536, archiveId: '01234567-89ab-cdef-0123-456789abcdef',
+    major: FORMAT_MAJOR, minor: 0, full: true, blockSize: 65536, archiveId: '01234567-89ab-cdef-0123-456789abcdef',
     parentId: null, chainId: 'fedcba98-7654-3210-fedc-ba9876543210', sequence: 0, volumeUuid: '11111111-2222-3333-4444-555555555555',
     volumeSize: 10 * 2 ** 30 + 5, createdMs: 1_700_000_000_123, compression: 1, hash: 1, digest: 1, sourceChunkSize: 65536,
     meta: { volume: { name: 'vol', vg: 'vg0', lv: 'lv0' }, tool: 'thinarchive 0.1.0' }, ...over,

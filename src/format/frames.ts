@@ -12,6 +12,7 @@ import {
   TAIL_SIZE, TRAILER_BODY_SIZE, ZERO_BODY_SIZE, type CodecCode, type ExtentKindCode,
 } from './constants.js';
 import { xxh64Parts } from './hash.js';
+import { groupMetaProblem } from './group.js';
 import type {
   ArchiveHeader, ArchiveMeta, DataRecordHead, IndexEntry, IndexFrame, MapEnd, MapExtent, Trailer, ZeroRecord,
 } from './types.js';
@@ -63,12 +64,13 @@ function requireZero(b: Uint8Array, from: number, to: number, what: string, offs
 
 // --------------------------------------------------------------------------------------------- preamble
 
-export function encodePreamble(): Uint8Array {
+export function encodePreamble(minor = 0): Uint8Array {
   const b = new Uint8Array(PREAMBLE_SIZE);
   b.set(MAGIC, 0);
   const dv = view(b);
   dv.setUint16(8, FORMAT_MAJOR, true);
-  dv.setUint16(10, FORMAT_MINOR, true);
+  if (!Number.isInteger(minor) || minor < 0 || minor > FORMAT_MINOR) throw new RangeError(`minor version ${minor}`);
+  dv.setUint16(10, minor, true);
   return b;
 }
 
@@ -204,6 +206,10 @@ export function decodeHeaderBody(b: Uint8Array, offset: number, version: { major
   if (meta === null || typeof meta !== 'object' || Array.isArray(meta) || typeof meta.volume !== 'object' || meta.volume === null
     || typeof meta.volume.name !== 'string' || typeof meta.tool !== 'string') {
     throw new FormatError('BAD_HEADER', 'header metadata lacks volume.name or tool', offset + HEADER_FIXED_SIZE);
+  }
+  if (meta.group !== undefined) {
+    const why = groupMetaProblem(meta.group, archiveId);
+    if (why !== null) throw new FormatError('BAD_HEADER', `header metadata: group ${why}`, offset + HEADER_FIXED_SIZE);
   }
   return {
     major: version.major,

@@ -9,7 +9,6 @@
  *
  * Everything that decides *what* to run takes an `LvmExec` so it can be tested with a fake.
  */
-import { execa } from 'execa';
 import { CommandError, UsageError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 
@@ -48,6 +47,8 @@ export type CommandRunner = (file: string, args: readonly string[], opts: Runner
 
 /** The default runner: execa, no shell, stdin ignored, output not stripped. */
 export const execaRunner: CommandRunner = async (file, args, opts) => {
+  // Imported on first use: execa and its dependencies are a large share of start-up otherwise.
+  const { execa } = await import('execa');
   const r = await execa(file, [...args], {
     env: opts.env,
     extendEnv: true,

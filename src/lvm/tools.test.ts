@@ -108,6 +108,10 @@ describe('logical volumes', () => {
     const e = await activateReadOnly('lab-vg', 'vol', { exec }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(UnsafeError);
     expect(e).toMatchObject({ code: 'LV_ACTIVE_WRITABLE' });
+    // the caller's own report of a snapshot it has just created: no lvs, the same two changes
+    exec = fake([[/^lvchange /, () => '']]);
+    expect(await activateReadOnly('lab-vg', 'snap1', { exec }, { active: false, readOnly: false })).toBe('/dev/lab-vg/snap1');
+    expect(exec.calls).toEqual(['lvchange -pr lab-vg/snap1', 'lvchange -ay -K lab-vg/snap1']);
   });
 
   it('deactivate, addTag, delTag', async () => {
@@ -128,6 +132,18 @@ describe('logical volumes', () => {
     expect(exec.calls.filter((c) => c.startsWith('lvremove'))).toHaveLength(1);
     await removeLv('lab-vg', 'snap2', { exec });
     expect(exec.calls.at(-1)).toBe('lvremove -y lab-vg/snap2');
+    // the caller's report of that LV: its tags decide, no lvs
+    const known = fake([[/^lvremove /, () => '']]);
+    await removeLv('lab-vg', 'snap1', { exec: known, requireTag: 'thinarchive', known: { name: 'snap1', tags: ['thinarchive'] } });
+    expect(known.calls).toEqual(['lvremove -y lab-vg/snap1']);
+    expect(await removeLv('lab-vg', 'snap1', { exec: known, requireTag: 'thinarchive', known: { name: 'snap1', tags: ['other'] } }).catch((x: unknown) => x)).toMatchObject({ code: 'LV_NOT_OURS' });
+    expect(known.calls).toHaveLength(1);
+  });
+
+  it('createThinSnapshot read-only and active: -pr -ay -K in the one lvcreate', async () => {
+    const exec = fake([[/^lvcreate /, () => ''], [LVS, () => fixture('lvs.json')]]);
+    await createThinSnapshot('lab-vg', 'vol', 'snap1', ['thinarchive'], { exec }, true);
+    expect(exec.calls[0]).toBe('lvcreate -s -pr -ay -K -n snap1 --addtag thinarchive lab-vg/vol');
   });
 });
 

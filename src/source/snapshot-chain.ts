@@ -7,14 +7,14 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
+import { ThinarchiveError, UnsafeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { dmName } from '../lvm/names.js';
 import { acquirePoolLock, type PoolLock } from '../lvm/pool-lock.js';
 import type { LvInfo } from '../lvm/report.js';
 import { createThinSnapshot, delTag, listLvs, removeLv, type ToolOptions } from '../lvm/tools.js';
 
-export const DEFAULT_CHAIN = 'default';
+export { checkChainName, DEFAULT_CHAIN } from './chain-name.js';
 
 export const TAG_OURS = 'thinarchive';
 
@@ -28,8 +28,6 @@ const P = {
   seq: 'ta_seq_',
   time: 'ta_time_',
 } as const;
-
-const CHAIN_NAME = /^[A-Za-z0-9_+.-]{1,64}$/;
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -94,10 +92,6 @@ export function volumeUuidForLv(lvUuid: string): string {
   h[8] = (h[8]! & 0x3f) | 0x80;
   const x = h.subarray(0, 16).toString('hex');
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
-}
-
-export function checkChainName(chain: string): void {
-  if (!CHAIN_NAME.test(chain)) throw new UsageError(`bad chain name ${JSON.stringify(chain)}: 1 to 64 of A-Z a-z 0-9 _ + . -`);
 }
 
 /** What a chain's managed snapshots say: the base, pending snapshots of dead runs, older bases. */
@@ -199,9 +193,9 @@ export async function settleInterrupted(
   return { lvs, snaps, removed, recovered };
 }
 
-/** Create the new snapshot of `lv`, tagged ours and pending (snapshotTags). */
+/** Create the new snapshot of `lv`, tagged ours and pending (snapshotTags), read-only and active: ready to be read. */
 export async function createPendingSnapshot(vg: string, lv: string, name: string, tags: string[], o: LifecycleOptions): Promise<LvInfo> {
-  const snap = await createThinSnapshot(vg, lv, name, tags, o.tools);
+  const snap = await createThinSnapshot(vg, lv, name, tags, o.tools, true);
   o.log.info({ snapshot: `${vg}/${name}`, thinId: snap.thinId }, 'created the snapshot');
   return snap;
 }
@@ -211,11 +205,12 @@ export async function createPendingSnapshot(vg: string, lv: string, name: string
  * creation was not seen to finish, only if it is listed as pending). True when it was removed; a
  * failure is logged, and the next send removes it.
  */
-export async function discardPendingSnapshot(vg: string, name: string, created: boolean, o: LifecycleOptions): Promise<boolean> {
+export async function discardPendingSnapshot(vg: string, name: string, created: LvInfo | undefined, o: LifecycleOptions): Promise<boolean> {
   try {
-    const exists = created || (await listLvs(vg, o.tools)).some((l) => l.name === name && l.tags.includes(TAG_PENDING));
+    const exists = created !== undefined || (await listLvs(vg, o.tools)).some((l) => l.name === name && l.tags.includes(TAG_PENDING));
     if (!exists) return false;
-    await removeLv(vg, name, { ...o.tools, requireTag: TAG_OURS });
+    // `created`: the report lvcreate's caller read back (its tags need no second lvs)
+    await removeLv(vg, name, { ...o.tools, requireTag: TAG_OURS, ...(created ? { known: created } : {}) });
     return true;
   } catch (e) {
     o.log.warn({ snapshot: `${vg}/${name}`, err: (e as Error).message }, 'could not remove the new snapshot; the next send removes it');
@@ -227,7 +222,7 @@ export async function discardPendingSnapshot(vg: string, name: string, created: 
  * The archive of pending snapshot `name` is durable: it becomes the base (ta_pending removed) and the
  * old base goes. Failures are returned as warnings: the next send completes them.
  */
-export async function promoteSnapshot(vg: string, name: string, oldBase: string | null, o: LifecycleOptions): Promise<{ removed: string[]; warnings: string[] }> {
+export async function promoteSnapshot(vg: string, name: string, oldBase: LvInfo | null, o: LifecycleOptions): Promise<{ removed: string[]; warnings: string[] }> {
   const removed: string[] = [];
   const warnings: string[] = [];
   try {
@@ -237,10 +232,11 @@ export async function promoteSnapshot(vg: string, name: string, oldBase: string 
   }
   if (oldBase !== null && warnings.length === 0) {
     try {
-      await removeLv(vg, oldBase, { ...o.tools, requireTag: TAG_OURS });
-      removed.push(oldBase);
+      // the base as listed under the chain lock: its tags need no second lvs
+      await removeLv(vg, oldBase.name, { ...o.tools, requireTag: TAG_OURS, known: oldBase });
+      removed.push(oldBase.name);
     } catch (e) {
-      warnings.push(`could not remove the old base ${vg}/${oldBase} (${(e as Error).message}); the next send removes it`);
+      warnings.push(`could not remove the old base ${vg}/${oldBase.name} (${(e as Error).message}); the next send removes it`);
     }
   }
   return { removed, warnings };

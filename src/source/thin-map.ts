@@ -55,25 +55,21 @@ function grownFrom(t: ThinMapRequest): number | null {
   return Math.floor(t.base.sizeBytes / t.blockSize);
 }
 
-/** Reserve the pool's metadata snapshot, run thin_delta / thin_dump into temporary files, release it. */
-export async function readThinMap(t: ThinMapRequest, o: ThinMapOptions): Promise<ThinMap> {
-  const files = await withMetadataSnapshot({ vg: t.vg, pool: t.pool }, {
-    ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
-    force: !!o.forceRelease, logger: o.logger, exec: o.exec,
-    ...(o.lockTimeoutMs !== undefined ? { lockTimeoutMs: o.lockTimeoutMs } : {}),
-    ...(o.signal ? { signal: o.signal } : {}),
-  }, async (tmeta, held): Promise<{ main: ToolOutput; grown: ToolOutput | null }> => {
-    const signal = o.signal ? AbortSignal.any([o.signal, held.signal]) : held.signal;
-    const run = { exec: o.exec, signal, ...(o.tmpDir !== undefined ? { dir: o.tmpDir } : {}) };
-    if (!t.base) return { main: await thinDump(tmeta, t.snapThinId, run), grown: null };
-    const main = await thinDelta(tmeta, t.base.thinId, t.snapThinId, run);
-    try {
-      return { main, grown: grownFrom(t) === null ? null : await thinDump(tmeta, t.snapThinId, run) };
-    } catch (e) {
-      await main.remove();
-      throw e;
-    }
-  });
+type MapFiles = { main: ToolOutput; grown: ToolOutput | null };
+
+/** Run thin_delta / thin_dump for one request under a held metadata snapshot. */
+async function mapFiles(t: ThinMapRequest, tmeta: string, run: { exec: LvmExec; signal: AbortSignal; dir?: string }): Promise<MapFiles> {
+  if (!t.base) return { main: await thinDump(tmeta, t.snapThinId, run), grown: null };
+  const main = await thinDelta(tmeta, t.base.thinId, t.snapThinId, run);
+  try {
+    return { main, grown: grownFrom(t) === null ? null : await thinDump(tmeta, t.snapThinId, run) };
+  } catch (e) {
+    await main.remove();
+    throw e;
+  }
+}
+
+function mapOf(t: ThinMapRequest, files: MapFiles): ThinMap {
   return {
     extents: () => {
       const from = grownFrom(t);
@@ -87,6 +83,43 @@ export async function readThinMap(t: ThinMapRequest, o: ThinMapOptions): Promise
       await files.grown?.remove();
     },
   };
+}
+
+/** Reserve the pool's metadata snapshot, run thin_delta / thin_dump into temporary files, release it. */
+export async function readThinMap(t: ThinMapRequest, o: ThinMapOptions): Promise<ThinMap> {
+  return (await readThinMaps([t], o))[0]!;
+}
+
+/**
+ * The maps of several snapshots (a consistency group): one metadata-snapshot reservation per pool
+ * serves every request of that pool. Returned in the order of `ts`; on failure nothing is left behind.
+ */
+export async function readThinMaps(ts: readonly ThinMapRequest[], o: ThinMapOptions): Promise<ThinMap[]> {
+  const out: (ThinMap | undefined)[] = new Array<ThinMap | undefined>(ts.length);
+  const pools = new Map<string, number[]>();
+  ts.forEach((t, i) => {
+    const k = `${t.vg}/${t.pool}`;
+    pools.set(k, [...(pools.get(k) ?? []), i]);
+  });
+  try {
+    for (const idx of pools.values()) {
+      const first = ts[idx[0]!]!;
+      await withMetadataSnapshot({ vg: first.vg, pool: first.pool }, {
+        ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
+        force: !!o.forceRelease, logger: o.logger, exec: o.exec,
+        ...(o.lockTimeoutMs !== undefined ? { lockTimeoutMs: o.lockTimeoutMs } : {}),
+        ...(o.signal ? { signal: o.signal } : {}),
+      }, async (tmeta, held): Promise<void> => {
+        const signal = o.signal ? AbortSignal.any([o.signal, held.signal]) : held.signal;
+        const run = { exec: o.exec, signal, ...(o.tmpDir !== undefined ? { dir: o.tmpDir } : {}) };
+        for (const i of idx) out[i] = mapOf(ts[i]!, await mapFiles(ts[i]!, tmeta, run));
+      });
+    }
+  } catch (e) {
+    for (const m of out) await m?.remove().catch(() => undefined);
+    throw e;
+  }
+  return out as ThinMap[];
 }
 
 /**

@@ -18,9 +18,10 @@ import { basename, dirname, join } from 'node:path';
 import { ioError, UnsafeError } from '../errors.js';
 import { fsyncDir, makeDirs, tempNameFor } from '../fsutil.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sortArchives,
 } from './layout.js';
 import { pidExists } from '../process.js';
+import { claimLost, claimSequence, claimText, parseClaim } from './claims.js';
 
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import { FileByteSource, type ByteSource } from '../archive/reader.js';
@@ -133,21 +134,20 @@ export class DirectoryStore implements ArchiveStore {
   /**
    * Claim `sequence` of the chain in `dir` for `archiveId`: true when this call created the claim,
    * false when it already named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
+   * An orphan claim of a writer that is gone is removed on the way (store/claims.ts).
    */
-  private async claim(dir: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
+  private async claim(dir: string, chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions): Promise<boolean> {
     const path = join(dir, claimFileName(sequence));
-    let created: boolean;
-    try {
-      created = await this.createExclusive(path, claimContent(archiveId), false);
-    } catch (e) {
-      throw ioError(e, `cannot claim sequence ${sequence} in ${dir}`);
-    }
-    if (created) return true;
-    if (replaces) return false;
-    const holder = (await readFile(path, 'utf8').catch(() => '')).trim();
-    if (holder === archiveId) return false;
-    const published = (await this.chainArchives(chainId)).some((a) => a.sequence === sequence && a.archiveId === holder);
-    throw sequenceTaken(this.root, chainId, sequence, holder, path, published);
+    return claimSequence({
+      store: this, chainId, sequence, archiveId, where: path, log: opts.log, replaces: !!opts.replaces,
+      create: async () => {
+        try {
+          return await this.createExclusive(path, claimText(archiveId, opts.leaseToken ?? null), false);
+        } catch (e) {
+          throw ioError(e, `cannot claim sequence ${sequence} in ${dir}`);
+        }
+      },
+    });
   }
 
   async createMarker(chainId: string, name: string, content: string): Promise<boolean> {
@@ -209,7 +209,7 @@ export class DirectoryStore implements ArchiveStore {
     for (const n of await readdir(this.root)) {
       if (CHAIN_RE.test(n) && (await isDir(join(this.root, n)))) await this.cleanup(join(this.root, n));
     }
-    const finalPath = join(dir, archiveFileName(sequence, archiveId));
+    const finalPath = join(dir, archiveFileName(sequence, archiveId, opts.encrypted));
     const tmp = tempNameFor(finalPath);
     let fh: FileHandle;
     try {
@@ -219,8 +219,9 @@ export class DirectoryStore implements ArchiveStore {
     }
     let pos = 0;
     let closed = false;
-    const claim = (): Promise<boolean> => this.claim(dir, chainId, sequence, archiveId, !!opts.replaces);
+    const claim = (): Promise<boolean> => this.claim(dir, chainId, sequence, archiveId, opts);
     const claimPath = join(dir, claimFileName(sequence));
+    const root = this.root;
     const close = async (): Promise<void> => {
       if (!closed) {
         closed = true;
@@ -252,9 +253,18 @@ export class DirectoryStore implements ArchiveStore {
           claimed = await claim();
           // link() fails if the final name exists: an archive is never replaced.
           await link(tmp, finalPath);
+          // A writer stalled between its claim and here may have lost the claim as an orphan (claims.ts).
+          if (!opts.replaces) {
+            const holder = parseClaim(await readFile(claimPath, 'utf8').catch(() => '')).archiveId;
+            if (holder !== archiveId) {
+              await unlink(finalPath);
+              throw claimLost(root, chainId, sequence, holder);
+            }
+          }
           await unlink(tmp);
           await fsyncDir(dir);
         } catch (e) {
+          if (e instanceof UnsafeError) throw e;
           // A claim made for an archive that did not become visible is released.
           if (claimed && !(await stat(finalPath).then(() => true, () => false))) await rm(claimPath, { force: true }).catch(() => {});
           if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new UnsafeError('ARCHIVE_EXISTS', `${finalPath} already exists; not replacing it`);

@@ -4,23 +4,29 @@
  * the one chain of a store, in one place for the directory, ssh:// and s3:// stores.
  */
 import { UnsafeError, UsageError } from '../errors.js';
-import { ARCHIVE_EXTENSION } from '../format/constants.js';
+import { ARCHIVE_EXTENSION, ENCRYPTED_SUFFIX } from '../format/constants.js';
 import type { ChainListing, StoredArchive } from './types.js';
 
 /** A chain directory's name: the chain id (a UUID). */
 export const CHAIN_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-/** An archive's file name; groups: sequence, archive id. */
-export const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna$/;
+/** An archive's file name; groups: sequence, archive id, `.age` for an encrypted archive (FORMAT.md §3.4). */
+export const NAME_RE = /^(\d{10})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.tna(\.age)?$/;
 
-export function archiveFileName(sequence: number, archiveId: string): string {
-  return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}`;
+/** `<sequence>-<archive-id>.tna`, or `.tna.age` for an encrypted archive. */
+export function archiveFileName(sequence: number, archiveId: string, encrypted = false): string {
+  return `${String(sequence).padStart(10, '0')}-${archiveId}${ARCHIVE_EXTENSION}${encrypted ? ENCRYPTED_SUFFIX : ''}`;
+}
+
+/** True when a stored archive is encrypted: its name ends in `.tna.age`. */
+export function isEncrypted(a: { name: string }): boolean {
+  return a.name.endsWith(`${ARCHIVE_EXTENSION}${ENCRYPTED_SUFFIX}`);
 }
 
 /**
  * The claim of a sequence (FORMAT.md §5, "Publishing"): `<chain-id>/.<sequence, 10 digits>.seq`, created
  * exclusively (never replaced) right before an archive of that sequence becomes visible; it holds the
- * archive id that owns the sequence. Claims are never removed by merge or prune: a sequence of a chain
- * is published once.
+ * archive id that owns the sequence and its writer (store/claims.ts). Claims are never removed by merge
+ * or prune: a sequence of a chain is published once.
  */
 export function claimFileName(sequence: number): string {
   return `.${String(sequence).padStart(10, '0')}.seq`;
@@ -35,18 +41,16 @@ export function checkMarker(chainId: string, name: string): void {
   if (!MARKER_RE.test(name)) throw new UsageError(`invalid marker name ${JSON.stringify(name)}`);
 }
 
-/** What a claim holds: the archive id and a newline. */
-export function claimContent(archiveId: string): string {
-  return `${archiveId}\n`;
-}
-
 /**
  * The error of a writer that lost the race for a sequence: `holder` is the archive id the claim names
- * ('' when unreadable), `published` whether that archive is listed in the store.
+ * ('' when unreadable), `published` whether that archive is listed in the store, `owner` why the
+ * claim's writer may still publish it (store/claims.ts).
  */
-export function sequenceTaken(store: string, chainId: string, sequence: number, holder: string, claim: string, published: boolean): UnsafeError {
+export function sequenceTaken(store: string, chainId: string, sequence: number, holder: string, claim: string, published: boolean, owner?: string): UnsafeError {
   const by = holder ? `archive ${holder}` : 'another archive';
-  const stale = published ? '' : ` (it is not in the store yet: another send is publishing it, or died while publishing; if no send of this chain is running, remove ${claim} and send again)`;
+  const stale = published ? ''
+    : owner ? ` (it is not in the store yet: its writer, ${owner}, may still publish it; if that writer is stuck, stop it and send again: the claim of a writer that is gone is removed by the next send)`
+      : ` (it is not in the store yet, and the claim does not say who made it; if no send of this chain is running, remove ${claim} and send again)`;
   return new UnsafeError('CHAIN_FORK', `sequence ${sequence} of chain ${chainId} in ${store} is already taken by ${by}${stale}; `
     + 'this archive would fork the chain (send from the newest archive, or start a new chain with a full send)');
 }

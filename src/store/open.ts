@@ -4,7 +4,6 @@
  */
 import { UsageError } from '../errors.js';
 import { DirectoryStore } from './dir.js';
-import { parseSshUrl, SshStore } from './ssh.js';
 import type { StoreOptions } from './types.js';
 
 export type { StoreOptions } from './types.js';
@@ -37,8 +36,11 @@ export function isStoreUrl(ref: string): boolean {
 export async function openStore(url: string, opts: StoreOptions = {}): Promise<ArchiveStore> {
   if (url === '-') throw new UsageError("'-' is a pipe, not a store");
   switch (storeKind(url)) {
-    case 'ssh':
+    case 'ssh': {
+      // Loaded only for ssh:// (a command on a local store or file skips it: docs/PERFORMANCE.md, "Start-up").
+      const { parseSshUrl, SshStore } = await import('./ssh.js');
       return new SshStore(parseSshUrl(url), opts);
+    }
     case 's3': {
       // Loaded only for s3:// (the AWS SDK takes about a second to import; every other command skips it).
       const { S3Store } = await import('./s3.js');

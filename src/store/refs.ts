@@ -7,11 +7,15 @@
  * connections (the CLI calls it when a command ends).
  */
 import { stat } from 'node:fs/promises';
-import { ArchiveFile, type ByteSource } from '../archive/reader.js';
+import { AgeByteSource, isAgeSource } from '../archive/encrypted.js';
+import { ArchiveFile, FileByteSource, type ByteSource } from '../archive/reader.js';
+import type { PositionalSource } from '../archive/byte-reader.js';
+import type { WorkerPool } from '../archive/pool.js';
 import { ioError, UsageError } from '../errors.js';
 import { DirectoryStore } from '../store/dir.js';
 import { isStoreUrl, openStore, type StoreOptions } from '../store/open.js';
-import { withoutSuperseded } from '../store/layout.js';
+import { basename, dirname } from 'node:path';
+import { isEncrypted, NAME_RE, withoutSuperseded } from '../store/layout.js';
 import type { ArchiveStore, StoredArchive } from '../store/types.js';
 
 export type { StoreOptions } from '../store/open.js';
@@ -27,7 +31,9 @@ const stores = new Map<string, Promise<ArchiveStore>>();
 /** The store `url` names (a directory path or a store URL), opened once per process. */
 export function storeFor(url: string, opts: StoreOptions = {}): Promise<ArchiveStore> {
   if (!isStoreUrl(url)) return Promise.resolve(new DirectoryStore(url));
-  const key = `${url}\0${JSON.stringify(opts)}`;
+  // (keys play no part in which store this is)
+  const { identities: _i, recipients: _r, ...rest } = opts;
+  const key = `${url}\0${JSON.stringify(rest)}`;
   let s = stores.get(key);
   if (!s) {
     s = openStore(url, opts);
@@ -44,9 +50,9 @@ export async function closeStores(): Promise<void> {
   await Promise.allSettled(all.map(async (p) => (await p).close()));
 }
 
-/** True when `ref` names one archive in a remote store rather than a store or chain (`….tna`). */
+/** True when `ref` names one archive in a remote store rather than a store or chain (`….tna`, `….tna.age`). */
 function isArchiveUrl(ref: string): boolean {
-  return /\.tna$/i.test(ref.replace(/\/+$/, ''));
+  return /\.tna(\.age)?$/i.test(ref.replace(/\/+$/, ''));
 }
 
 /** Split `scheme://…/dir/NAME.tna` into the store holding it and its name. */
@@ -62,21 +68,77 @@ async function remoteArchives(ref: string, opts: StoreOptions): Promise<{ store:
     const { parent, name } = splitArchiveUrl(ref);
     const store = await storeFor(parent, opts);
     const found = (await store.listChains()).flatMap((c) => c.archives).find((a) => a.name === name);
-    if (!found) throw new UsageError(`no archive ${name} in ${parent} (archive names look like 0000000003-<uuid>.tna)`);
+    if (!found) throw new UsageError(`no archive ${name} in ${parent} (archive names look like 0000000003-<uuid>.tna, or .tna.age when encrypted)`);
     return { store, archives: [found] };
   }
   const store = await storeFor(ref, opts);
   return { store, archives: (await store.onlyChain()).archives };
 }
 
+/**
+ * The plaintext of an archive's bytes: `src` itself for a plain archive, its decryption with
+ * `opts.identities` for an encrypted one (`encrypted`: known from the name; undefined: found from the
+ * first bytes, for a file the user names). Closes `src` when that fails.
+ */
+export async function plainSource(src: ByteSource, encrypted: boolean | undefined, opts: StoreOptions = {}): Promise<ByteSource> {
+  try {
+    if (!(encrypted ?? (await isAgeSource(src)))) return src;
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
+  return AgeByteSource.open(src, opts.identities ?? []);
+}
+
+/** The plaintext bytes of a stored archive (random access), decrypted when its name says it is encrypted. */
+export async function openStoredSource(store: ArchiveStore, a: StoredArchive, opts: StoreOptions = {}): Promise<ByteSource> {
+  return plainSource(await store.openArchive(a), isEncrypted(a), opts);
+}
+
 /** Open a stored archive's header and trailer. */
-export async function openStored(store: ArchiveStore, a: StoredArchive): Promise<ArchiveFile> {
-  return ArchiveFile.openSource(await store.openArchive(a));
+export async function openStored(store: ArchiveStore, a: StoredArchive, opts: StoreOptions = {}): Promise<ArchiveFile> {
+  return ArchiveFile.openSource(await openStoredSource(store, a, opts));
+}
+
+/** Open a local archive file (plain, or an age file: decrypted with `opts.identities`). */
+export async function openLocalArchive(path: string, opts: StoreOptions = {}): Promise<ArchiveFile> {
+  return ArchiveFile.openSource(await plainSource(await FileByteSource.open(path), undefined, opts));
+}
+
+/** True when the local file `path` starts like an age file (an encrypted archive). */
+export async function isAgeFile(path: string): Promise<boolean> {
+  const src = await FileByteSource.open(path);
+  try {
+    return await isAgeSource(src);
+  } finally {
+    await src.close();
+  }
+}
+
+/**
+ * An encrypted local archive as positional reads of its plaintext, decrypted on `pool` ahead of the
+ * reader (encrypted.ts); opened at the first read, closed when reading ends.
+ */
+export function pooledLocal(path: string, opts: StoreOptions, pool: WorkerPool): PositionalSource {
+  let src: Promise<ByteSource> | undefined;
+  return {
+    async readInto(buf, offset, length, position) {
+      src ??= FileByteSource.open(path).then((f) => plainSource(f, undefined, opts)).then((s) => {
+        s.usePool?.(pool);
+        return s;
+      });
+      return (await src).readInto!(buf, offset, length, position);
+    },
+    async close() {
+      const s = await src?.catch(() => undefined);
+      await s?.close();
+    },
+  };
 }
 
 /** The bytes of a stored archive from the start, as a stream; the source is closed at the end. */
-export async function* streamStored(store: ArchiveStore, a: StoredArchive): AsyncGenerator<Uint8Array> {
-  const src: ByteSource = await store.openArchive(a);
+export async function* streamStored(store: ArchiveStore, a: StoredArchive, opts: StoreOptions = {}): AsyncGenerator<Uint8Array> {
+  const src: ByteSource = await openStoredSource(store, a, opts);
   try {
     yield* src.stream(0);
   } finally {
@@ -102,9 +164,28 @@ async function kindOf(path: string): Promise<'file' | 'dir'> {
 export async function openArchiveRef(ref: string, opts: StoreOptions = {}): Promise<ArchiveFile> {
   if (isStoreUrl(ref)) {
     const { store, archives } = await remoteArchives(ref, opts);
-    return openStored(store, archives[archives.length - 1]);
+    return openStored(store, archives[archives.length - 1], opts);
   }
-  return ArchiveFile.open(await resolveArchiveRef(ref));
+  return openLocalArchive(await resolveArchiveRef(ref), opts);
+}
+
+/**
+ * What the name alone tells of the archive a single reference means (as openArchiveRef resolves it),
+ * without reading it: chain id, sequence, archive id, whether it is encrypted. Undefined for a local
+ * file whose name is not an archive name.
+ */
+export async function namedArchiveRef(ref: string, opts: StoreOptions = {}): Promise<{ chainId: string; sequence: number; archiveId: string; encrypted: boolean } | undefined> {
+  let a: { name: string; chainId?: string };
+  if (isStoreUrl(ref)) {
+    const { archives } = await remoteArchives(ref, opts);
+    a = archives[archives.length - 1];
+  } else {
+    const path = await resolveArchiveRef(ref);
+    a = { name: basename(path), chainId: basename(dirname(path)) };
+  }
+  const m = NAME_RE.exec(a.name);
+  if (!m || !a.chainId) return undefined;
+  return { chainId: a.chainId, sequence: Number(m[1]), archiveId: m[2], encrypted: isEncrypted(a) };
 }
 
 /** A local archive file, or a store/chain directory meaning its newest archive. */
@@ -127,12 +208,12 @@ export async function resolveArchiveInputs(refs: string[], opts: StoreOptions = 
     return [{ kind: 'stdin' }];
   }
   const out: ArchiveInput[] = [];
-  const local = (path: string): ArchiveInput => ({ kind: 'file', path, open: () => ArchiveFile.open(path) });
+  const local = (path: string): ArchiveInput => ({ kind: 'file', path, open: () => openLocalArchive(path, opts) });
   for (const ref of refs) {
     if (isStoreUrl(ref)) {
       const { store, archives } = await remoteArchives(ref, opts);
       const chain = isArchiveUrl(ref) ? archives : withoutSuperseded(archives);
-      for (const a of chain) out.push({ kind: 'file', path: a.path, open: () => openStored(store, a) });
+      for (const a of chain) out.push({ kind: 'file', path: a.path, open: () => openStored(store, a, opts) });
     } else if ((await kindOf(ref)) === 'file') out.push(local(ref));
     else for (const a of withoutSuperseded((await new DirectoryStore(ref).onlyChain()).archives)) out.push(local(a.path));
   }
@@ -152,9 +233,9 @@ export interface RemoteReadGroup {
 export async function remoteReadGroups(ref: string, opts: StoreOptions = {}): Promise<RemoteReadGroup[]> {
   if (isArchiveUrl(ref)) {
     const { store, archives } = await remoteArchives(ref, opts);
-    return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a), file: () => openStored(store, a) })) }];
+    return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a, opts), file: () => openStored(store, a, opts) })) }];
   }
   const store = await storeFor(ref, opts);
   return (await store.listChains()).filter((c) => c.archives.length > 0)
-    .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a), file: () => openStored(store, a) })) }));
+    .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a, opts), file: () => openStored(store, a, opts) })) }));
 }

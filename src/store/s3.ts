@@ -78,10 +78,11 @@ import {
 import { createHash } from 'node:crypto';
 import { ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
 import { s3Code } from '../error-codes.js';
+import { claimLost, claimSequence, claimText, parseClaim } from './claims.js';
 import type { ByteSource } from '../archive/reader.js';
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sortArchives,
 } from './layout.js';
 
 const MIB = 1 << 20;
@@ -185,6 +186,22 @@ export function s3Error(e: unknown, what: string, endpoint?: string): Thinarchiv
   return new ThinarchiveError(c, `${what}: ${reason.replace(/\s*\n\s*/g, ' ')}`, 'runtime', { cause: e });
 }
 
+/**
+ * An authentication or authorization failure (wrong access key or secret key, access denied) as one
+ * STORE_AUTH error naming the store, not the request that met it; undefined for any other error.
+ */
+export function s3AuthError(e: unknown, url: string, endpoint?: string): ThinarchiveError | undefined {
+  if (e instanceof ThinarchiveError) return undefined;
+  const name = errName(e);
+  const at = endpoint ? ` (endpoint ${endpoint})` : '';
+  let reason: string;
+  if (name === 'InvalidAccessKeyId') reason = 'the access key is not known to the server (check AWS_ACCESS_KEY_ID / the credentials file)';
+  else if (name === 'SignatureDoesNotMatch') reason = 'the request signature was rejected: wrong secret key (check AWS_SECRET_ACCESS_KEY / the credentials file)';
+  else if (name === 'AccessDenied' || httpStatus(e) === 403) reason = 'access denied to these credentials (check the bucket policy and the user\'s permissions)';
+  else return undefined;
+  return new ThinarchiveError('STORE_AUTH', `${url}${at} rejected the credentials: ${reason}`, 'runtime', { cause: e });
+}
+
 function isName(e: unknown, ...names: string[]): boolean {
   return names.includes(errName(e));
 }
@@ -278,7 +295,9 @@ export class S3Store implements ArchiveStore {
       return (await c.send(cmd as never, { abortSignal: signal })) as T;
     } catch (e) {
       if (isName(e, 'NoSuchBucket')) throw s3Error(e, `${what} (bucket ${this.bucket})`, this.endpoint);
-      throw Object.assign(s3Error(e, what, this.endpoint), { sdkName: errName(e), status: httpStatus(e) });
+      // Rejected credentials read the same whichever step met them (README, "Error codes": STORE_AUTH).
+      const auth = s3AuthError(e, this.url, this.endpoint);
+      throw Object.assign(auth ?? s3Error(e, what, this.endpoint), { sdkName: errName(e), status: httpStatus(e) });
     }
   }
 
@@ -485,13 +504,22 @@ export class S3Store implements ArchiveStore {
 
   async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
-    const key = `${this.root()}${chainId}/${archiveFileName(sequence, archiveId)}`;
+    const key = `${this.root()}${chainId}/${archiveFileName(sequence, archiveId, opts.encrypted)}`;
     const path = this.keyUrl(key);
     await this.checkObjectLock();
     await this.sweepStaleUploads();
     const claimKey = `${this.root()}${chainId}/${claimFileName(sequence)}`;
     return new S3Upload(this, key, path, this.partSize, {
-      take: () => this.claim(claimKey, chainId, sequence, archiveId, !!opts.replaces),
+      take: () => this.claim(claimKey, chainId, sequence, archiveId, opts),
+      // Right after the archive appeared: is the claim still this writer's? (claims.ts; a stalled
+      // writer's claim may have been removed as an orphan: the archive is withdrawn.)
+      check: async () => {
+        if (opts.replaces) return;
+        const holder = parseClaim((await this.readSmall(claimKey, `cannot read ${this.keyUrl(claimKey)}`)) ?? '').archiveId;
+        if (holder === archiveId) return;
+        await this.send(`cannot withdraw ${path}`, new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+        throw claimLost(this.url, chainId, sequence, holder);
+      },
       release: () => this.send(`cannot remove ${this.keyUrl(claimKey)}`, new DeleteObjectCommand({ Bucket: this.bucket, Key: claimKey })).then(() => {}, () => {}),
     });
   }
@@ -531,14 +559,11 @@ export class S3Store implements ArchiveStore {
    * Claim a sequence (see the header): true when this call created the claim, false when it already
    * named `archiveId` (or, with `replaces`, any archive); CHAIN_FORK otherwise.
    */
-  private async claim(key: string, chainId: string, sequence: number, archiveId: string, replaces: boolean): Promise<boolean> {
-    if (await this.createExclusive(key, claimContent(archiveId), `cannot claim sequence ${sequence} at ${this.keyUrl(key)}`)) return true;
-    if (replaces) return false;
-    // Not readable yet (the winner's PUT is in flight): the sequence is taken all the same.
-    const holder = ((await this.readSmall(key, 'read claim').catch(() => '')) ?? '').trim();
-    if (holder === archiveId) return false;
-    const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
-    throw sequenceTaken(this.url, chainId, sequence, holder, this.keyUrl(key), published);
+  private async claim(key: string, chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions): Promise<boolean> {
+    return claimSequence({
+      store: this, chainId, sequence, archiveId, where: this.keyUrl(key), log: opts.log, replaces: !!opts.replaces,
+      create: () => this.createExclusive(key, claimText(archiveId, opts.leaseToken ?? null), `cannot claim sequence ${sequence} at ${this.keyUrl(key)}`),
+    });
   }
 
   private markerKey(chainId: string, name: string): string {
@@ -582,7 +607,7 @@ class S3Upload implements PendingArchive {
   readonly sink: { write(chunk: Uint8Array): Promise<void> };
 
   constructor(private readonly store: S3Store, private readonly key: string, readonly path: string, private readonly basePart: number,
-    private readonly seq: { take(): Promise<boolean>; release(): Promise<void> }) {
+    private readonly seq: { take(): Promise<boolean>; check(): Promise<void>; release(): Promise<void> }) {
     this.sink = { write: (c) => this.write(c) };
   }
 
@@ -674,6 +699,7 @@ class S3Upload implements PendingArchive {
       }
       this.buf = undefined;
       this.state = 'committed';
+      await this.seq.check();
       return;
     }
     try {
@@ -695,6 +721,7 @@ class S3Upload implements PendingArchive {
         throw e;
       }
       this.state = 'committed';
+      await this.seq.check();
       if (lock) {
         let versionId = done.VersionId;
         if (!versionId) versionId = (await this.store.sendCmd<{ VersionId?: string }>(`cannot read back ${this.path}`, new HeadObjectCommand({ Bucket: this.bucket, Key: this.key }))).VersionId;

@@ -35,11 +35,12 @@ import { posix } from 'node:path';
 import { ThinarchiveError, UnsafeError, UsageError, type ErrorCode } from '../errors.js';
 import { pidExists } from '../process.js';
 import type { ByteSource } from '../archive/reader.js';
+import { claimHooks, claimLost, claimText, resolveClaimConflict } from './claims.js';
 import type { ArchiveSink } from '../archive/writer.js';
 import type { StoreOptions } from './types.js';
 import type { ArchiveStore, ChainListing, CreateArchiveOptions, PendingArchive, StoredArchive } from './types.js';
 import {
-  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimContent, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
+  archiveFileName, CHAIN_RE, checkChainId, checkMarker, claimFileName, MARKER_RE, NAME_RE, onlyChainOf, sequenceTaken, sortArchives,
 } from './layout.js';
 
 const CHAIN_GLOB = '????????-????-????-????-????????????';
@@ -90,6 +91,16 @@ function qp(path: string): string {
 function lastLine(s: string): string {
   const lines = s.split('\n').map((l) => l.trim()).filter(Boolean);
   return lines[lines.length - 1] ?? '';
+}
+
+/**
+ * ssh's own authentication failure ("Permission denied (publickey,…)") as one STORE_AUTH error naming
+ * the host, whichever step met it; undefined for any other failure.
+ */
+function sshAuthError(label: string, stderr: string): ThinarchiveError | undefined {
+  const line = stderr.split('\n').map((l) => l.trim()).find((l) => /^(\S+: )?Permission denied \(|Too many authentication failures/.test(l));
+  if (!line) return undefined;
+  return new ThinarchiveError('STORE_AUTH', `${label} rejected the credentials: ssh authentication failed (${line}); check the key (-o IdentityFile=KEY) and the remote user's authorized_keys`);
 }
 
 /** A remote failure as one line, with an IO_* code when the message shows the cause. */
@@ -200,7 +211,7 @@ export class SshConnection {
       const { stderr, exited, spawnError } = state();
       if (spawnError) throw new ThinarchiveError('SSH_FAILED', `cannot run ${this.sshBin}: ${spawnError.message}`);
       if (exited !== undefined) {
-        throw new ThinarchiveError('SSH_CONNECT', `cannot connect to ${this.label} with ssh: ${lastLine(stderr) || `ssh exited with status ${exited}`}`);
+        throw sshAuthError(this.label, stderr) ?? new ThinarchiveError('SSH_CONNECT', `cannot connect to ${this.label} with ssh: ${lastLine(stderr) || `ssh exited with status ${exited}`}`);
       }
       if (Date.now() > deadline) {
         child.kill('SIGTERM');
@@ -245,7 +256,7 @@ export class SshConnection {
 
   /** The error for a failed run: ssh's own failures (status 255) name the connection. */
   failure(what: string, r: { status: number | null; stderr: string }): ThinarchiveError {
-    if (r.status === 255) return new ThinarchiveError('SSH_CONNECT', `${what}: ssh to ${this.label} failed: ${lastLine(r.stderr) || 'connection lost'}`);
+    if (r.status === 255) return sshAuthError(this.label, r.stderr) ?? new ThinarchiveError('SSH_CONNECT', `${what}: ssh to ${this.label} failed: ${lastLine(r.stderr) || 'connection lost'}`);
     return remoteError(what, r.stderr, r.status);
   }
 
@@ -370,9 +381,9 @@ export class SshStore implements ArchiveStore {
       // Whether ranged reads can use GNU dd (found out here to save a round trip later).
       `${DD_PROBE} && echo 'D gnu' || echo 'D posix'`,
       `cd ${r} 2>/dev/null || { if [ -e ${r} ]; then echo "cannot enter ${this.root.replace(/[^\w./ -]/g, '?')}: permission denied or not a directory" >&2; else ${missingOk ? 'exit 0' : "echo 'no such directory' >&2"}; fi; exit 3; }`,
-      `for f in [0-9]*.tna; do [ -f "$f" ] && printf 'A . %s %s\\n' "$(wc -c < "$f")" "$f"; done`,
+      `for f in [0-9]*.tna [0-9]*.tna.age; do [ -f "$f" ] && printf 'A . %s %s\\n' "$(wc -c < "$f")" "$f"; done`,
       `for d in ${only && CHAIN_RE.test(only) ? only : CHAIN_GLOB}; do [ -d "$d" ] || continue; printf 'C %s\\n' "$d";`,
-      `  for f in "$d"/[0-9]*.tna; do [ -f "$f" ] && printf 'A %s %s %s\\n' "$d" "$(wc -c < "$f")" "\${f#*/}"; done; done`,
+      `  for f in "$d"/[0-9]*.tna "$d"/[0-9]*.tna.age; do [ -f "$f" ] && printf 'A %s %s %s\\n' "$d" "$(wc -c < "$f")" "\${f#*/}"; done; done`,
       'exit 0',
     ].join('\n');
     const out = await this.conn.check(script, `cannot read store ${this.url}`);
@@ -419,8 +430,8 @@ export class SshStore implements ArchiveStore {
     return [
       `( cd ${qp(this.root)} || exit 0`,
       `for d in ${CHAIN_GLOB}; do [ -d "$d" ] || continue;`,
-      `  for f in "$d"/.*.tna.tmp-* "$d"/.*.seq.tmp-* "$d"/.lease.*.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
-      `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.seq.tmp-*' -o -name '.lease.*.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
+      `  for f in "$d"/.*.tna.tmp-* "$d"/.*.tna.age.tmp-* "$d"/.*.seq.tmp-* "$d"/.lease.*.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
+      `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.tna.age.tmp-*' -o -name '.*.seq.tmp-*' -o -name '.lease.*.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
       'done )',
     ].join('\n');
   }
@@ -441,7 +452,7 @@ export class SshStore implements ArchiveStore {
 
   async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
-    const name = archiveFileName(sequence, archiveId);
+    const name = archiveFileName(sequence, archiveId, opts.encrypted);
     if (!NAME_RE.test(name)) throw new UsageError(`invalid archive name ${name}`);
     const dir = posix.join(this.root, chainId);
     const finalPath = posix.join(dir, name);
@@ -460,11 +471,10 @@ export class SshStore implements ArchiveStore {
       dirUrl: this.urlFor(dir),
       stale: (out) => this.staleTemps(out).filter((p) => p !== tmp),
       claim: {
-        path: claim, tmp: tempBeside(claim), archiveId, replaces: !!opts.replaces,
-        taken: async (holder) => {
-          const published = (await this.chainArchives(chainId).catch(() => [])).some((a) => a.sequence === sequence && a.archiveId === holder);
-          return sequenceTaken(this.url, chainId, sequence, holder, this.urlFor(claim), published);
-        },
+        path: claim, tmp: tempBeside(claim), archiveId, replaces: !!opts.replaces, content: () => claimText(archiveId, opts.leaseToken ?? null),
+        conflict: () => resolveClaimConflict({ store: this, chainId, sequence, archiveId, where: this.urlFor(claim), log: opts.log }),
+        lost: (holder) => claimLost(this.url, chainId, sequence, holder),
+        busy: () => sequenceTaken(this.url, chainId, sequence, '', this.urlFor(claim), false, 'another send claiming it at this moment'),
       },
     });
   }
@@ -562,7 +572,10 @@ class SshPendingArchive implements PendingArchive {
     private readonly tmp: string, private readonly finalPath: string, private readonly dir: string,
     private readonly extra: {
       dirUrl: string; stale: (out: string) => string[];
-      claim: { path: string; tmp: string; archiveId: string; replaces: boolean; taken: (holder: string) => Promise<ThinarchiveError> };
+      claim: {
+        path: string; tmp: string; archiveId: string; replaces: boolean; content: () => string;
+        conflict: () => Promise<'mine' | 'retry'>; lost: (holder: string) => ThinarchiveError; busy: () => ThinarchiveError;
+      };
     }) {
     let stderr = '';
     writer.stderr!.on('data', (b: Buffer) => { if (stderr.length < 65536) stderr += b.toString(); });
@@ -647,22 +660,42 @@ class SshPendingArchive implements PendingArchive {
     const f = qp(this.finalPath);
     const c = this.extra.claim;
     const [cp, ct, id] = [qp(c.path), qp(c.tmp), qp(c.archiveId)];
-    // Claim the sequence (exit 18 and the holder's id when another archive has it), then publish at
-    // once; a claim this script made is removed again when the archive does not become visible.
-    const r = await this.conn.run([
-      this.rmStale(),
+    // Claim the sequence (exit 18 when another archive has it; resolved by claims.ts: an orphan of a
+    // gone writer is removed and the claim made again), then publish at once; a claim this script
+    // made is removed again when the archive does not become visible. Right after the publish the
+    // claim must still be ours (exit 20: a stalled writer whose claim was removed as an orphan
+    // withdraws its archive).
+    const claimPart = (): string => [
       'claimed=0',
-      `if ${exclusiveCreate(c.tmp, c.path, claimContent(c.archiveId))}; then claimed=1; rm -f ${ct}`,
-      `else rm -f ${ct}; [ -f ${cp} ] || exit 3; h=$(cat ${cp}); ${c.replaces ? ':' : `if [ "$h" != ${id} ]; then printf 'H %s\\n' "$h"; rm -f ${t}; exit 18; fi`}; fi`,
+      `if ${exclusiveCreate(c.tmp, c.path, c.content())}; then claimed=1; rm -f ${ct}`,
+      `else rm -f ${ct}; [ -f ${cp} ] || exit 3; h=$(head -n 1 ${cp}); ${c.replaces ? ':' : `if [ "$h" != ${id} ]; then exit 18; fi`}; fi`,
+    ].join('\n');
+    const publishPart = [
       `if ln ${t} ${f} 2>/dev/null; then :; elif [ -e ${f} ]; then rm -f ${t}; exit 17; else ln ${t} ${f} || { [ $claimed = 1 ] && rm -f ${cp}; exit 3; }; fi`,
+      c.replaces ? '' : `h=$(head -n 1 ${cp} 2>/dev/null); if [ "$h" != ${id} ]; then rm -f ${f}; printf 'H %s\\n' "$h"; exit 20; fi`,
       `rm -f ${t}`,
       `sync ${qp(this.dir)} 2>/dev/null || sync`,
-    ].join('\n'));
-    if (r.status === 18) {
-      throw await c.taken(/^H (\S*)$/m.exec(r.stdout.toString())?.[1] ?? '');
+    ].join('\n');
+    // Test hook (claims.ts): stop between the claim and the publish.
+    const hook = claimHooks.afterClaim;
+    let r: Awaited<ReturnType<SshConnection['run']>> | undefined;
+    for (let attempt = 0; ; attempt++) {
+      r = await this.conn.run([this.rmStale(), claimPart(), hook ? '[ $claimed = 1 ] && exit 19' : publishPart].join('\n'));
+      if (r.status === 19) {
+        await hook!();
+        r = await this.conn.run(['claimed=1', publishPart].join('\n'));
+      }
+      if (r.status !== 18) break;
+      if ((await c.conflict()) === 'mine') {
+        // The claim names this archive (a retried request): publish.
+        r = await this.conn.run(['claimed=0', publishPart].join('\n'));
+        break;
+      }
+      if (attempt === 4) throw c.busy();
     }
-    if (r.status === 17) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
-    if (r.status !== 0) throw this.conn.failure(`cannot commit ${this.path}`, r);
+    if (r!.status === 20) throw c.lost(/^H (\S*)$/m.exec(r!.stdout.toString())?.[1] ?? '');
+    if (r!.status === 17) throw new UnsafeError('ARCHIVE_EXISTS', `${this.path} already exists; not replacing it`);
+    if (r!.status !== 0) throw this.conn.failure(`cannot commit ${this.path}`, r!);
     this.done = true;
   }
 

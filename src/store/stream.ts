@@ -43,3 +43,54 @@ export function endWritable(w: Writable): Promise<void> {
 export function readableSource(r: Readable): AsyncIterable<Uint8Array> {
   return r as AsyncIterable<Uint8Array>;
 }
+
+/** An in-process pipe (sync --to, migrate --to: both sides in one process); chunks are copied (writers reuse theirs). */
+export class MemoryPipe implements AsyncIterable<Uint8Array> {
+  private readonly queue: Uint8Array[] = [];
+  private queued = 0;
+  private ended = false;
+  private failure: unknown;
+  private wake: (() => void) | undefined;
+  private drained: (() => void) | undefined;
+  private static readonly HIGH = 8 << 20;
+
+  readonly sink: ArchiveSink = {
+    write: async (chunk: Uint8Array): Promise<void> => {
+      if (this.failure !== undefined) throw this.failure;
+      if (this.ended) throw new Error('write after the end of an in-process pipe');
+      // (a copy: a Buffer's slice() would share the writer's memory, which it reuses)
+      this.queue.push(new Uint8Array(chunk));
+      this.queued += chunk.length;
+      this.wake?.();
+      while (this.queued > MemoryPipe.HIGH && this.failure === undefined && !this.ended) await new Promise<void>((r) => (this.drained = r));
+    },
+  };
+
+  end(): void {
+    this.ended = true;
+    this.wake?.();
+    this.drained?.();
+  }
+
+  fail(e: unknown): void {
+    this.failure ??= e;
+    this.wake?.();
+    this.drained?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    for (;;) {
+      if (this.queue.length > 0) {
+        const c = this.queue.shift()!;
+        this.queued -= c.length;
+        if (this.queued <= MemoryPipe.HIGH) this.drained?.();
+        yield c;
+        continue;
+      }
+      if (this.failure !== undefined) throw this.failure;
+      if (this.ended) return;
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = undefined;
+    }
+  }
+}

@@ -3,7 +3,8 @@
  * `s3://`. Commands talk to stores only through it, and test/store/conformance runs the same suite
  * against each implementation.
  *
- * Naming is the same everywhere: `<root>/<chain-id>/<sequence, 10 digits>-<archive-id>.tna`.
+ * Naming is the same everywhere: `<root>/<chain-id>/<sequence, 10 digits>-<archive-id>.tna`, with `.age`
+ * added for an encrypted archive (`.tna.age`, FORMAT.md §3.4).
  * Rules every store keeps:
  * - An archive becomes visible under its final name only when complete and durable (`commit`);
  *   a failed or interrupted write never leaves anything that lists as an archive.
@@ -17,9 +18,12 @@
  *   `abort`, leaves nothing (no archive, temporary file, upload or claim). The claim is made only
  *   after the archive's bytes are durable and is followed at once by the step that makes it visible,
  *   so it is part of the publish: a writer that dies before its commit never blocks the chain. Only
- *   a writer dying between those two steps (a moment) leaves a claim without its archive; the next
- *   send of that sequence then fails naming the claim to remove. A commit that fails after claiming
- *   removes its own claim. Claims are never listed and never deleted by merge or prune: a merged
+ *   a writer dying between those two steps (a moment) leaves a claim without its archive; the claim
+ *   names its owner, and the next commit of that sequence removes it when the owner is provably gone
+ *   and is refused naming the owner otherwise (store/claims.ts). Right after making its archive
+ *   visible, a writer checks the claim is still its own (a stalled writer whose claim was removed as
+ *   an orphan withdraws its archive: CHAIN_FORK). A commit that fails after claiming removes its own
+ *   claim. Claims are never listed and never deleted by merge or prune: a merged
  *   archive (`createArchive` with `replaces`) takes a sequence its originals already claimed.
  * - Listing returns archives of a chain in sequence order.
  * - Markers are the small hidden objects beside a chain's archives (`<chain-id>/.<name>`): the sequence
@@ -30,9 +34,11 @@
  */
 import type { ArchiveSink } from '../archive/writer.js';
 import type { ByteSource } from '../archive/reader.js';
+import type { Identity, Recipient } from '../crypto/age.js';
+import type { Logger } from '../log.js';
 
 export interface StoredArchive {
-  /** File name: `<sequence>-<archive-id>.tna`. */
+  /** File name: `<sequence>-<archive-id>.tna` (`.tna.age` when encrypted). */
   name: string;
   /** Where it is, for messages and for `openArchive`: a local path or a URL. */
   path: string;
@@ -63,6 +69,12 @@ export interface PendingArchive {
 export interface CreateArchiveOptions {
   /** A merged archive taking the sequence of the archives it replaces: no exclusive claim. */
   replaces?: boolean;
+  /** The bytes written are an age file: the name ends in `.tna.age` (FORMAT.md §3.4). */
+  encrypted?: boolean;
+  /** The token of the chain lease the writer holds, recorded in the claim's owner (store/claims.ts). */
+  leaseToken?: string | null;
+  /** Where the removal of an orphan claim is logged. */
+  log?: Logger;
 }
 
 export interface ArchiveStore {
@@ -126,5 +138,9 @@ export interface StoreOptions {
   s3Endpoint?: string;
   /** Object-lock retention for new S3 archives, in days. */
   retainDays?: number;
+  /** Identities (and passphrases) that open encrypted archives (`--identity`, `--passphrase-file`). */
+  identities?: Identity[];
+  /** Who new archives are encrypted to (`--encrypt-to`, `--recipients-file`, `--passphrase-file` of send). */
+  recipients?: Recipient[];
   [key: string]: unknown;
 }

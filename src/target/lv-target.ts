@@ -469,10 +469,17 @@ export async function recoverLv(o: LvRef & { exec?: LvmExec; log?: Logger; fromA
   if (state?.status === 'applying') {
     const a = state.applying!;
     const interrupted = { archiveId: a.archiveId, sequence: a.sequence };
-    // (apply: only when it would go ahead on the interrupted target; otherwise it refuses, untouched)
-    if (o.accept && !o.accept(state)) return { action: 'none', state: short(state), interrupted };
     const snap = snaps.find((l) => l.tags.includes(tag('rbfor', a.archiveId)));
     const journal = lvUndoFile(vg, lv, o.stateDir);
+    // apply: roll back when it goes ahead on the interrupted target (the same archive again) or on the
+    // state before the interrupted apply (its sender gave that archive up: one that continues the
+    // state before it has come instead, e.g. a replication whose sender was stopped mid-archive);
+    // otherwise apply refuses, the target untouched
+    if (o.accept && !o.accept(state)) {
+      const before = snap ? tagsToState(snap.tags, `${vg}/${snap.name}`)
+        : await journalExists(journal) ? (await readJournal(journal)).header.prevState : undefined;
+      if (before === undefined || !o.accept(before)) return { action: 'none', state: short(state), interrupted };
+    }
     if (!snap && await journalExists(journal)) {
       // A thick LV: replay its undo journal.
       const j = await readJournal(journal);

@@ -134,7 +134,10 @@ async function recoverLocked(opts: RecoverOptions): Promise<RecoverResult> {
       throw new UnsafeError('JOURNAL_MISMATCH', `undo journal ${journal} is of archive ${j.header.archiveId} on ${j.header.target}, but ${path} is applying archive ${a.archiveId}; refusing to roll back`);
     }
     const interrupted = { archiveId: a.archiveId, sequence: a.sequence };
-    if (opts.accept && !opts.accept(state)) return done({ action: 'none', state: short(state), interrupted, journal });
+    // apply: roll back when it goes ahead on the interrupted target (the same archive again) or on the
+    // state before the interrupted apply (its sender gave that archive up: one that continues the
+    // state before it has come instead); otherwise apply refuses, the target untouched
+    if (opts.accept && !opts.accept(state) && !opts.accept(j.header.prevState)) return done({ action: 'none', state: short(state), interrupted, journal });
     if (j.header.created && opts.fromApply) {
       // A new image interrupted in its first archive: apply completes it instead (the archive being
       // applied again starts from an image that held nothing; `--create` again is refused as before).

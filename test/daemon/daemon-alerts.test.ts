@@ -16,6 +16,7 @@ import { collect, runOk, show, sleep, spawnCli, tempDir, waitFor, type RunResult
 import { freePort } from '../helpers/host.js';
 import { startHttpReceiver, startSmtpReceiver, type HttpReceiver, type SmtpReceiver } from '../servers/alert-receivers.js';
 import { ciSet, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
+import type { StatusReport as Status, UnitStatus as Unit } from '../../src/daemon/daemon.js';
 
 const avail = sshdAvailable();
 if (!avail.ok && ciSet()) throw new Error(`sshd is not available under CI: ${avail.reason}`);
@@ -49,7 +50,6 @@ async function relay(port: number, target: number): Promise<{ cut: () => Promise
   return { cut, restore };
 }
 
-interface Unit { job: string; volume: string; state: string; runs: number | null; consecutiveFailures: number; lastSuccess: string | null; lastError: { code: string } | null }
 
 describe.skipIf(!avail.ok)('daemon alerts', () => {
   let t: TempDir;
@@ -100,7 +100,7 @@ jobs:
     const of = (event: string): AlertEvent[] => hooks().filter((e) => e.event === event);
     const unit = async (): Promise<Unit | undefined> => {
       const r = await runOk(['status', '--config', cfg, '--json']).catch(() => undefined);
-      const s = r && (JSON.parse(r.stdout) as { source: string; units: Unit[] });
+      const s = r && (JSON.parse(r.stdout) as Status);
       return s?.source === 'daemon' ? s.units[0] : undefined;
     };
     const start = (): Promise<RunResult> => {

@@ -2,16 +2,15 @@
 // volume while a writer changes one image; status --json and /metrics show each volume's last success;
 // a missing image fails alone; restore of the newest point equals the image; SIGTERM exits within
 // 10 s leaving no temporary file; after SIGKILL a restart continues the same chains with no manual step.
-// SIGHUP reload (a job and volumes added, an interval changed, a volume removed; a bad file kept out),
+// SIGHUP reload (a job on a calendar and volumes added, an interval changed, a volume removed; a bad file kept out),
 // the metrics textfile, and `run` refused while the daemon runs.
 import { randomBytes } from 'node:crypto';
 import { open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { collect, run, runOk, sha256, show, sleep, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
+import type { StatusReport as Status, UnitStatus as Unit } from '../../src/daemon/daemon.js';
 
-interface Unit { job: string; volume: string; state: string; lastAttempt: string | null; lastSuccess: string | null; lastError: { code: string } | null; runs: number | null; chainLength: number | null; chainId: string | null; lagSeconds: number | null; nextRun: string | null; bytes: number | null; durationSeconds: number | null }
-interface Status { source: string; daemon: { pid: number } | null; units: Unit[] }
 
 async function status(cfg: string): Promise<Status> {
   const r = await runOk(['status', '--config', cfg, '--json']);
@@ -236,7 +235,7 @@ jobs:
     keep: {last: 3}
   - name: extra
     volumes: [{image: ${img('e')}}]
-    every: 2s
+    every: "* * * * *"
     to: ${d.join('store2')}
 `);
       hup.kill('SIGHUP');
@@ -245,6 +244,12 @@ jobs:
         return (unit(s, 'imgs', img('a'))?.runs ?? 0) >= 3 && unit(s, 'other', img('d'))?.lastSuccess && unit(s, 'extra', img('e'))?.lastSuccess ? s : undefined;
       }, 60_000, 200);
       expect(s2.daemon!.pid).toBe(s1.daemon!.pid);
+      // extra's calendar (every minute): it never ran, so at once; its next run is the next whole minute
+      const extra = unit(s2, 'extra', img('e'))!;
+      const nextRun = Date.parse(extra.nextRun!);
+      expect(nextRun % 60_000, extra.nextRun!).toBe(0);
+      expect(nextRun).toBeGreaterThan(Date.parse(extra.lastAttempt!));
+      expect(nextRun).toBeLessThanOrEqual(Date.parse(extra.lastAttempt!) + 60_000);
       expect(s2.units.map((u) => `${u.job} ${u.volume}`).sort()).toEqual([`extra ${img('e')}`, `imgs ${img('a')}`, `other ${img('c')}`, `other ${img('d')}`]);
       // The counters of kept units go on (not restarted).
       expect(unit(s2, 'other', img('c'))!.runs).toBeGreaterThan(unit(s1, 'other', img('c'))!.runs!);

@@ -8,9 +8,8 @@ import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { collect, run, runOk, show, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
+import type { StatusReport as Status, UnitStatus as Unit } from '../../src/daemon/daemon.js';
 
-interface Unit { job: string; volume: string; state: string; lastSuccess: string | null; lastError: { code: string; message: string } | null; runs: number | null; chainLength: number | null; chainId: string | null }
-interface Status { source: string; units: Unit[] }
 interface Listed { chainId: string; host: string | null; volume: string | null; archives: unknown[]; lease: { state: string; host: string; pid: number; job: string | null; volume: string | null; acquired: string; renewed: string } | null }
 
 async function unit(cfg: string): Promise<Unit | undefined> {

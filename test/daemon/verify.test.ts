@@ -2,23 +2,20 @@
 // verified in full every 2 s, and a job verified by a 50% sample every second. Status, /metrics and
 // the state file show each verification; a damaged replica block and then a damaged payload in the
 // store are found by the next scheduled verification (and counted as VERIFY_FAILED), while the
-// runs go on.
+// runs go on. The daemon alerts on them through a real webhook receiver: verify_mismatch for the
+// replica, run_recovered once the block is put back, chain_broken for the damaged archive, each with
+// the job and volume as subject.
 import { randomBytes } from 'node:crypto';
 import { open, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ArchiveFile } from '../../src/archive/reader.js';
 import { FrameType } from '../../src/format/constants.js';
+import type { AlertEvent } from '../../src/daemon/alert-event.js';
 import { collect, run, runOk, show, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
+import { startHttpReceiver, type HttpReceiver } from '../servers/alert-receivers.js';
+import type { StatusReport as Status, UnitStatus as Unit } from '../../src/daemon/daemon.js';
 
-interface Scheduled {
-  at: string; ok: boolean; mode: string; samplePercent: number | null;
-  store: { ok: boolean; archives: number; findings: number; recordsChecked: number | null; dataRecords: number | null; firstFinding: string | null } | null;
-  replica: { ok: boolean; target: string; blocksChecked: number; mismatchedBlocks: number } | null;
-  error: { code: string } | null;
-}
-interface Unit { job: string; volume: string; runs: number | null; lastSuccess: string | null; chainId: string | null; lastVerify: { ok: boolean; mode: string } | null; scheduledVerify: Scheduled | null; nextVerify: string | null }
-interface Status { source: string; units: Unit[] }
 
 async function status(cfg: string): Promise<Status> {
   return JSON.parse((await runOk(['status', '--config', cfg, '--json'])).stdout) as Status;
@@ -46,8 +43,10 @@ async function damagePayload(archive: string, n: number): Promise<void> {
 describe('thinarchive daemon: scheduled verification (image sources)', () => {
   let t: TempDir;
   let daemon: ReturnType<typeof spawnCli> | undefined;
+  let http: HttpReceiver | undefined;
   afterAll(async () => {
     if (daemon && daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
+    await http?.stop();
     await t?.remove();
   });
 
@@ -62,9 +61,12 @@ describe('thinarchive daemon: scheduled verification (image sources)', () => {
     for (let i = 65536; i < bData.length; i += 131072) bData.fill(0, i, i + 65536);
     await writeFile(b, bData);
     const port = 20000 + Math.floor(Math.random() * 20000);
+    http = await startHttpReceiver();
+    const alerts = (event: string): AlertEvent[] => http!.json<AlertEvent>('/hook').filter((e) => e.event === event);
     const cfg = t.join('thinarchive.yml');
     await writeFile(cfg, `state_dir: ${t.join('state')}
 metrics: {listen: 127.0.0.1:${port}}
+alerts: {webhook: {url: "${http.url('/hook')}"}}
 jobs:
   - name: full
     volumes: [{image: ${a}}]
@@ -72,11 +74,15 @@ jobs:
     to: ${t.join('store')}
     apply_to: {target: "${t.join('{name}.replica')}", args: [--create-if-missing]}
     verify: {every: 2s}
+    lag_warning: 1h
+    lag_critical: 2h
   - name: sampled
     volumes: [{image: ${b}}]
     every: 1s
     to: ${t.join('store2')}
     verify: {every: 1s, sample: 50%}
+    lag_warning: 1h
+    lag_critical: 2h
 `);
     expect((await run(['config', 'check', '--config', cfg])).code).toBe(0);
     daemon = spawnCli(['daemon', '--config', cfg]);
@@ -108,7 +114,11 @@ jobs:
 
     // A damaged block of the replica (not one the next archives touch: the image is quiet): the
     // next full verification finds it; the store is still sound; runs go on.
+    // (lag thresholds of an hour: a loaded machine's slow runs raise no lag alerts here)
+    expect(http.json<AlertEvent>('/hook').map((e) => e.event)).toEqual(['daemon_started']);
     const fh = await open(replica, 'r+');
+    const original = Buffer.alloc(4096);
+    await fh.read(original, 0, 4096, 3 << 20);
     await fh.write(randomBytes(4096), 0, 4096, 3 << 20);
     await fh.close();
     const mark = Date.now();
@@ -117,6 +127,19 @@ jobs:
       return Date.parse(v.at) > mark && !v.ok ? v : undefined;
     }, 30_000, 200);
     expect(s2, JSON.stringify(s2)).toMatchObject({ ok: false, mode: 'full', error: null, store: { ok: true }, replica: { ok: false, mismatchedBlocks: 1 } });
+    const mismatch = await waitFor(() => alerts('verify_mismatch')[0], 10_000, 100);
+    expect(mismatch).toMatchObject({
+      severity: 'critical', status: 'firing', job: 'full', volume: a, pool: null,
+      values: { mode: 'full', replica, mismatchedBlocks: 1, findings: 0 },
+    });
+    expect(mismatch.message).toBe(`full ${a}: scheduled verification (full): replica ${replica} differs from the chain (1 block)`);
+    // The block put back: the next verification passes, and the condition is resolved.
+    const back = await open(replica, 'r+');
+    await back.write(original, 0, 4096, 3 << 20);
+    await back.close();
+    const recovered = await waitFor(() => alerts('run_recovered')[0], 30_000, 100);
+    expect(recovered).toMatchObject({ severity: 'ok', status: 'resolved', job: 'full', volume: a, since: mismatch.since, values: { mismatchedBlocks: 0 } });
+    expect(alerts('verify_mismatch')).toHaveLength(1);
 
     // A damaged payload in the store (the full archive of the chain): found by the store check.
     const chainDir = join(t.join('store'), unit(s1, 'full').chainId!);
@@ -131,12 +154,18 @@ jobs:
     const v3 = unit(s3, 'full').scheduledVerify!;
     expect(v3.store!.findings).toBeGreaterThanOrEqual(1);
     expect(v3.store!.firstFinding).toMatch(/^(CHECKSUM_MISMATCH|PAYLOAD_CORRUPT): /);
+    const broken = await waitFor(() => alerts('chain_broken')[0], 10_000, 100);
+    expect(broken).toMatchObject({ severity: 'critical', status: 'firing', reminder: false, job: 'full', volume: a, pool: null, values: { mode: 'full', firstFinding: v3.store!.firstFinding } });
+    expect(broken.message).toMatch(new RegExp(`^full ${a.replace(/[.]/g, '\\.')}: scheduled verification \\(full\\) found \\d+ problems? in the chain in the store: (CHECKSUM_MISMATCH|PAYLOAD_CORRUPT): `));
     // The runs themselves still succeed (an image incremental does not read its parent's payloads).
     const runs = unit(s3, 'full').runs!;
     await waitFor(async () => (unit(await status(cfg), 'full').runs ?? 0) >= runs + 2, 30_000, 200);
     metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     expect(metrics).toMatch(/thinarchive_failures_total\{job="full",volume="[^"]+",code="VERIFY_FAILED"\} [1-9]/);
     expect(metrics).not.toMatch(/thinarchive_failures_total\{job="sampled"/);
+    // Once per condition: the later failing verifications alert nothing more; the sampled job nothing at all.
+    expect(alerts('chain_broken')).toHaveLength(1);
+    expect(http.json<AlertEvent>('/hook').filter((e) => e.job === 'sampled')).toEqual([]);
 
     // The human table shows it.
     const table = await runOk(['status', '--config', cfg]);

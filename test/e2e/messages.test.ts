@@ -88,6 +88,13 @@ describe.concurrent('messages and exit codes (issue 11)', () => {
     expect(expectFailure(await run(['verify', dir.join('nosuch.tna')]), 1)).toContain('no such file or directory');
   });
 
+  it('THINARCHIVE_LOG naming no level is a usage error (2) in one line, for commands and the daemon alike', async () => {
+    const env = { ...process.env, THINARCHIVE_LOG: 'loud' };
+    for (const args of [['info', dir.join('nosuch.tna')], ['daemon', '--config', dir.join('nosuch.yml')]]) {
+      expect(expectFailure(await run(args, { env }), 2)).toBe('thinarchive: THINARCHIVE_LOG=loud is not a log level (fatal, error, warn, info, debug, trace, silent)');
+    }
+  });
+
   it('send FILE --to STORE suggests --image for an existing file', async () => {
     const line = expectFailure(await run(['send', src, '--to', dir.join('never-lv')]), 2);
     expect(line).toContain(`--image ${src}`);

@@ -19,6 +19,9 @@ function sourcesOf(dir: string): string[] {
  * `cacheName` names the cache directory (one per test file: test files may run at the same time).
  */
 export function cliBuild(cacheName = 'thinarchive-lab-send'): { dir: string; how: string } {
+  // A build frozen elsewhere (a long soak that must not pick up a rebuild of dist/ halfway)
+  const frozen = process.env['THINARCHIVE_LAB_DIST'];
+  if (frozen) return { dir: resolve(frozen), how: `THINARCHIVE_LAB_DIST=${frozen}` };
   const src = join(ROOT, 'src');
   const outOf = (base: string, f: string): string => join(base, relative(src, f).replace(/\.ts$/, '.js'));
   const dist = join(ROOT, 'dist');

@@ -111,10 +111,13 @@ const NEEDED_TOOLS = [
 const DEFAULT_MODULES = ['dm-thin-pool', 'dm-snapshot'];
 const RUN_PREFIX = 'thinarchive-lab-';
 
+// global_filter: PVs are only ever on the ubd disks; without it every LVM command opens every device in
+// /dev, each thin LV and snapshot the tests activate included (as a host's devices file or filter avoids).
 const LVM_CONF = `# written by test/lab/lab.ts: a guest without udev
 devices {
   obtain_device_list_from_udev = 0
   scan = [ "/dev" ]
+  global_filter = [ "a|^/dev/ubd|", "r|.*|" ]
 }
 activation {
   udev_sync = 0

@@ -7,6 +7,9 @@
 # status lines read just before it and thin_dump of every base snapshot and its origin just after it;
 # the host computes the expected perfdata and pinned bytes from those and asserts.
 #
+# A second daemon (pool_sample_every: 2s) watches $POOL through its data phase and records its
+# pool_warning, pool_critical and pool_ok alerts by an exec hook in $LAB_OUT/events.txt.
+#
 # Env: TA_LAUNCHER, VG, POOL, MPOOL, STORE, THINARCHIVE_STATE_DIR.
 
 ta() { node "$TA_LAUNCHER" "$@"; }
@@ -117,6 +120,46 @@ echo "$got" > "$LAB_OUT/metrics-got.txt"
 { dmsetup status "$TPOOL"; dmsetup status "$TMPOOL"; } > "$LAB_OUT/status-metrics.txt"
 timing daemon
 
+# --- a second daemon watches $POOL through the data phase below, sampling every 2 s, its alerts to an
+# exec hook that appends each event to $LAB_OUT/events.txt. Its one unit (job j again, so the same
+# snapshot chain "j", of $VG/vol, into an empty store) is refused before any snapshot
+# (PARENT_NOT_IN_STORE: the base's archive is in $STORE), so it adds no base snapshot; its own state
+# directory keeps it apart from the first configuration's job j (run, send). It runs until the
+# pool is OK again, then stops (its first round measures pinned space under a metadata snapshot: the
+# dumps wait for that round to end).
+WCFG="$LAB_WORK/watch.yml"
+HOOK="$LAB_WORK/on-event"
+cat > "$HOOK" <<EOF
+#!/bin/sh
+printf '%s %s %s\n' "\$THINARCHIVE_EVENT" "\$THINARCHIVE_POOL" "\$THINARCHIVE_EVENT_JSON" >> "$LAB_OUT/events.txt"
+EOF
+chmod +x "$HOOK"
+mkdir -p "$LAB_WORK/wstore"
+cat > "$WCFG" <<EOF
+state_dir: $LAB_WORK/wstate
+metrics: { listen: "127.0.0.1:9812" }
+pool_sample_every: 2s
+alerts: { exec: $HOOK }
+jobs:
+  - { name: j, volumes: [$VG/vol], every: 1h, to: "$LAB_WORK/wstore", retry: { attempts: 1 } }
+EOF
+node "$TA_LAUNCHER" daemon --config "$WCFG" 2> "$LAB_OUT/watch-daemon.err" &  # $! must be node itself
+WATCH=$!
+for _ in $(seq 1 120); do
+  node -e 'fetch("http://127.0.0.1:9812/metrics").then(r => r.text()).then(t => { if (!/^thinarchive_pool_pinned_bytes\{pool="[^"]*thin-pool"\}/m.test(t)) process.exit(1); }, () => process.exit(1))' 2> /dev/null && break
+  sleep 0.5
+done
+# wait_event NAME: until the watching daemon's hook has recorded NAME for $VG/$POOL (at most 60 s)
+wait_event() {
+  for _ in $(seq 1 120); do
+    grep -q "^$1 $VG/$POOL " "$LAB_OUT/events.txt" 2> /dev/null && return 0
+    sleep 0.5
+  done
+  echo "no $1 event from the watching daemon" >&2
+  return 1
+}
+timing watch-daemon
+
 # --- data past 80 % (raw writes to a second volume), then past 90 % (files on ext4)
 lvcreate -q -y -V 512M -T "$VG/$POOL" -n fill2 > /dev/null
 n=0
@@ -126,6 +169,7 @@ while [ "$(data_pct "$TPOOL")" -le 82 ]; do
   n=$((n + m))
 done
 check warn --config "$CFG"
+wait_event pool_warning
 dumps warn
 lvcreate -q -y -V 512M -T "$VG/$POOL" -n fill > /dev/null
 mkfs.ext4 -q -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "/dev/$VG/fill"
@@ -138,6 +182,7 @@ while [ "$(data_pct "$TPOOL")" -le 92 ]; do
   n=$((n + 1))
 done
 check crit --config "$CFG" --json
+wait_event pool_critical
 dumps crit
 # the command line wins over the configuration: critical at 95 % makes it a warning
 check critflags --config "$CFG" --pool "$VG/$POOL" --crit-data 95
@@ -152,12 +197,20 @@ echo "$rc" > "$LAB_OUT/run-refused.rc"
 lvs --noheadings -o lv_name,lv_tags -S "pool_lv=$POOL" "$VG" | sort > "$LAB_OUT/lvs-after-refused.txt"
 timing refused
 
-# --- free the space: delete the files and fstrim, remove the raw volume
+# --- free the space: delete the files and fstrim, remove the raw volume. The watching daemon is held
+# (SIGSTOP) meanwhile: a sample between fstrim and lvremove would rightly see the pool at the warning
+# level on its way down, and this test wants one step from critical to OK.
+kill -STOP "$WATCH"
 rm -f "$FILL"/f*.bin
 sync
 fstrim -v "$FILL" > "$LAB_OUT/fstrim.txt"
 lvremove -q -y "$VG/fill2" > /dev/null
+kill -CONT "$WATCH"
 check freed --config "$CFG"
+wait_event pool_ok
+kill -TERM "$WATCH"
+rc=0; wait "$WATCH" || rc=$?
+echo "$rc" > "$LAB_OUT/watch-daemon.rc"
 dumps freed
 timing freed
 

@@ -2,7 +2,9 @@
 // guest runs test/lab/pool-watch-guest.sh (two pools watched by a real dmeventd; data filled past 80 %
 // and 90 % and freed by fstrim and lvremove; a 2 MiB metadata area filled past its thresholds and
 // freed; base snapshots whose origin is rewritten; a send at the critical level; the daemon's gauges;
-// a metadata snapshot held by another program; pools that cannot be read). Here, on the host, every
+// a second daemon sampling every 2 s through the data phase, its pool_warning, pool_critical and
+// pool_ok alerts recorded by an exec hook; a metadata snapshot held by another program; pools that
+// cannot be read). Here, on the host, every
 // check line is compared with the perfdata computed from the pool status read just before it, and
 // the pinned bytes with what thin_dump of the base snapshot and its origin say.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
@@ -173,6 +175,35 @@ describe('pool watch, check and the pool guard in the thin-LVM lab', () => {
 
     // freed by fstrim and lvremove: back to OK
     expect(Number(dataA('freed'))).toBeLessThan(80);
+
+    // the watching daemon (pool_sample_every: 2s) alerted through its exec hook: warning, critical, ok,
+    // in that order, for the pool, with the data usage it sampled (nothing wrote to the pool between the
+    // check and its sample); its unit's failed run and its own start and stop are the only other events
+    const events = file('events.txt').split('\n').map((l) => {
+      const [event, pool, ...json] = l.split(' ');
+      return { event: event!, pool: pool!, e: JSON.parse(json.join(' ')) as { event: string; severity: string; status: string; pool: string | null; job: string | null; values: { dataPercent: number }; message: string } };
+    });
+    const poolEvents = events.filter((x) => x.e.pool !== null);
+    expect(poolEvents.map((x) => [x.event, x.pool, x.e.event, x.e.pool, x.e.job])).toEqual([
+      ['pool_warning', A, 'pool_warning', A, null], ['pool_critical', A, 'pool_critical', A, null], ['pool_ok', A, 'pool_ok', A, null],
+    ]);
+    const [pw, pc, po] = poolEvents.map((x) => x.e);
+    expect(pw).toMatchObject({ severity: 'warning', status: 'firing' });
+    expect(pw!.values.dataPercent).toBeCloseTo(Number(dataA('warn')), 1);
+    expect(pw!.message).toBe(`pool ${A}: data ${pw!.values.dataPercent.toFixed(2)}% > 80% (warning)`);
+    expect(pc).toMatchObject({ severity: 'critical', status: 'firing' });
+    expect(pc!.values.dataPercent).toBeCloseTo(Number(dataA('crit')), 1);
+    expect(pc!.message).toBe(`pool ${A}: data ${pc!.values.dataPercent.toFixed(2)}% > 90% (critical)`);
+    expect(po).toMatchObject({ severity: 'ok', status: 'resolved' });
+    expect(po!.values.dataPercent).toBeCloseTo(Number(dataA('freed')), 1);
+    expect(po!.values.dataPercent).toBeLessThan(80);
+    const others = events.filter((x) => x.e.pool === null);
+    expect(others.map((x) => x.event)).toEqual(expect.arrayContaining(['daemon_started', 'daemon_stopped']));
+    // its unit's run, refused before any snapshot (the chain's base was sent to another store)
+    expect(others.filter((o) => !o.event.startsWith('daemon_')).map((x) => [x.event, x.e.job, x.e.message])).toEqual([
+      ['chain_broken', 'j', expect.stringMatching(new RegExp(`^j ${VG}/vol: the chain does not continue: PARENT_NOT_IN_STORE: `))],
+    ]);
+    expect(file('watch-daemon.rc')).toBe('0');
     expect(file('fstrim.txt')).toMatch(/trimmed/);
 
     // metadata of the small area: warning above 30 %, critical above 40 % (the configuration's levels for it)

@@ -38,6 +38,12 @@ export interface Sshd {
   stop(): Promise<void>;
 }
 
+/** The server's client settings as `-o` options for the CLI's `--ssh-option` (`key`: another client key). */
+export function cliSshOptions(s: Sshd, key = s.key): string[] {
+  return ['-o', `IdentityFile=${key}`, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${join(s.dir, 'known_hosts')}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'GSSAPIAuthentication=no', '-o', 'LogLevel=ERROR'];
+}
+
 export function sshdAvailable(): { ok: boolean; reason?: string } {
   if (!existsSync(SSHD)) return { ok: false, reason: `${SSHD} is not installed (Debian package openssh-server)` };
   if (!existsSync('/usr/bin/ssh') && !existsSync('/usr/local/bin/ssh')) return { ok: false, reason: 'the ssh client is not installed' };

@@ -7,14 +7,23 @@
  * is listed before `commit`; `abort` and an interrupted writer leave nothing listed; `commit` never
  * replaces an archive; chains are listed separately and in sequence order; `deleteArchive` removes;
  * writers racing for one sequence of a chain publish exactly one archive, the others fail with
- * CHAIN_FORK and leave nothing, while a merged archive (`replaces`) may take a claimed sequence.
+ * CHAIN_FORK and leave nothing, while a merged archive (`replaces`) may take a claimed sequence; a
+ * claim without its archive is removed by the next writer only when its owner is provably gone (this
+ * host: its pid is dead or the host rebooted; another host: the chain's lease was taken over or has
+ * expired), else
+ * the writer is refused naming the owner; a writer whose claim was removed meanwhile withdraws its
+ * archive.
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArchiveFile, type ByteSource } from '../../src/archive/reader.js';
 import { withPool } from '../../src/archive/pool.js';
 import { writeArchive, type NewArchive } from '../../src/archive/writer.js';
 import { ExtentKind } from '../../src/format/constants.js';
+import { claimHooks, claimText, orphanMarkerName } from '../../src/store/claims.js';
+import { claimFileName } from '../../src/store/layout.js';
+import { ChainLeaseHolder, currentLease, LEASE_PREFIX, leaseName, localIdentity } from '../../src/store/lease.js';
 import type { ArchiveStore, PendingArchive, StoredArchive } from '../../src/store/types.js';
 import { extents, listSource, MemorySink, MemorySource } from '../helpers/memory.js';
 
@@ -261,6 +270,97 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       await storeAndCommit(store, chainB, 1, next);
       expect((await store.chainArchives(chainB)).map((a) => a.archiveId)).toEqual([next.archiveId]);
       if (fx.leftovers) expect(await fx.leftovers()).toEqual([]);
+    });
+
+    it('an orphan claim (no archive) goes only when its owner is provably gone; a writer whose claim went withdraws its archive', async () => {
+      const chainD = randomUUID();
+      const full = await makeArchive(chainD, 0, 2);
+      await storeAndCommit(store, chainD, 0, full);
+      const subject = { volume: 'conformance', source: null };
+      const me = new ChainLeaseHolder();
+      const commitAs = async (sequence: number): Promise<string> => {
+        const a = await makeArchive(chainD, sequence, 2, full.archiveId);
+        const p = await store.createArchive(chainD, sequence, a.archiveId, { leaseToken: me.token });
+        try {
+          await writeAll(p, a.bytes);
+          await p.commit();
+        } finally {
+          await p.abort();
+        }
+        return a.archiveId;
+      };
+      const orphan = async (sequence: number, text: string): Promise<void> => {
+        expect(await store.createMarker(chainD, claimFileName(sequence), text)).toBe(true);
+      };
+      const orphans = async (sequence: number): Promise<string[]> => store.listMarkers(chainD, `${claimFileName(sequence)}.orphan-`);
+
+      // Another host's writer holding the chain's lease: refused, naming it; nothing removed.
+      const other = new ChainLeaseHolder({ identity: { host: 'elsewhere', machineId: 'f'.repeat(32), pid: 4242 } });
+      await other.hold(store, chainD, subject);
+      const lost = randomUUID();
+      await orphan(1, claimText(lost, other.token, { host: 'elsewhere', machineId: 'f'.repeat(32), pid: 4242 }));
+      const refused = commitAs(1);
+      await expect(refused).rejects.toMatchObject({ code: 'CHAIN_FORK' });
+      await expect(refused).rejects.toThrow(new RegExp(`already taken by archive ${lost} \\(it is not in the store yet: its writer, host elsewhere pid 4242 \\(claimed [^)]+\\) on another host still holds the chain's lease`));
+      expect(await store.readMarker(chainD, claimFileName(1))).toContain(lost);
+      // Its lease taken over: the claim is removed (recorded beside it) and the sequence published.
+      await me.hold(store, chainD, subject, true);
+      const s1 = await commitAs(1);
+      expect((await store.chainArchives(chainD)).map((a) => [a.sequence, a.archiveId])).toEqual([[0, full.archiveId], [1, s1]]);
+      expect(await orphans(1)).toEqual([orphanMarkerName(1, lost)]);
+      expect(JSON.parse((await store.readMarker(chainD, orphanMarkerName(1, lost)))!).why).toMatch(/host elsewhere pid 4242 .* lost the chain's lease/);
+
+      // This host: a live pid refuses; a dead pid, or another boot, frees the sequence.
+      const here = localIdentity();
+      const live = randomUUID();
+      await orphan(2, claimText(live, null, { ...here, pid: process.ppid }));
+      await expect(commitAs(2)).rejects.toThrow(new RegExp(`its writer, host ${here.host} pid ${process.ppid} \\(claimed [^)]+\\) of this host still runs`));
+      await store.deleteMarker(chainD, claimFileName(2));
+      const dead = spawnSync('true').pid!;
+      await orphan(2, claimText(randomUUID(), null, { ...here, pid: dead }));
+      await commitAs(2);
+      const rebooted = JSON.parse(claimText(randomUUID(), null, { ...here, pid: process.ppid }).split('\n')[1]);
+      await orphan(3, `${rebooted.archiveId}\n${JSON.stringify({ ...rebooted, bootId: randomUUID() })}\n`);
+      await commitAs(3);
+      expect((await store.chainArchives(chainD)).map((a) => a.sequence)).toEqual([0, 1, 2, 3]);
+      expect(await orphans(3)).toHaveLength(1);
+      // A claim that names no owner (an older writer's) is never removed.
+      await orphan(4, `${randomUUID()}\n`);
+      await expect(commitAs(4)).rejects.toThrow(/the claim does not say who made it; if no send of this chain is running, remove .*\.0000000004\.seq/);
+      await store.deleteMarker(chainD, claimFileName(4));
+
+      // A writer stalled between its claim and its publish whose claim another writer removed as an
+      // orphan (simulated in the hook): it withdraws its archive.
+      const taker = randomUUID();
+      claimHooks.afterClaim = async () => {
+        claimHooks.afterClaim = undefined;
+        await store.deleteMarker(chainD, claimFileName(4));
+        await orphan(4, claimText(taker, null));
+      };
+      try {
+        await expect(commitAs(4)).rejects.toThrow(new RegExp(`sequence 4 of chain ${chainD} .* is no longer claimed by this send \\(now archive ${taker}\\).*its archive is withdrawn`));
+      } finally {
+        claimHooks.afterClaim = undefined;
+      }
+      expect((await store.chainArchives(chainD)).map((a) => a.sequence)).toEqual([0, 1, 2, 3]);
+
+      // Another host's writer whose own lease of the chain has expired: gone.
+      await me.release();
+      const cur = (await currentLease(store, chainD))!;
+      const elsewhere = { host: 'elsewhere', machineId: 'f'.repeat(32), pid: 4343 };
+      const lapsed = { ...cur.record!, ...elsewhere, generation: cur.generation + 1, token: randomUUID(), released: false, expires: new Date(Date.now() - 1000).toISOString() };
+      expect(await store.createMarker(chainD, leaseName(lapsed.generation), `${JSON.stringify(lapsed)}\n`)).toBe(true);
+      await store.deleteMarker(chainD, claimFileName(4));
+      const expired = randomUUID();
+      await orphan(4, claimText(expired, lapsed.token, elsewhere));
+      await commitAs(4);
+      expect((await store.chainArchives(chainD)).map((a) => a.sequence)).toEqual([0, 1, 2, 3, 4]);
+      expect(JSON.parse((await store.readMarker(chainD, orphanMarkerName(4, expired)))!).why).toMatch(/^host elsewhere pid 4343 \(claimed [^)]+\): its lease of the chain is expired$/);
+
+      await other.release();
+      for (const n of [...await store.listMarkers(chainD, LEASE_PREFIX), ...await store.listMarkers(chainD, '.000000000')]) {
+        if (!/^\.\d{10}\.seq$/.test(n)) await store.deleteMarker(chainD, n);
+      }
     });
   });
 }

@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import { GetObjectRetentionCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collect, expectFailure, run, runOk, sha256, show, spawnCli, STACK_FRAME, tempDir, type TempDir } from '../helpers/cli.js';
+import { collect, expectFailure, run, runOk, sha256, show, spawnCli, tempDir, type TempDir } from '../helpers/cli.js';
 import { noiseBytes, POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 import { S3Store } from '../../src/store/s3.js';
 import { cephOrSkip } from '../servers/ceph.js';
@@ -157,11 +157,22 @@ describe.skipIf(!ceph)('CLI with an s3:// store (Ceph radosgw)', () => {
   });
 
   it('wrong secret key, no credentials at all, a missing bucket, --retain-days without object lock: one clear line each', async () => {
-    const bad = await run(['list', url], { env: { ...envWithEndpoint, AWS_SECRET_ACCESS_KEY: 'not-the-secret' } });
-    const msg = expectFailure(bad, 1);
-    expect(msg).toMatch(/request signature rejected: wrong secret key/);
-    expect(bad.stderr).not.toMatch(STACK_FRAME);
-    expect(bad.stderr).not.toMatch(/NodeVersionSupportWarning/);
+    // Rejected credentials read the same whichever step meets them first (listing for list and
+    // send's fork check, a GET for info, the upload for a send into a fresh prefix): one line naming
+    // the store, code STORE_AUTH, exit 1.
+    const badEnv = { ...envWithEndpoint, AWS_SECRET_ACCESS_KEY: 'not-the-secret' };
+    const authLine = new RegExp(`^thinarchive: ${url.replace(/[/.]/g, '\\$&')} \\(endpoint http://127\\.0\\.0\\.1:\\d+\\) rejected the credentials: `
+      + 'the request signature was rejected: wrong secret key \\(check AWS_SECRET_ACCESS_KEY / the credentials file\\)$');
+    for (const args of [['list', url], ['send', '--image', src, '--to', url], ['info', url], ['verify', url]]) {
+      const bad = await run([...args, '--json'], { env: badEnv });
+      const msg = expectFailure(bad, 1);
+      expect(msg, args[0]).toMatch(authLine);
+      expect(msg).not.toMatch(/cannot (list|read|store|claim)/);
+      expect(JSON.parse(bad.stdout).error).toMatchObject({ code: 'STORE_AUTH', exitClass: 'runtime', exit: 1 });
+      expect(bad.stderr).not.toMatch(/NodeVersionSupportWarning/);
+    }
+    const unknownKey = await run(['send', '--image', src, '--to', url], { env: { ...envWithEndpoint, AWS_ACCESS_KEY_ID: 'NOSUCHKEY0000000000X' } });
+    expect(expectFailure(unknownKey, 1)).toMatch(/rejected the credentials: the access key is not known to the server \(check AWS_ACCESS_KEY_ID/);
     const none = await run(['list', url], {
       env: { ...envWithEndpoint, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_PROFILE: undefined, HOME: dir.path, AWS_EC2_METADATA_DISABLED: 'true' },
     });

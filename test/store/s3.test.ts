@@ -292,10 +292,14 @@ describe.skipIf(!ceph)('s3 store (Ceph radosgw)', () => {
     it('wrong secret key, unknown access key, missing bucket, unreachable endpoint', async () => {
       const bucket = await newBucket(raw, 'err');
       const wrongSecret = s3Store(bucket, 'e', { s3ClientConfig: { credentials: { accessKeyId: ceph!.accessKey, secretAccessKey: 'wrong' } } });
-      expectOneLine(await failure(wrongSecret.listChains()), /^cannot list s3:\/\/ta-err-\w+\/e: request signature rejected: wrong secret key/);
+      // Rejected credentials name the store, not the step (STORE_AUTH): listing, creating an archive.
+      const e1 = await failure(wrongSecret.listChains());
+      expectOneLine(e1, /^s3:\/\/ta-err-\w+\/e \(endpoint http:\/\/127\.0\.0\.1:\d+\) rejected the credentials: the request signature was rejected: wrong secret key/);
+      expect(e1).toMatchObject({ code: 'STORE_AUTH', exitClass: 'runtime' });
       const wrongKey = s3Store(bucket, 'e', { s3ClientConfig: { credentials: { accessKeyId: 'NOSUCHKEY', secretAccessKey: 'x' } } });
       const e2 = await failure(wrongKey.createArchive(randomUUID(), 0, randomUUID()));
-      expectOneLine(e2, /access key not recognised/);
+      expectOneLine(e2, /^s3:\/\/ta-err-\w+\/e \(endpoint [^)]+\) rejected the credentials: the access key is not known to the server/);
+      expect(e2).toMatchObject({ code: 'STORE_AUTH' });
       const noBucket = s3Store('ta-no-such-bucket-here', 'e');
       expectOneLine(await failure(noBucket.listChains()), /bucket ta-no-such-bucket-here\): no such bucket$/);
       const proxy = await new DropProxy(ceph!.port).start();

@@ -14,18 +14,14 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, CLAIM_NAME, collect, expectFailure, LEASE_NAME, run, runOk, sha256, show, sleep, spawnCli, tempDir, type TempDir } from '../helpers/cli.js';
 import { noiseBytes, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
-import { ciSet, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
+import { ciSet, cliSshOptions, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
 
 const execp = promisify(execFile);
 const MiB = 1024 * 1024;
 const avail = sshdAvailable();
 if (!avail.ok && ciSet()) throw new Error(`sshd is not available under CI: ${avail.reason}`);
 
-/** The test server's client settings as `-o` options for the CLI (`--ssh-option`). */
-function cliSsh(s: Sshd, key = s.key): string[] {
-  return ['-o', `IdentityFile=${key}`, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${join(s.dir, 'known_hosts')}`,
-    '-o', 'StrictHostKeyChecking=yes', '-o', 'GSSAPIAuthentication=no', '-o', 'LogLevel=ERROR'];
-}
+const cliSsh = cliSshOptions;
 
 /** Visible entries (no dot files) and hidden ones (temporary files; not the sequence claims) of every chain directory under `root`. */
 function storeFiles(root: string): { archives: string[]; hidden: string[] } {
@@ -197,8 +193,11 @@ describe.skipIf(!avail.ok)('ssh:// stores and replication over ssh, end to end',
 
     const wrongKey = tmp.join('wrong_key');
     await execp('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', wrongKey]);
-    const denied = await run(['list', url, ...cliSsh(sshd, wrongKey)]);
-    expect(expectFailure(denied, 1)).toMatch(/cannot connect to [\w.-]+@127\.0\.0\.1:\d+ with ssh: .*Permission denied \(publickey\)/);
+    for (const args of [['list', url], ['send', '--image', img, '--to', url]]) {
+      const denied = await run([...args, '--json', ...cliSsh(sshd, wrongKey)]);
+      expect(expectFailure(denied, 1)).toMatch(/^thinarchive: [\w.-]+@127\.0\.0\.1:\d+ rejected the credentials: ssh authentication failed \(.*Permission denied \(publickey\)/);
+      expect(JSON.parse(denied.stdout).error.code).toBe('STORE_AUTH');
+    }
   });
 
   it('replication: send --apply-remote runs thinarchive apply on the remote host and reports its outcome and exit code', async () => {
@@ -213,8 +212,18 @@ describe.skipIf(!avail.ok)('ssh:// stores and replication over ssh, end to end',
     // A new full archive onto a target with another chain's state: the remote apply refuses (exit 4),
     // and so does the sender, with the remote's reason.
     const refused = await run(['send', '--image', img, ...rep, ...o]);
-    expect(expectFailure(refused, 4)).toMatch(/^thinarchive: remote apply on [\w.-]+@127\.0\.0\.1:\d+ failed \(remote exit 4\): /);
+    // (the remote's own error code comes back from its --json error)
+    expect(expectFailure(refused, 4)).toMatch(/^thinarchive: remote apply on [\w.-]+@127\.0\.0\.1:\d+ failed \(remote exit 4\): [A-Z_]+: /);
     expect(await sha256(remoteTarget)).toBe(await sha256(img));
+    // --verify on the remote side: it reads back what it wrote before recording its state, and says so
+    const fresh = join(sshd.dir, 'replica dir', 'verified.img');
+    const verified = await runOk(['send', '--image', img, '--apply-remote', `ssh://${sshd.user}@127.0.0.1:${sshd.port}`, '--remote-to', fresh, '--remote-command', BIN,
+      '--remote-arg', '--create', '--remote-arg', '--verify', '--json', ...o]);
+    const rr = (JSON.parse(verified.stdout) as { remoteApply: { result: { applied: { dataBytes: number; verify: { blocksChecked: number; mismatchedBlocks: number } }[] } } }).remoteApply.result;
+    expect(rr.applied).toHaveLength(1);
+    expect(rr.applied[0]!.verify.mismatchedBlocks).toBe(0);
+    expect(rr.applied[0]!.verify.blocksChecked).toBeGreaterThan(0);
+    expect(await sha256(fresh)).toBe(await sha256(img));
     // A remote usage error keeps its class (2); a missing remote command is a runtime error (1).
     const usage = await run(['send', '--image', img, ...rep, '--remote-arg', '--keep', '--remote-arg', '0', ...o]);
     expect(expectFailure(usage, 2)).toMatch(/remote exit 2/);

@@ -1,0 +1,85 @@
+/**
+ * Consistency groups at the API level: the group points of a store and `restore --group`, which
+ * restores every member of one point (each through `restore`) only when the point is complete.
+ */
+import { ThinarchiveError, UsageError } from '../errors.js';
+import type { GroupPoint } from '../chain/group.js';
+import { GROUP_NAME_RE } from '../format/group.js';
+import { list, listGroups } from '../commands/list.js';
+import { restore, type RestoreOptions, type RestoreResult } from '../commands/restore.js';
+import { assertLvmName } from '../lvm/names.js';
+import type { StoreOptions } from '../store/open.js';
+
+export interface GroupPointsOptions {
+  /** the store */
+  dir: string;
+  /** only this group's points */
+  group?: string;
+  storeOptions?: StoreOptions;
+}
+
+/** The group points of a store, oldest first, each with whether every member's archive is there. */
+export async function groupPointsOf(o: GroupPointsOptions): Promise<GroupPoint[]> {
+  return listGroups(await list({ dir: o.dir, ...(o.storeOptions ? { storeOptions: o.storeOptions } : {}) }), o.group);
+}
+
+export interface RestoreGroupOptions extends Omit<RestoreOptions, 'dir' | 'to' | 'at'> {
+  /** the store */
+  dir: string;
+  group: string;
+  /** a group point: its id (or a unique prefix of it), or a time (the newest point frozen at or before it); default the newest complete point */
+  at?: string;
+  /** the VG each member is restored into, as VG/<the member's LV name> */
+  toVg: string;
+}
+
+export interface RestoreGroupResult {
+  group: string;
+  point: GroupPoint;
+  members: (RestoreResult & { volume: string })[];
+  seconds: number;
+}
+
+function selectGroupPoint(points: readonly GroupPoint[], group: string, at: string | undefined): GroupPoint {
+  if (!points.length) throw new UsageError(`the store holds no point of group "${group}"`, 'GROUP_NOT_FOUND');
+  if (at === undefined) {
+    const p = [...points].reverse().find((x) => x.complete);
+    if (!p) {
+      throw new ThinarchiveError('GROUP_INCOMPLETE', `no point of group "${group}" is complete (${points.length} point${points.length > 1 ? 's' : ''}, each missing a member's archive)`, 'verify');
+    }
+    return p;
+  }
+  const byId = points.filter((p) => p.id.startsWith(at.toLowerCase()));
+  if (byId.length === 1) return byId[0]!;
+  if (byId.length > 1) throw new UsageError(`--at ${at} matches ${byId.length} points of group "${group}": give more of the id`);
+  const t = Date.parse(at);
+  if (Number.isNaN(t)) throw new UsageError(`--at ${at} is neither the id of a point of group "${group}" nor a time`, 'GROUP_NOT_FOUND');
+  const p = [...points].reverse().find((x) => Date.parse(x.frozenAt) <= t);
+  if (!p) throw new UsageError(`group "${group}" has no point at or before ${at}`, 'GROUP_NOT_FOUND');
+  return p;
+}
+
+/** Restore every member of a group point into `toVg`; refused (GROUP_INCOMPLETE) before any write when a member's archive is missing. */
+export async function restoreGroup(o: RestoreGroupOptions): Promise<RestoreGroupResult> {
+  const started = performance.now();
+  if (!GROUP_NAME_RE.test(o.group)) throw new UsageError(`--group ${JSON.stringify(o.group)} is not a group name`);
+  assertLvmName(o.toVg, 'VG');
+  const point = selectGroupPoint(await groupPointsOf({ dir: o.dir, group: o.group, ...(o.storeOptions ? { storeOptions: o.storeOptions } : {}) }), o.group, o.at);
+  const bad = point.members.filter((m) => m.status !== 'complete');
+  if (bad.length) {
+    throw new ThinarchiveError('GROUP_INCOMPLETE', `point ${point.id} of group "${o.group}" (${point.frozenAt}) is incomplete: `
+      + `${bad.map((m) => `${m.volume} archive ${m.archiveId} (sequence ${m.sequence}) ${m.status}`).join('; ')}; restore another point (list shows which are complete)`, 'verify');
+  }
+  const lvNames = point.members.map((m) => m.volume.split('/')[1] ?? '');
+  if (new Set(lvNames).size !== lvNames.length) {
+    throw new UsageError(`the members of group "${o.group}" share LV names across VGs (${point.members.map((m) => m.volume).join(', ')}): they cannot all go into one --to-vg`);
+  }
+  for (const n of lvNames) assertLvmName(n, 'LV');
+  const members: RestoreGroupResult['members'] = [];
+  for (const [i, m] of point.members.entries()) {
+    const { group: _g, toVg: _v, at: _a, dir: _d, ...rest } = o;
+    const r = await restore({ ...rest, dir: m.chainDir!, at: m.archiveId, to: `${o.toVg}/${lvNames[i]}` });
+    members.push({ ...r, volume: m.volume });
+  }
+  return { group: o.group, point, members, seconds: (performance.now() - started) / 1000 };
+}

@@ -1,0 +1,193 @@
+// Consistency groups in ONE boot of the thin-LVM lab (test/lab/group-guest.sh): two thin LVs striped
+// by device-mapper with ext4 on top and a writer running; group sends without a freeze (the stripe
+// suspended) and with fsfreeze, the same volumes sent one by one, the quiesce window observed, the
+// watchdog (hung thaw, hung and SIGKILLed freeze commands, SIGTERM and SIGKILL of thinarchive), restore
+// --group, and an incomplete point.
+// Here, on the host, every group point's members are restored (the library's restore, to images),
+// de-striped into one filesystem image, the journal replayed and `fsck.ext4 -n -f` must pass for every
+// group point; the one-by-one pairs are checked the same way, and some of them must fail (what the
+// group prevents; recorded, not asserted: it could not be made to fail so far, docs/LVM.md section 9).
+import { spawnSync } from 'node:child_process';
+import { closeSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { restore } from '../../src/api/index.js';
+import type { GroupPoint, SendGroupResult, SendVolumeResult } from '../../src/api/index.js';
+import { cliBuild } from './cli-build.js';
+import { hostTempDir, removeHostTempDirs } from './host-files.js';
+import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
+
+const ROOT = resolve(__dirname, '..', '..');
+const POINTS = 6; // per group: 12 group points (UML sends take seconds each; the suite's time budget)
+const SOLO = 5;
+const STRIPE = 65536;
+
+const SCRIPT = String.raw`
+${labPoolSetup({ vg: 'gv', pool: 'pool', poolSize: '700M', chunk: '64k' })}
+. "$GUEST_SCRIPT"
+`;
+
+afterAll(removeHostTempDirs);
+
+/** Interleave two member images (64 KiB stripes) into the striped device's image. */
+function destripe(a: string, b: string, out: string): void {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  const fo = openSync(out, 'w');
+  const buf = Buffer.alloc(STRIPE);
+  try {
+    let k = 0;
+    for (; ; k++) {
+      const n = readSync(k % 2 === 0 ? fa : fb, buf, 0, STRIPE, Math.floor(k / 2) * STRIPE);
+      if (n === 0) break;
+      if (!buf.subarray(0, n).every((x) => x === 0)) writeSync(fo, buf, 0, n, k * STRIPE);
+    }
+    ftruncateSync(fo, k * STRIPE);
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+    closeSync(fo);
+  }
+}
+
+/** Restore two archives (a, b) to images, assemble, replay the journal, fsck -n: the fsck status and its output. */
+async function checkPair(dir: string, a: { path: string; archiveId: string }, b: { path: string; archiveId: string }): Promise<{ status: number; out: string }> {
+  const ia = join(dir, 'a.img');
+  const ib = join(dir, 'b.img');
+  const fs = join(dir, 'fs.img');
+  for (const f of [ia, ib, fs]) rmSync(f, { force: true });
+  // the copy of the store taken before an archive was deleted (group-guest.sh, step 7)
+  const intact = (p: string): string => p.replace(/\/store\//, '/store-intact/');
+  await restore({ dir: dirname(intact(a.path)), at: a.archiveId, to: ia, create: true });
+  await restore({ dir: dirname(intact(b.path)), at: b.archiveId, to: ib, create: true });
+  destripe(ia, ib, fs);
+  spawnSync('e2fsck', ['-E', 'journal_only', '-y', fs], { encoding: 'utf8' });
+  const r = spawnSync('fsck.ext4', ['-n', '-f', fs], { encoding: 'utf8' });
+  return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
+}
+
+describe('consistency groups in the thin-LVM lab', () => {
+  it('group points restore to a filesystem fsck passes; the watchdog thaws; incomplete points are refused', async (ctx) => {
+    await requireLab(ctx);
+    const build = cliBuild();
+    const host = await hostTempDir('ta-lab-group-');
+    const store = join(host, 'store');
+    spawnSync('mkdir', ['-p', store]);
+    const run = await runInLab({
+      script: SCRIPT,
+      disks: [{ sizeBytes: 1024 ** 3 }, { sizeBytes: 1024 ** 3 }],
+      env: {
+        THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'group-guest.sh'),
+        STORE: store, POINTS: String(POINTS), SOLO: String(SOLO),
+      },
+      timeoutMs: 900_000,
+    });
+    const F = run.files;
+    if (run.exitCode !== 0) console.log(run.output, run.console.slice(-3000));
+    expect(run.exitCode, run.output).toBe(0);
+    expect(labLeftovers(run.pid)).toEqual([]);
+    console.log(`guest: ${run.durationMs} ms (boot ${run.bootMs} ms); timings (ms since start): ${(F['timings.txt'] ?? '').trim().replace(/\n/g, ', ')}`);
+    const R = parseResults(F['results.tsv'] ?? '');
+    const json = <T>(name: string): T => {
+      expect(F[name], `${name} missing`).toBeDefined();
+      return JSON.parse(F[name]!) as T;
+    };
+
+    // --- the group sends: every member in the group, quiesced as asked
+    const crash = Array.from({ length: POINTS }, (_, i) => json<SendGroupResult>(`crash-${i + 1}.json`));
+    const frozen = Array.from({ length: POINTS }, (_, i) => json<SendGroupResult>(`frozen-${i + 1}.json`));
+    for (const g of [...crash, ...frozen]) {
+      expect(g.members.map((m) => `${m.volume.vg}/${m.volume.lv}`)).toEqual(['gv/a', 'gv/b']);
+      expect(g.group.members.map((m) => m.archiveId)).toEqual(g.members.map((m) => m.archiveId));
+      expect(g.group.quiesce.freezeMs).toBeGreaterThan(0);
+    }
+    expect(new Set(crash.map((g) => g.group.quiesce.method))).toEqual(new Set(['dm-suspend']));
+    expect(crash[0]!.group.quiesce.targets).toEqual(['stripe']);
+    expect(new Set(frozen.map((g) => g.group.quiesce.method))).toEqual(new Set(['fsfreeze']));
+    const freezeMs = (gs: SendGroupResult[]): number[] => gs.map((g) => g.group.quiesce.freezeMs).sort((x, y) => x - y);
+    console.log(`freeze window (ms) dm-suspend: ${freezeMs(crash).join(' ')}; fsfreeze: ${freezeMs(frozen).join(' ')}`);
+
+    // --- every group point restores to a filesystem that fsck passes (journal replayed)
+    const work = await hostTempDir('ta-lab-group-img-');
+    const failures: string[] = [];
+    for (const [label, g] of [...crash.map((g, i) => [`crash ${i + 1}`, g] as const), ...frozen.map((g, i) => [`frozen ${i + 1}`, g] as const)]) {
+      const r = await checkPair(work, g.members[0] as Required<SendVolumeResult> & { path: string }, g.members[1] as Required<SendVolumeResult> & { path: string });
+      if (r.status !== 0) failures.push(`${label}: fsck ${r.status}\n${r.out.slice(0, 1500)}`);
+    }
+    expect(failures, failures.join('\n')).toEqual([]);
+
+    // --- the same volumes sent one by one: pairs that do not fsck clean (what a group prevents)
+    let soloBad = 0;
+    const soloOut: string[] = [];
+    for (let i = 1; i <= SOLO; i++) {
+      const a = json<SendVolumeResult & { path: string }>(`solo-a-${i}.json`);
+      const b = json<SendVolumeResult & { path: string }>(`solo-b-${i}.json`);
+      const r = await checkPair(work, a, b);
+      if (r.status !== 0) soloBad++;
+      soloOut.push(`pair ${i}: fsck ${r.status}`);
+    }
+    console.log(`one by one: ${soloBad} of ${SOLO} pairs fail fsck (${soloOut.join(', ')})`);
+    // Not asserted: in the lab runs so far (0 of 5 pairs failed) sends one by one could not be made to
+    // give a pair that fsck rejects after journal replay (docs/LVM.md section 9). Recorded only.
+
+    // --- the window: no probe write completes between freeze and thaw; writes resume right after
+    const frozenAt = Number(F['t-frozen']!.trim());
+    const thawAt = Number(F['t-thaw']!.trim());
+    const writes = F['probe.log']!.trim().split('\n').map(Number);
+    expect(thawAt - frozenAt).toBeGreaterThanOrEqual(1000);
+    expect(writes.filter((t) => t > frozenAt + 50 && t < thawAt), 'writes completed while frozen').toEqual([]);
+    expect(writes.filter((t) => t < frozenAt).length).toBeGreaterThan(3);
+    const firstAfter = writes.find((t) => t >= thawAt);
+    expect(firstAfter, 'a write after the thaw').toBeDefined();
+    expect(firstAfter! - thawAt).toBeLessThan(1000);
+    const win = json<SendGroupResult>('window.json');
+    expect(win.group.quiesce.method).toBe('command');
+    expect(win.group.quiesce.freezeMs).toBeGreaterThanOrEqual(thawAt - frozenAt - 50);
+
+    // --- the watchdog
+    const hung = json<SendGroupResult>('thaw-hangs.json');
+    expect(hung.quiesce!.warnings.length, JSON.stringify(hung.quiesce)).toBe(1);
+    expect(hung.quiesce!.warnings[0]).toMatch(/killed/);
+    expect(hung.group.quiesce.freezeMs).toBeLessThan(8000);
+    expect(R['thaw_hangs_writable']).toBe('yes');
+    expect(R['freeze_hangs_rc']).toBe('1');
+    expect(json<{ error: { code: string } }>('freeze-hangs.out').error.code, F['freeze-hangs.err']).toBe('FREEZE_TIMEOUT');
+    expect(Number(R['freeze_hangs_ms'])).toBeLessThan(3000 + 8000); // the send's own start-up and clean-up around the 3 s window
+    expect(R['freeze_hangs_writable']).toBe('yes');
+    expect(R['freeze_killed_rc']).toBe('1');
+    expect(json<{ error: { code: string } }>('freeze-killed.out').error.code, F['freeze-killed.err']).toBe('FREEZE_FAILED');
+    expect(F['freeze-killed.err']).toMatch(/SIGKILL/);
+    expect(R['freeze_killed_writable']).toBe('yes');
+    expect(R['sigterm_rc']).toBe('130');
+    expect(R['sigterm_writable']).toBe('yes');
+    expect(Number(R['sigterm_thawed_ms'])).toBeLessThan(3000);
+    expect(R['sigkill_rc']).toBe('137');
+    expect(R['sigkill_writable'], 'the guard process thaws after thinarchive was SIGKILLed').toBe('yes');
+    expect(Number(R['sigkill_thawed_ms'])).toBeLessThan(10_000);
+    expect(R['direct_rc']).toBe('2');
+    expect(json<{ error: { code: string } }>('direct.out').error.code, F['direct.err']).toBe('GROUP_NOT_QUIESCABLE');
+
+    // --- restore --group in the guest: every member, assembled, fsck clean
+    for (const g of ['crash', 'frozen']) {
+      const r = json<{ point: GroupPoint; members: { volume: string; target: string }[] }>(`restore-${g}.json`);
+      expect(r.members.map((m) => [m.volume, m.target])).toEqual([['gv/a', 'rv/a'], ['gv/b', 'rv/b']]);
+      expect(r.point.complete).toBe(true);
+      expect(R[`fsck_group_${g}`], F[`fsck-${g}.txt`]).toBe('0');
+    }
+
+    // --- an incomplete point: listed as such, refused by restore (exit 3, nothing created)
+    const before = json<GroupPoint[]>('groups-before.json');
+    const after = json<GroupPoint[]>('groups-after.json');
+    expect(before.every((p) => p.complete)).toBe(true);
+    expect(before.filter((p) => p.name === 'frozen')).toHaveLength(POINTS);
+    expect(after.filter((p) => p.name === 'frozen').every((p) => p.complete)).toBe(true);
+    const lastFrozen = after.filter((p) => p.name === 'window').at(-1)!;
+    expect(lastFrozen.complete).toBe(false);
+    expect(lastFrozen.members.map((m) => m.status)).toEqual(['complete', 'missing']);
+    expect(after.filter((p) => !p.complete).map((p) => p.id)).toEqual([lastFrozen.id]);
+    expect(F['list-after.txt']).toMatch(new RegExp(`${lastFrozen.id}.*INCOMPLETE`));
+    expect(R['restore_incomplete_rc']).toBe('3');
+    expect(json<{ error: { code: string } }>('restore-incomplete.out').error.code, F['restore-incomplete.err']).toBe('GROUP_INCOMPLETE');
+    expect(F['rv-lvs.txt']!.trim()).toBe('pool');
+  }, LAB_SLOT_WAIT_MS + 900_000);
+});
