@@ -65,3 +65,4 @@ export type { SendImageOptions, SendLvOptions as SendVolumeOptions, SendLvResult
 export { targetHooks } from '../target/file-target.js';
 export { journalHooks } from '../target/undo-journal.js';
 export { claimHooks } from '../store/claims.js';
+export { lockHooks } from '../target/target-lock.js';

@@ -533,6 +533,19 @@ async function testClaimHook(): Promise<void> {
 }
 
 /**
+ * Test-only (concurrent writers, docs/JOURNAL.md "The target lock"): THINARCHIVE_TEST_SIGNAL_AFTER_LOCK=STOP
+ * sends this process SIGSTOP right after it took a target lock and recorded itself as the holder.
+ */
+async function testLockHook(): Promise<void> {
+  if (process.env.THINARCHIVE_TEST_SIGNAL_AFTER_LOCK === 'STOP') {
+    const { lockHooks } = await import('../api/index.js');
+    lockHooks.afterLock = () => {
+      process.kill(process.pid, 'SIGSTOP');
+    };
+  }
+}
+
+/**
  * For `mount` only: the -o / --ssh-option values before the command name (ssh options) and after it
  * (mount options). Undefined for every other command.
  */
@@ -620,6 +633,7 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     await testClaimHook();
+    await testLockHook();
     await buildProgram(argv).parseAsync(argv);
     if (actionRan) await close();
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;

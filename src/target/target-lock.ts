@@ -186,6 +186,7 @@ export async function lockTarget(spec: string, o: TargetLockOptions): Promise<Ta
       throw ioError(e, `cannot write the target lock ${path}`);
     }
   }
+  lockHooks.afterLock?.();
   let released = false;
   return {
     path,
@@ -197,6 +198,9 @@ export async function lockTarget(spec: string, o: TargetLockOptions): Promise<Ta
     },
   };
 }
+
+/** Test-only hooks (concurrency tests; the CLI sets them from THINARCHIVE_TEST_SIGNAL_AFTER_LOCK). */
+export const lockHooks: { afterLock?: () => void } = {};
 
 /** For messages and tests: the holder recorded in a lock file, or null. */
 export async function lockHolder(spec: string, stateDir?: string): Promise<TargetLockHolder | null> {
