@@ -12,7 +12,8 @@ import type { SendLvOptions, SendLvResult } from '../commands/send-lv.js';
 
 export * from './core.js';
 export * from './operations.js';
-export type { SyncOptions, SyncResult, SyncHello, SyncHashed } from '../commands/sync.js';
+export type { SyncOptions, SyncResult } from '../commands/sync.js';
+export type { SyncHello, SyncHashed } from '../chain/hash-exchange.js';
 export type { MigrateResult, MigrateRound } from '../commands/migrate.js';
 export type { ApplyOptions, ApplyProgress, ApplyResult, AppliedArchive } from '../commands/apply.js';
 export type { ArchiveInfo } from '../commands/info.js';
@@ -35,6 +36,7 @@ export type { KeepFailure, KeptOverlay, ServeListening, ServeOptions, ServeResul
 export type { MountOptions, MountRecord, MountResult, UmountOptions, UmountResult } from '../commands/mount.js';
 export type { VerifiedArchive, VerifyOptions, VerifyResult } from '../commands/verify.js';
 export type { VerifyAgainstOptions, VerifyAgainstResult } from '../commands/verify-against.js';
+export type { VerifyReplicaOptions, VerifyReplicaResult, VerifyTargetSideOptions } from '../commands/verify-replica.js';
 export type { Finding, FindingCode, TargetFinding, TargetFindingCode } from '../chain/findings.js';
 export type { RecoverAction, RecoverOptions, RecoverResult } from '../target/recover.js';
 export type { SendDestination, SendLeaseOptions, SendResult } from '../chain/publish.js';

@@ -18,6 +18,8 @@ import type { GroupPoint } from '../chain/group.js';
 import type { GroupPointsOptions, RestoreGroupOptions, RestoreGroupResult } from './group.js';
 import type { VerifyOptions, VerifyResult } from '../commands/verify.js';
 import type { VerifyAgainstOptions, VerifyAgainstResult } from '../commands/verify-against.js';
+import type { VerifyReplicaOptions, VerifyReplicaResult, VerifyTargetSideOptions } from '../commands/verify-replica.js';
+import type { SyncHashed } from '../chain/hash-exchange.js';
 import type { SendResult } from '../chain/publish.js';
 import type { HashTargetOptions, SyncOptions, SyncResult } from '../commands/sync.js';
 import type { MigrateResult, MigrateRound, RoundOutcome } from '../commands/migrate.js';
@@ -95,6 +97,19 @@ export function verify(opts: VerifyOptions): Promise<VerifyResult> {
 /** Compare a target with the state a chain says it must have, by checksums only. */
 export function verifyAgainst(opts: VerifyAgainstOptions): Promise<VerifyAgainstResult> {
   return cancellable(opts.signal, async () => (await import('../commands/verify-against.js')).verifyAgainst(opts));
+}
+
+/**
+ * Compare a replica on another host with a thin LV's base snapshot by block hashes (docs/SYNC.md, the
+ * hash exchange): no block data crosses the network. Full, or a seeded sample of the blocks.
+ */
+export function verifyReplica(opts: VerifyReplicaOptions): Promise<VerifyReplicaResult> {
+  return cancellable(opts.signal, async () => (await import('../commands/verify-replica.js')).verifyReplica(opts));
+}
+
+/** The replica's side of verifyReplica (run there as the hidden `thinarchive verify-target`). */
+export function verifyTargetSide(opts: VerifyTargetSideOptions): Promise<SyncHashed> {
+  return cancellable(opts.signal, async () => (await import('../commands/verify-replica.js')).verifyTargetSide(opts));
 }
 
 /** Build a target as of any point of a chain, reading each block once. */

@@ -4,8 +4,8 @@
  */
 import { Command, Option } from 'commander';
 import { EXIT_CODE, parseDuration, UsageError, type Logger } from '../api/core.js';
-import { merge, mount, prune, repair, restore, restoreGroup, serve, umount, verifyAgainst } from '../api/operations.js';
-import type { MergeResult, ServeResult, PruneResult, RepairResult, RestoreResult, StoreOptions, VerifyAgainstResult } from '../api/index.js';
+import { merge, mount, prune, repair, restore, restoreGroup, serve, umount, verifyAgainst, verifyReplica } from '../api/operations.js';
+import type { MergeResult, ServeResult, PruneResult, RepairResult, RestoreResult, StoreOptions, TargetFinding, VerifyAgainstResult, VerifyReplicaResult } from '../api/index.js';
 import { describeZeroStats, formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
@@ -35,24 +35,19 @@ function seqOption(name: string) {
 
 const rate = (bytes: number, seconds: number): string => (seconds > 0 ? `${formatBytes(bytes / seconds)}/s` : '-');
 
-export function printVerifyAgainst(r: VerifyAgainstResult): string {
+/** Lines of a comparison's findings: adjacent mismatching blocks of one kind make one line (the JSON keeps every block). */
+function targetFindingLines(fs: TargetFinding[], mismatchedBlocks: number, whose: string): string[] {
   const lines: string[] = [];
-  const mode = r.mode === 'sample' ? `sample ${r.samplePercent}%` : r.mode;
-  lines.push(`target ${r.target} (${r.targetKind}) against chain ${r.chainId}, newest archive ${r.newestArchiveId} (sequence ${r.newestSequence}); ${mode}`);
-  if (r.state) lines.push(`  recorded state: ${r.state.status} at ${r.state.archiveId || '-'} (sequence ${r.state.sequence})${r.stateOk ? '' : ' -- does not name the newest archive'}`);
-  else lines.push('  recorded state: none');
-  const fs = r.findings;
   for (let i = 0; i < fs.length; i++) {
     const f = fs[i];
     if (f.code === 'TARGET_MISMATCH' && f.block !== undefined) {
-      // Adjacent mismatching blocks of one kind make one line (the JSON keeps every block).
       let j = i;
       while (j + 1 < fs.length && fs[j + 1].code === f.code && fs[j + 1].detail === f.detail && fs[j + 1].block === fs[j].block! + 1) j++;
       if (j > i) {
         const last = fs[j];
         const end = last.offset! + (last.offset! - fs[j - 1].offset!);
         lines.push(`  ${f.code} (${f.detail}): blocks ${f.block}..${last.block} (bytes ${f.offset}..${end - 1}, ${j - i + 1} blocks): `
-          + (f.detail === 'NOT_ZERO' ? 'expected zeroes, read data' : 'block checksums differ from the chain\'s'));
+          + (f.detail === 'NOT_ZERO' ? 'expected zeroes, read data' : `block checksums differ from ${whose}`));
         i = j;
         continue;
       }
@@ -62,7 +57,27 @@ export function printVerifyAgainst(r: VerifyAgainstResult): string {
     const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${f.code} (${f.detail})${where ? ` [${where}]` : ''}: ${f.message}`);
   }
-  if (r.mismatchedBlocks > r.findings.filter((f) => f.code === 'TARGET_MISMATCH').length) lines.push(`  ... ${r.mismatchedBlocks} mismatched blocks in all`);
+  if (mismatchedBlocks > fs.filter((f) => f.code === 'TARGET_MISMATCH').length) lines.push(`  ... ${mismatchedBlocks} mismatched blocks in all`);
+  return lines;
+}
+
+export function printVerifyReplica(r: VerifyReplicaResult): string {
+  const mode = r.mode === 'sample' ? `sample ${r.samplePercent}% (seed ${r.seed})` : 'full';
+  const lines = [`replica ${r.target} (${r.targetKind}) on ${r.host} against ${r.snapshot}, archive ${r.archiveId} (sequence ${r.sequence}); ${mode}`];
+  lines.push(r.state ? `  recorded state: ${r.state.status} at ${r.state.archiveId || '-'} (sequence ${r.state.sequence})${r.stateOk ? '' : ' -- does not name the base snapshot\'s archive'}` : '  recorded state: none');
+  lines.push(...targetFindingLines(r.findings, r.mismatchedBlocks, 'the snapshot\'s'));
+  lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.blocksChecked} of ${r.blocks} blocks checked (block size ${formatBytes(r.blockSize)}), ${r.mismatchedBlocks} mismatched; `
+    + `read ${formatBytes(r.sourceBytesRead)} here and ${formatBytes(r.targetBytesRead)} there, received ${formatBytes(r.bytesReceived)} of hashes in ${r.seconds.toFixed(2)} s`);
+  return lines.join('\n');
+}
+
+export function printVerifyAgainst(r: VerifyAgainstResult): string {
+  const lines: string[] = [];
+  const mode = r.mode === 'sample' ? `sample ${r.samplePercent}%` : r.mode;
+  lines.push(`target ${r.target} (${r.targetKind}) against chain ${r.chainId}, newest archive ${r.newestArchiveId} (sequence ${r.newestSequence}); ${mode}`);
+  if (r.state) lines.push(`  recorded state: ${r.state.status} at ${r.state.archiveId || '-'} (sequence ${r.state.sequence})${r.stateOk ? '' : ' -- does not name the newest archive'}`);
+  else lines.push('  recorded state: none');
+  lines.push(...targetFindingLines(r.findings, r.mismatchedBlocks, 'the chain\'s'));
   lines.push(`${r.ok ? 'verified' : 'verification FAILED'}: ${r.blocksChecked} of ${r.blocks} blocks checked (${r.blocksRead} read), `
     + `${r.mismatchedBlocks} mismatched; read ${formatBytes(r.bytesRead)} of the target and ${formatBytes(r.archiveBytesRead)} of archive metadata in ${r.seconds.toFixed(2)} s, ${rate(r.bytesRead, r.seconds)}`);
   return lines.join('\n');
@@ -115,6 +130,9 @@ export function printRepair(r: RepairResult): string {
 
 /** verify DIR --against TARGET (called by the verify command when --against is given). */
 export async function runVerifyAgainst(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
+  if (o.host !== undefined) return runVerifyReplica(inputs, o, ctx);
+  const remoteOnly = ['chain', 'remoteCommand', 'remoteStateDir', 'seed'].filter((k) => o[k] !== undefined);
+  if (remoteOnly.length) throw new UsageError(`${remoteOnly.map(flag).join(', ')} go${remoteOnly.length > 1 ? '' : 'es'} with --host (a replica on another host)`);
   if (inputs.length !== 1) throw new UsageError('verify --against takes one store or chain directory');
   const progress = new Progress('verify');
   const res = await verifyAgainst({
@@ -126,6 +144,24 @@ export async function runVerifyAgainst(inputs: string[], o: Record<string, unkno
   else ctx.out(printVerifyAgainst(res));
   if (!res.ok) process.exitCode = ctx.verifyExit;
 }
+
+/** verify VG/LV --against TARGET --host ssh://HOST: a remote replica against the LV's base snapshot. */
+async function runVerifyReplica(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
+  if (inputs.length !== 1) throw new UsageError('verify --host takes one thin LV (VG/LV): the source whose base snapshot the replica must equal');
+  if (o.changedOnly) throw new UsageError('--changed-only does not go with --host: a remote replica is checked in full or by --sample');
+  if (o.seed !== undefined && o.sample === undefined) throw new UsageError('--seed goes with --sample');
+  if (!/^ssh:\/\//.test(o.host as string)) throw new UsageError(`--host must be an ssh:// URL (ssh://[user@]host[:port]), got ${JSON.stringify(o.host)}`);
+  const res = await verifyReplica({
+    volume: inputs[0], chain: o.chain as string | undefined, host: o.host as string, target: o.against as string, remoteCommand: o.remoteCommand as string | undefined,
+    remoteStateDir: o.remoteStateDir as string | undefined, samplePercent: o.sample as number | undefined, seed: o.seed as number | undefined,
+    stateDir: o.stateDir as string | undefined, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.(),
+  });
+  if (o.json) ctx.json(res);
+  else ctx.out(printVerifyReplica(res));
+  if (!res.ok) process.exitCode = ctx.verifyExit;
+}
+
+const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
 /** apply DIR --to TARGET --repair. */
 export async function runRepair(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
@@ -149,8 +185,13 @@ export function addVerifyAgainstOptions(cmd: Command): Command {
     .option('--against <target>', 'compare this image, block device or VG/LV with the chain\'s newest state (checksums only)')
     .option('--changed-only', 'with --against: only the blocks the newest archive touches')
     .addOption(new Option('--sample <percent>', 'with --against: a random PERCENT of the blocks; without: the structure and links of every archive and a random PERCENT of its data records').argParser(percent))
-    .option('--state-dir <dir>', 'with --against: where block-device target state is kept')
-    .option('--wait', 'with --against: when a writer (apply, restore, repair, recover) holds the target, wait for it instead of failing with TARGET_LOCKED');
+    .option('--state-dir <dir>', 'with --against: where block-device target state is kept; with --host: where the snapshot chain\'s locks are')
+    .option('--wait', 'with --against: when a writer (apply, restore, repair, recover) holds the target, wait for it instead of failing with TARGET_LOCKED')
+    .option('--host <ssh://host>', 'with --against: the target is a replica on that host, compared with the base snapshot of the thin LV named (verify VG/LV --against TARGET --host ssh://HOST) by block hashes')
+    .option('--chain <name>', 'with --host: the LV\'s managed snapshot chain (default "default"; a daemon job\'s chain is the job name)')
+    .option('--remote-command <cmd>', 'with --host: the thinarchive command on that host (default "thinarchive")')
+    .option('--remote-state-dir <dir>', 'with --host: the remote side\'s --state-dir')
+    .addOption(new Option('--seed <n>', 'with --host and --sample: the sample\'s seed (default random)').argParser(intOption('--seed', 0, 0x7fffffff)));
 }
 
 export function registerChainCommands(program: Command, ctx: CliContext): void {

@@ -383,6 +383,29 @@ function buildProgram(argv: string[] = process.argv): Command {
     });
 
   program
+    .command('verify-target', { hidden: true })
+    .description('the replica side of verify --host (run over ssh): hash TARGET\'s blocks to standard output (docs/SYNC.md)')
+    .argument('<target>', 'image file, block device, or VG/LV')
+    .addOption(new Option('--block-size <size>', 'block size').argParser(sizeOption('--block-size')).makeOptionMandatory())
+    .addOption(new Option('--volume-size <bytes>', 'the source volume size').argParser(sizeOption('--volume-size')).makeOptionMandatory())
+    .addOption(new Option('--sample <percent>', 'hash only the blocks the seeded sample selects').argParser((v: string) => {
+      const n = Number(v);
+      if (!(n > 0) || n > 100) throw new UsageError('--sample must be a percentage above 0 and at most 100');
+      return n;
+    }))
+    .addOption(new Option('--seed <n>', 'the sample\'s seed').argParser(intOption('--seed', 0, 0x7fffffff)))
+    .option('--state-dir <dir>', 'where block-device target state is kept')
+    .option('--wait', 'wait for a writer holding the target')
+    .action(async (target: string, o) => {
+      if ((o.sample === undefined) !== (o.seed === undefined)) throw new UsageError('--sample and --seed go together');
+      const { verifyTargetSide, writableSink } = await import('../api/index.js');
+      await verifyTargetSide({
+        to: target, blockSize: o.blockSize, volumeSize: o.volumeSize, sample: o.sample !== undefined ? { seed: o.seed, percent: o.sample } : undefined,
+        stateDir: o.stateDir, wait: !!o.wait, out: writableSink(process.stdout), signal: controller.signal,
+      });
+    });
+
+  program
     .command('recover')
     .description('roll back a target whose apply was interrupted to its previous state (apply also does this first)')
     .argument('<target>', 'image file, block device, or VG/LV')
@@ -404,7 +427,7 @@ function buildProgram(argv: string[] = process.argv): Command {
     .action(async (archives: string[], o) => {
       if (o.against !== undefined && o.structureOnly) throw new UsageError('--structure-only does not go with --against');
       if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
-      const orphan = (['changedOnly', 'stateDir'] as const).filter((k) => o[k] !== undefined);
+      const orphan = (['changedOnly', 'stateDir', 'host', 'chain', 'remoteCommand', 'remoteStateDir', 'seed'] as const).filter((k) => o[k] !== undefined);
       if (orphan.length) throw new UsageError(`${orphan.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
       const progress = new Progress('verify');
       const res = await verify({

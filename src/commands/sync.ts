@@ -16,6 +16,8 @@ import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { withPool } from '../archive/pool.js';
 import { checkLevel, type ArchiveSink, type NewArchive, type VolumeSource, type WriteProgress } from '../archive/writer.js';
 import { hashRuns, zeroHashes } from '../chain/block-hashes.js';
+import { ByteReader, checkHello, helloState, newHello, parseLine, writeHashes, type SyncHashed, type SyncHello } from '../chain/hash-exchange.js';
+export { SYNC_PROTOCOL, SYNC_VERSION, type SyncHashed, type SyncHello } from '../chain/hash-exchange.js';
 import { openDestination, writeAndCommit, type SendResult } from '../chain/publish.js';
 import { openScanTargetLocked } from '../chain/scan.js';
 import { ioError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
@@ -30,7 +32,7 @@ import { remoteSession, type RemoteSession } from '../store/remote-apply.js';
 import { MemoryPipe } from '../store/stream.js';
 import type { ArchivePipe } from '../store/types.js';
 import { recover } from '../target/recover.js';
-import type { TargetKind, TargetState } from '../target/state.js';
+import type { TargetKind } from '../target/state.js';
 import { checkTargetOptions, lockTarget, type TargetLock } from '../target/target.js';
 import { TOOL_VERSION } from '../version.js';
 import { existsSync } from 'node:fs';
@@ -49,97 +51,7 @@ import {
 } from '../source/snapshot-chain.js';
 import { readThinMap } from '../source/thin-map.js';
 
-/** The protocol's name and version, in the target's first line (docs/SYNC.md). */
-export const SYNC_PROTOCOL = 'thinarchive-sync';
-export const SYNC_VERSION = 1;
-/** A protocol line is at most this long. */
-const MAX_LINE = 1 << 16;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-/** The target's first line. */
-export interface SyncHello {
-  protocol: typeof SYNC_PROTOCOL;
-  version: number;
-  /** This hashing session: the resync archive's parent_id must be it. */
-  nonce: string;
-  target: string;
-  targetKind: TargetKind;
-  /** The target's size in bytes (an image is resized to the volume size by the apply). */
-  targetSize: number;
-  blockSize: number;
-  volumeSize: number;
-  blocks: number;
-  /** The target's recorded state before the sync (it is replaced by the resync archive's). */
-  state: { status: string; archiveId: string; sequence: number; chainId: string } | null;
-}
-
-/** The target's line after the hashes. */
-export interface SyncHashed {
-  hashedBlocks: number;
-  /** Bytes read from the target (holes of a sparse image are not read). */
-  bytesRead: number;
-  seconds: number;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Byte streams
-
-/** Reads lines and exact byte counts from a stream of chunks. */
-class ByteReader {
-  private buf: Uint8Array = new Uint8Array(0);
-  private done = false;
-  private readonly it: AsyncIterator<Uint8Array>;
-  constructor(src: AsyncIterable<Uint8Array>, private readonly what: string) {
-    this.it = src[Symbol.asyncIterator]();
-  }
-
-  private async more(): Promise<boolean> {
-    if (this.done) return false;
-    const r = await this.it.next();
-    if (r.done) {
-      this.done = true;
-      return false;
-    }
-    const b = new Uint8Array(this.buf.length + r.value.length);
-    b.set(this.buf);
-    b.set(r.value, this.buf.length);
-    this.buf = b;
-    return true;
-  }
-
-  async line(): Promise<string> {
-    for (;;) {
-      const i = this.buf.indexOf(10);
-      if (i >= 0) {
-        const s = Buffer.from(this.buf.subarray(0, i)).toString('utf8');
-        this.buf = this.buf.subarray(i + 1);
-        return s;
-      }
-      if (this.buf.length > MAX_LINE) throw new ThinarchiveError('SYNC_PROTOCOL', `${this.what}: a protocol line longer than ${MAX_LINE} bytes`);
-      if (!(await this.more())) throw new ThinarchiveError('SYNC_PROTOCOL', `${this.what} ended in the middle of the hash exchange`);
-    }
-  }
-
-  /** Exactly `n` bytes (n small enough to hold). */
-  async exact(n: number): Promise<Uint8Array> {
-    while (this.buf.length < n) {
-      if (!(await this.more())) throw new ThinarchiveError('SYNC_PROTOCOL', `${this.what} ended in the middle of the hash exchange`);
-    }
-    const out = this.buf.slice(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  /** Everything left. */
-  async rest(): Promise<string> {
-    while (await this.more());
-    return Buffer.from(this.buf).toString('utf8');
-  }
-
-  async cancel(): Promise<void> {
-    await this.it.return?.();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Target side
@@ -197,46 +109,11 @@ export async function hashTarget(o: HashTargetOptions): Promise<HashedTarget> {
         throw new UnsafeError('TARGET_TOO_SMALL', `target ${o.to} has ${t.source.size} bytes, the volume needs ${o.volumeSize}`);
       }
       fp = await fingerprint(o.to, t.kind);
-      const blocks = volumeBlocks(o.volumeSize, bs);
-      const s: TargetState | null = t.state;
-      hello = {
-        protocol: SYNC_PROTOCOL, version: SYNC_VERSION, nonce: randomUUID(), target: o.to, targetKind: t.kind, targetSize: t.source.size,
-        blockSize: bs, volumeSize: o.volumeSize, blocks,
-        state: s ? { status: s.status, archiveId: s.archiveId, sequence: s.sequence, chainId: s.chainId } : null,
-      };
+      hello = newHello({ target: o.to, targetKind: t.kind, targetSize: t.source.size, blockSize: bs, volumeSize: o.volumeSize, state: helloState(t.state) });
       await o.out.write(Buffer.from(JSON.stringify(hello) + '\n'));
-      const readable = Math.min(t.source.size, o.volumeSize);
-      const totals = await withPool(async (pool) => {
-        const zeroOf = await zeroHashes(pool, o.volumeSize, bs);
-        // Hashes go out in block order, in chunks; blocks in holes (not read) hash as zeroes.
-        const outBuf = new BigUint64Array(8192);
-        let n = 0;
-        let next = 0;
-        const flush = async (): Promise<void> => {
-          if (n === 0) return;
-          await o.out.write(new Uint8Array(outBuf.buffer, 0, n * 8).slice());
-          n = 0;
-        };
-        const push = async (h: bigint): Promise<void> => {
-          outBuf[n++] = h;
-          next++;
-          if (n === outBuf.length) await flush();
-        };
-        const zeroUntil = async (end: number): Promise<void> => {
-          while (next < end) await push(zeroOf(next));
-        };
-        const runs = t.source.allocated ? clampRuns(t.source.allocated(bs), volumeBlocks(readable, bs)) : oneRun(volumeBlocks(readable, bs));
-        const r = await hashRuns({
-          source: t.source, runs, blockSize: bs, volumeSize: o.volumeSize, readable, pool, signal: o.signal,
-          onHashes: async (first, hashes) => {
-            await zeroUntil(first);
-            for (let i = 0; i < hashes.length; i++) await push(hashes[i]);
-          },
-        });
-        await zeroUntil(blocks);
-        await flush();
-        return r;
-      });
+      const totals = await withPool((pool) => writeHashes({
+        source: t.source, sourceSize: t.source.size, blockSize: bs, volumeSize: o.volumeSize, pool, out: o.out, signal: o.signal,
+      }));
       hashed = { hashedBlocks: totals.blocksHashed, bytesRead: totals.bytesRead, seconds: (performance.now() - t0) / 1000 };
       await o.out.write(Buffer.from(JSON.stringify(hashed) + '\n'));
     } finally {
@@ -251,18 +128,6 @@ export async function hashTarget(o: HashTargetOptions): Promise<HashedTarget> {
   } catch (e) {
     await lock.release();
     throw e;
-  }
-}
-
-async function* oneRun(blocks: number): AsyncGenerator<{ firstBlock: number; blockCount: number }> {
-  if (blocks > 0) yield { firstBlock: 0, blockCount: blocks };
-}
-
-async function* clampRuns(runs: AsyncIterable<{ firstBlock: number; blockCount: number }>, blocks: number): AsyncGenerator<{ firstBlock: number; blockCount: number }> {
-  for await (const r of runs) {
-    const end = Math.min(r.firstBlock + r.blockCount, blocks);
-    if (r.firstBlock >= end) continue;
-    yield { firstBlock: r.firstBlock, blockCount: end - r.firstBlock };
   }
 }
 
@@ -425,14 +290,6 @@ function sshSession(o: NonNullable<SyncOptions['remote']>, blockSize: number, vo
       return Promise.race([w, new Promise((r) => setTimeout(r, 10_000).unref())]);
     },
   };
-}
-
-function parseLine<T>(line: string, what: string): T {
-  try {
-    return JSON.parse(line) as T;
-  } catch {
-    throw new ThinarchiveError('SYNC_PROTOCOL', `${what}: expected a JSON line, got ${JSON.stringify(line.slice(0, 200))}`);
-  }
 }
 
 /** A file the resync archive is copied into (created; never replaces). */
@@ -646,19 +503,14 @@ export async function sync(o: SyncOptions): Promise<SyncResult> {
     try {
       // 1. The target's hello, then its hashes while the source hashes its own blocks.
       const hello = parseLine<SyncHello>(await reader.line(), 'the target side');
-      if (hello.protocol !== SYNC_PROTOCOL || hello.version !== SYNC_VERSION) {
-        throw new ThinarchiveError('SYNC_PROTOCOL', `the target side speaks ${String(hello.protocol)} version ${String(hello.version)}, this side ${SYNC_PROTOCOL} ${SYNC_VERSION}: install the same thinarchive on both hosts`);
-      }
-      if (hello.blockSize !== bs || hello.volumeSize !== size || hello.blocks !== blocks || typeof hello.nonce !== 'string' || !UUID_RE.test(hello.nonce)) {
-        throw new ThinarchiveError('SYNC_PROTOCOL', `the target side answered for block size ${hello.blockSize}, volume size ${hello.volumeSize}, ${hello.blocks} blocks; asked for ${bs}, ${size}, ${blocks}`);
-      }
+      checkHello(hello, bs, size);
+      if (!UUID_RE.test(hello.nonce)) throw new ThinarchiveError('SYNC_PROTOCOL', `the target side's nonce is not a UUID: ${JSON.stringify(hello.nonce)}`);
       const target = new BigUint64Array(blocks);
       const readTarget = async (): Promise<void> => {
         const per = 65536;
         for (let b = 0; b < blocks; b += per) {
           const n = Math.min(per, blocks - b);
-          const bytes = await reader.exact(n * 8);
-          target.set(new BigUint64Array(bytes.buffer, bytes.byteOffset, n), b);
+          target.set(await reader.hashes(n), b);
         }
       };
       const mine = new BigUint64Array(blocks);

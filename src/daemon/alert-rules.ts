@@ -105,7 +105,7 @@ export class DaemonAlerts {
     const subject = { job, volume };
     const values = {
       mode: v.mode, archives: v.store?.archives ?? null, findings: v.store?.findings ?? null, firstFinding: v.store?.firstFinding ?? null,
-      replica: v.replica?.target ?? null, mismatchedBlocks: v.replica?.mismatchedBlocks ?? null, replicaStateOk: v.replica?.stateOk ?? null,
+      replica: v.replica?.target ?? null, replicaHost: v.replica?.host ?? null, mismatchedBlocks: v.replica?.mismatchedBlocks ?? null, replicaStateOk: v.replica?.stateOk ?? null,
     };
     const name = `${job} ${volume}`;
     if (v.ok) {
@@ -117,7 +117,7 @@ export class DaemonAlerts {
       event: broken ? 'chain_broken' : 'verify_mismatch', active: true, key: 'verify', subject, values,
       message: broken
         ? `${name}: scheduled verification (${v.mode}) found ${v.store!.findings} problem${v.store!.findings === 1 ? '' : 's'} in the chain in the store: ${v.store!.firstFinding ?? '?'}`
-        : `${name}: scheduled verification (${v.mode}): replica ${v.replica!.target} differs from the chain (${v.replica!.mismatchedBlocks} block${v.replica!.mismatchedBlocks === 1 ? '' : 's'}${v.replica!.stateOk ? '' : ', state not at the newest point'})`,
+        : `${name}: scheduled verification (${v.mode}): replica ${v.replica!.target}${v.replica!.host ? ` on ${v.replica!.host} differs from the base snapshot` : ' differs from the chain'} (${v.replica!.mismatchedBlocks} block${v.replica!.mismatchedBlocks === 1 ? '' : 's'}${v.replica!.stateOk ? '' : ', state not at the newest point'})`,
     });
   }
 

@@ -201,7 +201,7 @@ ${alerts}jobs:
     expect(e.message).toContain('line 1: jobs: must NOT have fewer than 1 items');
   });
 
-  it('verify: every and sample (full or a percentage); needs a store; metrics.textfile is an absolute *.prom path', () => {
+  it('verify: every and sample (full or a percentage); needs a store or a remote replica; metrics.textfile is an absolute *.prom path', () => {
     const ok = checkConfigText(`metrics: {textfile: /var/lib/node_exporter/thinarchive.prom}
 jobs:
   - {name: a, volumes: [vg0/a], every: 30s, to: /s, verify: {every: 1d, sample: 5%}}
@@ -240,9 +240,12 @@ jobs:
   - {name: b, volumes: [vg0/b], every: 30s, to: /s, verify: {every: 1d, sample: 0%}}
 `);
     expect(semantic.problems).toEqual([
-      { line: 2, message: 'jobs[0].verify: scheduled verification checks the job\'s store (and its local replica): add "to"' },
       { line: 3, message: 'jobs[1].verify.sample: a percentage above 0 and at most 100' },
     ]);
+    // A remote replica (apply_to.host, no store) is verified against the volume's base snapshot.
+    const remote = checkConfigText('jobs:\n  - {name: a, volumes: [vg0/a], every: 30s, apply_to: {host: ssh://h, target: vg1/a}, verify: {every: 1d, sample: 2%}}\n');
+    expect(remote.problems).toEqual([]);
+    expect(remote.config!.jobs[0]!.verify).toEqual({ every: 86_400_000, samplePercent: 2 });
     expect(checkConfigText('metrics: {}\njobs: [{name: a, volumes: [vg0/a], every: 1s, to: /s}]\n').problems).toHaveLength(1);
   });
 });

@@ -347,7 +347,7 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     const every = nominalMs(schedule);
     let verify: VerifySchedule | undefined;
     if (j.verify) {
-      if (j.to === undefined) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify']), message: `jobs[${i}].verify: scheduled verification checks the job's store (and its local replica): add "to"` });
+      if (j.to === undefined && !j.apply_to?.host) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify']), message: `jobs[${i}].verify: scheduled verification checks the job's store (and its local replica) or its remote replica (apply_to.host): add "to" or "apply_to"` });
       const sample = String(j.verify.sample ?? 'full').trim();
       const pct = sample === 'full' ? undefined : Number(sample.replace(/%$/, '').trim());
       if (pct !== undefined && !(pct > 0 && pct <= 100)) problems.push({ line: lineOf(doc, lc, ['jobs', i, 'verify', 'sample']), message: `jobs[${i}].verify.sample: a percentage above 0 and at most 100` });

@@ -92,6 +92,16 @@ describe('scheduled verification: when it is due', () => {
     expect(v[3] - v[2]).toBeGreaterThanOrEqual(86_400_000);
   });
 
+  it('a remote replica (apply_to.host, no store, no chain directory): due after a successful run all the same', () => {
+    const r = checkConfigText('jobs: [{name: j, volumes: [vg0/a], every: 30s, apply_to: {host: ssh://h, target: vg1/a}, verify: {every: 1h}}]\n');
+    expect(r.problems).toEqual([]);
+    const remote = r.config!.jobs[0];
+    const s = afterRun(emptyUnit('j', 'vg0/a'), new Date(T0), { ok: true, bytes: 1, seconds: 1, chainDir: null }, new Date(T0 + 1000));
+    expect(s.chainDir).toBeNull();
+    expect(isVerifyDue(remote, s, T0 + 1000)).toBe(true);
+    // A job with a store still waits for its chain.
+    expect(isVerifyDue(job(', verify: {every: 1h}'), s, T0 + 1000)).toBe(false);
+  });
 });
 
 describe('the state of a unit after a run (one merge for the daemon and `run`)', () => {

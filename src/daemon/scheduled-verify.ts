@@ -3,9 +3,11 @@
  * right after a successful run of the unit (in its loop, so it never overlaps the unit's sends and
  * retention), the chain in the store is verified (api `verify`: full, or sampled: structure and links
  * of every archive and a random share of its data records) and a local `apply_to` replica is compared
- * with the chain (api `verifyAgainst`, full or the same sample of blocks).
+ * with the chain (api `verifyAgainst`, full or the same sample of blocks). A remote replica
+ * (`apply_to.host`, no store) is compared with the volume's base snapshot by the hash exchange (api
+ * `verifyReplica`: the replica's host hashes its blocks, only hashes cross the network).
  */
-import { AbortedError, verify, verifyAgainst } from '../api/index.js';
+import { AbortedError, verify, verifyAgainst, verifyReplica } from '../api/index.js';
 import { targetOf, type JobConfig } from './config.js';
 import { errorInfo, storeOptionsOf, type RunContext } from './runner.js';
 import type { ScheduledVerify, UnitState } from './state.js';
@@ -28,7 +30,7 @@ export function verifyDueAt(job: JobConfig, s: UnitState): number | undefined {
 /** Whether to verify now, after a run that succeeded (`s` is the state after it). */
 export function isVerifyDue(job: JobConfig, s: UnitState, now: number): boolean {
   const due = verifyDueAt(job, s);
-  return due !== undefined && s.chainDir !== null && now >= due;
+  return due !== undefined && (s.chainDir !== null || !!job.applyTo?.host) && now >= due;
 }
 
 /** One scheduled verification of the unit's chain (and local replica). An abort is thrown (nothing is recorded); anything else is in the result. */
@@ -37,16 +39,25 @@ export async function verifyUnit(job: JobConfig, s: UnitState, ctx: RunContext):
   const out: ScheduledVerify = { at: '', ok: false, mode: pct === undefined ? 'full' : 'sample', samplePercent: pct ?? null, store: null, replica: null, error: null };
   try {
     const so = await storeOptionsOf(ctx.config);
-    const r = await verify({ inputs: [s.chainDir!], samplePercent: pct, signal: ctx.signal, storeOptions: so });
-    out.store = {
-      ok: r.ok, archives: r.archives.length, findings: r.findings.length, bytesRead: r.bytesRead, recordsChecked: r.recordsChecked ?? null,
-      dataRecords: r.dataRecords ?? null, firstFinding: r.findings[0] ? `${r.findings[0].code}: ${r.findings[0].message}` : null,
-    };
     const a = job.applyTo;
-    if (a && !a.host) {
+    if (a?.host) {
       const target = targetOf(a.target, s.volume);
-      const v = await verifyAgainst({ dir: s.chainDir!, against: target, samplePercent: pct, stateDir: ctx.stateDir, signal: ctx.signal, storeOptions: so });
-      out.replica = { ok: v.ok, target, blocksChecked: v.blocksChecked, mismatchedBlocks: v.mismatchedBlocks, stateOk: v.stateOk };
+      const v = await verifyReplica({
+        volume: s.volume, chain: job.name, host: a.host, target, remoteCommand: a.command, samplePercent: pct, stateDir: ctx.stateDir,
+        signal: ctx.signal, storeOptions: so, log: ctx.log,
+      });
+      out.replica = { ok: v.ok, target, host: a.host, blocksChecked: v.blocksChecked, mismatchedBlocks: v.mismatchedBlocks, stateOk: v.stateOk };
+    } else {
+      const r = await verify({ inputs: [s.chainDir!], samplePercent: pct, signal: ctx.signal, storeOptions: so });
+      out.store = {
+        ok: r.ok, archives: r.archives.length, findings: r.findings.length, bytesRead: r.bytesRead, recordsChecked: r.recordsChecked ?? null,
+        dataRecords: r.dataRecords ?? null, firstFinding: r.findings[0] ? `${r.findings[0].code}: ${r.findings[0].message}` : null,
+      };
+      if (a) {
+        const target = targetOf(a.target, s.volume);
+        const v = await verifyAgainst({ dir: s.chainDir!, against: target, samplePercent: pct, stateDir: ctx.stateDir, signal: ctx.signal, storeOptions: so });
+        out.replica = { ok: v.ok, target, host: null, blocksChecked: v.blocksChecked, mismatchedBlocks: v.mismatchedBlocks, stateOk: v.stateOk };
+      }
     }
   } catch (e) {
     if (ctx.signal.aborted || e instanceof AbortedError) throw e;
@@ -54,10 +65,10 @@ export async function verifyUnit(job: JobConfig, s: UnitState, ctx: RunContext):
     out.error = { code: info.code, message: info.message };
   }
   out.at = new Date().toISOString();
-  out.ok = out.error === null && out.store?.ok === true && (out.replica === null || out.replica.ok);
+  out.ok = out.error === null && (out.store !== null || out.replica !== null) && (out.store === null || out.store.ok) && (out.replica === null || out.replica.ok);
   const l = { job: job.name, volume: s.volume, mode: out.mode };
-  if (out.ok) ctx.log.info({ ...l, archives: out.store!.archives, bytesRead: out.store!.bytesRead }, 'scheduled verification ok');
+  if (out.ok) ctx.log.info({ ...l, archives: out.store?.archives, bytesRead: out.store?.bytesRead, replicaBlocks: out.replica?.blocksChecked }, 'scheduled verification ok');
   else if (out.error) ctx.log.warn({ ...l, code: out.error.code }, `scheduled verification could not be done: ${out.error.message}`);
-  else ctx.log.warn({ ...l, findings: out.store!.findings, mismatchedBlocks: out.replica?.mismatchedBlocks }, `scheduled verification FAILED: ${out.store!.firstFinding ?? `replica ${out.replica!.target}: ${out.replica!.mismatchedBlocks} blocks differ${out.replica!.stateOk ? '' : ', state not at the newest point'}`}`);
+  else ctx.log.warn({ ...l, findings: out.store?.findings, mismatchedBlocks: out.replica?.mismatchedBlocks }, `scheduled verification FAILED: ${out.store?.firstFinding ?? `replica ${out.replica!.target}${out.replica!.host ? ` on ${out.replica!.host}` : ''}: ${out.replica!.mismatchedBlocks} blocks differ${out.replica!.stateOk ? '' : ', state not at the newest point'}`}`);
   return out;
 }

@@ -32,10 +32,14 @@ export interface ScheduledVerify {
   ok: boolean;
   mode: 'full' | 'sample';
   samplePercent: number | null;
-  /** the chain in the store; null when the check could not be done */
+  /** the chain in the store; null when the check could not be done or the job has no store (a remote replica) */
   store: { ok: boolean; archives: number; findings: number; bytesRead: number; recordsChecked: number | null; dataRecords: number | null; firstFinding: string | null } | null;
-  /** a local apply_to replica (verify --against); null when the job has none or it could not be done */
-  replica: { ok: boolean; target: string; blocksChecked: number; mismatchedBlocks: number; stateOk: boolean } | null;
+  /**
+   * The apply_to replica: a local one against the store's chain (verify --against), a remote one
+   * (apply_to.host) against the volume's base snapshot by the hash exchange (verify VG/LV --against
+   * TARGET --host); null when the job has none or it could not be done. `host` is null for a local one.
+   */
+  replica: { ok: boolean; target: string; host?: string | null; blocksChecked: number; mismatchedBlocks: number; stateOk: boolean } | null;
   /** why the check could not be done (not a finding): retried sooner than `every` */
   error: { code: string; message: string } | null;
 }

@@ -75,7 +75,8 @@ jobs:
     expect(once.stderr).toMatch(leased);
 
     const two = start(cfg2);
-    const refused = await waitFor(async () => { const u = await unit(cfg2); return u && (u.runs ?? 0) >= 2 && u.lastError?.code === 'CHAIN_LEASED' ? u : undefined; }, 60_000, 100);
+    // Between its runs (a run in progress shows "running") the refused unit is failing.
+    const refused = await waitFor(async () => { const u = await unit(cfg2); return u && (u.runs ?? 0) >= 2 && u.lastError?.code === 'CHAIN_LEASED' && u.state !== 'running' ? u : undefined; }, 60_000, 100);
     expect(refused.state).toBe('failing');
     expect(refused.lastSuccess).toBeNull();
     expect(refused.lastError!.message).toMatch(leased);

@@ -4,6 +4,9 @@
 #     a second VG (vg2/replica) with 1% of the volume's blocks changed and one block written where the
 #     source is unmapped, synced over ssh (a private sshd on the guest's loopback, `sync-target` run
 #     there); then an ordinary `send vg/vol --apply-remote` incremental continues from the resync point.
+#  C. `verify vg/vol --against vg2/replica --host ssh://…`: the replica compared with the base snapshot by
+#     the same hash exchange (`verify-target` there), full and sampled; then two replica blocks overwritten
+#     behind thinarchive's back are found; a chain without a base snapshot is refused.
 #  B. a plain loop device source (64 MiB, fully written) synced to a local image copy with 1% changed.
 # Results: $LAB_OUT/results.tsv (key TAB value) and $LAB_OUT/*.{out,err}.
 # Env: TA_LAUNCHER, THINARCHIVE_DIST, VG, POOL.
@@ -60,6 +63,20 @@ try a_sync2 ta sync "$VG/vol" "${REMOTE[@]}" --remote-to "$VG2/replica" --json "
 rec a_tgt_sha3 "$(sha "/dev/$VG2/replica")"
 rec a_snaps2 "$(lvs --noheadings -o lv_name "$VG" | grep -c _ta_ || true)"
 mark a_done
+
+# --- C. the replica verified over ssh against the base snapshot ---------------------------------------
+rec c_snap_active_before "[$(lvs --noheadings -o lv_name,lv_active "$VG" | awk '$1 ~ /_ta_/ { print $2 }' | tr -d ' \n')]"
+VR=(--against "$VG2/replica" --host ssh://root@127.0.0.1:2222 --remote-command "$LAB_WORK/ta-remote")
+try c_full ta verify "$VG/vol" "${VR[@]}" --json "${SSHO[@]}"
+try c_sample ta verify "$VG/vol" "${VR[@]}" --sample 10 --seed 7 --json "${SSHO[@]}"
+scribble "/dev/$VG2/replica" 100
+scribble "/dev/$VG2/replica" 3000
+sync
+try c_bad ta verify "$VG/vol" "${VR[@]}" --json "${SSHO[@]}"
+try c_bad_text ta verify "$VG/vol" "${VR[@]}" "${SSHO[@]}"
+try c_nochain ta verify "$VG/vol" "${VR[@]}" --chain other "${SSHO[@]}"
+rec c_snap_active "[$(lvs --noheadings -o lv_name,lv_active "$VG" | awk '$1 ~ /_ta_/ { print $2 }' | tr -d ' \n')]"
+mark c_done
 
 # --- B. a plain loop device source, a local image target --------------------------------------------
 modprobe loop

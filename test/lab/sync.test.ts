@@ -2,7 +2,9 @@
 // source (only its mapped blocks read) synced over ssh (a private sshd on the guest's loopback,
 // `sync-target` run there) into a stateless copy in a thin LV of another VG with 1% of its blocks
 // changed, sending about 1% of the volume; then an ordinary `send VG/LV --apply-remote` incremental
-// continues from the resync point; a plain loop device source (every block read) synced to an image.
+// continues from the resync point; the replica verified over ssh against the base snapshot by the same
+// hash exchange (verify VG/LV --against TARGET --host); a plain loop device source (every block read)
+// synced to an image.
 // The guest side is test/lab/sync-guest.sh.
 import { resolve, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -25,7 +27,7 @@ describe('sync in the thin-LVM lab', () => {
       disks: [{ sizeBytes: 1024 ** 3 }, { sizeBytes: 1024 ** 3 }],
       memMB: 768,
       env: { GUEST_SH: join(ROOT, 'test', 'lab', 'sync-guest.sh'), TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), THINARCHIVE_DIST: build.dir, VG: 'vg', POOL: 'pool' },
-      timeoutMs: 480_000,
+      timeoutMs: 600_000,
     });
     const F = run.files;
     const R = parseResults(F['results.tsv'] ?? '');
@@ -79,6 +81,37 @@ describe('sync in the thin-LVM lab', () => {
     expect(R['a_tgt_sha3']).toBe(R['a_src_sha2']);
     expect(R['a_snaps2']).toBe('1');
 
+    // C. verify --host: full and sampled equal; two overwritten blocks found; no base, refused.
+    expect(R['rc_c_full'], diag()).toBe('0');
+    const cf = JSON.parse(F['c_full.out']!);
+    console.log('replica verify over ssh:', JSON.stringify({ blocksChecked: cf.blocksChecked, sourceBytesRead: cf.sourceBytesRead, targetBytesRead: cf.targetBytesRead, bytesReceived: cf.bytesReceived, seconds: cf.seconds }));
+    expect(cf).toMatchObject({ ok: true, volume: 'vg/vol', chain: 'default', targetKind: 'lv', mode: 'full', blocks: 4096, blocksChecked: 4096, mismatchedBlocks: 0, stateOk: true });
+    expect(cf.snapshot).toBe(`vg/${a2.lv.snapshot}`);
+    expect(cf.archiveId).toBe(a2.archive.archiveId);
+    expect(cf.state).toMatchObject({ status: 'clean', archiveId: a2.archive.archiveId });
+    expect(cf.sourceBytesRead).toBe(256 * MiB);
+    expect(cf.bytesReceived).toBeGreaterThanOrEqual(4096 * 8);
+    expect(cf.bytesReceived).toBeLessThan(4096 * 8 + 4096);
+    expect(R['rc_c_sample'], diag()).toBe('0');
+    const cs = JSON.parse(F['c_sample.out']!);
+    expect(cs).toMatchObject({ ok: true, mode: 'sample', samplePercent: 10, seed: 7, mismatchedBlocks: 0 });
+    expect(cs.blocksChecked).toBeGreaterThan(300);
+    expect(cs.blocksChecked).toBeLessThan(520);
+    expect(cs.sourceBytesRead).toBe(cs.blocksChecked * BS);
+    expect(R['rc_c_bad'], diag()).toBe('3');
+    const cb = JSON.parse(F['c_bad.out']!);
+    expect(cb).toMatchObject({ ok: false, mismatchedBlocks: 2, stateOk: true });
+    expect(cb.findings.map((f: { block: number }) => f.block)).toEqual([100, 3000]);
+    expect(R['rc_c_bad_text'], diag()).toBe('3');
+    expect(F['c_bad_text.out']).toMatch(/TARGET_MISMATCH \(BLOCK_HASH\): block 100 \(byte 6553600\): the snapshot has xxh64 [0-9a-f]{16}, the replica [0-9a-f]{16}/);
+    expect(F['c_bad_text.out']).toMatch(/verification FAILED: 4096 of 4096 blocks checked/);
+    expect(R['rc_c_nochain'], diag()).toBe('1');
+    expect(F['c_nochain.err']!.trim()).toMatch(/^thinarchive: .*NO_BASE_SNAPSHOT|^thinarchive: vg\/vol has no base snapshot in chain other/);
+    expect(F['c_nochain.err']!.trim().split('\n')).toHaveLength(1);
+    // The base snapshot, inactive before, was activated for the comparison and deactivated after.
+    expect(R['c_snap_active_before']).toBe('[]');
+    expect(R['c_snap_active']).toBe('[]');
+
     // B. a plain loop device: every block read.
     expect(R['rc_b_sync'], diag()).toBe('0');
     const b = JSON.parse(F['b_sync.out']!);
@@ -89,5 +122,5 @@ describe('sync in the thin-LVM lab', () => {
     expect(b.sourceSide.blocksHashed).toBe(1024);
     expect(b.sourceSide.bytesRead).toBe(64 * MiB + 10 * BS);
     expect(b.bytesSent / (64 * MiB)).toBeLessThan(0.011);
-  }, LAB_SLOT_WAIT_MS + 480_000);
+  }, LAB_SLOT_WAIT_MS + 600_000);
 });
