@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { EXIT_CODE, parseDuration, UsageError, type Logger } from '../api/core.js';
 import { merge, mount, prune, repair, restore, restoreGroup, serve, umount, verifyAgainst, verifyReplica } from '../api/operations.js';
 import type { MergeResult, ServeResult, PruneResult, RepairResult, RestoreResult, StoreOptions, TargetFinding, VerifyAgainstResult, VerifyReplicaResult } from '../api/index.js';
-import { describeZeroStats, formatBytes, intOption, Progress } from './output.js';
+import { describeZeroStats, flagName, formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
   json: (value: unknown) => void;
@@ -132,7 +132,7 @@ export function printRepair(r: RepairResult): string {
 export async function runVerifyAgainst(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
   if (o.host !== undefined) return runVerifyReplica(inputs, o, ctx);
   const remoteOnly = ['chain', 'remoteCommand', 'remoteStateDir', 'seed'].filter((k) => o[k] !== undefined);
-  if (remoteOnly.length) throw new UsageError(`${remoteOnly.map(flag).join(', ')} go${remoteOnly.length > 1 ? '' : 'es'} with --host (a replica on another host)`);
+  if (remoteOnly.length) throw new UsageError(`${remoteOnly.map(flagName).join(', ')} go${remoteOnly.length > 1 ? '' : 'es'} with --host (a replica on another host)`);
   if (inputs.length !== 1) throw new UsageError('verify --against takes one store or chain directory');
   const progress = new Progress('verify');
   const res = await verifyAgainst({
@@ -161,12 +161,10 @@ async function runVerifyReplica(inputs: string[], o: Record<string, unknown>, ct
   if (!res.ok) process.exitCode = ctx.verifyExit;
 }
 
-const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-
 /** apply DIR --to TARGET --repair. */
 export async function runRepair(inputs: string[], o: Record<string, unknown>, ctx: CliContext): Promise<void> {
   const bad = ['create', 'pool', 'snapshotTarget', 'keep', 'force'].filter((k) => o[k] !== undefined && o[k] !== false);
-  if (bad.length) throw new UsageError(`--repair does not go with ${bad.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`);
+  if (bad.length) throw new UsageError(`--repair does not go with ${bad.map(flagName).join(', ')}`);
   const { repairInputs } = await import('../api/index.js');
   const res = await repair({ dir: repairInputs(inputs), to: o.to as string, stateDir: o.stateDir as string | undefined, wait: !!o.wait, signal: ctx.signal, log: ctx.log, storeOptions: ctx.storeOptions?.() });
   if (o.json) ctx.json(res);

@@ -17,7 +17,7 @@ import { registerDaemonCommands } from './daemon-commands.js';
 import { registerAlertCommands } from './alert-commands.js';
 import { addVerifyAgainstOptions, registerChainCommands, runRepair, runVerifyAgainst, type CliContext } from './chain-commands.js';
 import {
-  describeRecovery, describeZeroStats, intOption, parseSize, printApply, printGroups, printInfo, printList, printRemoteApply, printSend, printVerify, Progress,
+  describeRecovery, describeZeroStats, flagName, intOption, parseSize, printApply, printGroups, printInfo, printList, printRemoteApply, printSend, printVerify, Progress,
 } from './output.js';
 
 export const EXIT = { ok: 0, runtime: 1, usage: 2, verify: 3, unsafe: 4, internal: 70, interrupted: 130 } as const;
@@ -181,19 +181,18 @@ function buildProgram(argv: string[] = process.argv): Command {
       const volume: string | undefined = volumes.length === 1 && o.group === undefined ? volumes[0] : undefined;
       const freezeFlags = ['freezeCmd', 'thawCmd', 'virshDomain', 'freezeTimeout'].filter((k) => o[k] !== undefined).concat(o.freeze.length ? ['freeze'] : []);
       if (volumes.length > 1 || o.group !== undefined) return sendGroupCli(volumes, o, storeOptions());
-      if (freezeFlags.length) throw new UsageError(`${freezeFlags.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${freezeFlags.length > 1 ? '' : 'es'} with a group send (--group NAME, or several volumes)`);
+      if (freezeFlags.length) throw new UsageError(`${freezeFlags.map(flagName).join(', ')} go${freezeFlags.length > 1 ? '' : 'es'} with a group send (--group NAME, or several volumes)`);
       const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease'];
       const imageFlags = ['changes', 'blockSize', 'name', 'volumeUuid'];
-      const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
       const lvSend = volume !== undefined || o.snapshot !== undefined;
       if (lvSend === (o.image !== undefined)) {
         throw new UsageError(lvSend ? 'send either a volume (VG/LV or --snapshot) or --image, not both' : 'name what to send: VG/LV, --snapshot VG/SNAP or --image PATH');
       }
       const misplaced = (lvSend ? imageFlags : lvFlags).filter((k) => o[k] !== undefined);
-      if (misplaced.length) throw new UsageError(`${misplaced.map(flag).join(', ')} ${misplaced.length > 1 ? 'do' : 'does'} not go with ${lvSend ? 'an LV send' : '--image'}`);
+      if (misplaced.length) throw new UsageError(`${misplaced.map(flagName).join(', ')} ${misplaced.length > 1 ? 'do' : 'does'} not go with ${lvSend ? 'an LV send' : '--image'}`);
       if ((o.to === undefined) === (o.applyRemote === undefined)) throw new UsageError(o.to === undefined ? 'name where the archive goes: --to STORE|- or --apply-remote ssh://HOST' : '--to and --apply-remote do not go together');
       const remoteFlags = ['remoteTo', 'remoteCommand'].filter((k) => o[k] !== undefined).concat(o.remoteArg.length ? ['remoteArg'] : []);
-      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flag).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
+      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flagName).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
       if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       const toStdout = o.to === '-';
       if (o.force && !toStdout) throw new UsageError('--force goes with --to - (standard output)');
@@ -297,7 +296,7 @@ function buildProgram(argv: string[] = process.argv): Command {
     .action(async (source: string, o) => {
       if ((o.to === undefined) === (o.applyRemote === undefined)) throw new UsageError(o.to === undefined ? 'name the target: --to TARGET or --apply-remote ssh://HOST --remote-to TARGET' : '--to and --apply-remote do not go together');
       const remoteFlags = ['remoteTo', 'remoteCommand', 'remoteStateDir'].filter((k) => o[k] !== undefined);
-      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
+      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flagName).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
       if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       if (o.applyRemote !== undefined && o.wait) throw new UsageError('--wait goes with --to');
       const { sync } = await import('../api/operations.js');
@@ -343,7 +342,7 @@ function buildProgram(argv: string[] = process.argv): Command {
     .action(async (source: string, o) => {
       if ((o.to === undefined) === (o.applyRemote === undefined)) throw new UsageError(o.to === undefined ? 'name the target: --to TARGET or --apply-remote ssh://HOST --remote-to TARGET' : '--to and --apply-remote do not go together');
       const remoteFlags = ['remoteTo', 'remoteCommand', 'remoteStateDir'].filter((k) => o[k] !== undefined);
-      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
+      if (o.applyRemote === undefined && remoteFlags.length) throw new UsageError(`${remoteFlags.map(flagName).join(', ')} go${remoteFlags.length > 1 ? '' : 'es'} with --apply-remote`);
       if (o.applyRemote !== undefined && o.remoteTo === undefined) throw new UsageError('--apply-remote needs --remote-to TARGET (an image path, block device or VG/LV on the remote host)');
       if (o.pool !== undefined && !o.create) throw new UsageError('--pool goes with --create');
       const maxDowntimeMs = o.maxDowntime === undefined ? undefined : parseShortDuration(o.maxDowntime, '--max-downtime');
@@ -428,7 +427,7 @@ function buildProgram(argv: string[] = process.argv): Command {
       if (o.against !== undefined && o.structureOnly) throw new UsageError('--structure-only does not go with --against');
       if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
       const orphan = (['changedOnly', 'stateDir', 'host', 'chain', 'remoteCommand', 'remoteStateDir', 'seed'] as const).filter((k) => o[k] !== undefined);
-      if (orphan.length) throw new UsageError(`${orphan.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
+      if (orphan.length) throw new UsageError(`${orphan.map(flagName).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
       const progress = new Progress('verify');
       const res = await verify({
         inputs: archives, stdin, signal: controller.signal, onProgress: (p) => progress.update(p.bytesRead, undefined), storeOptions: storeOptions(), samplePercent: o.sample,
@@ -497,7 +496,7 @@ const DEFAULT_GROUP = 'default';
 /** `send VG/LV VG/LV... --to STORE [--group NAME] [freeze method] [--freeze-timeout D]` */
 async function sendGroupCli(volumes: string[], o: Record<string, any>, storeOptions: StoreOptions): Promise<void> {
   const bad = ['snapshot', 'base', 'parent', 'image', 'applyRemote', 'dryRun', 'changes', 'blockSize', 'name', 'volumeUuid', 'force'].filter((k) => o[k] !== undefined && o[k] !== false);
-  if (bad.length) throw new UsageError(`${bad.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} do${bad.length > 1 ? '' : 'es'} not go with a group send`);
+  if (bad.length) throw new UsageError(`${bad.map(flagName).join(', ')} do${bad.length > 1 ? '' : 'es'} not go with a group send`);
   if (!volumes.length) throw new UsageError('name the volumes of the group (VG/LV VG/LV ...)');
   if (o.to === undefined || o.to === '-') throw new UsageError('a group send goes to a store: --to STORE (each member is an archive of its own chain)');
   const methods = [o.freeze.length > 0, o.freezeCmd !== undefined || o.thawCmd !== undefined, o.virshDomain !== undefined].filter(Boolean).length;

@@ -213,3 +213,8 @@ export function describeRecovery(r: RecoverResult): string {
     case 'stale-snapshot-removed': return `${r.target}: removed a leftover rollback snapshot ${r.snapshot}; the target is at ${st}`;
   }
 }
+
+/** The command-line flag of a commander option key: `remoteStateDir` -> `--remote-state-dir`. */
+export function flagName(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
