@@ -1,4 +1,5 @@
 import { configDefaults, defineConfig } from 'vitest/config';
+import LabFirstSequencer from './test/sequencer.js';
 
 export default defineConfig({
   test: {
@@ -15,6 +16,8 @@ export default defineConfig({
     // Test files run three at a time even on two cores: the lab tier's user-mode Linux guests and the
     // CLI end-to-end tests spend much of their time waiting (LVM commands, process start-up, fsync).
     maxWorkers: 3,
+    // The thin-LVM lab tests first, the longest first (test/sequencer.ts).
+    sequence: { sequencer: LabFirstSequencer },
     // One Ceph radosgw per run, started by the first S3 test file that needs it (test/servers/ceph.ts).
     globalSetup: ['./test/servers/ceph-global.ts'],
     reporters: ['default', './test/summary-reporter.ts'],

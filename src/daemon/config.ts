@@ -21,6 +21,8 @@ import { DEFAULT_CONFIG } from './config-path.js';
 export { DEFAULT_CONFIG };
 /** How often the daemon samples its pools when `pool_sample_every` is not set. */
 export const DEFAULT_POOL_SAMPLE_MS = 60_000;
+/** How many units run at once when `max_concurrent_runs` is not set. */
+export const DEFAULT_MAX_CONCURRENT_RUNS = 4;
 
 export interface KeepRules {
   /** milliseconds */
@@ -112,6 +114,8 @@ export interface DaemonConfig {
   pools: Record<string, PoolWatchSettings>;
   /** How often the daemon samples its pools (milliseconds; `pool_sample_every`, default 1 minute). */
   poolSampleMs: number;
+  /** How many units may run at once (`max_concurrent_runs`, default 4); the others wait their turn. */
+  maxConcurrentRuns: number;
   jobs: JobConfig[];
 }
 
@@ -144,6 +148,7 @@ const SCHEMA = {
     passphrase_file: { type: 'string', pattern: '^/' },
     lease_ttl: duration,
     pool_sample_every: duration,
+    max_concurrent_runs: { type: 'integer', minimum: 1 },
     pools: {
       type: 'object',
       propertyNames: { pattern: POOL_KEY },
@@ -403,7 +408,8 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
   return {
     problems,
     config: { metrics: raw.metrics, alerts, stateDir: raw.state_dir, sshOptions: raw.ssh_options ?? [], s3Endpoint: raw.s3_endpoint, leaseTtlMs,
-      keys: { encryptTo: raw.encrypt_to ?? [], recipientsFiles: raw.recipients_files ?? [], identityFiles: raw.identity_files ?? [], ...(raw.passphrase_file ? { passphraseFile: raw.passphrase_file } : {}) }, pools, poolSampleMs, jobs },
+      keys: { encryptTo: raw.encrypt_to ?? [], recipientsFiles: raw.recipients_files ?? [], identityFiles: raw.identity_files ?? [], ...(raw.passphrase_file ? { passphraseFile: raw.passphrase_file } : {}) }, pools, poolSampleMs,
+      maxConcurrentRuns: raw.max_concurrent_runs ?? DEFAULT_MAX_CONCURRENT_RUNS, jobs },
   };
 }
 

@@ -15,9 +15,10 @@ import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Log
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
 import { runAlerts, runStartPings, RUN_ALERT_WAIT_MS, type RunAlertUnit } from './run-alerts.js';
-import { checkConfig, ConfigError, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
+import { checkConfig, ConfigError, DEFAULT_MAX_CONCURRENT_RUNS, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { PoolSampler } from './pool-sampler.js';
+import { RunSlots } from './run-slots.js';
 import { runUnit, type RunOutcome } from './runner.js';
 import { nextSlot, rescheduled, scheduleKey } from './schedule.js';
 import { isVerifyDue, verifyDueAt, verifyUnit } from './scheduled-verify.js';
@@ -177,9 +178,14 @@ export class Daemon {
   private alerts?: DaemonAlerts;
   private lagTimer?: NodeJS.Timeout;
   private pools?: PoolSampler;
+  /** `max_concurrent_runs`: a due unit takes a slot before its run */
+  private readonly slots = new RunSlots(DEFAULT_MAX_CONCURRENT_RUNS);
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
-    if (config) this.config = config;
+    if (config) {
+      this.config = config;
+      this.slots.limit = config.maxConcurrentRuns;
+    }
     this.stateDir = stateDirOverride ?? '';
   }
 
@@ -289,6 +295,7 @@ export class Daemon {
       unit.loop = this.loop(unit, this.ending.get(key));
     }
     this.config = config;
+    this.slots.limit = config.maxConcurrentRuns;
     if (removed) this.saveState();
     // Conditions of units no longer configured are forgotten (no resolved event for them).
     this.alerts?.engine.retain((family, s) => (family !== 'run' && family !== 'lag') || this.units.has(unitKey(s.job ?? '', s.volume ?? '')));
@@ -334,6 +341,12 @@ export class Daemon {
     const signal = unit.stop.signal;
     const key = unitKey(unit.job.name, unit.volume);
     while (await this.sleepUntilNext(unit)) {
+      // At most max_concurrent_runs units run at once; a reload may move this unit's slot while it waits.
+      if (!(await this.slots.acquire(signal))) break;
+      if (unit.next > Date.now()) {
+        this.slots.release();
+        continue;
+      }
       unit.running = true;
       let out: RunOutcome;
       const attemptAt = new Date();
@@ -361,6 +374,7 @@ export class Daemon {
         }
       } finally {
         unit.running = false;
+        this.slots.release();
       }
       // The next slot after now; the slots a long run passed over are skipped and counted.
       const { next, missed } = nextSlot(unit.next, unit.job.schedule, Date.now());

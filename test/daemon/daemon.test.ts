@@ -158,6 +158,48 @@ jobs:
     expect((await filesUnder(t.path)).filter((f) => /\.tmp-|\.image-delta-|daemon\.sock/.test(f))).toEqual([]);
   });
 
+  it('max_concurrent_runs: 1 runs one unit at a time, every unit in its turn; 0 is refused', async () => {
+    const d = await tempDir('daemon-slots');
+    try {
+      const imgs = ['p', 'q', 'r', 's'].map((n) => d.join(`${n}.img`));
+      for (const img of imgs) await writeFile(img, randomBytes(2 << 20));
+      const cfg = d.join('thinarchive.yml');
+      const text = (max: number): string => `state_dir: ${d.join('state')}
+max_concurrent_runs: ${max}
+jobs:
+  - name: four
+    volumes: [${imgs.map((i) => `{image: ${i}}`).join(', ')}]
+    every: 1s
+    to: ${d.join('store')}
+`;
+      await writeFile(cfg, text(0));
+      const bad = await run(['config', 'check', '--config', cfg]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/:2: .*max_concurrent_runs.*>= 1/);
+      await writeFile(cfg, text(1));
+      const dm = spawnCli(['daemon', '--config', cfg]);
+      const done = collect(dm, 300_000);
+      const seen: number[] = [];
+      await waitFor(async () => {
+        const s = await status(cfg).catch(() => undefined);
+        if (s?.source !== 'daemon') return undefined;
+        seen.push(s.units.filter((u) => u.state === 'running').length);
+        return s.units.length === 4 && s.units.every((u) => (u.runs ?? 0) >= 3) ? s : undefined;
+      }, 120_000, 50);
+      dm.kill('SIGTERM');
+      const r = await done;
+      expect(r.code, show(r)).toBe(0);
+      expect(Math.max(...seen)).toBe(1);
+      // each run's span (its end and duration, from the log) overlaps no other run's
+      const spans = r.stderr.split('\n').filter((l) => l.includes('"msg":"run succeeded"')).map((l) => JSON.parse(l) as { time: number; seconds: number; volume: string })
+        .map((l) => ({ volume: l.volume, start: l.time - l.seconds * 1000, end: l.time })).sort((x, y) => x.start - y.start);
+      expect(spans.length).toBeGreaterThanOrEqual(12);
+      for (let i = 1; i < spans.length; i++) expect(spans[i]!.start, `${JSON.stringify(spans[i - 1])} then ${JSON.stringify(spans[i])}`).toBeGreaterThanOrEqual(spans[i - 1]!.end - 5);
+    } finally {
+      await d.remove();
+    }
+  });
+
   it('refuses to start on a bad config (exit 2, the line named)', async () => {
     const d = await tempDir('daemon-bad');
     try {

@@ -67,7 +67,7 @@ describe('verify --against VG/LV in the thin-LVM lab', () => {
       script: SCRIPT,
       disks: [{ sizeBytes: 1024 ** 3 }],
       env: { THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), STORE: store, VG, POOL },
-      timeoutMs: 480_000, // about 100 s on CI
+      timeoutMs: 900_000, // about 100 s on CI
     });
     if (run.exitCode !== 0) console.log(run.output.slice(-6000), Object.entries(run.files).map(([k, v]) => `--- ${k}\n${v.slice(0, 2000)}`).join('\n'));
     expect(run.exitCode, run.output.slice(-4000)).toBe(0);

@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runOk, sha256, tempDir, type TempDir } from '../helpers/cli.js';
 import { POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
-import { LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab } from './lab.js';
+import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
 const KiB = 1024;
@@ -29,8 +29,11 @@ const POINTS = 8;
 /** thick LV targets (undo journal under the state directory) */
 const THICK_POINTS = 2;
 const SEND_POINTS = 2;
-/** rounds of concurrent applies onto one thin LV (issue 19) */
-const CONC_ROUNDS = 10;
+/**
+ * rounds of concurrent applies onto one thin LV (issue 19): 5 in the suite (round 2 has a recover,
+ * round 4 kills the holder), 10 with THINARCHIVE_LAB_FULL=1
+ */
+const CONC_ROUNDS = LAB_FULL ? 10 : 5;
 
 interface Point {
   k: number; how: string; killed: boolean; applyCode: number | null; applyErr: string; tagsAfterKill: string; rollbackAfterKill: boolean;
@@ -171,7 +174,13 @@ describe('crash safety in the thin-LVM lab', () => {
       expect(tags, what).toContain('ta_state_clean');
       const archive = tags.find((t) => t.startsWith('ta_archive_'))!.slice('ta_archive_'.length);
       expect(c.sha, `${what}: the LV is not the volume state its tags name`).toBe(shaOf[archive]);
-      expect(seqOf[archive], what).toBe(2);
+      // An apply that took the target completes the chain (sequence 2). A round whose recover took the
+      // target first and held it until both applies had started refuses both (seen on a slow CI
+      // machine: recover started 76 ms after the first apply and won): the LV stays at the base.
+      const applied = c.writers.some((w) => w.cmd.startsWith('apply') && w.code === 0);
+      if (!applied) expect(c.writers.every((w) => w.cmd === 'recover' || w.code === 4), `${what}: no apply took the target, yet not every apply was refused`).toBe(true);
+      if (!applied) expect(c.writers.some((w) => w.cmd === 'recover' && w.code === 0), `${what}: every writer refused`).toBe(true);
+      expect(seqOf[archive], what).toBe(applied ? 2 : 0);
       expect(c.uuidKept, what).toBe(true);
       expect(c.leftover, what).toEqual([]);
     }

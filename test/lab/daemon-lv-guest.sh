@@ -1,16 +1,17 @@
 # Runs INSIDE the thin-LVM lab guest (see test/lab/daemon-lv.test.ts), sourced by the harness's bash
-# (-eE -o pipefail). One `thinarchive daemon` keeps three mounted ext4 thin LVs (a writer on each)
+# (-eE -o pipefail). One `thinarchive daemon` keeps mounted ext4 thin LVs ($VMS, a writer on each)
 # replicated every 5 s into a directory store (job "dir") and into replica LVs of a second VG through
 # a remote apply over ssh (job "rep", a private sshd on the guest's loopback), plus a raw LV under a
 # short retention grid (job "grid") and an LV that is removed while the daemon runs. The host test
 # reads the checkpoints: at each one the daemon is held (a reload to a long interval), and the base
 # snapshot of every chain is hashed with its archive id, and the replica LVs. Then: the ssh destination down for several cycles, SIGKILL of
-# the daemon at 10 random moments, a final checkpoint, status/metrics, a bad configuration, SIGTERM.
+# the daemon at $KILLS random moments, a final checkpoint, status/metrics, a bad configuration, SIGTERM.
 # Everything observed goes to $LAB_OUT; the host restores the store's points and asserts.
 #
 # Env: TA_LAUNCHER (node script running the CLI), WAIT_HELPER (daemon-lv-wait.mjs), WRITER
 # (daemon-lv-writer.mjs), THINARCHIVE_DIST, STORE, STATE, VG,
-# CHECKPOINTS (before the outage), AFTER (checkpoints after it), KILLS.
+# VMS (the filesystems' LV names, space-separated), CHECKPOINTS (before the outage), AFTER
+# (checkpoints after it), KILLS, SAMPLE_EVERY (seconds between samples of thinarchive's snapshots).
 
 ta() { node "$TA_LAUNCHER" "$@"; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -24,7 +25,7 @@ K=$LAB_WORK/ssh
 pvcreate -q -ff -y /dev/ubdb > /dev/null
 vgcreate -q "$VG2" /dev/ubdb > /dev/null
 lvcreate -q -y -T "$VG2/pool" -L 1G -Zn > /dev/null
-for v in vm1 vm2 vm3; do
+for v in $VMS; do
   lvcreate -q -y -V 64M -T "$VG/pool" -n "$v" > /dev/null
   mkfs.ext4 -q -E lazy_itable_init=1,lazy_journal_init=1 "/dev/$VG/$v"
   mkdir -p "/run/m/$v"
@@ -41,7 +42,7 @@ sync
 # The writers, one process (test/lab/daemon-lv-writer.mjs): every second, on each filesystem, 4 KiB
 # appended and a random 64 KiB block of data.bin rewritten, synced, until /run/stop-writers exists;
 # a random 64 KiB block of the raw LV of the retention job until /run/stop-writers.raw exists.
-node "$WRITER" /run/stop-writers /run/m/vm1/data.bin /run/m/vm2/data.bin /run/m/vm3/data.bin --raw "/dev/$VG/ret" &
+node "$WRITER" /run/stop-writers $(for v in $VMS; do printf '/run/m/%s/data.bin ' "$v"; done) --raw "/dev/$VG/ret" &
 WRITERS=$!
 
 # --- the "remote" host: loopback, a private sshd, a command wrapper with the guest's environment ---
@@ -68,7 +69,7 @@ EOF
 echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$K/host.pub")" > "$K/known_hosts"
 sshd_start() { /usr/sbin/sshd -f "$K/sshd_config" -E "$K/sshd.log"; }
 sshd_stop() { kill "$(cat "$K/sshd.pid")"; while ssh_ok; do sleep 0.2; done; }
-ssh_ok() { ssh -p 2222 -i "$K/client" -o UserKnownHostsFile="$K/known_hosts" -o BatchMode=yes -o ConnectTimeout=3 root@127.0.0.1 true 2> /dev/null; }
+ssh_ok() { ssh -p 2222 -i "$K/client" -o UserKnownHostsFile="$K/known_hosts" -o BatchMode=yes -o ConnectTimeout=15 root@127.0.0.1 true 2> /dev/null; }
 sshd_start
 # sshd gives remote commands a minimal environment: the wrapper restores what the lab's commands need
 # (its own state directory: the receiving side's target locks and journals)
@@ -83,12 +84,13 @@ chmod +x "$LAB_WORK/ta-remote"
 
 cat > "$CONF" <<EOF
 state_dir: $STATE
-ssh_options: [IdentityFile=$K/client, UserKnownHostsFile=$K/known_hosts, BatchMode=yes, ConnectTimeout=3]
+max_concurrent_runs: 2
+ssh_options: [IdentityFile=$K/client, UserKnownHostsFile=$K/known_hosts, BatchMode=yes, ConnectTimeout=15]
 metrics:
   listen: 127.0.0.1:9811
 jobs:
   - name: dir
-    volumes: [$VG/vm1, $VG/vm2, $VG/vm3, $VG/gone]
+    volumes: [$(for v in $VMS; do printf '%s/%s, ' "$VG" "$v"; done)$VG/gone]
     every: 5s
     to: $STORE
     retry: { attempts: 2, initial: 1s, max: 2s }
@@ -121,11 +123,11 @@ daemon_start() {
 }
 daemon_start
 
-# Thinarchive's snapshots, sampled every 3 s while the daemon runs: "ms name tags" lines.
+# Thinarchive's snapshots, sampled every $SAMPLE_EVERY s while the daemon runs: "ms name tags" lines.
 ( while [ ! -e /run/stop-sampler ]; do
     t=$(now_ms)
     lvs --noheadings -o lv_name,lv_tags "$VG" 2> /dev/null | awk -v t="$t" '$1 ~ /_ta_/ { print t, $1, $2 }' >> "$LAB_OUT/ta-snapshots.txt" || true
-    sleep 3
+    sleep "$SAMPLE_EVERY"
   done ) &
 SAMPLER=$!
 
@@ -154,12 +156,15 @@ reload() {
 # wait_daemon ready SINCE_MS UNIT... | wait_daemon idle: through the daemon's status socket
 wait_daemon() { node "$WAIT_HELPER" "$STATE" "$@"; }
 LAST_CP=$(now_ms)
-UNITS_ALL="vm1 dir|vm2 dir|vm3 dir|vm1 rep|vm2 rep|vm3 rep|ret grid"
+# every unit but the removed volume's: "LV JOB" separated by |, and as "JOB VG/LV" words for wait_daemon
+UNITS_ALL="$(for v in $VMS; do printf '%s dir|%s rep|' "$v" "$v"; done)ret grid"
+DIR_UNITS=(); for v in $VMS; do DIR_UNITS+=("dir $VG/$v"); done
+ALL_UNITS=("${DIR_UNITS[@]}"); for v in $VMS; do ALL_UNITS+=("rep $VG/$v"); done; ALL_UNITS+=("grid $VG/ret")
 # checkpoint NAME [UNIT...]: once those units (default: all but the removed volume) have a new point
 checkpoint() {
   local name=$1 lv job line snap n=0 i
   shift
-  [ "$#" -gt 0 ] || set -- "dir $VG/vm1" "dir $VG/vm2" "dir $VG/vm3" "rep $VG/vm1" "rep $VG/vm2" "rep $VG/vm3" "grid $VG/ret"
+  [ "$#" -gt 0 ] || set -- "${ALL_UNITS[@]}"
   wait_daemon ready "$LAST_CP" "$@"
   reload "$CONF_HOLD"
   wait_daemon idle
@@ -183,7 +188,7 @@ checkpoint() {
     echo "base ${bases[$i]} $(sha256sum < "/dev/$VG/$3" | cut -d' ' -f1)" >> "$LAB_OUT/$name.hashes"
   done
   lvchange -an "${names[@]}"
-  for lv in vm1 vm2 vm3; do
+  for lv in $VMS; do
     if [ -e "/dev/$VG2/$lv" ]; then echo "replica $lv rep - - $(sha256sum < "/dev/$VG2/$lv" | cut -d' ' -f1)" >> "$LAB_OUT/$name.hashes"; fi
   done
   reload "$CONF_RUN"
@@ -204,7 +209,7 @@ sshd_stop
 event outage-start
 from=$(wc -l < "$LAB_OUT/daemon.log")
 # until every replica unit has failed (after its retries) since the destination went down
-for v in vm1 vm2 vm3; do
+for v in $VMS; do
   n=0
   until tail -n +"$from" "$LAB_OUT/daemon.log" | grep "\"job\":\"rep\",\"volume\":\"$VG/$v\"" | grep -q '"msg":"run failed'; do
     sleep 1; n=$((n + 1))
@@ -212,7 +217,7 @@ for v in vm1 vm2 vm3; do
   done
 done
 event outage-failed
-checkpoint outage "dir $VG/vm1" "dir $VG/vm2" "dir $VG/vm3"   # the directory store goes on meanwhile
+checkpoint outage "${DIR_UNITS[@]}"   # the directory store goes on meanwhile
 sleep 6
 sshd_start
 event outage-end
@@ -252,7 +257,7 @@ lvs --noheadings -o vg_name,lv_name,lv_tags "$VG" > "$LAB_OUT/lvs-after-term.txt
 event terminated
 t=$(now_ms)
 daemon_start
-wait_daemon ready "$t" "dir $VG/vm1" "dir $VG/vm2" "dir $VG/vm3" "rep $VG/vm1" "rep $VG/vm2" "rep $VG/vm3" "grid $VG/ret"
+wait_daemon ready "$t" "${ALL_UNITS[@]}"
 reload "$CONF_HOLD"
 wait_daemon idle
 kill -TERM "$DAEMON"
@@ -264,5 +269,5 @@ touch /run/stop-writers
 wait "$WRITERS"
 dmsetup status "$(echo "$VG" | sed 's/-/--/g')-pool-tpool" | awk '{print $7}' > "$LAB_OUT/held-root.txt"
 lvs --noheadings -o vg_name,lv_name,lv_tags "$VG" "$VG2" > "$LAB_OUT/lvs-end.txt"
-for v in vm1 vm2 vm3; do umount "/run/m/$v"; done
+for v in $VMS; do umount "/run/m/$v"; done
 event end

@@ -62,7 +62,7 @@ describe('I/O errors in the lab (device-mapper error and flakey targets)', () =>
         GUEST_SH: join(ROOT, 'test', 'lab', 'eio-guest.sh'), TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'),
         THINARCHIVE_DIST: build.dir, A0: a0.path, A1: a1.path, VOL_BYTES: String(VOL),
       },
-      timeoutMs: 360_000, // about 30 s on an idle machine
+      timeoutMs: 600_000, // about 30 s on an idle machine
     });
     const total = (performance.now() - t0) / 1000;
     const F = run.files;

@@ -57,7 +57,7 @@ describe('write-only encrypted sends of a thin LV in the lab', () => {
       script: SCRIPT,
       disks: [{ sizeBytes: 1024 ** 3 }],
       env: { THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), STORE: store, VG, POOL, RECIPIENT: recipient },
-      timeoutMs: 300_000,
+      timeoutMs: 600_000,
     });
     if (lab.exitCode !== 0) console.log(lab.output.slice(-6000), Object.entries(lab.files).map(([k, v]) => `--- ${k}\n${v.slice(0, 2000)}`).join('\n'));
     expect(lab.exitCode, lab.output.slice(-4000)).toBe(0);

@@ -15,11 +15,14 @@ import { restore } from '../../src/api/index.js';
 import type { GroupPoint, SendGroupResult, SendVolumeResult } from '../../src/api/index.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, removeHostTempDirs } from './host-files.js';
-import { LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
+import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
-const POINTS = 6; // per group: 12 group points (UML sends take seconds each; the suite's time budget)
-const SOLO = 5;
+// Per group (two groups): 6 group points in the suite (a group send takes about 25 s in the guest with
+// the writer running), 20 with THINARCHIVE_LAB_FULL=1. The one-by-one pairs (recorded, not asserted:
+// the failure a group prevents could not be produced) only run with THINARCHIVE_LAB_FULL=1.
+const POINTS = LAB_FULL ? 10 : 3;
+const SOLO = LAB_FULL ? 5 : 0;
 const STRIPE = 65536;
 
 const SCRIPT = String.raw`
@@ -126,7 +129,7 @@ describe('consistency groups in the thin-LVM lab', () => {
       if (r.status !== 0) soloBad++;
       soloOut.push(`pair ${i}: fsck ${r.status}`);
     }
-    console.log(`one by one: ${soloBad} of ${SOLO} pairs fail fsck (${soloOut.join(', ')})`);
+    if (SOLO > 0) console.log(`one by one: ${soloBad} of ${SOLO} pairs fail fsck (${soloOut.join(', ')})`);
     // Not asserted: in the lab runs so far (0 of 5 pairs failed) sends one by one could not be made to
     // give a pair that fsck rejects after journal replay (docs/LVM.md section 9). Recorded only.
 

@@ -28,7 +28,7 @@ EOF
 echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$K/host.pub")" > "$K/known_hosts"
 sshd_start() { /usr/sbin/sshd -f "$K/sshd_config" -E "$K/sshd.log"; }
 sshd_stop() { kill "$(cat "$K/sshd.pid")"; while ssh_ok; do sleep 0.2; done; }
-ssh_ok() { ssh -p 2222 -i "$K/client" -o UserKnownHostsFile="$K/known_hosts" -o BatchMode=yes -o ConnectTimeout=3 root@127.0.0.1 true 2> /dev/null; }
+ssh_ok() { ssh -p 2222 -i "$K/client" -o UserKnownHostsFile="$K/known_hosts" -o BatchMode=yes -o ConnectTimeout=15 root@127.0.0.1 true 2> /dev/null; }
 cat > "$LAB_WORK/ta-remote" <<EOF
 #!/bin/bash
 export PATH='$PATH' LVM_SYSTEM_DIR='$LVM_SYSTEM_DIR' DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1

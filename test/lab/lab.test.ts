@@ -84,7 +84,7 @@ describe('thin-LVM lab', () => {
   it('boots once and runs pool, snapshots, lvs, dmsetup, thin_delta and node inside', async (ctx) => {
     await requireLab(ctx);
     const t0 = performance.now();
-    const run = await runInLab({ script: SCRIPT, disks: [{ sizeBytes: 4 * GiB }], timeoutMs: 300_000 });
+    const run = await runInLab({ script: SCRIPT, disks: [{ sizeBytes: 4 * GiB }], timeoutMs: 600_000 });
     const total = performance.now() - t0;
     console.log(
       `lab timings: boot ${(run.bootMs / 1000).toFixed(2)} s, guest run ${(run.durationMs / 1000).toFixed(2)} s, ` +

@@ -58,7 +58,7 @@ describe('src/lvm in the thin-LVM lab', () => {
       script: SCRIPT,
       disks: [{ sizeBytes: 4 * 1024 ** 3 }],
       env: { THINARCHIVE_DIST: compiled.dir, GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'lvm-guest.mjs'), VG, POOL },
-      timeoutMs: 300_000,
+      timeoutMs: 600_000,
     });
     const total = performance.now() - t0;
     console.log(

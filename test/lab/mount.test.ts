@@ -57,7 +57,7 @@ describe('mount and umount in the thin-LVM lab', () => {
         GUEST_SH: join(ROOT, 'test', 'lab', 'mount-guest.sh'), TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), THINARCHIVE_DIST: build.dir,
         VG, POOL, STORE: store, PSTORE: pstore,
       },
-      timeoutMs: 480_000,
+      timeoutMs: 900_000, // 440 s on a loaded CI machine
     });
     const F = run.files;
     const R = parseResults(F['results.tsv'] ?? '');

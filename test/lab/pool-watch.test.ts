@@ -56,7 +56,7 @@ describe('pool watch, check and the pool guard in the thin-LVM lab', () => {
         THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'pool-watch-guest.sh'),
         VG, POOL, MPOOL, STORE: store,
       },
-      timeoutMs: 840_000, // a few minutes on an idle machine; UML slows down a lot on a loaded one
+      timeoutMs: 1_200_000, // a few minutes on an idle machine; UML slows down a lot on a loaded one
     });
     expect(run.exitCode, `${run.output}\n--- console:\n${run.console.slice(-3000)}`).toBe(0);
     expect(labLeftovers(run.pid)).toEqual([]);

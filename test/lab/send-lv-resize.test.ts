@@ -42,7 +42,7 @@ describe('send VG/LV: resized volumes, LV targets and pipes in the thin-LVM lab'
         THINARCHIVE_DIST: build.dir, TA_LAUNCHER: launcher, GUEST_SH: join(ROOT, 'test', 'lab', 'send-lv-resize-guest.sh'),
         STORE: store, IMG_DIR: images, THINARCHIVE_STATE_DIR: join(host, 'state'),
       },
-      timeoutMs: 660_000, // 120-240 s measured on a 2-core host at load 4-14; user-mode Linux slows down a lot on a loaded one
+      timeoutMs: 900_000, // 120-240 s measured on a 2-core host at load 4-14; user-mode Linux slows down a lot on a loaded one
     });
     const tLab = performance.now() - t0;
     const F = run.files;

@@ -57,7 +57,7 @@ describe('send VG/LV in the thin-LVM lab', () => {
         THINARCHIVE_DIST: build.dir, TA_LAUNCHER: launcher, GUEST_SCRIPT: join(ROOT, 'test', 'lab', 'send-lv-guest.sh'), REPO: ROOT,
         VG, POOL, STORE: store!, STORE2: store2!,
       },
-      timeoutMs: 480_000, // about 90 s on an idle machine; UML slows down a lot on a loaded one
+      timeoutMs: 900_000, // about 90 s on an idle machine; UML slows down a lot on a loaded one
     });
     const tLab = performance.now() - t0 - tBuild;
     if (run.exitCode !== 0) console.log(run.output, run.console.slice(-3000), Object.entries(run.files).map(([k, v]) => `--- ${k}\n${v.slice(0, 3000)}`).join('\n'));
