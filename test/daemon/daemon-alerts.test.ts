@@ -92,7 +92,7 @@ jobs:
     every: 1s
     to: ${store}
     retry: { attempts: 1 }
-    lag_warning: 4s
+    lag_warning: 12s
     lag_critical: 1h
 `);
     await runOk(['config', 'check', '--config', cfg]);
@@ -124,7 +124,8 @@ jobs:
     expect(startedMail.mail.subject).toMatch(/^\[thinarchive\] INFO daemon_started: /);
 
     // 2. The destination becomes unreachable: one run_failed however many runs fail.
-    // (On a loaded machine a healthy run may take longer than the 4 s lag threshold: lag_warning and
+    // (The lag threshold must exceed a healthy run: on the loaded 2-core CI machine a run over ssh took
+    // more than 4 s, so lag_ok never came after the outage. On a loaded machine lag_warning and
     // lag_ok can come before the cut. What is asserted from here on is what comes after it.)
     const lagEvents = (): AlertEvent[] => hooks().filter((e) => e.event.startsWith('lag_'));
     const lastLag = (): AlertEvent | undefined => lagEvents().at(-1);
@@ -139,8 +140,8 @@ jobs:
     expect(failed.message).toMatch(new RegExp(`^remote ${image.replace(/[.]/g, '\\.')}: run failed after 1 attempt: SSH_CONNECT: `));
     await waitFor(async () => ((await unit())?.consecutiveFailures ?? 0) >= 4, 60_000, 100);
     const lag = await waitFor(() => (lastLag()?.event === 'lag_warning' ? lastLag() : undefined), 30_000, 100);
-    expect(lag).toMatchObject({ job: 'remote', volume: image, severity: 'warning', values: { warningSeconds: 4, criticalSeconds: 3600 } });
-    expect(lag.values.lagSeconds).toBeGreaterThanOrEqual(4);
+    expect(lag).toMatchObject({ job: 'remote', volume: image, severity: 'warning', values: { warningSeconds: 12, criticalSeconds: 3600 } });
+    expect(lag.values.lagSeconds).toBeGreaterThanOrEqual(12);
     const mail = await waitFor(() => smtp!.messages.find((m) => m.mail.headers.get('x-thinarchive-event') === 'run_failed'), 30_000, 100);
     expect(mail.mail.subject).toBe(`[thinarchive] WARNING run_failed: remote ${image} on ${failed.host}`);
     expect(mail.mail.text).toContain('code:');
@@ -169,8 +170,10 @@ jobs:
     const pingsAfter = http.requests.length;
     await waitFor(() => http!.requests.slice(pingsAfter).some((q) => q.path === '/ping/success'), 30_000, 100);
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    // (A run slower than the lag threshold on a loaded machine makes lag_warning and lag_ok again after
+    // the recovery: one lag_ok at least.)
     expect(metrics).toMatch(/^thinarchive_alerts_total\{event="run_recovered"\} 1$/m);
-    expect(metrics).toMatch(/^thinarchive_alerts_total\{event="lag_ok"\} 1$/m);
+    expect(metrics).toMatch(/^thinarchive_alerts_total\{event="lag_ok"\} [1-9]\d*$/m);
     expect(metrics).toMatch(/^thinarchive_alerts_total\{event="daemon_started"\} 1$/m);
     expect(metrics).not.toMatch(/thinarchive_alerts_total\{event="run_failed"\}/);
 
@@ -181,7 +184,11 @@ jobs:
     expect(of('daemon_stopped')).toHaveLength(2);
     const afterCut = hooks().slice(atCut).map((e) => e.event).filter((e) => e !== 'daemon_started' && e !== 'daemon_stopped');
     expect(afterCut.filter((e) => !e.startsWith('lag_'))).toEqual(['run_failed', 'run_recovered']);
-    expect(afterCut.filter((e) => e.startsWith('lag_'))).toEqual(lagActiveAtCut ? ['lag_ok'] : ['lag_warning', 'lag_ok']);
+    // the outage's lag_warning (unless one was firing at the cut), its lag_ok after the recovery; then, if
+    // a run was slower than the threshold, warning and ok alternate
+    const lagAfterCut = afterCut.filter((e) => e.startsWith('lag_'));
+    expect(lagAfterCut.slice(0, lagActiveAtCut ? 1 : 2)).toEqual(lagActiveAtCut ? ['lag_ok'] : ['lag_warning', 'lag_ok']);
+    lagAfterCut.forEach((e, i) => expect(e, lagAfterCut.join(' ')).toBe(i % 2 === (lagActiveAtCut ? 0 : 1) ? 'lag_ok' : 'lag_warning'));
     expect(hooks().slice(0, atCut).every((e) => e.event !== 'run_failed')).toBe(true);
     const state = JSON.parse(await readFile(join(t.join('state'), 'alerts-state.json'), 'utf8'));
     expect(state).toMatchObject({ version: 1, conditions: [], pending: [] });

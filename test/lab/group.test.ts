@@ -1,6 +1,6 @@
 // Consistency groups in ONE boot of the thin-LVM lab (test/lab/group-guest.sh): two thin LVs striped
 // by device-mapper with ext4 on top and a writer running; group sends without a freeze (the stripe
-// suspended) and with fsfreeze, the same volumes sent one by one, the quiesce window observed, the
+// suspended) and with fsfreeze, the same volumes sent one by one (THINARCHIVE_LAB_FULL=1), the quiesce window observed, the
 // watchdog (hung thaw, hung and SIGKILLed freeze commands, SIGTERM and SIGKILL of thinarchive), restore
 // --group, and an incomplete point.
 // Here, on the host, every group point's members are restored (the library's restore, to images),
@@ -18,10 +18,11 @@ import { hostTempDir, removeHostTempDirs } from './host-files.js';
 import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
-// Per group (two groups): 6 group points in the suite (a group send takes about 25 s in the guest with
-// the writer running), 20 with THINARCHIVE_LAB_FULL=1. The one-by-one pairs (recorded, not asserted:
-// the failure a group prevents could not be produced) only run with THINARCHIVE_LAB_FULL=1.
-const POINTS = LAB_FULL ? 10 : 3;
+// Sends per group, of two groups: 2 in the suite, 4 group points in all (a group send takes 25 to 50
+// s in the guest with the writer running); 10 per group, 20 points, with THINARCHIVE_LAB_FULL=1.
+// The one-by-one pairs (recorded, not asserted: the failure a group prevents could not be produced)
+// only run with THINARCHIVE_LAB_FULL=1.
+const POINTS = LAB_FULL ? 10 : 2;
 const SOLO = LAB_FULL ? 5 : 0;
 const STRIPE = 65536;
 
@@ -142,7 +143,7 @@ describe('consistency groups in the thin-LVM lab', () => {
     expect(writes.filter((t) => t < frozenAt).length).toBeGreaterThan(3);
     const firstAfter = writes.find((t) => t >= thawAt);
     expect(firstAfter, 'a write after the thaw').toBeDefined();
-    expect(firstAfter! - thawAt).toBeLessThan(1000);
+    expect(firstAfter! - thawAt).toBeLessThan(3000); // a probe step is three process starts in the guest
     const win = json<SendGroupResult>('window.json');
     expect(win.group.quiesce.method).toBe('command');
     expect(win.group.quiesce.freezeMs).toBeGreaterThanOrEqual(thawAt - frozenAt - 50);
@@ -151,11 +152,13 @@ describe('consistency groups in the thin-LVM lab', () => {
     const hung = json<SendGroupResult>('thaw-hangs.json');
     expect(hung.quiesce!.warnings.length, JSON.stringify(hung.quiesce)).toBe(1);
     expect(hung.quiesce!.warnings[0]).toMatch(/killed/);
-    expect(hung.group.quiesce.freezeMs).toBeLessThan(8000);
+    expect(hung.group.quiesce.freezeMs).toBeLessThan(20_000); // thawed by the second attempt, before the freeze timeout
     expect(R['thaw_hangs_writable']).toBe('yes');
     expect(R['freeze_hangs_rc']).toBe('1');
     expect(json<{ error: { code: string } }>('freeze-hangs.out').error.code, F['freeze-hangs.err']).toBe('FREEZE_TIMEOUT');
-    expect(Number(R['freeze_hangs_ms'])).toBeLessThan(3000 + 8000); // the send's own start-up and clean-up around the 3 s window
+    // the watchdog ended the 3 s window (the freeze command sleeps 1000 s); the send's own start-up and
+    // clean-up around it take seconds in the guest, more than 8 on a loaded CI machine
+    expect(Number(R['freeze_hangs_ms'])).toBeLessThan(3000 + 30_000);
     expect(R['freeze_hangs_writable']).toBe('yes');
     expect(R['freeze_killed_rc']).toBe('1');
     expect(json<{ error: { code: string } }>('freeze-killed.out').error.code, F['freeze-killed.err']).toBe('FREEZE_FAILED');
@@ -163,10 +166,10 @@ describe('consistency groups in the thin-LVM lab', () => {
     expect(R['freeze_killed_writable']).toBe('yes');
     expect(R['sigterm_rc']).toBe('130');
     expect(R['sigterm_writable']).toBe('yes');
-    expect(Number(R['sigterm_thawed_ms'])).toBeLessThan(3000);
+    expect(Number(R['sigterm_thawed_ms'])).toBeLessThan(15_000); // the freeze command sleeps 30 s, the timeout is 60 s
     expect(R['sigkill_rc']).toBe('137');
     expect(R['sigkill_writable'], 'the guard process thaws after thinarchive was SIGKILLed').toBe('yes');
-    expect(Number(R['sigkill_thawed_ms'])).toBeLessThan(10_000);
+    expect(Number(R['sigkill_thawed_ms'])).toBeLessThan(20_000); // the guard thaws at the 3 s timeout + 1 s; frozen for good without it
     expect(R['direct_rc']).toBe('2');
     expect(json<{ error: { code: string } }>('direct.out').error.code, F['direct.err']).toBe('GROUP_NOT_QUIESCABLE');
 
