@@ -139,9 +139,9 @@ describe('the daemon in the thin-LVM lab', () => {
     const finalUnits = units(stateDir!);
     const env = { ...process.env, THINARCHIVE_DIST: build.dir };
     const ta = (...args: string[]): string => execFileSync(process.execPath, [launcher, ...args], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    const restoreSha = async (chainDir: string, at: string, name: string): Promise<string> => {
+    const restoreSha = async (chainDir: string, at: string | undefined, name: string): Promise<string> => {
       const img = join(host, `${name}.img`);
-      ta('restore', chainDir, '--at', at, '--to', img, '--create');
+      ta('restore', chainDir, ...(at ? ['--at', at] : []), '--to', img, '--create');
       const sha = await sha256File(img);
       rmSync(img);
       return sha;
@@ -154,12 +154,15 @@ describe('the daemon in the thin-LVM lab', () => {
         restores++;
       }
     }
-    // the retention grid: the raw LV's chain holds exactly its last 3 points, the newest equal to its base
+    // the retention grid: the raw LV's chain holds exactly its last 3 points, the newest equal to the final
+    // checkpoint's base (its writer stopped before that checkpoint; the daemon's runs after it, until the
+    // end, may have merged the checkpoint's own archive away: seen when few units ran)
     const grid = finalUnits[key('grid', 'ret')]!;
     const gridBase = cps.at(-1)!.base['grid ret']!;
+    expect(at('ret-stopped')).toBeLessThan(at('checkpoint final'));
     expect(grid.chainLength).toBe(3);
     expect(readdirSync(grid.chainDir!).filter((f) => f.endsWith('.tna'))).toHaveLength(3);
-    expect(await restoreSha(grid.chainDir!, gridBase.archive, 'grid')).toBe(gridBase.sha);
+    expect(await restoreSha(grid.chainDir!, undefined, 'grid')).toBe(gridBase.sha);
     expect(sentOf('grid', 'ret').length).toBeGreaterThanOrEqual(CHECKPOINT_NAMES.length);
     // every chain of the store verifies in full (the grid's merges included)
     for (const u of [...VMS.map((v) => finalUnits[key('dir', v)]!), grid]) ta('verify', u.chainDir!);
