@@ -77,11 +77,13 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
       await new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
           log.info({ signal }, 'stopping');
-          // Hard deadline: whatever still runs after 9.5 s does not hold the exit.
+          // Hard deadline: whatever still runs after 8 s does not hold the exit (the promise is 10 s; on a
+          // loaded machine the signal's delivery and the exit itself took more than the 0.5 s a 9.5 s
+          // deadline left: 10.2 s measured in the lab). The next start settles what an aborted run left.
           setTimeout(() => {
             log.warn({}, 'stop deadline passed: exiting');
             process.exit(0);
-          }, 9500).unref();
+          }, 8000).unref();
           d.stop().then(resolve, resolve);
         };
         process.on('SIGTERM', () => stop('SIGTERM'));
