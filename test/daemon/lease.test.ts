@@ -49,7 +49,10 @@ jobs:
     to: ${store}
 `;
     const [cfg1, cfg2, s1, s2] = [t.join('one.yml'), t.join('two.yml'), t.join('state-one'), t.join('state-two')];
-    await writeFile(cfg1, config(s1, '25s'));
+    // The first runs every 60 s: the standby's copy of its hashes must still name the chain's newest
+    // archive when the standby runs (with 25 s, under a loaded suite, the first's second run came before
+    // the standby's and the standby, its hashes now one point behind, rightly started a new chain).
+    await writeFile(cfg1, config(s1, '60s'));
     await writeFile(cfg2, config(s2, '1s'));
     const start = (cfg: string): { child: ReturnType<typeof spawnCli>; done: ReturnType<typeof collect> } => {
       const child = spawnCli(['daemon', '--config', cfg]);
@@ -85,7 +88,7 @@ jobs:
 
     // The first keeps writing the chain, its lease renewed (every 4 s) past the ttl. (A 6 s ttl expired
     // once under a loaded full suite: a renewal more than 4 s late let the standby take the chain over.)
-    const later = await waitFor(async () => { const u = await unit(cfg1); return u && (u.runs ?? 0) >= 2 && u.state === 'ok' ? u : undefined; }, 60_000, 100);
+    const later = await waitFor(async () => { const u = await unit(cfg1); return u && (u.runs ?? 0) >= 2 && u.state === 'ok' ? u : undefined; }, 120_000, 100);
     expect(later).toMatchObject({ chainId: chain, chainLength: 2, lastError: null });
     const chains = await listed(store);
     expect(chains.map((c) => c.chainId)).toEqual([chain]); // the second wrote nothing
