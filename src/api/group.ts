@@ -1,11 +1,13 @@
 /**
- * Consistency groups at the API level: the group points of a store and `restore --group`, which
- * restores every member of one point (each through `restore`) only when the point is complete.
+ * Consistency groups at the API level: the group points of a store; `restore --group`, which
+ * restores every member of one point (each through `restore`) only when the point is complete; and
+ * `prune --group`, which applies retention rules to whole points (each member chain through `prune`).
  */
 import { ThinarchiveError, UsageError } from '../errors.js';
-import type { GroupPoint } from '../chain/group.js';
+import { planGroupRetention, type GroupPoint } from '../chain/group.js';
 import { GROUP_NAME_RE } from '../format/group.js';
-import { list, listGroups } from '../commands/list.js';
+import { groupArchivesSeen, list, listGroups } from '../commands/list.js';
+import { NO_RETENTION_RULE, prune, retentionGridOf, type PruneOptions, type PruneResult } from '../commands/prune.js';
 import { restore, type RestoreOptions, type RestoreResult } from '../commands/restore.js';
 import { assertLvmName } from '../lvm/names.js';
 import type { StoreOptions } from '../store/open.js';
@@ -82,4 +84,63 @@ export async function restoreGroup(o: RestoreGroupOptions): Promise<RestoreGroup
     members.push({ ...r, volume: m.volume });
   }
   return { group: o.group, point, members, seconds: (performance.now() - started) / 1000 };
+}
+
+export interface PruneGroupOptions extends Omit<PruneOptions, 'dir' | 'dropArchiveIds'> {
+  /** the store */
+  dir: string;
+  group: string;
+}
+
+/** A group point as prune --group reports it. */
+export interface PrunedGroupPoint {
+  id: string;
+  frozenAt: string;
+  complete: boolean;
+}
+
+export interface PruneGroupResult {
+  dryRun: boolean;
+  group: string;
+  /** the complete points the rules keep (every member's archive stays restorable), oldest first */
+  kept: PrunedGroupPoint[];
+  /** the points dropped: complete ones the rules do not keep, and every incomplete one */
+  dropped: PrunedGroupPoint[];
+  /** what prune did (or, in a dry run, would do) in each member's chain, in chain id order */
+  chains: PruneResult[];
+  seconds: number;
+}
+
+/**
+ * prune STORE --group NAME --keep…: the rules pick whole points of the group (by freeze time; the
+ * newest complete point always), and every member chain drops exactly the archives of the points not
+ * kept, each merged into the next archive kept (prune's own merges: a kept point stays restorable
+ * and identical). A point is kept whole or not at all; an incomplete point is never kept. Archives
+ * of other groups, of sends without a group, and any written since the listing stay. Chains are
+ * pruned one after the other: interrupted, a kept point is still whole, and a dropped one may be left
+ * incomplete for the next prune --group to finish. Refused (GROUP_INCOMPLETE) when no point of the
+ * group is complete: nothing is changed then.
+ */
+export async function pruneGroup(o: PruneGroupOptions): Promise<PruneGroupResult> {
+  const started = performance.now();
+  if (!GROUP_NAME_RE.test(o.group)) throw new UsageError(`--group ${JSON.stringify(o.group)} is not a group name`);
+  const grid = retentionGridOf(o);
+  if (!grid) throw new UsageError(NO_RETENTION_RULE);
+  const so = o.storeOptions ? { storeOptions: o.storeOptions } : {};
+  const chains = await list({ dir: o.dir, ...so });
+  const plan = planGroupRetention(groupArchivesSeen(chains), o.group, grid, o.now ?? Date.now());
+  if (!plan.kept.length) {
+    if (!plan.dropped.length) throw new UsageError(`the store holds no point of group "${o.group}"`, 'GROUP_NOT_FOUND');
+    throw new ThinarchiveError('GROUP_INCOMPLETE', `no point of group "${o.group}" is complete (${plan.dropped.length} point${plan.dropped.length > 1 ? 's' : ''}, each missing a member's archive): nothing pruned`, 'verify');
+  }
+  const { group: _g, dir: _d, keep: _k, keepWithin: _w, keepHourly: _h, keepDaily: _dd, keepWeekly: _ww, keepMonthly: _m, keepYearly: _y, ...rest } = o;
+  const results: PruneResult[] = [];
+  for (const [chainId, drop] of [...plan.drop].sort(([a], [b]) => a.localeCompare(b))) {
+    const dir = chains.find((c) => c.chainId === chainId)?.dir;
+    if (!dir) continue;
+    o.signal?.throwIfAborted();
+    results.push(await prune({ ...rest, dir, dropArchiveIds: drop }));
+  }
+  const brief = (p: GroupPoint): PrunedGroupPoint => ({ id: p.id, frozenAt: p.frozenAt, complete: p.complete });
+  return { dryRun: !!o.dryRun, group: o.group, kept: plan.kept.map(brief), dropped: plan.dropped.map(brief), chains: results, seconds: (performance.now() - started) / 1000 };
 }

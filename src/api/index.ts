@@ -23,7 +23,7 @@ export {
 } from '../store/lease.js';
 export type { MergeOptions, MergeResult } from '../commands/merge.js';
 export type { PruneOptions, PruneResult } from '../commands/prune.js';
-export { planRetention, type RetentionGrid } from '../chain/merge-plan.js';
+export { planRetention, type RetentionGrid } from '../chain/retention.js';
 export { repairInputs, type RepairOptions, type RepairResult } from '../commands/repair.js';
 export type { RestoreOptions, RestoreResult } from '../commands/restore.js';
 export type { SendGroupOptions, SendGroupResult } from '../commands/send-lv.js';
@@ -31,7 +31,7 @@ export type { GroupPoint, GroupPointMember } from '../chain/group.js';
 export { listGroups } from '../commands/list.js';
 export type { GroupMeta, GroupMember, QuiesceMethod } from '../format/group.js';
 export type { QuiesceReport, QuiesceSpec } from '../source/quiesce.js';
-export type { GroupPointsOptions, RestoreGroupOptions, RestoreGroupResult } from './group.js';
+export type { GroupPointsOptions, PruneGroupOptions, PruneGroupResult, PrunedGroupPoint, RestoreGroupOptions, RestoreGroupResult } from './group.js';
 export type { KeepFailure, KeptOverlay, ServeListening, ServeOptions, ServeResult } from '../commands/serve.js';
 export type { MountOptions, MountRecord, MountResult, UmountOptions, UmountResult } from '../commands/mount.js';
 export type { VerifiedArchive, VerifyOptions, VerifyResult } from '../commands/verify.js';

@@ -15,7 +15,7 @@ import type { MountOptions, MountResult, UmountOptions, UmountResult } from '../
 import type { SendOptions as SendImageOptions } from '../commands/send.js';
 import type { SendGroupOptions, SendGroupResult, SendLvOptions, SendLvResult } from '../commands/send-lv.js';
 import type { GroupPoint } from '../chain/group.js';
-import type { GroupPointsOptions, RestoreGroupOptions, RestoreGroupResult } from './group.js';
+import type { GroupPointsOptions, PruneGroupOptions, PruneGroupResult, RestoreGroupOptions, RestoreGroupResult } from './group.js';
 import type { VerifyOptions, VerifyResult } from '../commands/verify.js';
 import type { VerifyAgainstOptions, VerifyAgainstResult } from '../commands/verify-against.js';
 import type { VerifyReplicaOptions, VerifyReplicaResult, VerifyTargetSideOptions } from '../commands/verify-replica.js';
@@ -159,6 +159,11 @@ export function merge(opts: MergeOptions): Promise<MergeResult> {
 /** Keep the newest N points (and those within a duration), merging the archives between them. */
 export function prune(opts: PruneOptions): Promise<PruneResult> {
   return cancellable(opts.signal, async () => (await import('../commands/prune.js')).prune(opts));
+}
+
+/** Retention over whole points of a consistency group: every member chain keeps or drops a point together. */
+export function pruneGroup(opts: PruneGroupOptions): Promise<PruneGroupResult> {
+  return cancellable(opts.signal, async () => (await import('./group.js')).pruneGroup(opts));
 }
 
 /** What the target side of a sync did: its hashing, and the apply of the resync archive. */

@@ -2,7 +2,7 @@
 // missing, unreadable or moved members make the point incomplete; points sorted by freeze time.
 import { describe, expect, it } from 'vitest';
 import type { GroupMeta } from '../format/group.js';
-import { groupPoints, type GroupArchiveSeen } from './group.js';
+import { groupPoints, planGroupRetention, type GroupArchiveSeen } from './group.js';
 
 const C = ['c0000000-0000-4000-8000-000000000000', 'c1111111-0000-4000-8000-000000000000'];
 const uuid = (i: number): string => `${String(i).padStart(8, '0')}-0000-4000-8000-000000000000`;
@@ -35,5 +35,49 @@ describe('groupPoints', () => {
     const pts = groupPoints([seen(p, 0), moved, { ...seen(p, 0), archiveId: uuid(999), group: null }]);
     expect(pts).toHaveLength(1);
     expect(pts[0]!.members.map((m) => m.status)).toEqual(['complete', 'missing']);
+  });
+  it('a merged archive (seen at the point it holds) counts; of an id seen twice, the complete archive wins', () => {
+    const p = point(2, '2026-01-01T00:00:02Z');
+    // member 0 merged with its predecessor (the merged archive keeps the id and the header of the point it holds)
+    const merged = seen(p, 0);
+    const original = { ...seen(p, 0), status: 'superseded by a merged archive (the next prune deletes it)' };
+    expect(groupPoints([merged, original, seen(p, 1)])[0]!.complete).toBe(true);
+    expect(groupPoints([original, merged, seen(p, 1)])[0]!.complete).toBe(true);
+    expect(groupPoints([original, seen(p, 1)])[0]!.complete).toBe(false);
+  });
+});
+
+describe('planGroupRetention', () => {
+  const at = (i: number): string => `2026-01-01T00:00:0${i}Z`;
+  const now = Date.parse('2026-01-01T01:00:00Z');
+  const ps = [1, 2, 3, 4].map((i) => point(i, at(i)));
+  // point 4 lost member 1; another group's point and a send without a group share chain 0
+  const other: GroupMeta = { ...point(5, at(5)), name: 'db' };
+  const store = [...ps.flatMap((p, i) => (i === 3 ? [seen(p, 0)] : [seen(p, 0), seen(p, 1)])), seen(other, 0), seen(other, 1), { ...seen(other, 0), archiveId: uuid(777), group: null }];
+
+  it('keeps whole complete points by the rules; drops the others, the incomplete one included, in every member chain, and nothing else', () => {
+    const plan = planGroupRetention(store, 'vm', { last: 2 }, now);
+    expect(plan.kept.map((p) => p.id)).toEqual([ps[1]!.id, ps[2]!.id]);
+    expect(plan.dropped.map((p) => [p.id, p.complete])).toEqual([[ps[0]!.id, true], [ps[3]!.id, false]]);
+    expect([...plan.drop.keys()].sort()).toEqual([...C].sort());
+    expect([...plan.drop.get(C[0]!)!].sort()).toEqual([ps[0]!.members[0]!.archiveId, ps[3]!.members[0]!.archiveId].sort());
+    expect([...plan.drop.get(C[1]!)!]).toEqual([ps[0]!.members[1]!.archiveId]);
+  });
+
+  it('the newest complete point is always kept; the rules count complete points only; another group is its own', () => {
+    expect(planGroupRetention(store, 'vm', { within: 1000 }, now).kept.map((p) => p.id)).toEqual([ps[2]!.id]);
+    expect(planGroupRetention(store, 'vm', { last: 3 }, now).kept).toHaveLength(3);
+    const db = planGroupRetention(store, 'db', { last: 1 }, now);
+    expect(db.kept.map((p) => p.id)).toEqual([other.id]);
+    expect(db.dropped).toEqual([]);
+    expect(db.drop.size).toBe(0);
+  });
+
+  it('no complete point: nothing kept (prune --group refuses then); an unknown group: no point at all', () => {
+    const broken = store.filter((a) => a.group?.name !== 'vm' || a.group.members[1]!.archiveId !== a.archiveId);
+    const plan = planGroupRetention(broken, 'vm', { last: 9 }, now);
+    expect(plan.kept).toEqual([]);
+    expect(plan.dropped).toHaveLength(4);
+    expect(planGroupRetention(store, 'nope', { last: 1 }, now)).toEqual({ kept: [], dropped: [], drop: new Map() });
   });
 });

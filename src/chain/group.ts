@@ -1,15 +1,21 @@
 /**
  * Group points in a store: the archives one group send wrote (one per member, each in its member's
  * chain, each carrying the whole group in `meta.group`, docs/FORMAT.md §2.3.1). A point is complete
- * when every member's archive is in the store and readable. Pure: built from what `list` read.
+ * when every member's archive is in the store and readable. Pure: built from what `list` read; the
+ * retention of a group's points (`prune --group`) is planned here too.
  */
 import type { GroupMeta } from '../format/group.js';
+import { planRetention, type RetentionGrid } from './retention.js';
 
 /** One archive as the store shows it: where it is, whether it reads, and the group its header names. */
 export interface GroupArchiveSeen {
   chainId: string;
   chainDir: string;
   archiveId: string;
+  /**
+   * The point the archive holds: its sequence, or for a merged archive (merge, prune) the last
+   * sequence it covers, whose id and header (with the group) it keeps.
+   */
   sequence: number;
   /** 'complete' when header and trailer read; otherwise why not */
   status: string;
@@ -39,7 +45,13 @@ export interface GroupPoint {
 
 /** The group points of a store, oldest first (by freeze time), from every archive whose header names a group. */
 export function groupPoints(archives: readonly GroupArchiveSeen[]): GroupPoint[] {
-  const byArchive = new Map(archives.map((a) => [a.archiveId, a]));
+  // An id may be seen twice (an interrupted prune leaves the original beside the merged archive that
+  // took its id): a complete one wins.
+  const byArchive = new Map<string, GroupArchiveSeen>();
+  for (const a of archives) {
+    const had = byArchive.get(a.archiveId);
+    if (!had || (had.status !== 'complete' && a.status === 'complete')) byArchive.set(a.archiveId, a);
+  }
   const chainDirs = new Map(archives.map((a) => [a.chainId, a.chainDir]));
   const points = new Map<string, GroupPoint>();
   for (const a of archives) {
@@ -53,4 +65,41 @@ export function groupPoints(archives: readonly GroupArchiveSeen[]): GroupPoint[]
     points.set(g.id, { id: g.id, name: g.name, frozenAt: g.quiesce.frozenAt, quiesce: g.quiesce, members, complete: members.every((m) => m.status === 'complete') });
   }
   return [...points.values()].sort((x, y) => x.frozenAt.localeCompare(y.frozenAt) || x.id.localeCompare(y.id));
+}
+
+export interface GroupRetentionPlan {
+  /** the complete points the rules keep, oldest first */
+  kept: GroupPoint[];
+  /** the points not kept: complete ones the rules drop, and every incomplete one (a point is kept whole or not at all) */
+  dropped: GroupPoint[];
+  /**
+   * Per member chain (chain id): the archives to drop, by id: the dropped points' members. Nothing
+   * else (another group's archives, sends without a group, archives written since the listing) is
+   * dropped.
+   */
+  drop: Map<string, Set<string>>;
+}
+
+/**
+ * `prune STORE --group NAME`: the retention rules applied to the group's complete points (by freeze
+ * time; the newest complete point is always kept), and the member archives that drops in each chain.
+ * `archives`: every archive of the store, as for groupPoints.
+ */
+export function planGroupRetention(archives: readonly GroupArchiveSeen[], name: string, grid: RetentionGrid, now: number): GroupRetentionPlan {
+  const points = groupPoints(archives).filter((p) => p.name === name);
+  const complete = points.filter((p) => p.complete);
+  const rule = planRetention(complete.map((p) => Date.parse(p.frozenAt)), grid, now);
+  const kept = complete.filter((_, i) => rule[i]);
+  const keptIds = new Set(kept.map((p) => p.id));
+  const dropped = points.filter((p) => !keptIds.has(p.id));
+  const drop = new Map<string, Set<string>>();
+  for (const p of dropped) {
+    for (const m of p.members) {
+      if (m.status === 'missing') continue;
+      const ids = drop.get(m.chainId) ?? new Set<string>();
+      ids.add(m.archiveId);
+      drop.set(m.chainId, ids);
+    }
+  }
+  return { kept, dropped, drop };
 }

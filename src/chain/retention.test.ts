@@ -3,7 +3,7 @@
 // (checked against an independent reference computed from every point ever made), and every dropped
 // point is merged into a kept one (nothing a kept point needs is deleted).
 import { describe, expect, it } from 'vitest';
-import { mergeGroups, planRetention, type RetentionGrid } from './merge-plan.js';
+import { mergeGroups, planRetention, type RetentionGrid } from './retention.js';
 
 const S = 1000;
 const H = 3600 * S;

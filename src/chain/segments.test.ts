@@ -139,7 +139,7 @@ describe('prune planning', () => {
   }) as ChainArchive);
 
   it('keeps the newest N and merges every run of dropped archives into the next kept one', () => {
-    const { kept, groups } = planPrune(fake(10, () => 0), { last: 3 }, 1_000_000_000);
+    const { kept, groups } = planPrune(fake(10, () => 0), { grid: { last: 3 }, now: 1_000_000_000 });
     expect(kept).toEqual([false, false, false, false, false, false, false, true, true, true]);
     expect(groups.map((g) => g.map((a) => a.point))).toEqual([[0, 1, 2, 3, 4, 5, 6, 7]]);
   });
@@ -147,11 +147,19 @@ describe('prune planning', () => {
   it('keeps points within a duration and always the newest; no merge where nothing is dropped', () => {
     const hour = 3_600_000;
     // archive i is (9 - i) hours old
-    const { kept, groups } = planPrune(fake(10, (i) => (9 - i) * hour), { last: 1, within: 2.5 * hour }, 1_000_000_000);
+    const { kept, groups } = planPrune(fake(10, (i) => (9 - i) * hour), { grid: { last: 1, within: 2.5 * hour }, now: 1_000_000_000 });
     expect(kept.map((k, i) => (k ? i : -1)).filter((i) => i >= 0)).toEqual([7, 8, 9]);
     expect(groups.map((g) => g.map((a) => a.point))).toEqual([[0, 1, 2, 3, 4, 5, 6, 7]]);
-    const all = planPrune(fake(4, () => 0), { last: 10 }, 1_000_000_000);
+    const all = planPrune(fake(4, () => 0), { grid: { last: 10 }, now: 1_000_000_000 });
     expect(all.groups).toEqual([]);
+  });
+
+  it('drops exactly the archives named (prune --group), never the newest', () => {
+    const { kept, groups } = planPrune(fake(6, () => 0), { drop: new Set(['a0', 'a2', 'a4', 'a5', 'zz']) });
+    expect(kept).toEqual([false, true, false, true, false, true]);
+    expect(groups.map((g) => g.map((a) => a.point))).toEqual([[0, 1], [2, 3], [4, 5]]);
+    expect(planPrune(fake(3, () => 0), { drop: new Set() }).groups).toEqual([]);
+    expect(planPrune([], { drop: new Set(['a0']) })).toEqual({ kept: [], groups: [] });
   });
 
   it('reads durations', () => {

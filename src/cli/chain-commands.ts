@@ -4,8 +4,8 @@
  */
 import { Command, Option } from 'commander';
 import { EXIT_CODE, parseDuration, UsageError, type Logger } from '../api/core.js';
-import { merge, mount, prune, repair, restore, restoreGroup, serve, umount, verifyAgainst, verifyReplica } from '../api/operations.js';
-import type { MergeResult, ServeResult, PruneResult, RepairResult, RestoreResult, StoreOptions, TargetFinding, VerifyAgainstResult, VerifyReplicaResult } from '../api/index.js';
+import { merge, mount, prune, pruneGroup, repair, restore, restoreGroup, serve, umount, verifyAgainst, verifyReplica } from '../api/operations.js';
+import type { MergeResult, ServeResult, PruneGroupResult, PruneResult, RepairResult, RestoreResult, StoreOptions, TargetFinding, VerifyAgainstResult, VerifyReplicaResult } from '../api/index.js';
 import { describeZeroStats, flagName, formatBytes, intOption, Progress } from './output.js';
 
 export interface CliContext {
@@ -116,6 +116,15 @@ export function printPrune(r: PruneResult): string {
   for (const l of r.leftovers) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} leftover ${l}`);
   for (const m of r.merges) lines.push(`  ${r.dryRun ? 'would merge' : 'merged'} ${m.points.join(', ')} into one archive holding ${m.keeps}${m.path ? `: ${m.path}` : ''}`);
   for (const d of r.deletes) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} ${d}`);
+  if (!r.dryRun) lines.push(`done in ${r.seconds.toFixed(2)} s`);
+  return lines.join('\n');
+}
+
+export function printPruneGroup(r: PruneGroupResult): string {
+  const pts = (ps: PruneGroupResult['kept']): string => ps.map((p) => `${p.id} (${p.frozenAt}${p.complete ? '' : ', incomplete'})`).join(', ');
+  const lines = [`group "${r.group}": ${r.dryRun ? 'would keep' : 'kept'} ${r.kept.length} point${r.kept.length === 1 ? '' : 's'}: ${pts(r.kept)}`];
+  lines.push(r.dropped.length ? `${r.dryRun ? 'would drop' : 'dropped'} ${r.dropped.length}: ${pts(r.dropped)}` : 'every point stays');
+  for (const c of r.chains) lines.push(...printPrune({ ...c, dryRun: r.dryRun, seconds: 0 }).split('\n').filter((l) => !l.startsWith('done in')).map((l) => `  ${l}`));
   if (!r.dryRun) lines.push(`done in ${r.seconds.toFixed(2)} s`);
   return lines.join('\n');
 }
@@ -310,7 +319,7 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
 
   program
     .command('prune')
-    .description('keep the newest N points (and/or those within a time), merging what kept points need')
+    .description('keep the newest N points (and/or those within a time), merging what kept points need; with --group, whole points of a consistency group')
     .argument('<dir>', 'store (directory, ssh:// or s3:// URL) or chain directory')
     .addOption(new Option('--keep <n>', 'keep the N newest points').argParser(seqOption('--keep')))
     .option('--keep-within <duration>', 'keep every point created within DURATION (45s, 90m, 12h, 30d, 2w)')
@@ -319,15 +328,23 @@ export function registerChainCommands(program: Command, ctx: CliContext): void {
     .addOption(new Option('--keep-weekly <n>', 'the same per ISO week').argParser(seqOption('--keep-weekly')))
     .addOption(new Option('--keep-monthly <n>', 'the same per month').argParser(seqOption('--keep-monthly')))
     .addOption(new Option('--keep-yearly <n>', 'the same per year').argParser(seqOption('--keep-yearly')))
+    .option('--group <name>', 'DIR is a store: the rules count whole points of this consistency group, and every member chain keeps or drops a point together')
     .option('--dry-run', 'print the plan, change nothing')
     .addOption(new Option('--level <n>', 'zstd compression level of merged archives (1..19)').argParser(intOption('--level', 1, 19)).default(3))
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o) => {
-      const res = await prune({
+      const opts = {
         dir, keep: o.keep, keepWithin: o.keepWithin !== undefined ? parseDuration(o.keepWithin) : undefined, dryRun: !!o.dryRun, level: o.level,
         keepHourly: o.keepHourly, keepDaily: o.keepDaily, keepWeekly: o.keepWeekly, keepMonthly: o.keepMonthly, keepYearly: o.keepYearly,
         signal: ctx.signal, storeOptions: ctx.storeOptions?.(),
-      });
+      };
+      if (o.group !== undefined) {
+        const res = await pruneGroup({ ...opts, group: o.group });
+        if (o.json) ctx.json(res);
+        else ctx.out(printPruneGroup(res));
+        return;
+      }
+      const res = await prune(opts);
       if (o.json) ctx.json(res);
       else ctx.out(printPrune(res));
     });

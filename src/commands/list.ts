@@ -1,6 +1,6 @@
 /** list: the chains of a store (directory or URL) and their archives, from headers and trailers only. */
 import { ThinarchiveError } from '../errors.js';
-import { groupPoints, type GroupPoint } from '../chain/group.js';
+import { groupPoints, type GroupArchiveSeen, type GroupPoint } from '../chain/group.js';
 import { groupOf, type GroupMeta } from '../format/group.js';
 import { mergedInfo, readVerification, type MergedInfo, type VerificationRecord } from '../chain/chain.js';
 import { leaseState, readLease, type LeaseRecord, type LeaseState } from '../store/lease.js';
@@ -107,10 +107,14 @@ export async function list(opts: { dir: string; chainId?: string; storeOptions?:
   return out;
 }
 
+/** Every archive of a listing as the group points see it (chain/group.ts): a merged archive at the point it holds. */
+export function groupArchivesSeen(chains: readonly ListedChain[]): GroupArchiveSeen[] {
+  return chains.flatMap((c) => c.archives.map((a) => ({
+    chainId: c.chainId, chainDir: c.dir, archiveId: a.archiveId, sequence: a.merged?.toSequence ?? a.sequence, status: a.status, group: a.group ?? null,
+  })));
+}
+
 /** The group points of a listing (oldest first), each with whether every member's archive is there (chain/group.ts). */
 export function listGroups(chains: readonly ListedChain[], name?: string): GroupPoint[] {
-  const seen = chains.flatMap((c) => c.archives.map((a) => ({
-    chainId: c.chainId, chainDir: c.dir, archiveId: a.archiveId, sequence: a.sequence, status: a.status, group: a.group ?? null,
-  })));
-  return groupPoints(seen).filter((p) => name === undefined || p.name === name);
+  return groupPoints(groupArchivesSeen(chains)).filter((p) => name === undefined || p.name === name);
 }

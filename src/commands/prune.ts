@@ -3,7 +3,7 @@
  * chain to the points worth keeping.
  *
  * Kept: the newest N points, every point created within DURATION, the newest point of each of the
- * last N hours/days/weeks/months/years that have one (chain/merge-plan.ts, planRetention), and always the newest. Every kept
+ * last N hours/days/weeks/months/years that have one (chain/retention.ts, planRetention), and always the newest. Every kept
  * point must stay restorable and identical, so nothing a kept point needs is deleted: the archives
  * between two kept points (and those up to the first kept point, starting from the full) are merged
  * into one archive holding the kept point's state (chain/merge-plan.ts), and only then are the originals
@@ -13,7 +13,8 @@
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
-import { mergeGroup, planPrune, refuseUndeletable, type RetentionGrid } from '../chain/merge-plan.js';
+import { mergeGroup, planPrune, refuseUndeletable } from '../chain/merge-plan.js';
+import type { RetentionGrid } from '../chain/retention.js';
 import { openChain } from '../chain/chain.js';
 
 export interface PruneOptions {
@@ -27,6 +28,11 @@ export interface PruneOptions {
   keepWeekly?: number;
   keepMonthly?: number;
   keepYearly?: number;
+  /**
+   * Instead of the rules above: drop exactly these archives (by id; never the newest), each merged
+   * into the next kept one (`prune --group`, api/group.ts)
+   */
+  dropArchiveIds?: ReadonlySet<string>;
   dryRun?: boolean;
   level?: number;
   now?: number;
@@ -60,20 +66,32 @@ export interface PruneResult {
 }
 
 
-export async function prune(opts: PruneOptions): Promise<PruneResult> {
-  const started = performance.now();
+/** The retention rules of prune's options, checked; undefined when none is given. */
+export function retentionGridOf(opts: Pick<PruneOptions, 'keep' | 'keepWithin' | 'keepHourly' | 'keepDaily' | 'keepWeekly' | 'keepMonthly' | 'keepYearly'>): RetentionGrid | undefined {
   const grid: RetentionGrid = {
     last: opts.keep, within: opts.keepWithin, hourly: opts.keepHourly, daily: opts.keepDaily, weekly: opts.keepWeekly, monthly: opts.keepMonthly, yearly: opts.keepYearly,
   };
-  if (Object.values(grid).every((v) => v === undefined)) throw new UsageError('say what to keep: --keep N, --keep-within DURATION and/or --keep-hourly/daily/weekly/monthly/yearly N');
+  if (Object.values(grid).every((v) => v === undefined)) return undefined;
   if (opts.keep !== undefined && (!Number.isInteger(opts.keep) || opts.keep < 1)) throw new UsageError('--keep must be an integer of at least 1');
   for (const k of ['hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
     const v = grid[k];
     if (v !== undefined && (!Number.isInteger(v) || v < 0)) throw new UsageError(`--keep-${k} must be an integer of at least 0`);
   }
+  return grid;
+}
+
+/** What to keep was not said (prune, prune --group). */
+export const NO_RETENTION_RULE = 'say what to keep: --keep N, --keep-within DURATION and/or --keep-hourly/daily/weekly/monthly/yearly N';
+
+export async function prune(opts: PruneOptions): Promise<PruneResult> {
+  const started = performance.now();
+  const grid = retentionGridOf(opts);
+  if (opts.dropArchiveIds && grid) throw new UsageError('drop either the archives named or by rules (--keep, --keep-*), not both');
+  const rule = opts.dropArchiveIds ? { drop: opts.dropArchiveIds } : grid ? { grid, now: opts.now ?? Date.now() } : undefined;
+  if (!rule) throw new UsageError(NO_RETENTION_RULE);
   const chain = await openChain(opts.dir, opts.storeOptions);
   try {
-    const { kept, groups } = planPrune(chain.archives, grid, opts.now ?? Date.now());
+    const { kept, groups } = planPrune(chain.archives, rule);
     const result: PruneResult = {
       dryRun: !!opts.dryRun, chainId: chain.chainId,
       kept: chain.archives.filter((_, i) => kept[i]).map((a) => ({ sequence: a.point, archiveId: a.header.archiveId, created: new Date(a.header.createdMs).toISOString() })),

@@ -1,7 +1,7 @@
 /**
  * Consistency groups at the CLI (the LVM side is in test/lab/group.test.ts): the freeze options'
- * usage errors, one line and exit 2 each, before anything touches LVM; list --groups and restore
- * --group on a store without group points.
+ * usage errors, one line and exit 2 each, before anything touches LVM; list --groups, restore
+ * --group and prune --group on a store without group points.
  */
 import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,15 +26,21 @@ describe('group send and restore: usage', () => {
     [['send', 'vg/a', 'vg/b', '--to', 'S', '--freeze-timeout', 'soon'], /cannot read duration/],
     [['restore', 'S', '--group', 'g'], /--group and --to-vg go together/],
     [['restore', 'S', '--group', 'g', '--to-vg', 'vg', '--to', 'x.img'], /--to does not go with --group/],
+    [['prune', 'S', '--group', 'g'], /say what to keep/],
+    [['prune', 'S', '--group', 'bad/name', '--keep', '1'], /is not a group name/],
+    [['prune', 'S', '--group', 'g', '--keep', '0'], /--keep/],
   ])('%j', async (args, msg) => {
     expect(expectFailure(await run(args as string[], { cwd: t.path }), 2)).toMatch(msg);
   });
 
-  it('a store without group points: list --groups says so; restore --group is GROUP_NOT_FOUND (exit 2)', async () => {
+  it('a store without group points: list --groups says so; restore --group and prune --group are GROUP_NOT_FOUND (exit 2)', async () => {
     expect((await runOk(['list', t.join('store'), '--groups'])).stdout.trim()).toBe('no group points');
     expect(JSON.parse((await runOk(['list', t.join('store'), '--groups', '--json'])).stdout)).toEqual([]);
     const r = await run(['restore', t.join('store'), '--group', 'g', '--to-vg', 'vg', '--json']);
     expect(r.code).toBe(2);
     expect(JSON.parse(r.stdout).error.code).toBe('GROUP_NOT_FOUND');
+    const p = await run(['prune', t.join('store'), '--group', 'g', '--keep', '1', '--json']);
+    expect(p.code).toBe(2);
+    expect(JSON.parse(p.stdout).error.code).toBe('GROUP_NOT_FOUND');
   });
 });

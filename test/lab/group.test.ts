@@ -7,12 +7,13 @@
 // de-striped into one filesystem image, the journal replayed and `fsck.ext4 -n -f` must pass for every
 // group point; the one-by-one pairs are checked the same way, and some of them must fail (what the
 // group prevents; recorded, not asserted: it could not be made to fail so far, docs/LVM.md section 9).
+// Last, prune --group on the host's copy of the store: whole points dropped, the rest still restorable.
 import { spawnSync } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { restore } from '../../src/api/index.js';
-import type { GroupPoint, SendGroupResult, SendVolumeResult } from '../../src/api/index.js';
+import { groupPoints, restore } from '../../src/api/index.js';
+import type { GroupPoint, PruneGroupResult, SendGroupResult, SendVolumeResult } from '../../src/api/index.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, removeHostTempDirs } from './host-files.js';
 import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
@@ -195,5 +196,39 @@ describe('consistency groups in the thin-LVM lab', () => {
     expect(R['restore_incomplete_rc']).toBe('3');
     expect(json<{ error: { code: string } }>('restore-incomplete.out').error.code, F['restore-incomplete.err']).toBe('GROUP_INCOMPLETE');
     expect(F['rv-lvs.txt']!.trim()).toBe('pool');
+
+    // --- prune --group on the intact copy: the newest "crash" point kept, the older ones dropped in
+    // both member chains, each merged into the next archive (a "frozen" point's: those chains hold
+    // every group's sends); every other point stays complete and restores to a clean filesystem
+    const intactStore = `${store}-intact`;
+    const launcher = join(ROOT, 'test', 'lab', 'send-lv-cli.mjs');
+    const ta = (...args: string[]): { status: number | null; stdout: string; stderr: string } =>
+      spawnSync(process.execPath, [launcher, ...args], { env: { ...process.env, THINARCHIVE_DIST: build.dir }, encoding: 'utf8' });
+    const pointsBefore = await groupPoints({ dir: intactStore });
+    const listingBefore = ta('list', intactStore, '--json').stdout;
+    const dry = ta('prune', intactStore, '--group', 'crash', '--keep', '1', '--dry-run', '--json');
+    expect(dry.status, dry.stderr).toBe(0);
+    const planned = JSON.parse(dry.stdout) as PruneGroupResult;
+    expect(planned.kept.map((p) => p.id)).toEqual([crash.at(-1)!.group.id]);
+    expect(planned.dropped.map((p) => p.id)).toEqual(crash.slice(0, -1).map((g) => g.group.id));
+    expect(ta('list', intactStore, '--json').stdout, 'a dry run changes nothing').toBe(listingBefore);
+    const pr = ta('prune', intactStore, '--group', 'crash', '--keep', '1', '--json');
+    expect(pr.status, pr.stderr).toBe(0);
+    const pruned = JSON.parse(pr.stdout) as PruneGroupResult;
+    expect(pruned.chains).toHaveLength(2);
+    for (const c of pruned.chains) expect(c.merges.length, JSON.stringify(c)).toBe(POINTS - 1);
+    const pointsAfter = await groupPoints({ dir: intactStore });
+    const brief = (ps: GroupPoint[]): [string, string, boolean][] => ps.map((p) => [p.name, p.id, p.complete]);
+    expect(brief(pointsAfter.filter((p) => p.name === 'crash'))).toEqual([['crash', crash.at(-1)!.group.id, true]]);
+    expect(brief(pointsAfter.filter((p) => p.name !== 'crash'))).toEqual(brief(pointsBefore.filter((p) => p.name !== 'crash')));
+    for (const p of pointsAfter.filter((x) => x.name === 'crash' || x.name === 'frozen')) {
+      const [a, b] = p.members.map((m) => ({ path: join(m.chainDir!, 'member'), archiveId: m.archiveId }));
+      const r = await checkPair(work, a!, b!);
+      expect(r.status, `${p.name} point ${p.id} after prune --group: fsck\n${r.out.slice(0, 1500)}`).toBe(0);
+    }
+    for (const dir of new Set(pointsAfter.flatMap((p) => p.members.map((m) => m.chainDir!)))) {
+      const v = ta('verify', dir);
+      expect(v.status, `verify ${dir}: ${v.stderr}`).toBe(0);
+    }
   }, LAB_SLOT_WAIT_MS + 900_000);
 });
