@@ -3,7 +3,7 @@
 // lab guests run at a time (test/lab/lab.ts, lab slots), each takes minutes on a 2-core machine, and a
 // long one started last would leave the rest of the suite waiting on it alone (a clean CI checkout
 // has no cache, so vitest would start them in path order, the longest among the last). A few long
-// files bound by the clock (BESIDE_LABS) start right after the first two lab files.
+// files (FIRST_OF_REST) start right after the lab files.
 import { BaseSequencer, type TestSpecification } from 'vitest/node';
 
 /** lab test files by cost, most expensive first (minutes, two guests at once, on the current 2-core machines) */
@@ -27,12 +27,13 @@ export const LAB_ORDER = [
 ];
 
 /**
- * Files that start right after the two longest lab files, on the third worker, whose next lab file
- * would only wait for a lab slot: long tests bound by the clock more than by the CPU. Left to vitest's
- * order (without a cache: the largest files first) the leak check, a small file, started last and
- * ran alone for 13 minutes at the end of the CI run.
+ * Files that start first of the rest, as soon as the lab queue is drained (on the worker that would
+ * otherwise wait for a lab slot): long ones. Left to vitest's order (without a cache: the largest
+ * files first) the leak check, a small file, started last and ran alone for 13 minutes at the end of
+ * the CI run; started beside the first lab files instead, its daemon (ten runs at once) slowed the
+ * lab guests until they timed out.
  */
-export const BESIDE_LABS = ['test/daemon/leak.test.ts'];
+export const FIRST_OF_REST = ['test/daemon/leak.test.ts'];
 
 function labRank(moduleId: string): number {
   const m = /[\\/]test[\\/]lab[\\/]([^\\/]+)\.test\.ts$/.exec(moduleId);
@@ -41,13 +42,12 @@ function labRank(moduleId: string): number {
   return i === -1 ? LAB_ORDER.length : i;
 }
 
-const beside = (moduleId: string): boolean => BESIDE_LABS.some((b) => moduleId.replaceAll('\\', '/').endsWith(`/${b}`));
+const first = (moduleId: string): boolean => FIRST_OF_REST.some((b) => moduleId.replaceAll('\\', '/').endsWith(`/${b}`));
 
 export default class LabFirstSequencer extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
-    const rest = await super.sort(files.filter((f) => labRank(f.moduleId) < 0 && !beside(f.moduleId)));
+    const rest = await super.sort(files.filter((f) => labRank(f.moduleId) < 0 && !first(f.moduleId)));
     const labs = files.filter((f) => labRank(f.moduleId) >= 0).sort((a, b) => labRank(a.moduleId) - labRank(b.moduleId));
-    const early = files.filter((f) => beside(f.moduleId));
-    return [...labs.slice(0, 2), ...early, ...labs.slice(2), ...rest];
+    return [...labs, ...files.filter((f) => first(f.moduleId)), ...rest];
   }
 }
