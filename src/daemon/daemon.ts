@@ -499,7 +499,7 @@ export class Daemon {
   }
 
   /** SIGTERM: abort every run (cleanly, through its AbortSignal), wait for them (at most `graceMs`), save state, close. */
-  async stop(graceMs = 8000): Promise<void> {
+  async stop(graceMs = 5500): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.lagTimer);

@@ -251,7 +251,7 @@ echo "$rc" > "$LAB_OUT/bad.rc"
 t=$(now_ms)
 kill -TERM "$DAEMON"
 rc=0; wait "$DAEMON" || rc=$?
-echo "$rc $(( $(now_ms) - t ))" > "$LAB_OUT/sigterm.txt"
+echo "$rc $(( $(now_ms) - t )) $t" > "$LAB_OUT/sigterm.txt"
 dmsetup status "$(echo "$VG" | sed 's/-/--/g')-pool-tpool" | awk '{print $7}' > "$LAB_OUT/held-after-term.txt"
 lvs --noheadings -o vg_name,lv_name,lv_tags "$VG" > "$LAB_OUT/lvs-after-term.txt"
 event terminated
