@@ -24,7 +24,7 @@ export const ERRORS = {
   // usage (exit 2)
   USAGE: { exit: 'usage', meaning: 'bad or missing arguments, or a bad argument to a library call' },
   GROUP_NOT_QUIESCABLE: { exit: 'usage', meaning: 'a group send without a freeze method: a member has no device-mapper device stacked on it to suspend; give --freeze, --freeze-cmd/--thaw-cmd or --virsh-domain' },
-  GROUP_NOT_FOUND: { exit: 'usage', meaning: 'restore --group, prune --group: the store holds no point of that group (or none matching --at)' },
+  GROUP_NOT_FOUND: { exit: 'usage', meaning: 'restore --group, prune --group, verify --group: the store holds no point of that group (or none matching --at)' },
   NOT_THIN_VOLUME: { exit: 'usage', meaning: 'the LV named is not a thin volume' },
   NOT_THIN_POOL: { exit: 'usage', meaning: 'check --pool: the LV named is not a thin pool' },
   SOURCE_NOT_VOLUME: { exit: 'usage', meaning: 'the source is neither a regular file nor a block device' },

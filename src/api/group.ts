@@ -1,14 +1,16 @@
 /**
  * Consistency groups at the API level: the group points of a store; `restore --group`, which
- * restores every member of one point (each through `restore`) only when the point is complete; and
- * `prune --group`, which applies retention rules to whole points (each member chain through `prune`).
+ * restores every member of one point (each through `restore`) only when the point is complete;
+ * `prune --group`, which applies retention rules to whole points (each member chain through `prune`);
+ * and `verify --group`, which checks the member chains (through `verify`) and reports each point whole.
  */
 import { ThinarchiveError, UsageError } from '../errors.js';
-import { planGroupRetention, type GroupPoint } from '../chain/group.js';
+import { planGroupRetention, verifyGroupPoints, type GroupPoint, type VerifiedGroupPoint } from '../chain/group.js';
 import { GROUP_NAME_RE } from '../format/group.js';
 import { groupArchivesSeen, list, listGroups } from '../commands/list.js';
 import { NO_RETENTION_RULE, prune, retentionGridOf, type PruneOptions, type PruneResult } from '../commands/prune.js';
 import { restore, type RestoreOptions, type RestoreResult } from '../commands/restore.js';
+import { verify, type VerifyOptions, type VerifyResult } from '../commands/verify.js';
 import { assertLvmName } from '../lvm/names.js';
 import type { StoreOptions } from '../store/open.js';
 
@@ -143,4 +145,56 @@ export async function pruneGroup(o: PruneGroupOptions): Promise<PruneGroupResult
   }
   const brief = (p: GroupPoint): PrunedGroupPoint => ({ id: p.id, frozenAt: p.frozenAt, complete: p.complete });
   return { dryRun: !!o.dryRun, group: o.group, kept: plan.kept.map(brief), dropped: plan.dropped.map(brief), chains: results, seconds: (performance.now() - started) / 1000 };
+}
+
+export interface VerifyGroupOptions extends Pick<VerifyOptions, 'onProgress' | 'signal' | 'storeOptions' | 'samplePercent' | 'random'> {
+  /** the store */
+  dir: string;
+  group: string;
+  /** one point (its id or a unique prefix of it, or a time: the newest point frozen at or before it); default every point of the group */
+  at?: string;
+}
+
+export interface VerifyGroupResult {
+  /** every point checked is complete and undamaged */
+  ok: boolean;
+  group: string;
+  mode: 'full' | 'sample';
+  samplePercent?: number;
+  /** the points checked, oldest first, each whole: complete, and ok only when every member is */
+  points: VerifiedGroupPoint[];
+  /** archives read (of the member chains) */
+  archives: number;
+  /** every finding of the member chains, as verify reports them */
+  findings: VerifyResult['findings'];
+  bytesRead: number;
+  seconds: number;
+}
+
+/**
+ * verify STORE --group NAME [--at POINT] [--sample P]: every archive of the group's member chains
+ * checked (fully, or a sample of each archive's records), then each point reported whole: ok only when
+ * every member's archive is there and nothing its restore reads was found damaged. GROUP_NOT_FOUND
+ * (usage) when the store holds no point of the group; an incomplete or damaged point makes `ok` false
+ * (the CLI's exit 3), it is not an error.
+ */
+export async function verifyGroup(o: VerifyGroupOptions): Promise<VerifyGroupResult> {
+  const started = performance.now();
+  if (!GROUP_NAME_RE.test(o.group)) throw new UsageError(`--group ${JSON.stringify(o.group)} is not a group name`);
+  const so = o.storeOptions ? { storeOptions: o.storeOptions } : {};
+  const chains = await list({ dir: o.dir, ...so });
+  const all = listGroups(chains, o.group);
+  if (!all.length) throw new UsageError(`the store holds no point of group "${o.group}"`, 'GROUP_NOT_FOUND');
+  const points = o.at === undefined ? all : [selectGroupPoint(all, o.group, o.at)];
+  const memberChains = [...new Set(points.flatMap((p) => p.members.map((m) => m.chainId)))].filter((id) => chains.some((c) => c.chainId === id)).sort();
+  o.signal?.throwIfAborted();
+  const v = memberChains.length ? await verify({ ...so, inputs: [o.dir], chains: memberChains, samplePercent: o.samplePercent, onProgress: o.onProgress, signal: o.signal, random: o.random })
+    : { ok: true, mode: o.samplePercent === undefined ? 'full' as const : 'sample' as const, archives: [], findings: [], bytesRead: 0 };
+  const archives = chains.filter((c) => memberChains.includes(c.chainId))
+    .flatMap((c) => c.archives.map((a) => ({ chainId: c.chainId, label: a.path, from: Math.min(a.sequence, a.merged?.fromSequence ?? a.sequence) })));
+  const verified = verifyGroupPoints(points, archives, v.findings);
+  return {
+    ok: verified.every((p) => p.ok), group: o.group, mode: v.mode === 'sample' ? 'sample' : 'full', ...(o.samplePercent !== undefined ? { samplePercent: o.samplePercent } : {}),
+    points: verified, archives: v.archives.length, findings: v.findings, bytesRead: v.bytesRead, seconds: (performance.now() - started) / 1000,
+  };
 }

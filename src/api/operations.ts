@@ -15,7 +15,7 @@ import type { MountOptions, MountResult, UmountOptions, UmountResult } from '../
 import type { SendOptions as SendImageOptions } from '../commands/send.js';
 import type { SendGroupOptions, SendGroupResult, SendLvOptions, SendLvResult } from '../commands/send-lv.js';
 import type { GroupPoint } from '../chain/group.js';
-import type { GroupPointsOptions, PruneGroupOptions, PruneGroupResult, RestoreGroupOptions, RestoreGroupResult } from './group.js';
+import type { GroupPointsOptions, PruneGroupOptions, PruneGroupResult, RestoreGroupOptions, RestoreGroupResult, VerifyGroupOptions, VerifyGroupResult } from './group.js';
 import type { VerifyOptions, VerifyResult } from '../commands/verify.js';
 import type { VerifyAgainstOptions, VerifyAgainstResult } from '../commands/verify-against.js';
 import type { VerifyReplicaOptions, VerifyReplicaResult, VerifyTargetSideOptions } from '../commands/verify-replica.js';
@@ -92,6 +92,11 @@ export function apply(opts: ApplyOptions): Promise<ApplyResult> {
 /** Read archives completely and check every checksum and chain link; findings are in the result. */
 export function verify(opts: VerifyOptions): Promise<VerifyResult> {
   return cancellable(opts.signal, async () => (await import('../commands/verify.js')).verify(opts));
+}
+
+/** Verify the member chains of a consistency group and report each group point whole (ok only when complete and undamaged). */
+export function verifyGroup(opts: VerifyGroupOptions): Promise<VerifyGroupResult> {
+  return cancellable(opts.signal, async () => (await import('./group.js')).verifyGroup(opts));
 }
 
 /** Compare a target with the state a chain says it must have, by checksums only. */

@@ -2,7 +2,8 @@
 // missing, unreadable or moved members make the point incomplete; points sorted by freeze time.
 import { describe, expect, it } from 'vitest';
 import type { GroupMeta } from '../format/group.js';
-import { groupPoints, planGroupRetention, type GroupArchiveSeen } from './group.js';
+import type { Finding } from './findings.js';
+import { groupPoints, planGroupRetention, verifyGroupPoints, type GroupArchiveSeen, type GroupChainArchive } from './group.js';
 
 const C = ['c0000000-0000-4000-8000-000000000000', 'c1111111-0000-4000-8000-000000000000'];
 const uuid = (i: number): string => `${String(i).padStart(8, '0')}-0000-4000-8000-000000000000`;
@@ -79,5 +80,36 @@ describe('planGroupRetention', () => {
     expect(plan.kept).toEqual([]);
     expect(plan.dropped).toHaveLength(4);
     expect(planGroupRetention(store, 'nope', { last: 1 }, now)).toEqual({ kept: [], dropped: [], drop: new Map() });
+  });
+});
+
+describe('verifyGroupPoints', () => {
+  const ps = [1, 2, 3, 4].map((i) => point(i, `2026-01-01T00:00:0${i}Z`));
+  // each chain holds the points' archives at sequences 1-4; chain 0's sequences 1-2 merged into one archive
+  const archives: GroupChainArchive[] = [
+    { chainId: C[0]!, label: '/s/c0/m12', from: 1 }, { chainId: C[0]!, label: '/s/c0/a3', from: 3 }, { chainId: C[0]!, label: '/s/c0/a4', from: 4 },
+    ...[1, 2, 3, 4].map((i) => ({ chainId: C[1]!, label: `/s/c1/a${i}`, from: i })),
+  ];
+  const finding = (archive: string): Finding => ({ code: 'PAYLOAD_CORRUPT', detail: 'BLOCK_CHECKSUM', archive, message: 'x' });
+  const points = groupPoints(ps.flatMap((p) => [seen(p, 0), seen(p, 1)]));
+  const oks = (fs: Finding[], pts = points): boolean[] => verifyGroupPoints(pts, archives, fs).map((p) => p.ok);
+
+  it('no finding: every complete point ok', () => {
+    expect(oks([])).toEqual([true, true, true, true]);
+  });
+  it('a damaged archive damages its point and every later point of its chain, and only the member in that chain', () => {
+    expect(oks([finding('/s/c1/a3')])).toEqual([true, true, false, false]);
+    const v = verifyGroupPoints(points, archives, [finding('/s/c1/a3')]);
+    expect(v[2]!.members.map((m) => [m.ok, m.findings.length])).toEqual([[true, 0], [false, 1]]);
+    expect(v[2]!.complete).toBe(true);
+  });
+  it('a merged archive is read by every point from its first sequence on', () => {
+    expect(oks([finding('/s/c0/m12')])).toEqual([false, false, false, false]);
+    expect(oks([finding('/s/c0/a4')])).toEqual([true, true, true, false]);
+  });
+  it('an incomplete point is never ok; a finding tied to no archive of the member chains damages every point', () => {
+    const incomplete = groupPoints(ps.flatMap((p, i) => (i === 1 ? [seen(p, 0)] : [seen(p, 0), seen(p, 1)])));
+    expect(oks([], incomplete)).toEqual([true, false, true, true]);
+    expect(oks([finding('/s')])).toEqual([false, false, false, false]);
   });
 });

@@ -2,9 +2,11 @@
  * Group points in a store: the archives one group send wrote (one per member, each in its member's
  * chain, each carrying the whole group in `meta.group`, docs/FORMAT.md §2.3.1). A point is complete
  * when every member's archive is in the store and readable. Pure: built from what `list` read; the
- * retention of a group's points (`prune --group`) is planned here too.
+ * retention of a group's points (`prune --group`) is planned here too, and what `verify --group`'s
+ * findings mean for each point.
  */
 import type { GroupMeta } from '../format/group.js';
+import type { Finding } from './findings.js';
 import { planRetention, type RetentionGrid } from './retention.js';
 
 /** One archive as the store shows it: where it is, whether it reads, and the group its header names. */
@@ -102,4 +104,50 @@ export function planGroupRetention(archives: readonly GroupArchiveSeen[], name: 
     }
   }
   return { kept, dropped, drop };
+}
+
+/** An archive of a member chain as `verify --group` relates findings to points: its label and the first sequence it holds. */
+export interface GroupChainArchive {
+  chainId: string;
+  /** the archive's path or URL: what a verify finding names */
+  label: string;
+  /** the first sequence it covers (a merged archive's fromSequence): every point at or after it needs it */
+  from: number;
+}
+
+/** What `verify --group` found of one member of a point. */
+export interface VerifiedGroupMember extends GroupPointMember {
+  /** the member's archive is there and nothing its restore reads (the chain up to it) was found damaged */
+  ok: boolean;
+  /** the findings on archives the member's restore reads */
+  findings: Finding[];
+}
+
+export interface VerifiedGroupPoint {
+  id: string;
+  frozenAt: string;
+  complete: boolean;
+  /** complete, and every member ok */
+  ok: boolean;
+  members: VerifiedGroupMember[];
+}
+
+/**
+ * verify --group: each point whole. A finding on an archive of a member chain damages every point
+ * whose member in that chain is at or after the archive's first sequence (its restore reads it); a
+ * finding verify could not tie to an archive of a member chain (a store it could not read) damages
+ * every point. A point is ok when it is complete and no member is damaged.
+ */
+export function verifyGroupPoints(points: readonly GroupPoint[], archives: readonly GroupChainArchive[], findings: readonly Finding[]): VerifiedGroupPoint[] {
+  const byLabel = new Map(archives.map((a) => [a.label, a]));
+  return points.map((p) => {
+    const members = p.members.map((m): VerifiedGroupMember => {
+      const mine = findings.filter((f) => {
+        const a = byLabel.get(f.archive);
+        return !a || (a.chainId === m.chainId && a.from <= m.sequence);
+      });
+      return { ...m, ok: m.status === 'complete' && mine.length === 0, findings: mine };
+    });
+    return { id: p.id, frozenAt: p.frozenAt, complete: p.complete, ok: p.complete && members.every((m) => m.ok), members };
+  });
 }

@@ -2,7 +2,7 @@
 import { formatBytes, UsageError } from '../api/core.js';
 import type {
   GroupPoint,
-  ApplyResult, ArchiveInfo, ListedChain, RecoverResult, RemoteApplyResult, SendResult, VerifyResult, ZeroStats,
+  ApplyResult, ArchiveInfo, ListedChain, RecoverResult, RemoteApplyResult, SendResult, VerifyGroupResult, VerifyResult, ZeroStats,
 } from '../api/index.js';
 
 export { formatBytes };
@@ -66,18 +66,39 @@ export function printApply(r: ApplyResult, zeroing: string): string {
   return lines.join('\n');
 }
 
+/** A verify finding in one line; the location is in the message when it names the block, otherwise in brackets. */
+function findingLine(f: VerifyResult['findings'][number]): string {
+  const named = f.block !== undefined && f.message.includes(`block ${f.block}`);
+  const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
+  return `${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`;
+}
+
+/** verify --group: one line per point (ok, INCOMPLETE or DAMAGED), its bad members, the findings, the summary. */
+export function printVerifyGroup(r: VerifyGroupResult): string {
+  const lines: string[] = [];
+  for (const p of r.points) {
+    const verdict = p.ok ? 'ok  ' : p.complete ? 'DAMAGED' : 'INCOMPLETE';
+    lines.push(`${verdict} ${r.group}  ${p.frozenAt}  ${p.id}  ${p.members.length} member${p.members.length > 1 ? 's' : ''}`);
+    for (const m of p.members.filter((x) => !x.ok)) {
+      const why = m.status !== 'complete' ? m.status : `${m.findings.length} finding${m.findings.length > 1 ? 's' : ''} in the archives its restore reads`;
+      lines.push(`      ${m.volume}  sequence ${m.sequence}  archive ${m.archiveId}: ${why}`);
+    }
+  }
+  for (const f of r.findings) lines.push(`  ${findingLine(f)}`);
+  const bad = r.points.filter((p) => !p.ok).length;
+  const sampled = r.mode === 'sample' ? ` (sampled ${r.samplePercent}%)` : '';
+  lines.push(`${r.ok ? 'verified' : 'verification FAILED'}${sampled}: group "${r.group}", ${r.points.length} point(s), ${bad} not ok; ${r.archives} archive(s) of the member chains, `
+    + `${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
+  return lines.join('\n');
+}
+
 export function printVerify(r: VerifyResult): string {
   const lines: string[] = [];
   for (const a of r.archives) {
     const what = a.archiveId ? `sequence ${a.sequence} ${a.archiveId}` : '';
     lines.push(`${a.ok ? 'ok  ' : 'FAIL'} ${a.archive} ${what}`.trimEnd());
   }
-  for (const f of r.findings) {
-    // The location is in the message when it names the block; otherwise in brackets.
-    const named = f.block !== undefined && f.message.includes(`block ${f.block}`);
-    const where = named ? '' : [f.offset !== undefined ? `offset ${f.offset}` : '', f.block !== undefined ? `block ${f.block}` : ''].filter(Boolean).join(', ');
-    lines.push(`  ${f.code} (${f.detail}) ${f.archive}${where ? ` [${where}]` : ''}: ${f.message}`);
-  }
+  for (const f of r.findings) lines.push(`  ${findingLine(f)}`);
   const sampled = r.mode === 'sample' ? ` (sampled ${r.samplePercent}%: ${r.recordsChecked} of ${r.dataRecords} data records)` : r.mode === 'structure' ? ' (structure only)' : '';
   lines.push(`${r.ok ? 'verified' : 'verification FAILED'}${sampled}: ${r.archives.length} archive(s), ${r.findings.length} finding(s), ${formatBytes(r.bytesRead)} read in ${r.seconds.toFixed(2)} s`);
   return lines.join('\n');

@@ -73,6 +73,8 @@ export interface VerifyOptions {
   structureOnly?: boolean;
   /** test hook: random numbers in [0, 1) for sampling */
   random?: () => number;
+  /** Only these chains (ids) of a store named in `inputs` (verify --group: the member chains); default every chain. */
+  chains?: readonly string[];
 }
 
 function findingOf(e: unknown, archive: string): Finding {
@@ -320,7 +322,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     }
     if (isStoreUrl(ref)) {
       // A remote store (every chain in it) or one archive URL, read through as streams.
-      const remote = await remoteReadGroups(ref, opts.storeOptions);
+      const remote = await remoteReadGroups(ref, opts.storeOptions, opts.chains);
       if (remote.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this store' });
       groups.push(...remote);
       continue;
@@ -338,7 +340,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       label: path, open: (pool) => (encrypted ? pooledLocal(path, opts.storeOptions ?? {}, pool) : filePositionalSource(path)), file: () => openLocalArchive(path, opts.storeOptions),
     });
     if (isDir) {
-      const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0);
+      const chains = (await new DirectoryStore(ref).listChains()).filter((c) => c.archives.length > 0 && (!opts.chains || opts.chains.includes(c.chainId)));
       if (chains.length === 0) findings.push({ code: 'MISSING_ARCHIVE', detail: 'EMPTY_STORE', archive: ref, message: 'no archives in this directory' });
       for (const c of chains) groups.push({ label: c.dir, store: true, items: c.archives.map((a) => local(a.path, isEncrypted(a))) });
     } else {

@@ -230,12 +230,12 @@ export interface RemoteReadGroup {
 }
 
 /** Every chain of a remote store (or the one archive a `.tna` URL names), as streams. */
-export async function remoteReadGroups(ref: string, opts: StoreOptions = {}): Promise<RemoteReadGroup[]> {
+export async function remoteReadGroups(ref: string, opts: StoreOptions = {}, chains?: readonly string[]): Promise<RemoteReadGroup[]> {
   if (isArchiveUrl(ref)) {
     const { store, archives } = await remoteArchives(ref, opts);
     return [{ label: ref, store: false, items: archives.map((a) => ({ label: a.path, open: () => streamStored(store, a, opts), file: () => openStored(store, a, opts) })) }];
   }
   const store = await storeFor(ref, opts);
-  return (await store.listChains()).filter((c) => c.archives.length > 0)
+  return (await store.listChains()).filter((c) => c.archives.length > 0 && (!chains || chains.includes(c.chainId)))
     .map((c) => ({ label: c.dir, store: true, items: c.archives.map((a) => ({ label: a.path, open: () => streamStored(store, a, opts), file: () => openStored(store, a, opts) })) }));
 }

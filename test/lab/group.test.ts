@@ -7,13 +7,14 @@
 // de-striped into one filesystem image, the journal replayed and `fsck.ext4 -n -f` must pass for every
 // group point; the one-by-one pairs are checked the same way, and some of them must fail (what the
 // group prevents; recorded, not asserted: it could not be made to fail so far, docs/LVM.md section 9).
-// Last, prune --group on the host's copy of the store: whole points dropped, the rest still restorable.
+// Last, prune --group on the host's copy of the store: whole points dropped, the rest still restorable;
+// verify --group on it, on the store with a member deleted and on a copy with a byte changed.
 import { spawnSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, cpSync, fstatSync, ftruncateSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { groupPoints, restore } from '../../src/api/index.js';
-import type { GroupPoint, PruneGroupResult, SendGroupResult, SendVolumeResult } from '../../src/api/index.js';
+import type { GroupPoint, PruneGroupResult, SendGroupResult, SendVolumeResult, VerifyGroupResult } from '../../src/api/index.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, removeHostTempDirs } from './host-files.js';
 import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
@@ -230,5 +231,55 @@ describe('consistency groups in the thin-LVM lab', () => {
       const v = ta('verify', dir);
       expect(v.status, `verify ${dir}: ${v.stderr}`).toBe(0);
     }
+
+    // --- verify --group: each point whole. The intact copy after the prune: every point ok (full and
+    // sampled). The store with the deleted member: the "window" point INCOMPLETE; the later "watchdog"
+    // point complete but DAMAGED in gv/b's chain (its restore reads past the gap), fine in gv/a's.
+    const verifyGroup = (dir: string, ...args: string[]): { status: number | null; res: VerifyGroupResult; stderr: string } => {
+      const r = ta('verify', dir, ...args, '--json');
+      return { status: r.status, res: JSON.parse(r.stdout || '{}') as VerifyGroupResult, stderr: r.stderr };
+    };
+    const vFull = verifyGroup(intactStore, '--group', 'frozen');
+    expect(vFull.status, vFull.stderr).toBe(0);
+    expect(vFull.res.points.map((p) => [p.id, p.ok])).toEqual(pointsAfter.filter((p) => p.name === 'frozen').map((p) => [p.id, true]));
+    expect(vFull.res.archives).toBeGreaterThan(0);
+    const vSample = verifyGroup(intactStore, '--group', 'crash', '--sample', '50');
+    expect(vSample.status, vSample.stderr).toBe(0);
+    expect(vSample.res).toMatchObject({ ok: true, mode: 'sample', samplePercent: 50 });
+    const vInc = verifyGroup(store, '--group', 'window');
+    expect(vInc.status, vInc.stderr).toBe(3);
+    expect(vInc.res.points.map((p) => [p.id, p.complete, p.ok])).toEqual([[lastFrozen.id, false, false]]);
+    const vDog = verifyGroup(store, '--group', 'watchdog');
+    expect(vDog.status, vDog.stderr).toBe(3);
+    expect(vDog.res.points.length).toBeGreaterThan(0);
+    for (const p of vDog.res.points) {
+      expect(p.complete).toBe(true);
+      expect(p.members.map((m) => [m.volume, m.ok])).toEqual([['gv/a', true], ['gv/b', false]]);
+      expect(p.members[1]!.findings.map((f) => f.detail)).toContain('SEQUENCE_GAP');
+    }
+    expect(ta('verify', store, '--group', 'window').stdout).toMatch(new RegExp(`^INCOMPLETE window .*${lastFrozen.id}[\\s\\S]*verification FAILED`, 'm'));
+    // a byte of the last "frozen" point's gv/b archive changed (on another copy): that point DAMAGED, the
+    // earlier "frozen" points and the "crash" point kept (sent before it: the groups alternate) still ok
+    const damaged = `${store}-damaged`;
+    cpSync(intactStore, damaged, { recursive: true });
+    const frozenPoints = pointsAfter.filter((p) => p.name === 'frozen');
+    const victim = frozenPoints.at(-1)!.members[1]!;
+    const victimFile = readdirSync(join(damaged, victim.chainId)).find((n) => n.includes(victim.archiveId))!;
+    const fd = openSync(join(damaged, victim.chainId, victimFile), 'r+');
+    try {
+      const size = fstatSync(fd).size;
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, Math.floor(size / 2));
+      b[0] = b[0]! ^ 0xff;
+      writeSync(fd, b, 0, 1, Math.floor(size / 2));
+    } finally {
+      closeSync(fd);
+    }
+    const vBad = verifyGroup(damaged, '--group', 'frozen');
+    expect(vBad.status, vBad.stderr).toBe(3);
+    expect(vBad.res.points.map((p) => [p.id, p.ok])).toEqual(frozenPoints.map((p, i) => [p.id, i < frozenPoints.length - 1]));
+    expect(vBad.res.points.at(-1)!.members[1]!.findings.some((f) => f.archive.includes(victim.archiveId))).toBe(true);
+    expect(vBad.res.points.at(-1)!.members[0]!.ok).toBe(true);
+    expect(verifyGroup(damaged, '--group', 'crash').status).toBe(0);
   }, LAB_SLOT_WAIT_MS + 900_000);
 });
