@@ -299,3 +299,48 @@ describe('daemon config: pools', () => {
     ]);
   });
 });
+
+describe('daemon config: group jobs', () => {
+  const job = (group: string, rest = '    to: /srv/backup\n'): string => `jobs:\n  - name: db\n    volumes: [vg0/sys, vg0/data]\n    every: 5m\n${rest}    group:\n${group}`;
+
+  it('one group of the volumes: its name (default the job\'s), the freeze method and timeout; expandSources gives one unit', async () => {
+    const c = checkConfigText(job('      freeze: [/srv/db]\n      freeze_timeout: 20s\n'));
+    expect(c.problems).toEqual([]);
+    expect(c.config!.jobs[0]!.group).toEqual({ name: 'db', volumes: ['vg0/sys', 'vg0/data'], quiesce: { method: 'fsfreeze', mountpoints: ['/srv/db'] }, freezeTimeoutMs: 20_000 });
+    expect(checkConfigText(job('      name: vm7\n      virsh_domain: vm7\n')).config!.jobs[0]!.group).toEqual({ name: 'vm7', volumes: ['vg0/sys', 'vg0/data'], quiesce: { method: 'virsh', domain: 'vm7' } });
+    expect(checkConfigText(job('      freeze_cmd: "a"\n      thaw_cmd: "b"\n')).config!.jobs[0]!.group!.quiesce).toEqual({ method: 'command', freeze: 'a', thaw: 'b' });
+    // no freeze method: the stacked devices are suspended (the send decides)
+    const plain = checkConfigText(job('      name: g\n')).config!.jobs[0]!;
+    expect(plain.group).toEqual({ name: 'g', volumes: ['vg0/sys', 'vg0/data'] });
+    const { expandSources } = await import('./daemon.js');
+    expect(await expandSources(plain)).toEqual(['vg0/sys+vg0/data']);
+  });
+
+  it('refuses what a group send cannot do, each with its line', () => {
+    const lines = (text: string): [number, string][] => checkConfigText(text).problems.map((p) => [p.line, p.message]);
+    expect(lines(job('      freeze: [/a]\n      virsh_domain: x\n'))).toEqual([[7, 'jobs[0].group: one freeze method: freeze (mountpoints), freeze_cmd with thaw_cmd, or virsh_domain']]);
+    expect(lines(job('      freeze_cmd: a\n'))).toEqual([[7, 'jobs[0].group: freeze_cmd and thaw_cmd go together']]);
+    expect(lines(job('      name: bad/name\n'))).toEqual([[7, 'jobs[0].group.name: a group name is 1 to 64 letters, digits and _ . + - (starting with a letter or digit)']]);
+    expect(lines(job('      freeze: [relative]\n'))[0]![1]).toMatch(/not an absolute path/);
+    expect(lines(job('      freeze_timeout: 2h\n'))).toEqual([[7, 'jobs[0].group: freeze_timeout: at most 1h']]);
+    expect(lines(job('      name: g\n', '    apply_to: {target: "vg1/{lv}"}\n'))).toEqual([
+      [5, 'jobs[0].apply_to: a local target (no host) is applied from the job\'s store: add "to"'],
+      [7, 'jobs[0].group: a group job sends to a store: add "to"'],
+      [7, 'jobs[0].group: apply_to does not go with a group job (restore --group replicates a point)'],
+    ]);
+    const pattern = `jobs:\n  - name: db\n    volumes: [vg0/vm-*, {image: /a.img}, vg0/x, vg0/x]\n    every: 5m\n    to: /s\n    group: {name: g}\n`;
+    expect(lines(pattern)).toEqual([[6, 'jobs[0].group: the members are thin LVs named one by one (VG/LV; no images, no patterns)'], [6, 'jobs[0].group: a volume is named twice']]);
+  });
+});
+
+describe('the README', () => {
+  it("its daemon configuration example is valid, group job included", async () => {
+    const { readFile } = await import('node:fs/promises');
+    const readme = await readFile(join(__dirname, '..', '..', 'README.md'), 'utf8');
+    const start = readme.indexOf('# /etc/thinarchive/thinarchive.yml');
+    expect(start).toBeGreaterThan(0);
+    const r = checkConfigText(readme.slice(start, readme.indexOf('```', start)));
+    expect(r.problems).toEqual([]);
+    expect(r.config!.jobs.map((j) => [j.name, j.group?.name ?? null])).toEqual([['vms', null], ['standby', null], ['db', 'db']]);
+  });
+});

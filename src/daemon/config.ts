@@ -11,7 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import { DEFAULT_LEASE_TTL_MS, MIN_LEASE_TTL_MS, resolveThresholds, type PoolWatchSettings } from '../api/index.js';
+import { DEFAULT_LEASE_TTL_MS, GROUP_NAME_RE, MAX_GROUP_MEMBERS, MIN_LEASE_TTL_MS, resolveThresholds, type PoolWatchSettings, type QuiesceSpec } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
 import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
@@ -59,6 +59,27 @@ export interface ApplyTo {
 /** One source of a job: a thin LV (or a pattern of them) or an image file. */
 export type SourceSpec = { kind: 'volume'; pattern: string } | { kind: 'image'; path: string };
 
+/**
+ * A group job (`group:`): every run is one group send of all the job's volumes (one consistency-group
+ * point, docs/LVM.md section 9), retention over whole points (`prune --group`), scheduled verification
+ * of whole points (`verify --group`).
+ */
+export interface GroupJob {
+  /** the group's name in the store (default: the job's name) */
+  name: string;
+  /** the members, VG/LV each, in the configured order */
+  volumes: string[];
+  /** how to quiesce; absent: the device-mapper devices stacked on the members are suspended */
+  quiesce?: Exclude<QuiesceSpec, { method: 'dm-suspend' }>;
+  /** milliseconds: the watchdog's bound on the quiesce window (send --freeze-timeout) */
+  freezeTimeoutMs?: number;
+}
+
+/** The one unit of a group job: its volume label in status, metrics and the state file (the members joined by "+"). */
+export function groupUnitVolume(g: GroupJob): string {
+  return g.volumes.join('+');
+}
+
 /** A job's scheduled verification (`verify:`). */
 export interface VerifySchedule {
   /** milliseconds */
@@ -78,6 +99,8 @@ export interface JobConfig {
   keep?: KeepRules;
   applyTo?: ApplyTo;
   verify?: VerifySchedule;
+  /** a group job: one unit, a group send of all the volumes each run */
+  group?: GroupJob;
   level?: number;
   retry: { attempts: number; initialMs: number; maxMs: number };
   /** milliseconds: lag_warning and lag_critical alerts (docs/ALERTS.md); default 3 and 10 times `every` */
@@ -223,6 +246,17 @@ const SCHEMA = {
           },
           lag_warning: duration,
           lag_critical: duration,
+          group: {
+            type: 'object', additionalProperties: false,
+            properties: {
+              name: { type: 'string', pattern: GROUP_NAME_RE.source },
+              freeze: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^/' } },
+              freeze_cmd: { type: 'string', minLength: 1 },
+              thaw_cmd: { type: 'string', minLength: 1 },
+              virsh_domain: { type: 'string', minLength: 1 },
+              freeze_timeout: duration,
+            },
+          },
         },
       },
     },
@@ -275,6 +309,7 @@ function describe(e: ErrorObject, path: (string | number)[]): string {
       if (pattern === httpUrl.pattern) return `${where}: not an http:// or https:// URL`;
       if (pattern.startsWith('^smtps?')) return `${where}: not an smtp:// or smtps:// URL (smtp://[user:pass@]host[:port])`;
       if (pattern === '^/') return `${where}: not an absolute path`;
+      if (pattern === GROUP_NAME_RE.source) return `${where}: a group name is 1 to 64 letters, digits and _ . + - (starting with a letter or digit)`;
       return `${where}: ${e.message}`;
     }
     case 'oneOf': return `${where}: an address, or a list of addresses`;
@@ -368,7 +403,28 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
     if (lagWarningMs >= lagCriticalMs && (j.lag_warning !== undefined || j.lag_critical !== undefined)) {
       problems.push({ line: lineOf(doc, lc, ['jobs', i, j.lag_critical !== undefined ? 'lag_critical' : 'lag_warning']), message: `jobs[${i}]: lag_warning (${j.lag_warning ?? '3 x every'}) must be less than lag_critical (${j.lag_critical ?? '10 x every'})` });
     }
-    jobs.push({ name: j.name, sources, schedule, every, to: j.to, keep, applyTo, verify, level: j.level, retry, lagWarningMs, lagCriticalMs, line });
+    let group: GroupJob | undefined;
+    if (j.group) {
+      const g = j.group as Record<string, any>;
+      const gline = lineOf(doc, lc, ['jobs', i, 'group']);
+      const say = (message: string, key?: string): void => { problems.push({ line: key ? lineOf(doc, lc, ['jobs', i, 'group', key]) : gline, message: `jobs[${i}].group: ${message}` }); };
+      const volumes = sources.flatMap((s) => (s.kind === 'volume' ? [s.pattern] : []));
+      if (sources.some((s) => s.kind === 'image') || volumes.some((v) => /[*?[]/.test(v))) say('the members are thin LVs named one by one (VG/LV; no images, no patterns)');
+      if (new Set(volumes).size !== volumes.length) say('a volume is named twice');
+      if (volumes.length > MAX_GROUP_MEMBERS) say(`at most ${MAX_GROUP_MEMBERS} volumes`);
+      if (j.to === undefined) say('a group job sends to a store: add "to"');
+      if (j.apply_to) say('apply_to does not go with a group job (restore --group replicates a point)');
+      const methods = [g.freeze !== undefined, g.freeze_cmd !== undefined || g.thaw_cmd !== undefined, g.virsh_domain !== undefined].filter(Boolean).length;
+      if (methods > 1) say('one freeze method: freeze (mountpoints), freeze_cmd with thaw_cmd, or virsh_domain');
+      if ((g.freeze_cmd === undefined) !== (g.thaw_cmd === undefined)) say('freeze_cmd and thaw_cmd go together', g.freeze_cmd === undefined ? 'thaw_cmd' : 'freeze_cmd');
+      const freezeTimeoutMs = ms(['jobs', i, 'group', 'freeze_timeout'], g.freeze_timeout);
+      if (freezeTimeoutMs !== undefined && freezeTimeoutMs > 3_600_000) say('freeze_timeout: at most 1h', 'freeze_timeout');
+      const quiesce: GroupJob['quiesce'] = g.freeze ? { method: 'fsfreeze', mountpoints: g.freeze }
+        : g.freeze_cmd !== undefined ? { method: 'command', freeze: g.freeze_cmd, thaw: g.thaw_cmd }
+          : g.virsh_domain !== undefined ? { method: 'virsh', domain: g.virsh_domain } : undefined;
+      group = { name: g.name ?? j.name, volumes, ...(quiesce ? { quiesce } : {}), ...(freezeTimeoutMs !== undefined ? { freezeTimeoutMs } : {}) };
+    }
+    jobs.push({ name: j.name, sources, schedule, every, to: j.to, keep, applyTo, verify, ...(group ? { group } : {}), level: j.level, retry, lagWarningMs, lagCriticalMs, line });
   });
   const leaseTtlMs = raw.lease_ttl === undefined ? DEFAULT_LEASE_TTL_MS : parseDuration(raw.lease_ttl);
   if (leaseTtlMs < MIN_LEASE_TTL_MS) problems.push({ line: lineOf(doc, lc, ['lease_ttl']), message: `lease_ttl: must be at least ${MIN_LEASE_TTL_MS / 1000}s` });

@@ -15,7 +15,7 @@ import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Log
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
 import { runAlerts, runStartPings, RUN_ALERT_WAIT_MS, type RunAlertUnit } from './run-alerts.js';
-import { checkConfig, ConfigError, DEFAULT_MAX_CONCURRENT_RUNS, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
+import { checkConfig, ConfigError, DEFAULT_MAX_CONCURRENT_RUNS, groupUnitVolume, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
 import { DaemonMetrics } from './metrics.js';
 import { PoolSampler } from './pool-sampler.js';
 import { RunSlots } from './run-slots.js';
@@ -109,8 +109,10 @@ function globRegex(pattern: string): RegExp {
   return new RegExp(`^${re}$`);
 }
 
-/** The volumes of a job: images as they are, VG/LV names as they are, patterns matched against the thin LVs. */
+/** The volumes of a job: images as they are, VG/LV names as they are, patterns matched against the thin LVs; a group job's one unit. */
 export async function expandSources(job: JobConfig, signal?: AbortSignal): Promise<string[]> {
+  // A group job is one unit: all its members in one group send.
+  if (job.group) return [groupUnitVolume(job.group)];
   const out: string[] = [];
   for (const s of job.sources) {
     if (s.kind === 'image') out.push(s.path);
@@ -235,7 +237,7 @@ export class Daemon {
     this.checkLag();
     this.lagTimer = setInterval(() => this.checkLag(), LAG_CHECK_MS).unref();
     this.pools = new PoolSampler({
-      volumes: () => [...new Set([...this.units.values()].map((u) => u.volume))], config: () => this.config, stateDir: this.stateDir, log: this.log, metrics: this.metrics,
+      volumes: () => [...new Set([...this.units.values()].flatMap((u) => u.job.group?.volumes ?? [u.volume]))], config: () => this.config, stateDir: this.stateDir, log: this.log, metrics: this.metrics,
       onConditions: (c) => this.alerts?.pools(c),
     });
     this.pools.start();
@@ -398,6 +400,7 @@ export class Daemon {
       this.metrics.lastSuccess.set(l, Date.parse(s.lastSuccess!) / 1000);
       this.metrics.bytes.inc(l, out.bytes);
       if (s.chainLength !== null) this.metrics.chainLength.set(l, s.chainLength);
+      if (out.freezeMs !== undefined) this.metrics.groupFreeze.set(l, out.freezeMs / 1000);
       if (out.verify?.ok) this.metrics.verifySuccess.set(l, Date.parse(out.verify.at) / 1000);
     } else if (out.error!.code !== 'ABORTED') {
       this.metrics.fail(unit.job.name, unit.volume, out.error!.code);

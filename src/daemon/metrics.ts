@@ -30,6 +30,7 @@ export class DaemonMetrics {
   readonly bytes = new Counter({ name: 'thinarchive_bytes_sent_total', help: 'archive bytes written by successful runs', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly failures = new Counter({ name: 'thinarchive_failures_total', help: 'failed runs by error code', labelNames: ['job', 'volume', 'code'], registers: [this.registry] });
   readonly skipped = new Counter({ name: 'thinarchive_skipped_runs_total', help: 'scheduled runs skipped because the previous run of the volume was still going', labelNames: ['job', 'volume'], registers: [this.registry] });
+  readonly groupFreeze = new Gauge({ name: 'thinarchive_group_freeze_seconds', help: 'group jobs: the quiesce window (freeze to thaw) of the last point sent', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly chainLength = new Gauge({ name: 'thinarchive_chain_length', help: 'points in the chain at the destination', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly verifySuccess = new Gauge({ name: 'thinarchive_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful verification of any kind (after an apply, or scheduled)', labelNames: ['job', 'volume'], registers: [this.registry] });
   readonly scheduledVerifySuccess = new Gauge({ name: 'thinarchive_scheduled_verify_last_success_timestamp_seconds', help: 'Unix time of the last successful scheduled verification (job verify: store and local replica, or remote replica)', labelNames: ['job', 'volume'], registers: [this.registry] });
@@ -75,7 +76,7 @@ export class DaemonMetrics {
 
   /** Drop the series of units no longer configured (after a reload), so label sets stay bounded. */
   forget(job: string, volume: string): void {
-    for (const m of [this.lastSuccess, this.lastAttempt, this.lag, this.bytes, this.skipped, this.chainLength, this.verifySuccess, this.scheduledVerifySuccess, this.duration]) m.remove({ job, volume });
+    for (const m of [this.lastSuccess, this.lastAttempt, this.lag, this.bytes, this.skipped, this.chainLength, this.groupFreeze, this.verifySuccess, this.scheduledVerifySuccess, this.duration]) m.remove({ job, volume });
     const k = `${job}\0${volume}`;
     for (const code of this.codes.get(k) ?? []) this.failures.remove({ job, volume, code });
     this.codes.delete(k);

@@ -2,17 +2,18 @@
  * One run of one job on one volume (docs/DAEMON.md, "A run"): send (an image with change tracking,
  * or a thin LV through its managed snapshot chain named after the job) into the store or into a
  * remote apply; then retention (the grid, through prune); then, for a local replica, apply from the
- * store and `verify --against --changed-only`. Transient errors are retried inside the run with
+ * store and `verify --against --changed-only`. A group job's run is one group send of all its volumes
+ * and retention over whole points. Transient errors are retried inside the run with
  * jittered exponential backoff; permanent ones (exit class usage, verify, unsafe) fail at once.
  */
 import { createHash } from 'node:crypto';
 import { basename, join } from 'node:path';
 import {
   loadKeys,
-  AbortedError, apply, list, prune, RemoteApplyError, remoteApplyDestination, send, ThinarchiveError, verifyAgainst,
-  type ChainLeaseHolder, type Logger, type ListedChain, type StoreOptions,
+  AbortedError, apply, groupPoints, list, prune, pruneGroup, RemoteApplyError, remoteApplyDestination, send, sendGroup, ThinarchiveError, verifyAgainst,
+  type ChainLeaseHolder, type Logger, type ListedChain, type SendGroupOptions, type StoreOptions,
 } from '../api/index.js';
-import { targetOf, type ApplyTo, type DaemonConfig, type JobConfig } from './config.js';
+import { targetOf, type ApplyTo, type DaemonConfig, type GroupJob, type JobConfig } from './config.js';
 import { imageDelta } from './image-delta.js';
 import type { UnitState } from './state.js';
 
@@ -46,6 +47,8 @@ export interface RunOutcome {
   archiveId?: string;
   newestPoint?: string | null;
   verify?: { at: string; ok: boolean; mode: string };
+  /** a group job: the quiesce window of the point sent, in milliseconds */
+  freezeMs?: number;
 }
 
 /** The store options of a run: ssh and S3 settings, and the keys, read from their files now (a rotation needs no reload). */
@@ -130,6 +133,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   const common = { level: job.level, stateDir: ctx.stateDir, signal, storeOptions: so };
   const leased = { lease: ctx.lease, takeLease: ctx.takeLease };
   const lvSend = { ...common, chain: job.name, log, poolThresholds: ctx.config.pools };
+  if (job.group) return groupAttempt(job, job.group, volume, { ...lvSend, takeLease: ctx.takeLease }, started);
   if (image) {
     // Incremental on the chain this daemon continues, when its newest archive holds exactly what the
     // block hashes were taken of (the hash file names that archive: it is right even when the state
@@ -208,6 +212,34 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   }
   out.seconds = (performance.now() - started) / 1000;
   return out;
+}
+
+/**
+ * One attempt of a group job: one group send of every member (each member's send holds its chain's
+ * lease for its duration), then retention over whole points. The unit's chain fields describe the
+ * group: the first member's chain, the number of complete points, the newest complete point's time.
+ */
+async function groupAttempt(job: JobConfig, g: GroupJob, volume: string, o: Omit<SendGroupOptions, 'volumes' | 'group' | 'to'>, started: number): Promise<RunOutcome> {
+  const so = o.storeOptions;
+  const r = await sendGroup({
+    ...o, volumes: g.volumes, group: g.name, to: job.to!, ...(g.quiesce ? { quiesce: g.quiesce } : {}), ...(g.freezeTimeoutMs !== undefined ? { freezeTimeoutMs: g.freezeTimeoutMs } : {}),
+  });
+  const bytes = r.members.reduce((a, m) => a + m.archiveBytes, 0);
+  const q = r.group.quiesce;
+  o.log?.info({ job: job.name, volume, group: g.name, point: r.group.id, method: q.method, freezeMs: q.freezeMs, bytes }, 'sent group point');
+  if (job.keep) {
+    const k = job.keep;
+    const p = await pruneGroup({
+      dir: job.to!, group: g.name, keep: k.last, keepWithin: k.within, keepHourly: k.hourly, keepDaily: k.daily, keepWeekly: k.weekly, keepMonthly: k.monthly,
+      keepYearly: k.yearly, signal: o.signal, storeOptions: so,
+    });
+    if (p.dropped.length) o.log?.info({ job: job.name, volume, group: g.name, dropped: p.dropped.length, kept: p.kept.length }, 'retention');
+  }
+  const complete = (await groupPoints({ dir: job.to!, group: g.name, ...(so ? { storeOptions: so } : {}) })).filter((p) => p.complete);
+  return {
+    ok: true, bytes, seconds: (performance.now() - started) / 1000, attempts: 1, chainId: r.members[0]!.chainId, chainDir: null, chainLength: complete.length,
+    archiveId: r.group.id, newestPoint: complete.at(-1)?.frozenAt ?? null, freezeMs: q.freezeMs,
+  };
 }
 
 /** The blocks a remote `apply --verify --json` read back, when its result says it did (every archive it applied). */

@@ -75,6 +75,15 @@ describe('scheduled verification: when it is due', () => {
     expect(v[0]).toBe(T0 + 2 * 3_600_000 + 61_000);
   });
 
+  it('a group job (no single chain directory: chainDir stays null) is due after its first successful run', () => {
+    const g = job(', verify: {every: 1h}, group: {name: g}');
+    expect(g.group).toBeDefined();
+    const s = afterRun(emptyUnit('j', 'vg0/a'), new Date(T0), { ok: true, bytes: 1, seconds: 1, chainDir: null, chainId: 'c' }, new Date(T0 + 1000));
+    expect(s.chainDir).toBeNull();
+    expect(isVerifyDue(g, s, T0 + 1000)).toBe(true);
+    expect(isVerifyDue(job(', verify: {every: 1h}'), s, T0 + 1000)).toBe(false);
+  });
+
   it('findings wait a whole interval; a check that could not be done is retried after min(every, 15 min)', () => {
     const daily = job(', verify: {every: 1d, sample: 10%}');
     const s = afterVerify(emptyUnit('j', 'vg0/a'), verified(T0, false));

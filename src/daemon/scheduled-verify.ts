@@ -5,9 +5,10 @@
  * of every archive and a random share of its data records) and a local `apply_to` replica is compared
  * with the chain (api `verifyAgainst`, full or the same sample of blocks). A remote replica
  * (`apply_to.host`, no store) is compared with the volume's base snapshot by the hash exchange (api
- * `verifyReplica`: the replica's host hashes its blocks, only hashes cross the network).
+ * `verifyReplica`: the replica's host hashes its blocks, only hashes cross the network). A group job's
+ * points are verified whole (api `verifyGroup`: every member chain, each point complete and undamaged).
  */
-import { AbortedError, verify, verifyAgainst, verifyReplica } from '../api/index.js';
+import { AbortedError, verify, verifyAgainst, verifyGroup, verifyReplica } from '../api/index.js';
 import { targetOf, type JobConfig } from './config.js';
 import { errorInfo, storeOptionsOf, type RunContext } from './runner.js';
 import type { ScheduledVerify, UnitState } from './state.js';
@@ -30,7 +31,7 @@ export function verifyDueAt(job: JobConfig, s: UnitState): number | undefined {
 /** Whether to verify now, after a run that succeeded (`s` is the state after it). */
 export function isVerifyDue(job: JobConfig, s: UnitState, now: number): boolean {
   const due = verifyDueAt(job, s);
-  return due !== undefined && (s.chainDir !== null || !!job.applyTo?.host) && now >= due;
+  return due !== undefined && (s.chainDir !== null || !!job.applyTo?.host || !!job.group) && now >= due;
 }
 
 /** One scheduled verification of the unit's chain (and local replica). An abort is thrown (nothing is recorded); anything else is in the result. */
@@ -40,7 +41,15 @@ export async function verifyUnit(job: JobConfig, s: UnitState, ctx: RunContext):
   try {
     const so = await storeOptionsOf(ctx.config);
     const a = job.applyTo;
-    if (a?.host) {
+    if (job.group) {
+      // every point of the group whole (verify --group): each complete and undamaged
+      const r = await verifyGroup({ dir: job.to!, group: job.group.name, samplePercent: pct, signal: ctx.signal, storeOptions: so });
+      const bad = r.points.find((p) => !p.ok);
+      out.store = {
+        ok: r.ok, archives: r.archives, findings: r.findings.length, bytesRead: r.bytesRead, recordsChecked: null, dataRecords: null,
+        firstFinding: r.findings[0] ? `${r.findings[0].code}: ${r.findings[0].message}` : bad ? `GROUP_INCOMPLETE: point ${bad.id} (${bad.frozenAt}) is missing a member's archive` : null,
+      };
+    } else if (a?.host) {
       const target = targetOf(a.target, s.volume);
       const v = await verifyReplica({
         volume: s.volume, chain: job.name, host: a.host, target, remoteCommand: a.command, samplePercent: pct, stateDir: ctx.stateDir,

@@ -10,6 +10,7 @@
 #      command, SIGTERM and SIGKILL of thinarchive inside the window
 #   6. restore --group of a point of each group into another VG, assembled, fsck -n
 #   7. one member's archive deleted: list reports the point incomplete, restore --group refuses it
+#   8. a daemon group job: three runs, retention over whole points, scheduled verification of points
 # Everything observed goes to $LAB_OUT; the host restores every point and runs fsck.
 #
 # Env: TA_LAUNCHER, STORE, POINTS (sends per group), SOLO (one-by-one pairs), THINARCHIVE_STATE_DIR.
@@ -171,4 +172,34 @@ result restore_incomplete_rc $?
 set -e
 lvs --noheadings -o lv_name rv | awk '{print $1}' | sort | tr '\n' ' ' > "$LAB_OUT/rv-lvs.txt"
 lvs --noheadings -o lv_name gv | awk '{print $1}' | sort | tr '\n' ' ' > "$LAB_OUT/gv-lvs.txt"
+timing incomplete
+
+# --- 8: a daemon group job (its own chain "dg" and store): every 5 s one group point of gv/a and gv/b
+# (the stripe suspended), the last 2 points kept, every point verified whole after each run; after
+# three runs held (SIGHUP to a 1 h interval): status, metrics, the store's group points; SIGTERM
+DSTORE="$LAB_WORK/dstore"
+mkdir -p "$DSTORE"
+printf 'state_dir: %s\nmetrics:\n  listen: 127.0.0.1:9812\njobs:\n  - name: dg\n    volumes: [gv/a, gv/b]\n    every: 5s\n    to: %s\n    keep: {last: 2}\n    group: {name: dgroup, freeze_timeout: 60s}\n    verify: {every: 1s}\n' \
+  "$LAB_WORK/dstate" "$DSTORE" > "$LAB_WORK/daemon.yml"
+node "$TA_LAUNCHER" daemon --config "$LAB_WORK/daemon.yml" 2> "$LAB_OUT/daemon.log" &
+DPID=$!
+for i in $(seq 1 600); do
+  [ "$(grep -c 'scheduled verification' "$LAB_OUT/daemon.log" || true)" -ge 3 ] && break
+  kill -0 "$DPID" 2> /dev/null || break
+  sleep 1
+done
+# held: reloaded to a 1 h interval, the run in progress (with its verification) ends and none starts
+sed -i 's/every: 5s/every: 1h/' "$LAB_WORK/daemon.yml"
+kill -HUP "$DPID"
+sleep 2
+for i in $(seq 1 300); do
+  ta status --config "$LAB_WORK/daemon.yml" --json > "$LAB_OUT/daemon-status.json"
+  node -e 'process.exit(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).units.some((u) => u.state === "running") ? 1 : 0)' "$LAB_OUT/daemon-status.json" && break
+  sleep 1
+done
+node -e 'fetch("http://127.0.0.1:9812/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))' > "$LAB_OUT/daemon-metrics.txt"
+kill -TERM "$DPID"
+rc=0; wait "$DPID" || rc=$?
+result daemon_rc "$rc"
+ta list "$DSTORE" --groups --json > "$LAB_OUT/daemon-groups.json"
 timing done

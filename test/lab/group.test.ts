@@ -8,13 +8,15 @@
 // group point; the one-by-one pairs are checked the same way, and some of them must fail (what the
 // group prevents; recorded, not asserted: it could not be made to fail so far, docs/LVM.md section 9).
 // Last, prune --group on the host's copy of the store: whole points dropped, the rest still restorable;
-// verify --group on it, on the store with a member deleted and on a copy with a byte changed.
+// verify --group on it, on the store with a member deleted and on a copy with a byte changed; and a daemon
+// group job (three runs, retention and scheduled verification of whole points).
 import { spawnSync } from 'node:child_process';
 import { closeSync, cpSync, fstatSync, ftruncateSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { groupPoints, restore } from '../../src/api/index.js';
 import type { GroupPoint, PruneGroupResult, SendGroupResult, SendVolumeResult, VerifyGroupResult } from '../../src/api/index.js';
+import type { UnitStatus } from '../../src/daemon/daemon.js';
 import { cliBuild } from './cli-build.js';
 import { hostTempDir, removeHostTempDirs } from './host-files.js';
 import { LAB_FULL, LAB_SLOT_WAIT_MS, labLeftovers, labPoolSetup, parseResults, requireLab, runInLab } from './lab.js';
@@ -281,5 +283,22 @@ describe('consistency groups in the thin-LVM lab', () => {
     expect(vBad.res.points.at(-1)!.members[1]!.findings.some((f) => f.archive.includes(victim.archiveId))).toBe(true);
     expect(vBad.res.points.at(-1)!.members[0]!.ok).toBe(true);
     expect(verifyGroup(damaged, '--group', 'crash').status).toBe(0);
+
+    // --- the daemon group job (group-guest.sh step 8): each run one group point of both members (the
+    // stripe suspended), retention over whole points, every point verified whole; status and metrics
+    expect(R['daemon_rc']).toBe('0');
+    const dlog = (F['daemon.log'] ?? '').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const sentPoints = dlog.filter((l) => l.msg === 'sent group point');
+    expect(sentPoints.length, F['daemon.log']).toBeGreaterThanOrEqual(3);
+    for (const l of sentPoints) expect([l.volume, l.group, l.method, (l.freezeMs as number) > 0]).toEqual(['gv/a+gv/b', 'dgroup', 'dm-suspend', true]);
+    expect(dlog.filter((l) => l.msg === 'run failed' || l.msg === 'scheduled verification FAILED'), F['daemon.log']).toEqual([]);
+    const dstatus = json<{ units: UnitStatus[] }>('daemon-status.json');
+    expect(dstatus.units.map((u) => [u.job, u.volume, u.state, u.chainLength, u.lastError])).toEqual([['dg', 'gv/a+gv/b', 'ok', 2, null]]);
+    expect(dstatus.units[0]!.scheduledVerify).toMatchObject({ ok: true, mode: 'full', store: { ok: true, findings: 0 } });
+    const dpoints = json<GroupPoint[]>('daemon-groups.json');
+    expect(dpoints.map((p) => [p.name, p.id, p.complete])).toEqual(sentPoints.slice(-2).map((l) => ['dgroup', l.point, true]));
+    const metric = (name: string): number => Number(new RegExp(`^${name}\\{job="dg",volume="gv/a\\+gv/b"\\} (\\S+)$`, 'm').exec(F['daemon-metrics.txt'] ?? '')?.[1]);
+    expect(metric('thinarchive_group_freeze_seconds')).toBeCloseTo((sentPoints.at(-1)!.freezeMs as number) / 1000, 3);
+    expect(metric('thinarchive_chain_length')).toBe(2);
   }, LAB_SLOT_WAIT_MS + 900_000);
 });
