@@ -74,7 +74,12 @@ writer_stop
 
 # --- 4: writes block during the window and resume after (a probe writing every 20 ms)
 rm -f /run/probe.log /run/stop-probe
-( while [ ! -e /run/stop-probe ]; do echo x >> "$MNT/probe.txt"; sync -f "$MNT/probe.txt"; echo "$(( $(date +%s%N) / 1000000 ))" >> /run/probe.log; sleep 0.02; done ) &
+# each line: when the write started and when it was on disk (ms): a write started after the freeze
+# must not end before the thaw (the end time alone can be late: the date after it is another fork)
+( while [ ! -e /run/stop-probe ]; do
+    s=$(date +%s%N); echo x >> "$MNT/probe.txt"; sync -f "$MNT/probe.txt"
+    echo "$(( s / 1000000 )) $(( $(date +%s%N) / 1000000 ))" >> /run/probe.log; sleep 0.02
+  done ) &
 PROBE=$!
 sleep 0.5
 ta send gv/a gv/b --to "$STORE" --group window --freeze-cmd "fsfreeze -f $MNT; echo \$((\$(date +%s%N) / 1000000)) > /run/t-frozen; sleep 1" \
@@ -176,11 +181,12 @@ timing incomplete
 
 # --- 8: a daemon group job (its own chain "dg" and store): every 5 s one group point of gv/a and gv/b
 # (the stripe suspended), the last 2 points kept, every point verified whole after each run; after
-# three runs held (SIGHUP to a 1 h interval): status, metrics, the store's group points; SIGTERM
+# three runs held (SIGHUP to a 1 h interval): status, the store's group points; SIGTERM; the metrics
+# textfile (written after every run and at the stop)
 DSTORE="$LAB_WORK/dstore"
 mkdir -p "$DSTORE"
-printf 'state_dir: %s\nmetrics:\n  listen: 127.0.0.1:9812\njobs:\n  - name: dg\n    volumes: [gv/a, gv/b]\n    every: 5s\n    to: %s\n    keep: {last: 2}\n    group: {name: dgroup, freeze_timeout: 60s}\n    verify: {every: 1s}\n' \
-  "$LAB_WORK/dstate" "$DSTORE" > "$LAB_WORK/daemon.yml"
+printf 'state_dir: %s\nmetrics:\n  textfile: %s\njobs:\n  - name: dg\n    volumes: [gv/a, gv/b]\n    every: 5s\n    to: %s\n    keep: {last: 2}\n    group: {name: dgroup, freeze_timeout: 60s}\n    verify: {every: 1s}\n' \
+  "$LAB_WORK/dstate" "$LAB_OUT/daemon-metrics.prom" "$DSTORE" > "$LAB_WORK/daemon.yml"
 node "$TA_LAUNCHER" daemon --config "$LAB_WORK/daemon.yml" 2> "$LAB_OUT/daemon.log" &
 DPID=$!
 for i in $(seq 1 600); do
@@ -197,7 +203,6 @@ for i in $(seq 1 300); do
   node -e 'process.exit(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).units.some((u) => u.state === "running") ? 1 : 0)' "$LAB_OUT/daemon-status.json" && break
   sleep 1
 done
-node -e 'fetch("http://127.0.0.1:9812/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))' > "$LAB_OUT/daemon-metrics.txt"
 kill -TERM "$DPID"
 rc=0; wait "$DPID" || rc=$?
 result daemon_rc "$rc"
