@@ -55,11 +55,13 @@ lvcreate -q -y -T rv/pool -L 600M -Zn > /dev/null
 timing setup
 
 writer_start
-# --- 1 and 2: group sends, alternating without and with a freeze, short intervals
+# --- 1 and 2: group sends, alternating without and with a freeze, short intervals. Their windows get
+# 60 s: on a loaded machine a two-member window passed the default 10 s (FREEZE_TIMEOUT, exit 1; the
+# ERR trap's line then went to the send's own .err file, as it fires inside `ta`)
 for i in $(seq 1 "$POINTS"); do
-  ta send gv/a gv/b --to "$STORE" --group crash --json > "$LAB_OUT/crash-$i.json" 2> "$LAB_OUT/crash-$i.err"
+  ta send gv/a gv/b --to "$STORE" --group crash --freeze-timeout 60s --json > "$LAB_OUT/crash-$i.json" 2> "$LAB_OUT/crash-$i.err"
   sleep 0.2
-  ta send gv/a gv/b --to "$STORE" --group frozen --freeze "$MNT" --json > "$LAB_OUT/frozen-$i.json" 2> "$LAB_OUT/frozen-$i.err"
+  ta send gv/a gv/b --to "$STORE" --group frozen --freeze "$MNT" --freeze-timeout 60s --json > "$LAB_OUT/frozen-$i.json" 2> "$LAB_OUT/frozen-$i.err"
   sleep 0.2
 done
 timing groups
@@ -82,7 +84,7 @@ rm -f /run/probe.log /run/stop-probe
   done ) &
 PROBE=$!
 sleep 0.5
-ta send gv/a gv/b --to "$STORE" --group window --freeze-cmd "fsfreeze -f $MNT; echo \$((\$(date +%s%N) / 1000000)) > /run/t-frozen; sleep 1" \
+ta send gv/a gv/b --to "$STORE" --group window --freeze-timeout 60s --freeze-cmd "fsfreeze -f $MNT; echo \$((\$(date +%s%N) / 1000000)) > /run/t-frozen; sleep 1" \
   --thaw-cmd "echo \$((\$(date +%s%N) / 1000000)) > /run/t-thaw; fsfreeze -u $MNT" --json > "$LAB_OUT/window.json"
 sleep 0.5
 touch /run/stop-probe; wait "$PROBE"
@@ -143,7 +145,7 @@ timing watchdog
 # --- a group of LVs used directly (no stacked device) and no freeze method: refused
 lvcreate -q -y -V 8M -T gv/pool -n c > /dev/null
 set +e
-ta send gv/a gv/c --to "$STORE" --group direct --json > "$LAB_OUT/direct.out" 2> "$LAB_OUT/direct.err"
+ta send gv/a gv/c --to "$STORE" --group direct --freeze-timeout 60s --json > "$LAB_OUT/direct.out" 2> "$LAB_OUT/direct.err"
 result direct_rc $?
 set -e
 
