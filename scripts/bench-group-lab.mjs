@@ -17,7 +17,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadLab, ROOT } from './lib/lab.mjs';
+import { labForBench, ROOT } from './lib/lab.mjs';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || ROUNDS > 9) throw new Error('ROUNDS: 1 to 9');
@@ -71,13 +71,8 @@ const f2 = (x) => x.toFixed(2);
 const span = (xs, scale = 1) => `${f2(median(xs) / scale)} (${f2(Math.min(...xs) / scale)}-${f2(Math.max(...xs) / scale)})`;
 
 async function main() {
-  const lab = await loadLab();
-  const avail = await lab.labAvailable();
-  if (!avail.ok) {
-    console.error(`bench:group-lab: the thin-LVM lab cannot run here: ${avail.reason}`);
-    process.exitCode = 2;
-    return;
-  }
+  const lab = await labForBench('bench:group-lab');
+  if (!lab) return;
   const dir = mkdtempSync(join(tmpdir(), 'thinarchive-bench-group-'));
   try {
     const store = join(dir, 'store');

@@ -25,7 +25,7 @@
 import { accessSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { loadLab, ROOT } from './lib/lab.mjs';
+import { labForBench, ROOT } from './lib/lab.mjs';
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
@@ -195,13 +195,8 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const f2 = (x) => x.toFixed(2);
 
 async function main() {
-  const lab = await loadLab();
-  const avail = await lab.labAvailable();
-  if (!avail.ok) {
-    console.error(`bench:lab: the thin-LVM lab cannot run here: ${avail.reason}`);
-    process.exitCode = 2;
-    return;
-  }
+  const lab = await labForBench('bench:lab');
+  if (!lab) return;
   const dir = mkdtempSync(join(tmpdir(), 'thinarchive-bench-lab-'));
   try {
     const thinSend = peerBinary();

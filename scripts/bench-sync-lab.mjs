@@ -10,7 +10,7 @@
 // bytes sent, wall time. Writes bench-out/bench-sync-lab.json.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadLab, ROOT } from './lib/lab.mjs';
+import { labForBench, ROOT } from './lib/lab.mjs';
 
 const MiB = 1024 * 1024;
 
@@ -60,13 +60,8 @@ rec dp "$(lvs --noheadings -o data_percent vg/vol | tr -d ' ')"
 `;
 
 async function main() {
-  const lab = await loadLab();
-  const avail = await lab.labAvailable();
-  if (!avail.ok) {
-    console.error(`bench:sync-lab: the thin-LVM lab cannot run here: ${avail.reason}`);
-    process.exitCode = 2;
-    return;
-  }
+  const lab = await labForBench('bench:sync-lab');
+  if (!lab) return;
   const run = await lab.runInLab({
     script: guestScript(lab.labPoolSetup({ poolSize: '4G', chunk: '64k' })),
     disks: [{ sizeBytes: 6 * 1024 * MiB }],

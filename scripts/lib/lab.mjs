@@ -18,6 +18,19 @@ export function loadLab() {
   return loadTsModule('test/lab/lab.ts');
 }
 
+/**
+ * The lab harness for a benchmark named `name`, or null when the lab cannot run here (then one line
+ * says why and the exit code is 2).
+ */
+export async function labForBench(name) {
+  const lab = await loadLab();
+  const avail = await lab.labAvailable();
+  if (avail.ok) return lab;
+  console.error(`${name}: the thin-LVM lab cannot run here: ${avail.reason}`);
+  process.exitCode = 2;
+  return null;
+}
+
 /** A TypeScript module of this repository (path relative to its root), as a loaded ES module. */
 export async function loadTsModule(relPath) {
   return import(pathToFileURL(transpiled(relPath, [])).href);

@@ -30,7 +30,7 @@ export type { SendGroupOptions, SendGroupResult } from '../commands/send-lv.js';
 export type { GroupPoint, GroupPointMember, VerifiedGroupMember, VerifiedGroupPoint } from '../chain/group.js';
 export { listGroups } from '../commands/list.js';
 export { GROUP_NAME_RE, MAX_GROUP_MEMBERS, type GroupMeta, type GroupMember, type QuiesceMethod } from '../format/group.js';
-export type { QuiesceReport, QuiesceSpec } from '../source/quiesce.js';
+export { quiesceSpecOf, type FreezeChoice, type QuiesceReport, type QuiesceSpec } from '../source/quiesce.js';
 export type { GroupPointsOptions, PruneGroupOptions, PruneGroupResult, PrunedGroupPoint, RestoreGroupOptions, RestoreGroupResult, VerifyGroupOptions, VerifyGroupResult } from './group.js';
 export type { KeepFailure, KeptOverlay, ServeListening, ServeOptions, ServeResult } from '../commands/serve.js';
 export type { MountOptions, MountRecord, MountResult, UmountOptions, UmountResult } from '../commands/mount.js';

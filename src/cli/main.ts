@@ -430,7 +430,7 @@ function buildProgram(argv: string[] = process.argv): Command {
       if (o.group !== undefined) return verifyGroupCli(archives, o, storeOptions());
       if (o.at !== undefined) throw new UsageError('--at goes with --group NAME');
       if (o.against !== undefined) return runVerifyAgainst(archives, o, chainCtx);
-      const orphan = (['changedOnly', 'stateDir', 'host', 'chain', 'remoteCommand', 'remoteStateDir', 'seed'] as const).filter((k) => o[k] !== undefined);
+      const orphan = AGAINST_ONLY.filter((k) => o[k] !== undefined);
       if (orphan.length) throw new UsageError(`${orphan.map(flagName).join(', ')} go${orphan.length > 1 ? '' : 'es'} with --against TARGET`);
       const progress = new Progress('verify');
       const res = await verify({
@@ -496,10 +496,12 @@ function buildProgram(argv: string[] = process.argv): Command {
 }
 
 const DEFAULT_GROUP = 'default';
+/** verify's options that only go with --against TARGET (and --host). */
+const AGAINST_ONLY = ['changedOnly', 'stateDir', 'host', 'chain', 'remoteCommand', 'remoteStateDir', 'seed'] as const;
 
 /** `verify STORE --group NAME [--at POINT] [--sample P]` */
 async function verifyGroupCli(archives: string[], o: Record<string, any>, storeOptions: StoreOptions): Promise<void> {
-  const orphan = ['against', 'structureOnly', 'changedOnly', 'stateDir', 'host', 'chain', 'remoteCommand', 'remoteStateDir', 'seed', 'wait'].filter((k) => o[k] !== undefined && o[k] !== false);
+  const orphan = ['against', 'structureOnly', ...AGAINST_ONLY, 'wait'].filter((k) => o[k] !== undefined && o[k] !== false);
   if (orphan.length) throw new UsageError(`${orphan.map(flagName).join(', ')} do${orphan.length > 1 ? '' : 'es'} not go with --group`);
   if (archives.length !== 1 || archives[0] === '-') throw new UsageError('verify --group NAME takes one store (a directory, ssh:// or s3:// URL)');
   const { verifyGroup } = await import('../api/operations.js');
@@ -523,10 +525,8 @@ async function sendGroupCli(volumes: string[], o: Record<string, any>, storeOpti
   const methods = [o.freeze.length > 0, o.freezeCmd !== undefined || o.thawCmd !== undefined, o.virshDomain !== undefined].filter(Boolean).length;
   if (methods > 1) throw new UsageError('give one freeze method: --freeze MOUNTPOINT..., --freeze-cmd with --thaw-cmd, or --virsh-domain');
   if ((o.freezeCmd === undefined) !== (o.thawCmd === undefined)) throw new UsageError('--freeze-cmd and --thaw-cmd go together');
-  const quiesce = o.freeze.length ? { method: 'fsfreeze' as const, mountpoints: (o.freeze as string[]).map((m) => resolvePath(m)) }
-    : o.freezeCmd !== undefined ? { method: 'command' as const, freeze: o.freezeCmd as string, thaw: o.thawCmd as string }
-      : o.virshDomain !== undefined ? { method: 'virsh' as const, domain: o.virshDomain as string } : undefined;
-  const { sendGroup } = await import('../api/operations.js');
+  const { quiesceSpecOf, sendGroup } = await import('../api/index.js');
+  const quiesce = quiesceSpecOf({ mountpoints: (o.freeze as string[]).map((m) => resolvePath(m)), freezeCmd: o.freezeCmd, thawCmd: o.thawCmd, virshDomain: o.virshDomain });
   const { parseDuration } = await import('../api/core.js');
   const progress = new Progress('send');
   const res = await sendGroup({

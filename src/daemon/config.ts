@@ -11,7 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import { DEFAULT_LEASE_TTL_MS, GROUP_NAME_RE, MAX_GROUP_MEMBERS, MIN_LEASE_TTL_MS, resolveThresholds, type PoolWatchSettings, type QuiesceSpec } from '../api/index.js';
+import { DEFAULT_LEASE_TTL_MS, GROUP_NAME_RE, MAX_GROUP_MEMBERS, MIN_LEASE_TTL_MS, quiesceSpecOf, resolveThresholds, type PoolWatchSettings, type QuiesceSpec } from '../api/index.js';
 import { ThinarchiveError } from '../errors.js';
 import { defaultStateDir } from '../fsutil.js';
 import { parseDuration } from '../units.js';
@@ -419,9 +419,7 @@ export function checkConfigText(text: string): { problems: ConfigProblem[]; conf
       if ((g.freeze_cmd === undefined) !== (g.thaw_cmd === undefined)) say('freeze_cmd and thaw_cmd go together', g.freeze_cmd === undefined ? 'thaw_cmd' : 'freeze_cmd');
       const freezeTimeoutMs = ms(['jobs', i, 'group', 'freeze_timeout'], g.freeze_timeout);
       if (freezeTimeoutMs !== undefined && freezeTimeoutMs > 3_600_000) say('freeze_timeout: at most 1h', 'freeze_timeout');
-      const quiesce: GroupJob['quiesce'] = g.freeze ? { method: 'fsfreeze', mountpoints: g.freeze }
-        : g.freeze_cmd !== undefined ? { method: 'command', freeze: g.freeze_cmd, thaw: g.thaw_cmd }
-          : g.virsh_domain !== undefined ? { method: 'virsh', domain: g.virsh_domain } : undefined;
+      const quiesce = quiesceSpecOf({ mountpoints: g.freeze, freezeCmd: g.freeze_cmd, thawCmd: g.thaw_cmd, virshDomain: g.virsh_domain });
       group = { name: g.name ?? j.name, volumes, ...(quiesce ? { quiesce } : {}), ...(freezeTimeoutMs !== undefined ? { freezeTimeoutMs } : {}) };
     }
     jobs.push({ name: j.name, sources, schedule, every, to: j.to, keep, applyTo, verify, ...(group ? { group } : {}), level: j.level, retry, lagWarningMs, lagCriticalMs, line });

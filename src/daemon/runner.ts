@@ -11,9 +11,9 @@ import { basename, join } from 'node:path';
 import {
   loadKeys,
   AbortedError, apply, groupPoints, list, prune, pruneGroup, RemoteApplyError, remoteApplyDestination, send, sendGroup, ThinarchiveError, verifyAgainst,
-  type ChainLeaseHolder, type Logger, type ListedChain, type SendGroupOptions, type StoreOptions,
+  type ChainLeaseHolder, type Logger, type ListedChain, type PruneOptions, type SendGroupOptions, type StoreOptions,
 } from '../api/index.js';
-import { targetOf, type ApplyTo, type DaemonConfig, type GroupJob, type JobConfig } from './config.js';
+import { targetOf, type ApplyTo, type DaemonConfig, type GroupJob, type JobConfig, type KeepRules } from './config.js';
 import { imageDelta } from './image-delta.js';
 import type { UnitState } from './state.js';
 
@@ -99,6 +99,11 @@ function hashFileOf(stateDir: string, job: string, image: string): string {
 
 async function findChain(to: string, chainId: string, so: StoreOptions): Promise<ListedChain | undefined> {
   return (await list({ dir: to, chainId, storeOptions: so }))[0];
+}
+
+/** A job's `keep:` as prune's options (the same rules for a chain and for a group's points). */
+function pruneRules(k: KeepRules): Pick<PruneOptions, 'keep' | 'keepWithin' | 'keepHourly' | 'keepDaily' | 'keepWeekly' | 'keepMonthly' | 'keepYearly'> {
+  return { keep: k.last, keepWithin: k.within, keepHourly: k.hourly, keepDaily: k.daily, keepWeekly: k.weekly, keepMonthly: k.monthly, keepYearly: k.yearly };
 }
 
 /** Local apply_to args (the same flags as `apply`): --create, --create-if-missing, --pool P, --snapshot-target, --keep N, --force, --no-undo. */
@@ -187,11 +192,7 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   logSent();
   let chain = await findChain(job.to!, sent.chainId, so);
   if (job.keep && chain) {
-    const k = job.keep;
-    const r = await prune({
-      dir: chain.dir, keep: k.last, keepWithin: k.within, keepHourly: k.hourly, keepDaily: k.daily, keepWeekly: k.weekly, keepMonthly: k.monthly,
-      keepYearly: k.yearly, signal, storeOptions: so,
-    });
+    const r = await prune({ dir: chain.dir, ...pruneRules(job.keep), signal, storeOptions: so });
     if (r.merges.length || r.leftovers.length) {
       log.info({ job: job.name, volume, dropped: r.dropped.length, kept: r.kept.length }, 'retention');
       chain = await findChain(job.to!, sent.chainId, so);
@@ -228,11 +229,7 @@ async function groupAttempt(job: JobConfig, g: GroupJob, volume: string, o: Omit
   const q = r.group.quiesce;
   o.log?.info({ job: job.name, volume, group: g.name, point: r.group.id, method: q.method, freezeMs: q.freezeMs, bytes }, 'sent group point');
   if (job.keep) {
-    const k = job.keep;
-    const p = await pruneGroup({
-      dir: job.to!, group: g.name, keep: k.last, keepWithin: k.within, keepHourly: k.hourly, keepDaily: k.daily, keepWeekly: k.weekly, keepMonthly: k.monthly,
-      keepYearly: k.yearly, signal: o.signal, storeOptions: so,
-    });
+    const p = await pruneGroup({ dir: job.to!, group: g.name, ...pruneRules(job.keep), signal: o.signal, storeOptions: so });
     if (p.dropped.length) o.log?.info({ job: job.name, volume, group: g.name, dropped: p.dropped.length, kept: p.kept.length }, 'retention');
   }
   const complete = (await groupPoints({ dir: job.to!, group: g.name, ...(so ? { storeOptions: so } : {}) })).filter((p) => p.complete);

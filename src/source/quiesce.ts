@@ -16,6 +16,26 @@ export type QuiesceSpec =
   | { method: 'virsh'; domain: string }
   | { method: 'dm-suspend'; devices: string[] };
 
+/** The freeze options a user gives (send's flags, a daemon group job's keys). */
+export interface FreezeChoice {
+  mountpoints?: readonly string[];
+  freezeCmd?: string;
+  thawCmd?: string;
+  virshDomain?: string;
+}
+
+/**
+ * The quiesce a user's freeze options ask for: fsfreeze of mountpoints, a freeze/thaw command pair, or
+ * virsh; undefined without one (a group send then suspends the stacked dm devices). Which options may
+ * go together is checked by the caller, in its own words (flags or config keys).
+ */
+export function quiesceSpecOf(c: FreezeChoice): Exclude<QuiesceSpec, { method: 'dm-suspend' }> | undefined {
+  if (c.mountpoints?.length) return { method: 'fsfreeze', mountpoints: [...c.mountpoints] };
+  if (c.freezeCmd !== undefined) return { method: 'command', freeze: c.freezeCmd, thaw: c.thawCmd! };
+  if (c.virshDomain !== undefined) return { method: 'virsh', domain: c.virshDomain };
+  return undefined;
+}
+
 export interface StepResult {
   code: number | null;
   signal: string | null;
