@@ -34,6 +34,8 @@ export interface SendOptions extends SendLeaseOptions {
   level?: number;
   name?: string;
   volumeUuid?: string;
+  /** The new archive's id (default: a random UUID): a caller that records which archive holds what before it is published (the daemon's image hashes) chooses it. */
+  archiveId?: string;
   /** Where an encrypted send records what its next incremental needs (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive). */
   stateDir?: string;
   dryRun?: boolean;
@@ -79,9 +81,11 @@ export async function send(opts: SendOptions): Promise<SendResult> {
     throw new UsageError('an incremental send needs both --changes and --parent');
   }
   checkLevel(opts.level);
-  if (opts.volumeUuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(opts.volumeUuid)) {
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  if (opts.volumeUuid !== undefined && !uuid.test(opts.volumeUuid)) {
     throw new UsageError(`--volume-uuid must be a UUID (like 0f8fad5b-d9cb-469f-a165-70867728950e), got ${JSON.stringify(opts.volumeUuid)}`);
   }
+  if (opts.archiveId !== undefined && !uuid.test(opts.archiveId)) throw new UsageError(`archiveId must be a UUID, got ${JSON.stringify(opts.archiveId)}`);
   const source = await FileVolume.open(opts.image);
   try {
     const stateDir = opts.stateDir ?? defaultStateDir();
@@ -95,7 +99,7 @@ export async function send(opts: SendOptions): Promise<SendResult> {
     const header: NewArchive = {
       full,
       blockSize,
-      archiveId: randomUUID(),
+      archiveId: opts.archiveId ?? randomUUID(),
       parentId: parent?.archiveId ?? null,
       chainId: parent?.chainId ?? randomUUID(),
       sequence: parent ? parent.sequence + 1 : 0,

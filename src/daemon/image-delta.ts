@@ -7,8 +7,12 @@
  *
  * The hash file (docs/DAEMON.md) is `blocks x 16-byte MD5 | u64 LE block size | 36-byte archive id`:
  * the archive id names the archive that holds exactly the hashed contents, so a restarted daemon
- * continues the chain from it whatever its state file says (a kill between the archive's commit and
- * the state write loses nothing). Files without the id (older daemons) are not used: a full is sent.
+ * continues the chain from it whatever its state file says. The new hashes are written in two steps
+ * around the archive's publish: `prepare(id)` writes `HASHFILE.new` naming the archive about to be
+ * published, `commit()` renames it over `HASHFILE` after. A kill between the publish and the rename
+ * leaves both files; the next run takes whichever names the newest archive of its chain (the caller's
+ * `pickBase`), so no kill at any moment starts a new chain. Files without the id (older daemons) are
+ * not used: a full is sent.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
@@ -27,15 +31,22 @@ export interface ImageDelta {
   blocks: number;
   /** the archive the previous hashes belong to (the parent an incremental must have), when known */
   baseArchiveId?: string;
-  /** make the new hashes, held by archive `archiveId`, the base of the next run (call after the archive is committed) */
-  commit(archiveId: string): Promise<void>;
-  /** remove temporary files */
+  /** write the new hashes as `HASHFILE.new`, naming archive `archiveId` (call before that archive is published) */
+  prepare(archiveId: string): Promise<void>;
+  /** make the prepared hashes the base of the next run (call after the archive is published) */
+  commit(): Promise<void>;
+  /** remove temporary files (a prepared `.new` stays: it is the base if its archive was published) */
   discard(): Promise<void>;
 }
 
-/** Hash every `blockSize` block of `image`; compare with `hashFile` from the last run. */
-export async function imageDelta(image: string, blockSize: number, hashFile: string, tmpDir: string, signal?: AbortSignal): Promise<ImageDelta> {
-  const old = await readFile(hashFile).catch(() => undefined);
+/**
+ * Hash every `blockSize` block of `image`; compare with the hashes of the last run. Of the usable hash
+ * files (`HASHFILE.new`, then `HASHFILE`), `pickBase` gets the archive ids they name and returns the one
+ * to continue from (the newest archive of its chain), or undefined: then a full is sent.
+ */
+export async function imageDelta(image: string, blockSize: number, hashFile: string, tmpDir: string,
+  pickBase: (archiveIds: string[]) => Promise<string | undefined>, signal?: AbortSignal): Promise<ImageDelta> {
+  const olds = (await Promise.all([`${hashFile}.new`, hashFile].map((f) => readFile(f).catch(() => undefined)))).flatMap((b) => (b ? [b] : []));
   const fh = await open(image, 'r').catch((e) => { throw ioError(e, `image ${image}`); });
   let hashes: Buffer;
   try {
@@ -59,14 +70,21 @@ export async function imageDelta(image: string, blockSize: number, hashFile: str
     await fh.close();
   }
   const blocks = (hashes.length - 8) / HASH_BYTES;
-  const usable = old && old.length === hashes.length + ID_BYTES && old.readBigUInt64LE(hashes.length - 8) === BigInt(blockSize);
-  const baseArchiveId = usable ? old.subarray(hashes.length).toString('latin1') : undefined;
+  const usable = olds.filter((o) => o.length === hashes.length + ID_BYTES && o.readBigUInt64LE(hashes.length - 8) === BigInt(blockSize));
+  const idOf = (o: Buffer): string => o.subarray(hashes.length).toString('latin1');
+  const baseArchiveId = usable.length ? await pickBase(usable.map(idOf)) : undefined;
+  const old = usable.find((o) => idOf(o) === baseArchiveId);
   const newHashes = `${hashFile}.new`;
-  const commit = async (archiveId: string): Promise<void> => {
+  let prepared = false;
+  const prepare = async (archiveId: string): Promise<void> => {
     await writeFileAtomic(newHashes, Buffer.concat([hashes, Buffer.from(archiveId.padEnd(ID_BYTES).slice(0, ID_BYTES), 'latin1')]));
+    prepared = true;
+  };
+  const commit = async (): Promise<void> => {
+    if (!prepared) throw new Error('image hashes committed before prepare');
     await rename(newHashes, hashFile);
   };
-  if (!usable) return { changedBlocks: blocks, blocks, commit, discard: async () => { await rm(newHashes, { force: true }); } };
+  if (!old) return { changedBlocks: blocks, blocks, prepare, commit, discard: async () => {} };
   // thin_delta counts pool blocks of data_block_size sectors: one pool block = one archive block here.
   const lines: string[] = [];
   let changed = 0;
@@ -86,10 +104,9 @@ export async function imageDelta(image: string, blockSize: number, hashFile: str
   const changes = join(tmpDir, `.image-delta-${process.pid}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}.xml`);
   await writeFileAtomic(changes, xml);
   return {
-    changes, changedBlocks: changed, blocks, commit, ...(baseArchiveId ? { baseArchiveId } : {}),
+    changes, changedBlocks: changed, blocks, prepare, commit, baseArchiveId: baseArchiveId!,
     discard: async () => {
       await rm(changes, { force: true });
-      await rm(newHashes, { force: true });
     },
   };
 }

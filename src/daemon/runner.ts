@@ -6,7 +6,7 @@
  * and retention over whole points. Transient errors are retried inside the run with
  * jittered exponential backoff; permanent ones (exit class usage, verify, unsafe) fail at once.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { basename, join } from 'node:path';
 import {
   loadKeys,
@@ -141,21 +141,31 @@ async function attempt(job: JobConfig, volume: string, prev: UnitState, ctx: Run
   if (job.group) return groupAttempt(job, job.group, volume, { ...lvSend, takeLease: ctx.takeLease }, started);
   if (image) {
     // Incremental on the chain this daemon continues, when its newest archive holds exactly what the
-    // block hashes were taken of (the hash file names that archive: it is right even when the state
-    // file missed the last run, e.g. after SIGKILL).
+    // block hashes were taken of (the hash files name that archive: right even when the state file
+    // missed the last run, or the kill came between an archive's publish and its hashes' rename).
     const hashFile = hashFileOf(ctx.stateDir, job.name, image);
-    const delta = await imageDelta(image, IMAGE_BLOCK_SIZE, hashFile, ctx.stateDir, signal);
+    let parent: string | undefined;
+    const pickBase = async (ids: string[]): Promise<string | undefined> => {
+      // (a store not created yet holds no chain: the full this run sends creates it)
+      const chains = await list({ dir: job.to!, storeOptions: so }).catch((e: unknown) => {
+        if (e instanceof ThinarchiveError && e.code === 'IO_ENOENT') return [];
+        throw e;
+      });
+      const newest = chains.map((c) => c.archives[c.archives.length - 1]);
+      const base = ids.map((id) => newest.find((a) => a?.archiveId === id)).find((a) => a !== undefined);
+      parent = base?.path;
+      return base?.archiveId;
+    };
+    const delta = await imageDelta(image, IMAGE_BLOCK_SIZE, hashFile, ctx.stateDir, pickBase, signal);
     try {
-      const base = delta.baseArchiveId;
-      const newest = base === undefined ? undefined
-        : (await list({ dir: job.to!, storeOptions: so })).map((c) => c.archives[c.archives.length - 1]).find((a) => a?.archiveId === base);
-      const parent = newest?.path;
       const incremental = parent !== undefined && delta.changes !== undefined;
+      const archiveId = randomUUID();
+      await delta.prepare(archiveId);
       const r = await send({
-        ...common, ...leased, image, to: job.to!, name: basename(image),
+        ...common, ...leased, image, to: job.to!, name: basename(image), archiveId,
         ...(incremental ? { parent, changes: delta.changes } : { blockSize: IMAGE_BLOCK_SIZE }),
       });
-      await delta.commit(r.archiveId);
+      await delta.commit();
       sent = r;
     } finally {
       await delta.discard();

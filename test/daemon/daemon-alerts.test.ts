@@ -192,7 +192,12 @@ jobs:
     expect(lagAfterCut.slice(0, lagActiveAtCut ? 1 : 2)).toEqual(lagActiveAtCut ? ['lag_ok'] : ['lag_warning', 'lag_ok']);
     lagAfterCut.forEach((e, i) => expect(e, lagAfterCut.join(' ')).toBe(i % 2 === (lagActiveAtCut ? 0 : 1) ? 'lag_ok' : 'lag_warning'));
     expect(hooks().slice(0, atCut).every((e) => e.event !== 'run_failed')).toBe(true);
-    const state = JSON.parse(await readFile(join(t.join('state'), 'alerts-state.json'), 'utf8'));
-    expect(state).toMatchObject({ version: 1, conditions: [], pending: [] });
+    // The state file holds what was alerted and not resolved: nothing, unless the last lag event was a
+    // lag_warning (a slow run after the recovery, on a loaded machine), which then holds; nothing undelivered.
+    const state = JSON.parse(await readFile(join(t.join('state'), 'alerts-state.json'), 'utf8')) as { conditions: { event: string; family: string; subject: unknown }[] };
+    expect(state).toMatchObject({ version: 1, pending: [] });
+    const lagHolds = lagAfterCut.at(-1) === 'lag_warning';
+    expect(state.conditions.map((c) => c.event)).toEqual(lagHolds ? ['lag_warning'] : []);
+    if (lagHolds) expect(state.conditions[0]).toMatchObject({ family: 'lag', subject: { job: 'remote', volume: image } });
   }, 600_000);
 });
