@@ -16,6 +16,7 @@ export const LAB_ORDER = [
   'send-lv-resize', // ~10
   'group', // ~6-10
   'mount', // ~5
+  'classic-lv', // ~5-7
   'apply-lv',
   'send-lv',
   'chain-verify',

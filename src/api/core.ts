@@ -10,3 +10,4 @@ export { TOOL_VERSION } from '../version.js';
 export { formatBytes, formatDuration, parseDuration } from '../units.js';
 export { DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT } from '../lvm/pool-status.js';
 export { DEFAULT_CHAIN } from '../source/chain-name.js';
+export { DEFAULT_TRACKER_SIZE, parseTrackerSize, type TrackerSize } from '../source/tracker-size.js';

@@ -7,7 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 // lazy entry points): each command loads its implementation, and --help and --version load none
 // (docs/PERFORMANCE.md, "Start-up").
 import {
-  DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, ThinarchiveError, TOOL_VERSION, UsageError, EXIT_CODE, type Logger,
+  DEFAULT_CHAIN, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, parseTrackerSize, ThinarchiveError, TOOL_VERSION, UsageError, EXIT_CODE, type Logger, type TrackerSize,
 } from '../api/core.js';
 import { apply, close, info, list, recover, send, verify } from '../api/operations.js';
 import type { RemoteApplyResult, SendVolumeResult, StoreOptions, WriteProgress } from '../api/index.js';
@@ -67,6 +67,13 @@ function parseShortDuration(v: string, name: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m)$/.exec(v.trim());
   if (!m || !(Number(m[1]) > 0)) throw new UsageError(`${name}: cannot read duration ${JSON.stringify(v)} (examples: 500ms, 5s, 1.5s, 2m)`);
   return Number(m[1]) * { ms: 1, s: 1000, m: 60_000 }[m[2] as 'ms' | 's' | 'm'];
+}
+
+/** --tracker-size: "20%" or a size. */
+function trackerSizeOption(v: string): TrackerSize {
+  const t = parseTrackerSize(v, parseSize);
+  if (!t) throw new UsageError(`--tracker-size: cannot read ${JSON.stringify(v)} (examples: 20%, 512M, 2G)`);
+  return t;
 }
 
 function sizeOption(name: string) {
@@ -145,8 +152,8 @@ function buildProgram(argv: string[] = process.argv): Command {
 
   program
     .command('send')
-    .description('write a full or incremental archive of a thin LV (VG/LV: managed snapshots), a user-managed snapshot, or an image')
-    .argument('[volumes...]', 'thin LV to send, as VG/LV (the newest state, through a managed snapshot); several: a consistency group (one quiesce window)')
+    .description('write a full or incremental archive of a thin or classic LV (VG/LV: managed snapshots), a user-managed snapshot, or an image')
+    .argument('[volumes...]', 'LV to send, as VG/LV (the newest state, through a managed snapshot; thin, or classic with a classic snapshot as change tracker); several thin LVs: a consistency group (one quiesce window)')
     .option('--image <path>', 'image file or block device to archive instead of an LV')
     .option('--to <store|->', "store: a directory, ssh://[user@]host[:port]/path or s3://bucket/prefix; or '-' for standard output")
     .option('--apply-remote <ssh://host>', 'instead of --to: replicate, running "thinarchive apply -" on that host over ssh (ssh://[user@]host[:port])')
@@ -155,6 +162,7 @@ function buildProgram(argv: string[] = process.argv): Command {
     .option('--remote-arg <arg>', 'with --apply-remote: an argument for the remote apply, e.g. --create (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--full', 'LV: a full archive even when the chain has a base snapshot')
     .option('--chain <name>', `LV: chain name, one per destination (default "${DEFAULT_CHAIN}")`)
+    .addOption(new Option('--tracker-size <size|n%>', 'classic (thick) LV: copy-on-write space of the classic snapshot each send leaves as the change tracker, a size or a percentage of the LV (default 20%)').argParser(trackerSizeOption))
     .option('--snapshot <vg/snap>', 'send this user-managed thin snapshot (nothing is created or removed)')
     .option('--base <vg/snap>', 'with --snapshot: the older snapshot the incremental starts from (needs --parent)')
     .addOption(new Option('--max-data-percent <n>', `LV: refuse when the pool's data usage is above N% (default ${DEFAULT_MAX_DATA_PERCENT})`).argParser(intOption('--max-data-percent', 0, 100)))
@@ -182,7 +190,7 @@ function buildProgram(argv: string[] = process.argv): Command {
       const freezeFlags = ['freezeCmd', 'thawCmd', 'virshDomain', 'freezeTimeout'].filter((k) => o[k] !== undefined).concat(o.freeze.length ? ['freeze'] : []);
       if (volumes.length > 1 || o.group !== undefined) return sendGroupCli(volumes, o, storeOptions());
       if (freezeFlags.length) throw new UsageError(`${freezeFlags.map(flagName).join(', ')} go${freezeFlags.length > 1 ? '' : 'es'} with a group send (--group NAME, or several volumes)`);
-      const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease'];
+      const lvFlags = ['full', 'chain', 'snapshot', 'base', 'maxDataPercent', 'maxMetadataPercent', 'forceRelease', 'trackerSize'];
       const imageFlags = ['changes', 'blockSize', 'name', 'volumeUuid'];
       const lvSend = volume !== undefined || o.snapshot !== undefined;
       if (lvSend === (o.image !== undefined)) {
@@ -208,7 +216,7 @@ function buildProgram(argv: string[] = process.argv): Command {
       const onProgress = (p: WriteProgress): void => progress.update(p.bytesRead, p.bytesTotal);
       const res = lvSend
         ? await send({
-          volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, maxDataPercent: o.maxDataPercent,
+          volume, snapshot: o.snapshot, base: o.base, parent: o.parent, to, full: o.full, chain: o.chain, trackerSize: o.trackerSize, maxDataPercent: o.maxDataPercent,
           maxMetadataPercent: o.maxMetadataPercent, forceRelease: !!o.forceRelease, stateDir: o.stateDir, dryRun: !!o.dryRun, level: o.level,
           log, signal: controller.signal, onProgress, storeOptions: storeOptions(), takeLease: !!o.takeLease,
         })
@@ -225,8 +233,9 @@ function buildProgram(argv: string[] = process.argv): Command {
         if (applied) err(printRemoteApply(applied));
         if ('snapshot' in res) {
           const r = res as SendVolumeResult;
-          const snap = (x: { vg: string; name: string; thinId: number }): string => `${x.vg}/${x.name} (thin id ${x.thinId})`;
-          err(`  snapshot ${snap(r.snapshot)}${r.base ? `, delta from ${snap(r.base)}` : ''}; pool ${r.pool}, chunk ${r.poolChunkSize} B${r.chain !== null ? `; chain "${r.chain}"` : ''}`);
+          const snap = (x: { vg: string; name: string; thinId: number | null }): string => `${x.vg}/${x.name} (${x.thinId !== null ? `thin id ${x.thinId}` : 'classic'})`;
+          const pool = r.pool !== null ? `pool ${r.pool}, chunk` : 'classic LV, snapshot chunk';
+          err(`  snapshot ${snap(r.snapshot)}${r.base ? `, delta from ${snap(r.base)}` : ''}; ${pool} ${r.poolChunkSize} B${r.chain !== null ? `; chain "${r.chain}"` : ''}`);
           if (r.recovered.length) err(`  made base after an interrupted send: ${r.recovered.join(', ')}`);
           if (r.removed.length) err(`  removed: ${r.removed.join(', ')}`);
           for (const w of r.warnings) err(`  warning: ${w}`);
@@ -278,7 +287,7 @@ function buildProgram(argv: string[] = process.argv): Command {
   program
     .command('sync')
     .description('bring a target holding an older or unknown copy up to date by comparing block hashes: only differing blocks are sent (docs/SYNC.md)')
-    .argument('<source>', 'thin LV (VG/LV: only its mapped blocks are read), image file or block device')
+    .argument('<source>', 'thin LV (VG/LV: only its mapped blocks are read), classic LV (VG/LV: every block), image file or block device')
     .option('--to <target>', 'a local target: image file, block device, or VG/LV')
     .option('--apply-remote <ssh://host>', 'instead of --to: the target is on that host; "thinarchive sync-target" runs there over ssh (ssh://[user@]host[:port])')
     .option('--remote-to <target>', 'with --apply-remote: the remote target (image path, block device or VG/LV)')
@@ -289,8 +298,9 @@ function buildProgram(argv: string[] = process.argv): Command {
     .option('--name <name>', 'volume name recorded in the archive header (default: the source file name)')
     .option('--volume-uuid <uuid>', 'volume UUID of the new chain (default: random)')
     .option('--save <file>', 'also write the resync archive to this new file (the --parent of the next `send --image` incremental)')
-    .option('--chain <name>', `thin LV source: the managed snapshot chain the resync point starts (default "${DEFAULT_CHAIN}"); send VG/LV --chain NAME continues it`)
-    .option('--state-dir <dir>', 'locks of a thin LV source; with --to a block device, where its state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
+    .option('--chain <name>', `LV source: the managed snapshot chain the resync point starts (default "${DEFAULT_CHAIN}"); send VG/LV --chain NAME continues it`)
+    .addOption(new Option('--tracker-size <size|n%>', 'classic LV source: copy-on-write space of the classic snapshot left as the change tracker (default 20% of the LV)').argParser(trackerSizeOption))
+    .option('--state-dir <dir>', 'locks of an LV source; with --to a block device, where its state is kept (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive)')
     .option('--wait', '--to: wait for another thinarchive process holding the target instead of failing with TARGET_LOCKED')
     .option('--json', 'print the result as JSON')
     .action(async (source: string, o) => {
@@ -303,7 +313,7 @@ function buildProgram(argv: string[] = process.argv): Command {
       const progress = new Progress('sync');
       const res = await sync({
         source, to: o.to, remote: o.applyRemote !== undefined ? { host: o.applyRemote, target: o.remoteTo, remoteCommand: o.remoteCommand, stateDir: o.remoteStateDir } : undefined,
-        storeOptions: storeOptions(), blockSize: o.blockSize, level: o.level, name: o.name, volumeUuid: o.volumeUuid, save: o.save, stateDir: o.stateDir, wait: !!o.wait, chain: o.chain,
+        storeOptions: storeOptions(), blockSize: o.blockSize, level: o.level, name: o.name, volumeUuid: o.volumeUuid, save: o.save, stateDir: o.stateDir, wait: !!o.wait, chain: o.chain, trackerSize: o.trackerSize,
         signal: controller.signal, log, onProgress: (p) => progress.update(p.bytesRead, p.bytesTotal),
       });
       progress.done();

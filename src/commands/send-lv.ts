@@ -24,7 +24,9 @@ import { assertLvmName } from '../lvm/names.js';
 import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, resolveThresholds, type PoolThresholdSettings } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
 import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
+import { lvDevicePath } from '../lvm/names.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
+import { checkTracker, classicMap, CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
 import {
   checkChainName, createPendingSnapshot, DEFAULT_CHAIN, discardPendingSnapshot, lockSnapshotChain, promoteSnapshot, settleInterrupted, snapshotName,
   snapshotTags, TAG_OURS, UUID, volumeUuidForLv,
@@ -51,6 +53,8 @@ export interface SendLvOptions extends SendLeaseOptions {
   full?: boolean;
   /** Managed: the chain name; default "default". */
   chain?: string;
+  /** A classic (thick) LV: the size of the classic snapshot each send leaves as the change tracker; default 20% of the origin. */
+  trackerSize?: TrackerSize;
   /** Refuse (POOL_CRITICAL) when the pool's data usage is above this (percent); default: the pool's critical data threshold (`poolThresholds`), 90. */
   maxDataPercent?: number;
   /** Refuse (POOL_CRITICAL) when the pool's metadata usage is above this (percent); default: the pool's critical metadata threshold, 80. */
@@ -77,14 +81,16 @@ export interface SnapshotRef {
   vg: string;
   name: string;
   uuid: string;
-  thinId: number;
+  /** null: a classic snapshot */
+  thinId: number | null;
   createdAt?: string;
 }
 
 export interface SendLvResult extends SendResult {
   volume: { vg: string; lv: string | null; lvUuid: string | null };
-  /** `VG/POOL` */
-  pool: string;
+  /** `VG/POOL`; null for a classic LV */
+  pool: string | null;
+  /** the pool's chunk size; for a classic LV, its snapshots' chunk size */
   poolChunkSize: number;
   managed: boolean;
   /** The chain name (managed snapshots), null for user-managed ones. */
@@ -149,11 +155,11 @@ function requireThin(lv: LvInfo, what: string): { pool: string; thinId: number }
 }
 
 function refOf(lv: LvInfo, createdAt?: string): SnapshotRef {
-  return { vg: lv.vg, name: lv.name, uuid: lv.uuid, thinId: lv.thinId!, ...(createdAt ? { createdAt } : {}) };
+  return { vg: lv.vg, name: lv.name, uuid: lv.uuid, thinId: lv.thinId, ...(createdAt ? { createdAt } : {}) };
 }
 
 function identity(r: SnapshotRef): SnapshotIdentity {
-  return { name: `${r.vg}/${r.name}`, uuid: r.uuid, thinId: r.thinId, ...(r.createdAt ? { createdAt: r.createdAt } : {}) };
+  return { name: `${r.vg}/${r.name}`, uuid: r.uuid, ...(r.thinId !== null ? { thinId: r.thinId } : {}), ...(r.createdAt ? { createdAt: r.createdAt } : {}) };
 }
 
 /** The work both kinds of LV send share: the map from pool metadata, then a dry-run count or the archive. */
@@ -173,8 +179,8 @@ interface Transfer {
 /** Map, then count (dry run) or read the snapshot and write + commit the archive. */
 async function transfer(t: Transfer, o: SendLvOptions, ctx: Ctx, started: number, given?: ThinMap): Promise<SendResult> {
   const map = given ?? await readThinMap({
-    vg: t.vg, pool: t.pool, chunk: t.chunk, blockSize: t.header.blockSize, volumeSize: t.header.volumeSize, snapThinId: t.snap.thinId,
-    base: t.base ? { thinId: t.base.thinId, sizeBytes: t.baseSize! } : null,
+    vg: t.vg, pool: t.pool, chunk: t.chunk, blockSize: t.header.blockSize, volumeSize: t.header.volumeSize, snapThinId: t.snap.thinId!,
+    base: t.base ? { thinId: t.base.thinId!, sizeBytes: t.baseSize! } : null,
   }, {
     exec: ctx.exec, logger: ctx.logger, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
     forceRelease: !!o.forceRelease, ...(o.poolLockTimeoutMs !== undefined ? { lockTimeoutMs: o.poolLockTimeoutMs } : {}), ...(o.tmpDir !== undefined ? { tmpDir: o.tmpDir } : {}),
@@ -296,6 +302,9 @@ interface PreparedManaged {
   recovered: string[];
   baseInfo: { lv: LvInfo; tags: { archiveId: string; chainId: string; sequence: number; createdAt?: string } } | null;
   full: boolean;
+  /** a classic (thick) LV: classic snapshots, the base's exception table as the map */
+  classic: boolean;
+  /** the thin pool ('' for a classic LV) */
   pool: string;
   chunk: number;
   blockSize: number;
@@ -308,7 +317,7 @@ interface PreparedManaged {
   createdAt: string;
 }
 
-async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promise<PreparedManaged> {
+async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx, allowClassic = true): Promise<PreparedManaged> {
   const { vg, lv: lvName } = parseRef(volume, 'LV');
   const chain = o.chain ?? DEFAULT_CHAIN;
   checkChainName(chain);
@@ -320,7 +329,13 @@ async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promi
     const recovered: string[] = [];
     let lvs = await listLvs(vg, ctx.tools);
     const lv = findLv(lvs, vg, lvName);
-    requireThin(lv, 'the volume');
+    const classic = allowClassic && lv.isClassicVolume;
+    if (!classic) {
+      if (allowClassic && !lv.isThinVolume) {
+        throw new UsageError(`${vg}/${lvName} is neither a thin nor a classic LV (attr ${lv.attr}); send VG/LV takes a thin LV or a classic (linear, striped, raid, mirror) one`, 'NOT_THIN_VOLUME');
+      }
+      requireThin(lv, allowClassic ? 'the volume' : 'a group member');
+    }
     if (lv.tags.includes(TAG_OURS)) throw new UsageError(`${vg}/${lvName} is a snapshot thinarchive manages; send its origin`);
 
     // Interrupted runs: promote a pending snapshot whose archive is committed, remove the others.
@@ -330,7 +345,14 @@ async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promi
     lvs = settled.lvs;
     const snaps = settled.snaps;
     const baseInfo = snaps.base;
-    if (baseInfo) {
+    if (baseInfo && classic) {
+      if (!baseInfo.lv.isClassicSnapshot || baseInfo.lv.origin !== lvName) {
+        throw new UnsafeError('BASE_MISMATCH', `the base snapshot ${vg}/${baseInfo.lv.name} of chain "${chain}" is not a classic snapshot of ${vg}/${lvName} (attr ${baseInfo.lv.attr}, origin ${baseInfo.lv.origin ?? 'none'})`);
+      }
+      // An overflowed tracker is refused before anything is made (send --full replaces it).
+      if (!o.full) checkTracker(baseInfo.lv, `${vg}/${lvName}`);
+    }
+    if (baseInfo && !classic) {
       const bt = requireThin(baseInfo.lv, 'the base snapshot');
       if (bt.pool !== lv.pool) {
         throw new UnsafeError('BASE_OTHER_POOL', `the base snapshot ${vg}/${baseInfo.lv.name} is in pool ${bt.pool}, the volume in ${lv.pool}`);
@@ -343,8 +365,12 @@ async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promi
     }
 
     const full = !!o.full || !baseInfo;
-    await thinToolsVersion(full ? 'thin_dump' : 'thin_delta', ctx.tools);
-    const { pool, chunk } = await poolChecks(vg, lv, lvs, o, ctx);
+    let pool = '';
+    let chunk = CLASSIC_CHUNK;
+    if (!classic) {
+      await thinToolsVersion(full ? 'thin_dump' : 'thin_delta', ctx.tools);
+      ({ pool, chunk } = await poolChecks(vg, lv, lvs, o, ctx));
+    }
     const blockSize = archiveBlockSizeFor(chunk);
     const archiveId = randomUUID();
     const chainId = baseInfo?.tags.chainId ?? randomUUID();
@@ -366,7 +392,7 @@ async function prepareManaged(volume: string, o: SendLvOptions, ctx: Ctx): Promi
     const name = snapshotName(lvName, chain, sequence, archiveId);
     const tags = snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence, createdAt }, true);
     return {
-      vg, lvName, lv, chain, lock, removed, recovered, baseInfo: baseInfo ?? null, full, pool, chunk, blockSize, archiveId, chainId, sequence, parentId, name, tags, createdAt,
+      vg, lvName, lv, chain, lock, removed, recovered, baseInfo: baseInfo ?? null, full, classic, pool, chunk, blockSize, archiveId, chainId, sequence, parentId, name, tags, createdAt,
     };
   } catch (e) {
     await lock.release();
@@ -379,7 +405,8 @@ function managedHeader(p: PreparedManaged, snapLv: LvInfo, group?: GroupMeta): N
   const base = p.full ? null : refOf(p.baseInfo!.lv, p.baseInfo!.tags.createdAt);
   const h = poolHeader({
     full: p.full, blockSize: p.blockSize, chunk: p.chunk, archiveId: p.archiveId, parentId: p.parentId, chainId: p.chainId, sequence: p.sequence,
-    volumeUuid: volumeUuidForLv(p.lv.uuid), volumeSize: snapLv.sizeBytes, volume: { vg: p.vg, lv: p.lvName, lvUuid: p.lv.uuid }, snap, base,
+    // (a classic snapshot's lv_size is its copy-on-write store's: the volume is the origin's size)
+    volumeUuid: volumeUuidForLv(p.lv.uuid), volumeSize: p.classic ? p.lv.sizeBytes : snapLv.sizeBytes, volume: { vg: p.vg, lv: p.lvName, lvUuid: p.lv.uuid }, snap, base,
   });
   if (group) h.meta.group = group;
   return h;
@@ -396,13 +423,16 @@ async function finishManaged(p: PreparedManaged, snapLv: LvInfo, header: NewArch
   const snap = refOf(snapLv, p.createdAt);
   const base = p.full ? null : refOf(p.baseInfo!.lv, p.baseInfo!.tags.createdAt);
   try {
+    // A classic LV: the base's exception table, read now that the new snapshot exists (every write
+    // before it is in the table); its snapshot is active with the origin.
+    const given = map ?? (p.classic ? await classicMap(vg, p.full ? null : p.baseInfo!.lv, `${vg}/${p.lvName}`, header.blockSize, header.volumeSize, ctx.tools) : undefined);
     result = await transfer({
       vg, pool: p.pool, chunk: p.chunk, header, snap, base, ...(base ? { baseSize: p.baseInfo!.lv.sizeBytes } : {}),
-      activate: async () => ({
+      activate: async () => (p.classic ? { dev: lvDevicePath(vg, name), restore: async () => {} } : {
         dev: await activateReadOnly(vg, name, ctx.tools, snapLv),
         restore: () => deactivate(vg, name, ctx.cleanup),
       }),
-    }, o, ctx, started, map);
+    }, o, ctx, started, given);
     committed = !o.dryRun;
   } finally {
     // Nothing committed: the new snapshot goes (only if it is ours), the old base stays.
@@ -416,7 +446,7 @@ async function finishManaged(p: PreparedManaged, snapLv: LvInfo, header: NewArch
     for (const w of warnings) log.warn({ volume: `${vg}/${p.lvName}` }, w);
   }
   return {
-    ...result!, volume: { vg, lv: p.lvName, lvUuid: p.lv.uuid }, pool: `${vg}/${p.pool}`, poolChunkSize: p.chunk, managed: true, chain: p.chain,
+    ...result!, volume: { vg, lv: p.lvName, lvUuid: p.lv.uuid }, pool: p.classic ? null : `${vg}/${p.pool}`, poolChunkSize: p.chunk, managed: true, chain: p.chain,
     snapshot: snap, base, removed, recovered: p.recovered, warnings,
   };
 }
@@ -427,7 +457,9 @@ async function sendManaged(o: SendLvOptions, ctx: Ctx, started: number): Promise
     ctx.signal?.throwIfAborted();
     let snapLv: LvInfo | undefined;
     try {
-      snapLv = await createPendingSnapshot(p.vg, p.lvName, p.name, p.tags, { tools: ctx.tools, log: ctx.logger });
+      snapLv = p.classic
+        ? await createClassicPending(p.vg, p.lv, p.name, p.tags, o.trackerSize ?? DEFAULT_TRACKER_SIZE, { tools: ctx.tools, log: ctx.logger })
+        : await createPendingSnapshot(p.vg, p.lvName, p.name, p.tags, { tools: ctx.tools, log: ctx.logger });
     } catch (e) {
       await discardPendingSnapshot(p.vg, p.name, undefined, { tools: ctx.cleanup, log: ctx.logger }).catch(() => false);
       throw e;
@@ -573,7 +605,7 @@ export async function sendLvGroup(o: SendGroupOptions): Promise<SendGroupResult>
   const done = new Set<PreparedManaged>();
   try {
     // Chain locks in one order (sorted): two group sends sharing a member cannot deadlock.
-    for (const r of refs) preps.push(await prepareManaged(`${r.vg}/${r.lv}`, lo, ctx));
+    for (const r of refs) preps.push(await prepareManaged(`${r.vg}/${r.lv}`, lo, ctx, false));
     const spec: QuiesceSpec | null = o.quiesce ?? (preps.length > 1 ? { method: 'dm-suspend', devices: await holdersToSuspend(preps, ctx) } : null);
     ctx.signal?.throwIfAborted();
     const snapshotAll = async (window?: AbortSignal): Promise<void> => {

@@ -43,13 +43,15 @@ import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { assertLvmName } from '../lvm/names.js';
 import { checkPoolForSend, resolveThresholds } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
-import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion } from '../lvm/tools.js';
+import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
 import {
   checkChainName, createPendingSnapshot, DEFAULT_CHAIN, discardPendingSnapshot, lockSnapshotChain, promoteSnapshot, settleInterrupted, snapshotName,
   snapshotTags, TAG_OURS, volumeUuidForLv,
 } from '../source/snapshot-chain.js';
 import { readThinMap } from '../source/thin-map.js';
+import { CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
+import { lvDevicePath } from '../lvm/names.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -157,6 +159,8 @@ export interface SyncOptions {
   onProgress?: (p: WriteProgress) => void;
   /** Thin LV sources: the managed snapshot chain (default "default") the resync point starts. */
   chain?: string;
+  /** Classic LV sources: the size of the classic snapshot left as the change tracker (default 20% of the LV). */
+  trackerSize?: TrackerSize;
   /** Thin LV sources: locks and reservation records (default $THINARCHIVE_STATE_DIR or /var/lib/thinarchive). */
   stateDir?: string;
   /** Thin LV sources: how LVM commands are run. */
@@ -197,8 +201,8 @@ export interface SyncResult {
   saved: string | null;
   /** What the target side's apply reported. */
   apply: unknown;
-  /** A thin LV source: its new managed snapshot, now the base of `chain` (`send VG/LV` continues from it). */
-  lv?: { vg: string; lv: string; pool: string; poolChunkSize: number; chain: string; snapshot: string; removed: string[]; warnings: string[] };
+  /** An LV source: its new managed snapshot, now the base of `chain` (`send VG/LV` continues from it); pool null for a classic LV. */
+  lv?: { vg: string; lv: string; pool: string | null; poolChunkSize: number; chain: string; snapshot: string; removed: string[]; warnings: string[] };
   seconds: number;
 }
 
@@ -376,7 +380,8 @@ function lvSpec(source: string): { vg: string; lv: string } | null {
 /**
  * A thin LV: a new managed snapshot of chain `chain` (pending until the target applied the archive,
  * then the chain's base: `send VG/LV` continues from it), read through its thin_dump map (only
- * mapped blocks are read).
+ * mapped blocks are read). A classic LV: a new classic snapshot, every block read; it becomes the
+ * base and change tracker of the chain (an overflowed tracker is replaced: source/classic.ts).
  */
 async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promise<SyncSource> {
   if (o.blockSize !== undefined) throw new UsageError('--block-size does not go with a thin LV source: its block size follows the pool chunk size');
@@ -410,21 +415,24 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
     let lvs = await listLvs(vg, tools);
     const lv = lvs.find((l) => l.name === lvName && !l.hidden);
     if (!lv) throw new ThinarchiveError('LV_NOT_FOUND', `logical volume ${vg}/${lvName} not found`);
-    if (!lv.isThinVolume || lv.pool === null || lv.thinId === null) {
-      throw new UsageError(`${vg}/${lvName} is not a thin volume (attr ${lv.attr}); sync reads a thin LV, an image or a block device`, 'NOT_THIN_VOLUME');
+    const classic = lv.isClassicVolume;
+    if (!classic && (!lv.isThinVolume || lv.pool === null || lv.thinId === null)) {
+      throw new UsageError(`${vg}/${lvName} is neither a thin nor a classic LV (attr ${lv.attr}); sync reads a thin or classic LV, an image or a block device`, 'NOT_THIN_VOLUME');
     }
     if (lv.tags.includes(TAG_OURS)) throw new UsageError(`${vg}/${lvName} is a snapshot thinarchive manages; sync its origin`);
     // Pending snapshots of interrupted runs go (a sync's archive is in no store).
     const settled = await settleInterrupted(vg, lv, lvs, chain, async () => false, { tools, log });
     lvs = settled.lvs;
     const oldBase = settled.snaps.base?.lv ?? null;
+    if (classic) return await classicSource(o, { vg, lv, chain, oldBase, removed: settled.removed }, { tools, cleanup, log }, (n, s) => { name = n; snapLv = s; }, () => { kept = true; }, close);
+    const thinPool = lv.pool!;
     await thinToolsVersion('thin_dump', tools);
-    const poolLv = lvs.find((l) => l.name === lv.pool && !l.hidden);
+    const poolLv = lvs.find((l) => l.name === thinPool && !l.hidden);
     if (!poolLv || !poolLv.isThinPool || !(poolLv.chunkSizeBytes > 0)) {
-      throw new ThinarchiveError('POOL_REPORT', `${vg}/${lv.pool} (the pool of ${lvName}) is not reported as a thin pool with a chunk size`);
+      throw new ThinarchiveError('POOL_REPORT', `${vg}/${thinPool} (the pool of ${lvName}) is not reported as a thin pool with a chunk size`);
     }
-    const crit = resolveThresholds(`${vg}/${lv.pool}`, undefined, { warn: { data: 0, metadata: 0 } }).crit;
-    checkPoolForSend(`${vg}/${lv.pool}`, await poolStatus(vg, lv.pool, tools), { maxDataPercent: crit.data, maxMetadataPercent: crit.metadata });
+    const crit = resolveThresholds(`${vg}/${thinPool}`, undefined, { warn: { data: 0, metadata: 0 } }).crit;
+    checkPoolForSend(`${vg}/${thinPool}`, await poolStatus(vg, thinPool, tools), { maxDataPercent: crit.data, maxMetadataPercent: crit.metadata });
     const chunk = poolLv.chunkSizeBytes;
     const bs = archiveBlockSizeFor(chunk);
     const archiveId = randomUUID();
@@ -434,7 +442,7 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
     o.signal?.throwIfAborted();
     snapLv = await createPendingSnapshot(vg, lvName, name, snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence: 1, createdAt }, true), { tools, log });
     const snap = snapLv;
-    map = await readThinMap({ vg, pool: lv.pool, chunk, blockSize: bs, volumeSize: snap.sizeBytes, snapThinId: snap.thinId!, base: null }, {
+    map = await readThinMap({ vg, pool: thinPool, chunk, blockSize: bs, volumeSize: snap.sizeBytes, snapThinId: snap.thinId!, base: null }, {
       exec, logger: log, ...(o.signal ? { signal: o.signal } : {}), stateDir,
     });
     const m = map;
@@ -462,7 +470,7 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
         kept = true;
         const r = await promoteSnapshot(vg, name, oldBase, { tools: cleanup, log });
         for (const w of r.warnings) log.warn({ volume: `${vg}/${lvName}` }, w);
-        return { vg, lv: lvName, pool: `${vg}/${lv.pool}`, poolChunkSize: chunk, chain, snapshot: name, removed: [...settled.removed, ...r.removed], warnings: r.warnings };
+        return { vg, lv: lvName, pool: `${vg}/${thinPool}`, poolChunkSize: chunk, chain, snapshot: name, removed: [...settled.removed, ...r.removed], warnings: r.warnings };
       },
       close,
     };
@@ -470,6 +478,55 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
     await close();
     throw e;
   }
+}
+
+/** sync's classic LV source (lvSource's, after the chain is settled): a new classic snapshot, every block. */
+async function classicSource(o: SyncOptions, c: { vg: string; lv: LvInfo; chain: string; oldBase: LvInfo | null; removed: string[] },
+  t: { tools: ToolOptions; cleanup: ToolOptions; log: Logger }, made: (name: string, snap: LvInfo) => void, keep: () => void, close: () => Promise<void>): Promise<SyncSource> {
+  const { vg, lv, chain } = c;
+  const archiveId = randomUUID();
+  const chainId = randomUUID();
+  const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const name = snapshotName(lv.name, chain, 1, archiveId);
+  o.signal?.throwIfAborted();
+  const tags = snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence: 1, createdAt }, true);
+  const snap = await createClassicPending(vg, lv, name, tags, o.trackerSize ?? DEFAULT_TRACKER_SIZE, { tools: t.tools, log: t.log });
+  made(name, snap);
+  const volume = await FileVolume.open(lvDevicePath(vg, name));
+  if (volume.size !== lv.sizeBytes) {
+    await volume.close();
+    throw new ThinarchiveError('SNAPSHOT_SIZE', `${lvDevicePath(vg, name)} is ${volume.size} bytes, lvs says ${lv.sizeBytes}`);
+  }
+  const bs = CLASSIC_CHUNK;
+  const blocks = Math.ceil(lv.sizeBytes / bs);
+  let open: FileVolume | undefined = volume;
+  return {
+    kind: 'lv', volume, blockSize: bs,
+    runs: async function* () { if (blocks > 0) yield { firstBlock: 0, blockCount: blocks }; },
+    header: (nonce) => ({
+      full: false, blockSize: bs, archiveId, parentId: nonce, chainId, sequence: 1, volumeUuid: volumeUuidForLv(lv.uuid), volumeSize: lv.sizeBytes,
+      sourceChunkSize: bs,
+      meta: {
+        volume: { name: `${vg}/${lv.name}`, vg, lv: lv.name, lvUuid: lv.uuid },
+        snapshot: { name: `${vg}/${name}`, uuid: snap.uuid, createdAt },
+        source: { kind: 'lv', path: lvDevicePath(vg, name), host: hostname() },
+        tool: `thinarchive ${TOOL_VERSION}`,
+      },
+    }),
+    done: async () => {
+      await open?.close();
+      open = undefined;
+      keep();
+      const r = await promoteSnapshot(vg, name, c.oldBase, { tools: t.cleanup, log: t.log });
+      for (const w of r.warnings) t.log.warn({ volume: `${vg}/${lv.name}` }, w);
+      return { vg, lv: lv.name, pool: null, poolChunkSize: bs, chain, snapshot: name, removed: [...c.removed, ...r.removed], warnings: r.warnings };
+    },
+    close: async () => {
+      await open?.close();
+      open = undefined;
+      await close();
+    },
+  };
 }
 
 async function* dataRuns(extents: AsyncIterable<MapExtent>): AsyncGenerator<{ firstBlock: number; blockCount: number }> {

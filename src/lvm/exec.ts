@@ -15,7 +15,7 @@ import { type Logger, silentLogger } from '../log.js';
 /** The commands this module runs. Anything else is a programming error. */
 export const LVM_COMMANDS = new Set([
   'lvm', 'lvs', 'vgs', 'pvs', 'lvcreate', 'lvchange', 'lvremove', 'lvrename', 'lvextend', 'vgchange',
-  'dmsetup',
+  'dmsetup', 'blockdev',
   'thin_delta', 'thin_dump', 'thin_check', 'thin_ls', 'thin_metadata_size',
 ]);
 

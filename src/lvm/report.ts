@@ -35,6 +35,12 @@ export interface LvInfo {
   active: boolean;
   isThinPool: boolean;
   isThinVolume: boolean;
+  /** lv_attr[0] is 's': a classic (copy-on-write) snapshot */
+  isClassicSnapshot: boolean;
+  /** lv_attr[0] is '-', 'o', 'r' or 'm': a classic LV (linear, striped, raid, mirror; 'o': an origin of classic snapshots) */
+  isClassicVolume: boolean;
+  /** lv_attr[4] is 'I' or 'S': a classic snapshot that overflowed or was invalidated */
+  snapshotInvalid: boolean;
   /** lv_attr[1] is 'r' or 'R' */
   readOnly: boolean;
   /** lv_attr[9] is 'k': skipped by plain activation, needs `-K` */
@@ -162,6 +168,9 @@ export function parseLvsReport(input: string | unknown): LvInfo[] {
       active,
       isThinPool: attr[0] === 't',
       isThinVolume: attr[0] === 'V',
+      isClassicSnapshot: attr[0] === 's',
+      isClassicVolume: attr[0] === '-' || attr[0] === 'o' || attr[0] === 'r' || attr[0] === 'm',
+      snapshotInvalid: attr[4] === 'I' || attr[4] === 'S',
       readOnly: attr[1] === 'r' || attr[1] === 'R',
       activationSkip: attr[9] === 'k',
       health: attr[8]!,

@@ -103,6 +103,37 @@ export async function createThinSnapshot(vg: string, origin: string, name: strin
 }
 
 /**
+ * A classic (copy-on-write) snapshot of `origin`, read-only, `sizeBytes` of COW store with chunks of
+ * `chunkBytes` (`lvcreate -s -pr -L SIZE -c CHUNK`): it records every origin chunk written after it.
+ */
+export async function createClassicSnapshot(vg: string, origin: string, name: string, tags: readonly string[], sizeBytes: number, chunkBytes: number,
+  opts?: ToolOptions): Promise<LvInfo> {
+  assertLvmName(vg, 'VG');
+  assertLvmName(origin, 'origin LV');
+  assertLvmName(name, 'snapshot LV');
+  tags.forEach(assertLvmTag);
+  const argv = ['lvcreate', '-s', '-pr', '-L', `${sizeBytes}b`, '-c', `${chunkBytes / 1024}k`, '-n', name];
+  for (const t of tags) argv.push('--addtag', t);
+  argv.push(`${vg}/${origin}`);
+  await ex(opts)(argv, sig(opts));
+  const lv = await getLv(vg, name, opts);
+  if (!lv.isClassicSnapshot || lv.origin !== origin) {
+    throw new ThinarchiveError('NOT_CLASSIC_SNAPSHOT', `${vg}/${name} was created but is not a classic snapshot of ${origin} (attr ${lv.attr}, origin ${lv.origin ?? 'none'})`);
+  }
+  return lv;
+}
+
+/** The copy-on-write device of classic snapshot VG/LV. */
+export function cowDevicePath(vg: string, lv: string): string {
+  return `/dev/mapper/${dmName(vg, lv)}-cow`;
+}
+
+/** Drop a block device's page cache (`blockdev --flushbufs`): what the kernel wrote past it is read afresh. */
+export async function flushBuffers(dev: string, opts?: ToolOptions): Promise<void> {
+  await ex(opts)(['blockdev', '--flushbufs', dev], sig(opts));
+}
+
+/**
  * Make an LV read-only and active (`lvchange -pr`, then `lvchange -ay -K`), skipping what is
  * already so. Refuses an LV that is active and writable (it may be in use: changing its permission
  * under a mounted filesystem is not this function's business). Returns `/dev/VG/LV`. `known`: what
