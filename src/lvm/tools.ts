@@ -87,19 +87,24 @@ export async function poolMessage(vg: string, pool: string, message: PoolMessage
  * activateReadOnly leaves, in the one command instead of three.
  */
 export async function createThinSnapshot(vg: string, origin: string, name: string, tags: readonly string[] = [], opts?: ToolOptions, readOnlyActive = false): Promise<LvInfo> {
-  assertLvmName(vg, 'VG');
-  assertLvmName(origin, 'origin LV');
-  assertLvmName(name, 'snapshot LV');
-  tags.forEach(assertLvmTag);
-  const argv = ['lvcreate', '-s', ...(readOnlyActive ? ['-pr', '-ay', '-K'] : []), '-n', name];
-  for (const t of tags) argv.push('--addtag', t);
-  argv.push(`${vg}/${origin}`);
-  await ex(opts)(argv, sig(opts));
-  const lv = await getLv(vg, name, opts);
+  const lv = await createSnapshot(vg, origin, name, tags, readOnlyActive ? ['-pr', '-ay', '-K'] : [], opts);
   if (!lv.isThinVolume || lv.origin !== origin) {
     throw new ThinarchiveError('NOT_THIN_SNAPSHOT', `${vg}/${name} was created but is not a thin snapshot of ${origin} (attr ${lv.attr}, origin ${lv.origin ?? 'none'})`);
   }
   return lv;
+}
+
+/** One `lvcreate -s FLAGS -n NAME --addtag ... VG/ORIGIN` (the snapshot never exists untagged), then its report. */
+async function createSnapshot(vg: string, origin: string, name: string, tags: readonly string[], flags: readonly string[], opts?: ToolOptions): Promise<LvInfo> {
+  assertLvmName(vg, 'VG');
+  assertLvmName(origin, 'origin LV');
+  assertLvmName(name, 'snapshot LV');
+  tags.forEach(assertLvmTag);
+  const argv = ['lvcreate', '-s', ...flags, '-n', name];
+  for (const t of tags) argv.push('--addtag', t);
+  argv.push(`${vg}/${origin}`);
+  await ex(opts)(argv, sig(opts));
+  return getLv(vg, name, opts);
 }
 
 /**
@@ -108,15 +113,7 @@ export async function createThinSnapshot(vg: string, origin: string, name: strin
  */
 export async function createClassicSnapshot(vg: string, origin: string, name: string, tags: readonly string[], sizeBytes: number, chunkBytes: number,
   opts?: ToolOptions): Promise<LvInfo> {
-  assertLvmName(vg, 'VG');
-  assertLvmName(origin, 'origin LV');
-  assertLvmName(name, 'snapshot LV');
-  tags.forEach(assertLvmTag);
-  const argv = ['lvcreate', '-s', '-pr', '-L', `${sizeBytes}b`, '-c', `${chunkBytes / 1024}k`, '-n', name];
-  for (const t of tags) argv.push('--addtag', t);
-  argv.push(`${vg}/${origin}`);
-  await ex(opts)(argv, sig(opts));
-  const lv = await getLv(vg, name, opts);
+  const lv = await createSnapshot(vg, origin, name, tags, ['-pr', '-L', `${sizeBytes}b`, '-c', `${chunkBytes / 1024}k`], opts);
   if (!lv.isClassicSnapshot || lv.origin !== origin) {
     throw new ThinarchiveError('NOT_CLASSIC_SNAPSHOT', `${vg}/${name} was created but is not a classic snapshot of ${origin} (attr ${lv.attr}, origin ${lv.origin ?? 'none'})`);
   }

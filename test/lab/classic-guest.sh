@@ -9,13 +9,7 @@
 #     continues from it.
 # Results: $LAB_OUT/results.tsv (key TAB value) and $LAB_OUT/*.{out,err}.
 # Env: TA_LAUNCHER, THINARCHIVE_DIST, VG.
-ta() { node "$TA_LAUNCHER" "$@"; }
-OUT=$LAB_OUT
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$OUT/results.tsv"; }
-try() { local k=$1; shift; local rc=0; "$@" > "$OUT/$k.out" 2> "$OUT/$k.err" || rc=$?; rec "rc_$k" "$rc"; }
-T0=$(date +%s%N)
-mark() { rec "t_$1" $(( ($(date +%s%N) - T0) / 1000000 )); }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+. "$(dirname "$GUEST_SH")/guest-lib.sh"
 # the chain's base snapshot of vg/thick (tagged ours, not pending)
 base() { lvs --noheadings -o lv_name,lv_tags "$VG" | awk '$2 ~ /(^|,)thinarchive(,|$)/ && $2 !~ /ta_pending/ { print $1 }'; }
 ours() { lvs --noheadings -o lv_name,lv_tags "$VG" | awk '$2 ~ /(^|,)thinarchive(,|$)/ { print $1 }' | tr '\n' ' '; }

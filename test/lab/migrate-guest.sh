@@ -7,13 +7,7 @@
 #  M3. a workload that never fits --max-downtime 1ms stops at --max-rounds 3; --pause never runs.
 # Results: $LAB_OUT/results.tsv (key TAB value) and $LAB_OUT/*.{out,err}.
 # Env: TA_LAUNCHER, THINARCHIVE_DIST, VG, POOL, WRITER_JS.
-ta() { node "$TA_LAUNCHER" "$@"; }
-OUT=$LAB_OUT
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$OUT/results.tsv"; }
-try() { local k=$1; shift; local rc=0; "$@" > "$OUT/$k.out" 2> "$OUT/$k.err" || rc=$?; rec "rc_$k" "$rc"; }
-T0=$(date +%s%N)
-mark() { rec "t_$1" $(( ($(date +%s%N) - T0) / 1000000 )); }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+. "$(dirname "$GUEST_SH")/guest-lib.sh"
 VG2=vg2
 
 pvcreate -q -ff -y /dev/ubdb > /dev/null

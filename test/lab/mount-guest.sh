@@ -7,12 +7,7 @@
 # point 2 is mounted --writable, written, unmounted, and mounted again read-only.
 # Results: $LAB_OUT/results.tsv (key TAB value) and $LAB_OUT/*.{out,err}.
 # Env: TA_LAUNCHER, THINARCHIVE_DIST, VG, POOL, STORE, PSTORE (a partitioned volume), THINARCHIVE_STATE_DIR.
-ta() { node "$TA_LAUNCHER" "$@"; }
-OUT=$LAB_OUT
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$OUT/results.tsv"; }
-try() { local k=$1; shift; local rc=0; "$@" > "$OUT/$k.out" 2> "$OUT/$k.err" || rc=$?; rec "rc_$k" "$rc"; }
-T0=$(date +%s%N)
-mark() { rec "t_$1" $(( ($(date +%s%N) - T0) / 1000000 )); }
+. "$(dirname "$GUEST_SH")/guest-lib.sh"
 files() { (cd "$1" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum | tr '\n' ';'); }
 
 lvcreate -y -V 128M -T "$VG/$POOL" -n vol > /dev/null

@@ -10,13 +10,7 @@
 #  B. a plain loop device source (64 MiB, fully written) synced to a local image copy with 1% changed.
 # Results: $LAB_OUT/results.tsv (key TAB value) and $LAB_OUT/*.{out,err}.
 # Env: TA_LAUNCHER, THINARCHIVE_DIST, VG, POOL.
-ta() { node "$TA_LAUNCHER" "$@"; }
-OUT=$LAB_OUT
-rec() { printf '%s\t%s\n' "$1" "$2" >> "$OUT/results.tsv"; }
-try() { local k=$1; shift; local rc=0; "$@" > "$OUT/$k.out" 2> "$OUT/$k.err" || rc=$?; rec "rc_$k" "$rc"; }
-T0=$(date +%s%N)
-mark() { rec "t_$1" $(( ($(date +%s%N) - T0) / 1000000 )); }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+. "$(dirname "$GUEST_SH")/guest-lib.sh"
 # one random 64 KiB block at block index $2 of device/file $1
 scribble() { dd if=/dev/urandom of="$1" bs=64K count=1 seek="$2" conv=notrunc,fsync status=none; }
 VG2=vg2
