@@ -4,8 +4,8 @@
 // loopback, the remote side a thin LV of a second VG) twice in one boot of the thin-LVM lab:
 //   - a light writer (test/lab/daemon-lv-writer.mjs: every second 4 KiB appended and one 64 KiB block
 //     rewritten, synced: about 68 KiB/s);
-//   - a heavy writer (1 MiB of random data rewritten at a random offset of a 32 MiB file, synced, in a
-//     loop: as fast as the guest writes).
+//   - a heavy writer (1 MiB of random data rewritten at a random offset of a 32 MiB file, synced, every
+//     50 ms plus the write's own time: megabytes a second in the guest).
 // Each with --max-downtime 60s --max-rounds 6; --pause stops the writer (SIGSTOP) and syncs; the source
 // and the target compared (sha256) while paused. Reported per migration: every round's kind, bytes sent
 // and seconds, the predicted next round, the measured pause, or where it stopped. Writes
@@ -14,6 +14,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { labForBench, ROOT } from './lib/lab.mjs';
 
+// (a bash ${...} in the template below is written ${D}{...})
+const D = '$';
 const guestScript = (poolSetup) => String.raw`
 ${poolSetup}
 ta() { node "$TA_LAUNCHER" "$@"; }
@@ -36,8 +38,8 @@ sync
 migrate() { # NAME WRITER_PID
   local pause="kill -STOP $2; while ! grep -q '^State:.*stopped' /proc/$2/status; do sleep 0.05; done; sync"
   local rc=0
-  ta migrate vg/vm "${REMOTE[@]}" --remote-to "vg2/$1" --create --pool vg2/pool --max-downtime 60s --max-rounds 6 \
-    --pause "$pause" --resume "kill -CONT $2" --cutover "touch /run/cutover-$1" --json "${SSHO[@]}" > "$LAB_OUT/$1.json" 2> "$LAB_OUT/$1.err" || rc=$?
+  ta migrate vg/vm "${D}{REMOTE[@]}" --remote-to "vg2/$1" --create --pool vg2/pool --max-downtime 60s --max-rounds 6 \
+    --pause "$pause" --resume "kill -CONT $2" --cutover "touch /run/cutover-$1" --json "${D}{SSHO[@]}" > "$LAB_OUT/$1.json" 2> "$LAB_OUT/$1.err" || rc=$?
   rec "$1_rc" "$rc"
   if [ -e "/run/cutover-$1" ]; then rec "$1_src" "$(sha /dev/vg/vm)"; rec "$1_tgt" "$(sha "/dev/vg2/$1")"; fi
   kill -CONT "$2" 2> /dev/null || true
@@ -46,8 +48,8 @@ node "$WRITER_JS" /run/stop-light /run/vm/base.bin &
 LIGHT=$!
 sleep 3
 migrate light "$LIGHT"
-touch /run/stop-light; wait "$LIGHT" || true
-( while [ ! -e /run/stop-heavy ]; do dd if=/dev/urandom of=/run/vm/heavy.bin bs=1M count=1 seek=$((RANDOM % 32)) conv=notrunc,fsync status=none; done ) &
+touch /run/stop-light /run/stop-light.raw; wait "$LIGHT" || true
+( while [ ! -e /run/stop-heavy ]; do dd if=/dev/urandom of=/run/vm/heavy.bin bs=1M count=1 seek=$((RANDOM % 32)) conv=notrunc,fsync status=none; sleep 0.05; done ) &
 HEAVY=$!
 sleep 3
 migrate heavy "$HEAVY"

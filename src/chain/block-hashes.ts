@@ -33,14 +33,19 @@ export interface HashTotals {
   bytesRead: number;
 }
 
-/** Hash the blocks of `runs`: each read once, a few jobs of up to 4 MiB in flight. */
+/**
+ * Hash the blocks of `runs`: each read once, a few jobs of up to 4 MiB in flight, their reads as well as
+ * their hashing (positional reads of one handle: a source of scattered runs keeps several reads queued,
+ * where one at a time would wait out each read's latency).
+ */
 export async function hashRuns(o: HashRunsOptions): Promise<HashTotals> {
   const bs = o.blockSize;
   const readable = Math.min(o.readable ?? o.volumeSize, o.volumeSize);
   const perJob = Math.max(1, Math.floor(MAX_RECORD_RAW / bs));
   const totals: HashTotals = { blocksHashed: 0, bytesRead: 0 };
   const free: ArrayBuffer[] = [];
-  type Job = { first: number; count: number; p: ReturnType<WorkerPool['hash']> };
+  type Hashed = Awaited<ReturnType<WorkerPool['hash']>>;
+  type Job = { first: number; count: number; p: Promise<Hashed> };
   const inflight: Job[] = [];
   const window = o.pool.size + 2;
   const finish = async (): Promise<void> => {
@@ -49,8 +54,7 @@ export async function hashRuns(o: HashRunsOptions): Promise<HashTotals> {
     free.push(r.buf);
     await o.onHashes(j.first, new BigUint64Array(r.hashes, 0, j.count), new Uint8Array(r.zeroMask, 0, j.count));
   };
-  const job = async (first: number, count: number): Promise<void> => {
-    const buf = free.pop() ?? new ArrayBuffer(perJob * bs);
+  const readAndHash = async (buf: ArrayBuffer, first: number, count: number): Promise<Hashed> => {
     const pos = first * bs;
     const end = Math.min((first + count) * bs, o.volumeSize);
     const len = end - pos;
@@ -65,14 +69,17 @@ export async function hashRuns(o: HashRunsOptions): Promise<HashTotals> {
     if (toRead < len) view.fill(0, Math.max(0, toRead));
     totals.bytesRead += toRead;
     totals.blocksHashed += count;
-    inflight.push({ first, count, p: o.pool.hash(buf, len, bs) });
-    if (inflight.length >= window) await finish();
+    return o.pool.hash(buf, len, bs);
   };
   try {
     for await (const run of o.runs) {
       for (let b = run.firstBlock; b < run.firstBlock + run.blockCount; b += perJob) {
         o.signal?.throwIfAborted();
-        await job(b, Math.min(perJob, run.firstBlock + run.blockCount - b));
+        const count = Math.min(perJob, run.firstBlock + run.blockCount - b);
+        const p = readAndHash(free.pop() ?? new ArrayBuffer(perJob * bs), b, count);
+        p.catch(() => undefined); // (awaited in order by finish; a failure is not unhandled meanwhile)
+        inflight.push({ first: b, count, p });
+        if (inflight.length >= window) await finish();
       }
     }
     while (inflight.length > 0) await finish();

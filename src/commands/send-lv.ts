@@ -20,11 +20,10 @@ import { withQuiesce, type QuiesceReport, type QuiesceSpec, type StepRunner } fr
 import { defaultStateDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
-import { assertLvmName } from '../lvm/names.js';
+import { assertLvmName, lvDevicePath } from '../lvm/names.js';
 import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, resolveThresholds, type PoolThresholdSettings } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
 import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
-import { lvDevicePath } from '../lvm/names.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
 import { checkTracker, classicMap, CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
 import {

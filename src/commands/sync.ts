@@ -40,7 +40,7 @@ import { join } from 'node:path';
 import { defaultStateDir } from '../fsutil.js';
 import { silentLogger } from '../log.js';
 import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
-import { assertLvmName } from '../lvm/names.js';
+import { assertLvmName, lvDevicePath } from '../lvm/names.js';
 import { checkPoolForSend, resolveThresholds } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
 import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
@@ -51,7 +51,6 @@ import {
 } from '../source/snapshot-chain.js';
 import { readThinMap } from '../source/thin-map.js';
 import { CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
-import { lvDevicePath } from '../lvm/names.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
