@@ -27,7 +27,7 @@ describe('sync in the thin-LVM lab', () => {
       disks: [{ sizeBytes: 1024 ** 3 }, { sizeBytes: 1024 ** 3 }],
       memMB: 768,
       env: { GUEST_SH: join(ROOT, 'test', 'lab', 'sync-guest.sh'), TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs'), THINARCHIVE_DIST: build.dir, VG: 'vg', POOL: 'pool' },
-      timeoutMs: 900_000,
+      timeoutMs: 1_500_000, // a safety net: 11-12 min on the CI machine
     });
     const F = run.files;
     const R = parseResults(F['results.tsv'] ?? '');
