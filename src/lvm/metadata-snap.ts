@@ -247,6 +247,8 @@ class Context {
       ));
 
     const handlers = new Map<HandledSignal, () => void>();
+    // A signal's release, lock release and handler removal: done before this returns.
+    let afterSignal: Promise<void> | undefined;
     const removeHandlers = (): void => {
       for (const [s, h] of handlers) process.removeListener(s, h);
       handlers.clear();
@@ -265,7 +267,7 @@ class Context {
           interrupted = s;
           this.logger.warn({ pool: this.what, signal: s }, 'signal received: releasing the metadata snapshot');
           ac.abort(new ThinarchiveError('INTERRUPTED', `interrupted by ${s}`));
-          void releaseOnce()
+          afterSignal = releaseOnce()
             .then((err) => {
               if (err) this.logger.warn({ pool: this.what, err: err.message }, 'releasing the metadata snapshot after a signal failed');
               return lock.release();
@@ -275,6 +277,7 @@ class Context {
               // Nobody else handles it: die of it, as without us.
               if (process.listenerCount(s) === 0) process.kill(process.pid, s);
             });
+          afterSignal.catch(() => {}); // awaited below; a failed lock release is not unhandled meanwhile
         };
         handlers.set(s, h);
         process.on(s, h);
@@ -307,8 +310,10 @@ class Context {
       if (interrupted) throw ac.signal.reason;
       return result as T;
     } finally {
-      if (interrupted) await releaseOnce();
-      else removeHandlers();
+      if (interrupted) {
+        await releaseOnce();
+        await afterSignal?.catch(() => undefined);
+      } else removeHandlers();
     }
   }
 

@@ -52,7 +52,7 @@ describe('start-up: each command loads only what it uses', () => {
       expect(r.stdout).toMatch(args[0] === '--version' ? /^\d+\.\d+\.\d+/ : /Usage: thinarchive/);
       expect(r.own).toContain('cli/main.js');
       expect(r.own.filter((m) => m.startsWith('commands/') || m === 'api/index.js' || (m.startsWith('daemon/') && m !== 'daemon/config-path.js'))).toEqual([]);
-      expect(r.own.filter((m) => /^(archive|chain|store|target|source\/(?!chain-name)|nbd|format)\b/.test(m))).toEqual([]);
+      expect(r.own.filter((m) => /^(archive|chain|store|target|source\/(?!chain-name|tracker-size)|nbd|format)\b/.test(m))).toEqual([]);
       expect(heavyOf(r.packages)).toEqual([]);
     });
   }
