@@ -43,14 +43,14 @@ import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { assertLvmName, lvDevicePath } from '../lvm/names.js';
 import { checkPoolForSend, resolveThresholds } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
-import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
+import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion } from '../lvm/tools.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
 import {
   checkChainName, createPendingSnapshot, DEFAULT_CHAIN, discardPendingSnapshot, lockSnapshotChain, promoteSnapshot, settleInterrupted, snapshotName,
   snapshotTags, TAG_OURS, volumeUuidForLv,
 } from '../source/snapshot-chain.js';
 import { readThinMap } from '../source/thin-map.js';
-import { CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
+import { CLASSIC_CHUNK, classicMap, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -423,38 +423,50 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
     const settled = await settleInterrupted(vg, lv, lvs, chain, async () => false, { tools, log });
     lvs = settled.lvs;
     const oldBase = settled.snaps.base?.lv ?? null;
-    if (classic) return await classicSource(o, { vg, lv, chain, oldBase, removed: settled.removed }, { tools, cleanup, log }, (n, s) => { name = n; snapLv = s; }, () => { kept = true; }, close);
-    const thinPool = lv.pool!;
-    await thinToolsVersion('thin_dump', tools);
-    const poolLv = lvs.find((l) => l.name === thinPool && !l.hidden);
-    if (!poolLv || !poolLv.isThinPool || !(poolLv.chunkSizeBytes > 0)) {
-      throw new ThinarchiveError('POOL_REPORT', `${vg}/${thinPool} (the pool of ${lvName}) is not reported as a thin pool with a chunk size`);
+    // The snapshot is read through its map: a thin LV's mapped blocks (thin_dump), every block of a classic LV.
+    let thinPool: string | null = null;
+    let chunk = CLASSIC_CHUNK;
+    if (!classic) {
+      thinPool = lv.pool!;
+      await thinToolsVersion('thin_dump', tools);
+      const poolLv = lvs.find((l) => l.name === thinPool && !l.hidden);
+      if (!poolLv || !poolLv.isThinPool || !(poolLv.chunkSizeBytes > 0)) {
+        throw new ThinarchiveError('POOL_REPORT', `${vg}/${thinPool} (the pool of ${lvName}) is not reported as a thin pool with a chunk size`);
+      }
+      const crit = resolveThresholds(`${vg}/${thinPool}`, undefined, { warn: { data: 0, metadata: 0 } }).crit;
+      checkPoolForSend(`${vg}/${thinPool}`, await poolStatus(vg, thinPool, tools), { maxDataPercent: crit.data, maxMetadataPercent: crit.metadata });
+      chunk = poolLv.chunkSizeBytes;
     }
-    const crit = resolveThresholds(`${vg}/${thinPool}`, undefined, { warn: { data: 0, metadata: 0 } }).crit;
-    checkPoolForSend(`${vg}/${thinPool}`, await poolStatus(vg, thinPool, tools), { maxDataPercent: crit.data, maxMetadataPercent: crit.metadata });
-    const chunk = poolLv.chunkSizeBytes;
     const bs = archiveBlockSizeFor(chunk);
     const archiveId = randomUUID();
     const chainId = randomUUID();
     const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     name = snapshotName(lvName, chain, 1, archiveId);
     o.signal?.throwIfAborted();
-    snapLv = await createPendingSnapshot(vg, lvName, name, snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence: 1, createdAt }, true), { tools, log });
+    const tags = snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence: 1, createdAt }, true);
+    snapLv = classic
+      ? await createClassicPending(vg, lv, name, tags, o.trackerSize ?? DEFAULT_TRACKER_SIZE, { tools, log })
+      : await createPendingSnapshot(vg, lvName, name, tags, { tools, log });
     const snap = snapLv;
-    map = await readThinMap({ vg, pool: thinPool, chunk, blockSize: bs, volumeSize: snap.sizeBytes, snapThinId: snap.thinId!, base: null }, {
-      exec, logger: log, ...(o.signal ? { signal: o.signal } : {}), stateDir,
-    });
+    // (a classic snapshot's lv_size is its copy-on-write store's: the volume is the origin's size)
+    const volumeSize = classic ? lv.sizeBytes : snap.sizeBytes;
+    map = thinPool === null
+      ? await classicMap(vg, null, `${vg}/${lvName}`, bs, volumeSize, tools)
+      : await readThinMap({ vg, pool: thinPool, chunk, blockSize: bs, volumeSize, snapThinId: snap.thinId!, base: null }, {
+        exec, logger: log, ...(o.signal ? { signal: o.signal } : {}), stateDir,
+      });
     const m = map;
-    const dev = await activateReadOnly(vg, name, tools, snap);
-    activated = true;
+    // (a classic snapshot is active with its origin)
+    const dev = classic ? lvDevicePath(vg, name) : await activateReadOnly(vg, name, tools, snap);
+    activated = !classic;
     volume = await FileVolume.open(dev);
-    if (volume.size !== snap.sizeBytes) throw new ThinarchiveError('SNAPSHOT_SIZE', `${dev} is ${volume.size} bytes, lvs says ${snap.sizeBytes}`);
-    const identity = { name: `${vg}/${name}`, uuid: snap.uuid, thinId: snap.thinId!, createdAt };
+    if (volume.size !== volumeSize) throw new ThinarchiveError('SNAPSHOT_SIZE', `${dev} is ${volume.size} bytes, lvs says ${volumeSize}`);
+    const identity = { name: `${vg}/${name}`, uuid: snap.uuid, ...(snap.thinId !== null ? { thinId: snap.thinId } : {}), createdAt };
     return {
       kind: 'lv', volume, blockSize: bs,
       runs: () => dataRuns(m.extents()),
       header: (nonce) => ({
-        full: false, blockSize: bs, archiveId, parentId: nonce, chainId, sequence: 1, volumeUuid: volumeUuidForLv(lv.uuid), volumeSize: snap.sizeBytes,
+        full: false, blockSize: bs, archiveId, parentId: nonce, chainId, sequence: 1, volumeUuid: volumeUuidForLv(lv.uuid), volumeSize,
         sourceChunkSize: chunk,
         meta: {
           volume: { name: `${vg}/${lvName}`, vg, lv: lvName, lvUuid: lv.uuid },
@@ -469,7 +481,9 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
         kept = true;
         const r = await promoteSnapshot(vg, name, oldBase, { tools: cleanup, log });
         for (const w of r.warnings) log.warn({ volume: `${vg}/${lvName}` }, w);
-        return { vg, lv: lvName, pool: `${vg}/${thinPool}`, poolChunkSize: chunk, chain, snapshot: name, removed: [...settled.removed, ...r.removed], warnings: r.warnings };
+        return {
+          vg, lv: lvName, pool: thinPool === null ? null : `${vg}/${thinPool}`, poolChunkSize: chunk, chain, snapshot: name, removed: [...settled.removed, ...r.removed], warnings: r.warnings,
+        };
       },
       close,
     };
@@ -477,55 +491,6 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
     await close();
     throw e;
   }
-}
-
-/** sync's classic LV source (lvSource's, after the chain is settled): a new classic snapshot, every block. */
-async function classicSource(o: SyncOptions, c: { vg: string; lv: LvInfo; chain: string; oldBase: LvInfo | null; removed: string[] },
-  t: { tools: ToolOptions; cleanup: ToolOptions; log: Logger }, made: (name: string, snap: LvInfo) => void, keep: () => void, close: () => Promise<void>): Promise<SyncSource> {
-  const { vg, lv, chain } = c;
-  const archiveId = randomUUID();
-  const chainId = randomUUID();
-  const createdAt = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-  const name = snapshotName(lv.name, chain, 1, archiveId);
-  o.signal?.throwIfAborted();
-  const tags = snapshotTags({ originUuid: lv.uuid, chain, chainId, archiveId, sequence: 1, createdAt }, true);
-  const snap = await createClassicPending(vg, lv, name, tags, o.trackerSize ?? DEFAULT_TRACKER_SIZE, { tools: t.tools, log: t.log });
-  made(name, snap);
-  const volume = await FileVolume.open(lvDevicePath(vg, name));
-  if (volume.size !== lv.sizeBytes) {
-    await volume.close();
-    throw new ThinarchiveError('SNAPSHOT_SIZE', `${lvDevicePath(vg, name)} is ${volume.size} bytes, lvs says ${lv.sizeBytes}`);
-  }
-  const bs = CLASSIC_CHUNK;
-  const blocks = Math.ceil(lv.sizeBytes / bs);
-  let open: FileVolume | undefined = volume;
-  return {
-    kind: 'lv', volume, blockSize: bs,
-    runs: async function* () { if (blocks > 0) yield { firstBlock: 0, blockCount: blocks }; },
-    header: (nonce) => ({
-      full: false, blockSize: bs, archiveId, parentId: nonce, chainId, sequence: 1, volumeUuid: volumeUuidForLv(lv.uuid), volumeSize: lv.sizeBytes,
-      sourceChunkSize: bs,
-      meta: {
-        volume: { name: `${vg}/${lv.name}`, vg, lv: lv.name, lvUuid: lv.uuid },
-        snapshot: { name: `${vg}/${name}`, uuid: snap.uuid, createdAt },
-        source: { kind: 'lv', path: lvDevicePath(vg, name), host: hostname() },
-        tool: `thinarchive ${TOOL_VERSION}`,
-      },
-    }),
-    done: async () => {
-      await open?.close();
-      open = undefined;
-      keep();
-      const r = await promoteSnapshot(vg, name, c.oldBase, { tools: t.cleanup, log: t.log });
-      for (const w of r.warnings) t.log.warn({ volume: `${vg}/${lv.name}` }, w);
-      return { vg, lv: lv.name, pool: null, poolChunkSize: bs, chain, snapshot: name, removed: [...c.removed, ...r.removed], warnings: r.warnings };
-    },
-    close: async () => {
-      await open?.close();
-      open = undefined;
-      await close();
-    },
-  };
 }
 
 async function* dataRuns(extents: AsyncIterable<MapExtent>): AsyncGenerator<{ firstBlock: number; blockCount: number }> {
