@@ -30,8 +30,14 @@ export type { Identity, Recipient } from '../crypto/age.js';
 const BATCH_CHUNKS = 16;
 /** Chunks read with one ranged read at most (1 MiB of ciphertext); also the chunks of one pool job. */
 const READ_BATCH = 16;
-/** Random reads on this thread keep this many ciphertext read buffers for reuse. */
+/**
+ * Random reads keep this many ciphertext read buffers for reuse, or as many as were ever in flight at
+ * once if more (a chain reader keeps 2 x workers + 2 reads going): a buffer dropped after each read
+ * would be garbage that V8 collects late, tens of MiB of peak RSS.
+ */
 const SPARE_READS = 2;
+/** Decrypted chunks kept (frames next to each other share one). */
+const CACHED_CHUNKS = 4;
 /** Pooled reads: batches read and opened ahead of the one being read, beyond one per worker. */
 const AHEAD_EXTRA = 1;
 
@@ -210,6 +216,18 @@ export class AgeByteSource implements ByteSource {
   private randomPool: WorkerPool | undefined;
   /** Spare batch buffers of the pooled paths (the authenticating pass hands them to the reading one). */
   private readonly spares: ArrayBuffer[] = [];
+  /** Random reads in flight, and the most ever at once (how many spare read buffers are kept). */
+  private reading = 0;
+  private mostReading = 0;
+  /**
+   * The pooled random path caches a copy of a chunk (its batch buffer goes back to the pool): copies
+   * evicted from the cache are reused rather than left to the garbage collector (a 64 KiB copy per
+   * MiB read piled up to 30 MiB of peak RSS in a restore). `copies` are this source's own; an evicted
+   * one is reused only while no copyOut runs (copyOut holds cached chunks across its awaits).
+   */
+  private readonly copies = new WeakSet<Buffer>();
+  private readonly freeCopies: Buffer[] = [];
+  private copyOuts = 0;
 
   private constructor(private readonly cipher: ByteSource, private readonly key: Buffer, private readonly payloadStart: number) {
     this.label = cipher.label;
@@ -266,7 +284,27 @@ export class AgeByteSource implements ByteSource {
 
   private remember(i: number, p: Buffer): void {
     this.cache.set(i, p);
-    if (this.cache.size > 4) this.cache.delete(this.cache.keys().next().value!);
+    if (this.cache.size <= CACHED_CHUNKS) return;
+    const [oldest, b] = this.cache.entries().next().value!;
+    this.cache.delete(oldest);
+    if (this.copies.has(b) && this.copyOuts === 0 && this.freeCopies.length < 2) this.freeCopies.push(b);
+  }
+
+  /** Cache a copy of `p` (a view of a buffer about to be reused) as chunk `i`. */
+  private rememberCopy(i: number, p: Uint8Array): void {
+    let b = this.freeCopies.pop();
+    if (!b || b.length !== p.length) {
+      b = Buffer.allocUnsafeSlow(p.length);
+      this.copies.add(b);
+    }
+    b.set(p);
+    this.remember(i, b);
+  }
+
+  /** A random read (one that counted itself in `reading`) is done with its read buffer. */
+  private readDone(held: ArrayBuffer | undefined): void {
+    this.reading--;
+    if (held && this.spares.length < Math.max(SPARE_READS, this.mostReading)) this.spares.push(held);
   }
 
   private async chunk(i: number): Promise<Buffer> {
@@ -295,6 +333,8 @@ export class AgeByteSource implements ByteSource {
     // A local file is read into a recycled buffer (this read's own: reads run concurrently).
     let held: ArrayBuffer | undefined;
     let from = 0;
+    this.copyOuts++;
+    this.reading++;
     try {
       for (let i = first; i <= last; i++) {
         let p = have.get(i);
@@ -307,6 +347,7 @@ export class AgeByteSource implements ByteSource {
             const len = Math.min((to - from + 1) * CHUNK_CT, this.cipher.size - base);
             if (this.cipher.readInto) {
               held ??= this.spares.pop() ?? new ArrayBuffer(READ_BATCH * CHUNK_CT);
+              this.mostReading = Math.max(this.mostReading, this.reading);
               sealed = await readFully(this.cipher, new Uint8Array(held, 0, len), base);
             } else sealed = await this.cipher.read(base, len);
           }
@@ -317,7 +358,8 @@ export class AgeByteSource implements ByteSource {
         place(p, i, offset, end, out, at);
       }
     } finally {
-      if (held && this.spares.length < SPARE_READS) this.spares.push(held);
+      this.copyOuts--;
+      this.readDone(held);
     }
   }
 
@@ -330,6 +372,7 @@ export class AgeByteSource implements ByteSource {
     const first = Math.floor(offset / CHUNK);
     const last = Math.floor((end - 1) / CHUNK);
     let held: ArrayBuffer | undefined;
+    this.reading++;
     try {
       for (let i = first; i <= last;) {
         const hit = this.cache.get(i);
@@ -343,6 +386,7 @@ export class AgeByteSource implements ByteSource {
         const base = this.payloadStart + i * CHUNK_CT;
         const len = Math.min((to - i + 1) * CHUNK_CT, this.cipher.size - base);
         held ??= this.spares.pop() ?? new ArrayBuffer(READ_BATCH * CHUNK_CT);
+        this.mostReading = Math.max(this.mostReading, this.reading);
         const got = (await readFully(this.cipher, new Uint8Array(held, 0, len), base)).length;
         if (got < len) throw authError(`chunk ${i + Math.floor(got / CHUNK_CT)} is truncated`, this.label, base + got);
         const r = await pool.open(this.key, i, this.chunks, held, len, true);
@@ -353,11 +397,11 @@ export class AgeByteSource implements ByteSource {
         }
         const plain = Buffer.from(held, 0, r.len);
         for (let k = i; k <= to; k++) place(plain.subarray((k - i) * CHUNK, (k - i + 1) * CHUNK), k, offset, end, out, at);
-        this.remember(to, Buffer.from(plain.subarray((to - i) * CHUNK, (to - i + 1) * CHUNK)));
+        this.rememberCopy(to, plain.subarray((to - i) * CHUNK, (to - i + 1) * CHUNK));
         i = to + 1;
       }
     } finally {
-      if (held && this.spares.length < SPARE_READS) this.spares.push(held);
+      this.readDone(held);
     }
   }
 
@@ -443,6 +487,7 @@ export class AgeByteSource implements ByteSource {
     this.window = undefined;
     this.randomPool = undefined;
     this.spares.length = 0;
+    this.freeCopies.length = 0;
     this.cache.clear();
     await this.cipher.close();
   }

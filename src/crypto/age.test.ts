@@ -252,6 +252,38 @@ describe('random access and tampering', () => {
     }));
   });
 
+  it('pooled random reads reuse evicted chunk copies without handing out bytes a read in flight still holds', async () => {
+    const plain = randomBytes(40 * CHUNK + 7);
+    const cipher = await encrypt(plain, rcpt);
+    const file = fileLike(cipher);
+    const delay = (): Promise<void> => new Promise((r) => setTimeout(r, Math.floor(Math.random() * 4)));
+    const slow: ByteSource = {
+      ...file,
+      read: async (o, l) => { await delay(); return file.read(o, l); },
+      readInto: async (b, o, l, p) => { await delay(); return file.readInto!(b, o, l, p); },
+    };
+    const s = await AgeByteSource.open(slow, [id]);
+    let seed = 7;
+    const rnd = (n: number): number => (seed = (seed * 48271) % 2147483647) % n;
+    const check = async (): Promise<void> => {
+      const at = rnd(plain.length);
+      const len = 1 + rnd(3 * CHUNK);
+      const got = Buffer.from(await s.read(at, len));
+      expect(got.equals(plain.subarray(at, Math.min(plain.length, at + len)))).toBe(true);
+    };
+    // pooled random reads fill the cache with copies; reads on this thread (the pool detached, in
+    // turns) take cached copies and hold them across their awaits while pooled reads still in flight
+    // evict copies: a copy may be reused only when no such read runs
+    const reads: Promise<void>[] = [];
+    for (let round = 0; round < 120; round++) {
+      s.usePool(round % 2 === 0 ? pool : undefined, true);
+      for (let k = 0; k < 5; k++) reads.push(check());
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    s.usePool(undefined);
+    await Promise.all(reads);
+  });
+
   it('every flipped byte, truncation, extension, swapped and spliced chunk fails authentication', async () => {
     const plain = randomBytes(2 * CHUNK + 500);
     const cipher = await encrypt(plain, rcpt);
