@@ -578,7 +578,8 @@ async function main() {
     // Snapshot the tool under test.
     const app = join(dir, 'app');
     fs.mkdirSync(join(app, 'build/Release'), { recursive: true });
-    fs.cpSync(join(ROOT, 'dist'), join(app, 'dist'), { recursive: true });
+    // (timestamps kept: bin/thinarchive runs the bundle unless dist/cli/main.js is newer, src/cli/entry.ts)
+    fs.cpSync(join(ROOT, 'dist'), join(app, 'dist'), { recursive: true, preserveTimestamps: true });
     fs.cpSync(join(ROOT, 'bin'), join(app, 'bin'), { recursive: true });
     fs.copyFileSync(join(ROOT, 'build/Release/thinio.node'), join(app, 'build/Release/thinio.node'));
     fs.copyFileSync(join(ROOT, 'package.json'), join(app, 'package.json'));

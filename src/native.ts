@@ -3,6 +3,7 @@
  * Errors thrown by it carry `code` = the errno name.
  */
 import { createRequire } from 'node:module';
+import { packagePath } from './paths.js';
 
 export interface ThinIO {
   /** Offset of the next data at or after `offset`, or -1 when there is none (ENXIO). */
@@ -24,6 +25,6 @@ const require = createRequire(import.meta.url);
 let loaded: ThinIO | undefined;
 
 export function thinio(): ThinIO {
-  loaded ??= require('../build/Release/thinio.node') as ThinIO;
+  loaded ??= require(packagePath('build', 'Release', 'thinio.node')) as ThinIO;
   return loaded;
 }

@@ -5,10 +5,10 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
 import { FormatError, ThinarchiveError } from '../errors.js';
 import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { DataRecordHead } from '../format/types.js';
+import { packagePath } from '../paths.js';
 
 /**
  * Record-sized buffers (MAX_RECORD_RAW bytes), reused for a whole command: payloads are read into
@@ -116,7 +116,7 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-const WORKER_URL = new URL('./worker.cjs', import.meta.url);
+const WORKER_PATH = packagePath('dist', 'archive', 'worker.cjs');
 
 export class WorkerPool {
   private readonly workers: Worker[] = [];
@@ -132,7 +132,7 @@ export class WorkerPool {
   constructor(size = Math.max(1, availableParallelism())) {
     this.size = size;
     for (let i = 0; i < size; i++) {
-      const w = new Worker(fileURLToPath(WORKER_URL));
+      const w = new Worker(WORKER_PATH);
       w.on('message', (m: { id: number; result?: unknown; error?: string }) => this.onMessage(w, m));
       w.on('error', (e) => this.onFatal(e));
       w.on('exit', (code) => {

@@ -18,6 +18,7 @@ import { ThinarchiveError, UsageError } from '../errors.js';
 import { defaultStateDir, writeFileAtomic } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
 import { execaRunner, stderrSummary } from '../lvm/exec.js';
+import { packagePath } from '../paths.js';
 import { pidExists } from '../process.js';
 import type { StoreOptions } from '../store/open.js';
 import { openChain, selectPoint } from '../chain/chain.js';
@@ -165,7 +166,7 @@ async function stopServer(pid: number, socket: string): Promise<boolean> {
 }
 
 function defaultServeCommand(): string[] {
-  return [process.execPath, new URL('../../bin/thinarchive', import.meta.url).pathname];
+  return [process.execPath, packagePath('bin', 'thinarchive')];
 }
 
 /** Mount options for a read-only mount that does not write to the filesystem (journal replay). */

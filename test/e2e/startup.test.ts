@@ -5,7 +5,8 @@
  * a module-loader hook (NODE_OPTIONS=--import); nothing here is timed.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO, runOk, show, tempDir, type TempDir } from '../helpers/cli.js';
@@ -32,15 +33,28 @@ afterAll(async () => {
   await dir?.remove();
 });
 
-/** Run the CLI under the hook: its output, and what it loaded (dist/ modules relative to dist/, packages by name). */
-async function loaded(args: string[]): Promise<{ stdout: string; own: string[]; packages: string[] }> {
+/** Which modules each file of the CLI's bundle holds (scripts/bundle.mjs writes it): "dist/x.mjs" -> inputs. */
+function bundleInputs(): Map<string, string[]> {
+  const meta = JSON.parse(readFileSync(join(REPO, 'dist', 'bundle-meta.json'), 'utf8')) as { outputs: Record<string, { inputs: Record<string, unknown> }> };
+  return new Map(Object.entries(meta.outputs).map(([file, o]) => [file, Object.keys(o.inputs)]));
+}
+
+/**
+ * Run the CLI under the hook: its output, and what it loaded: dist/ modules relative to dist/, and
+ * packages by name. A file of the bundle counts as the modules it holds.
+ */
+async function loaded(args: string[]): Promise<{ stdout: string; own: string[]; packages: string[]; files: string[] }> {
   const r = await runOk(args, { env: { NODE_OPTIONS: `--import=${pathToFileURL(register).href}` } });
   const urls = r.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice('LOADED '.length));
   expect(urls.length, show(r)).toBeGreaterThan(0);
-  const dist = `${pathToFileURL(REPO).href}/dist/`;
-  const own = urls.filter((u) => u.startsWith(dist)).map((u) => u.slice(dist.length));
-  const packages = [...new Set(urls.map((u) => /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(u)?.[1]).filter((p): p is string => !!p))];
-  return { stdout: r.stdout, own, packages };
+  const root = `${pathToFileURL(REPO).href}/`;
+  const inBundle = bundleInputs();
+  // what was loaded, as paths from the repository's root: bundle files stand for what they hold
+  const files = urls.filter((u) => u.startsWith(root)).map((u) => u.slice(root.length));
+  const paths = files.flatMap((f) => inBundle.get(f) ?? [f]);
+  const own = paths.filter((p) => p.startsWith('dist/')).map((p) => p.slice('dist/'.length));
+  const packages = [...new Set(paths.map((p) => /(?:^|\/)node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(p)?.[1]).filter((p): p is string => !!p))];
+  return { stdout: r.stdout, own, packages, files };
 }
 
 const heavyOf = (packages: string[]): string[] => packages.filter((p) => HEAVY.some((h) => p === h || p.startsWith(`${h}/`)));
@@ -51,6 +65,8 @@ describe('start-up: each command loads only what it uses', () => {
       const r = await loaded(args);
       expect(r.stdout).toMatch(args[0] === '--version' ? /^\d+\.\d+\.\d+/ : /Usage: thinarchive/);
       expect(r.own).toContain('cli/main.js');
+      // the CLI runs from its bundle (scripts/bundle.mjs), not from hundreds of modules
+      expect(r.files).toContain('dist/thinarchive.mjs');
       expect(r.own.filter((m) => m.startsWith('commands/') || m === 'api/index.js' || (m.startsWith('daemon/') && m !== 'daemon/config-path.js'))).toEqual([]);
       expect(r.own.filter((m) => /^(archive|chain|store|target|source\/(?!chain-name|tracker-size)|nbd|format)\b/.test(m))).toEqual([]);
       expect(heavyOf(r.packages)).toEqual([]);

@@ -188,7 +188,7 @@ async function cli(main, key, args) {
 }
 
 async function batch(store, ...archives) {
-  const { main } = await import(join(DIST, 'cli/main.js'));
+  const main = await (await import(join(DIST, 'cli/entry.js'))).loadMain();
   const bad = join(process.env.LAB_WORK, 'bad.tna');
   await cli(main, 'mounted', ['apply', store, '--to', 'vg2/replica']);
   await cli(main, 'heldopen', ['apply', store, '--to', 'vg2/held', '--force']);
