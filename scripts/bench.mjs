@@ -31,6 +31,11 @@
  *                       interleaved: full send, apply, verify, restore; peak RSS (image: the smaller of --size and 1G)
  *   --section s3        only the S3 section: send to / apply from a local Ceph radosgw (scripts/bench-s3.mjs;
  *                       image: the smaller of --size and 1G; --runs sends each)
+ *   --section mixes     only full send, apply and verify on three kinds of data (issue 14): incompressible
+ *                       (random), mixed (this bench's image) and compressible (a repeating pattern of eight 64 KiB
+ *                       blocks), each at --mix-sizes (default 1G,4G), against zstd -3 -T0, dd conv=fsync and
+ *                       zstd -t in the same run (bench-out/results-mixes.json)
+ *   --mix-sizes L       image sizes of the mixes section
  *   --section startup   only start-up: node -e 0, thinarchive --version, --help and info ARCHIVE, interleaved,
  *                       max(--runs, 10) rounds; medians and the ratio to node -e 0 (--wait-quiet 0: no waiting)
  *
@@ -86,6 +91,7 @@ function parseArgs(argv) {
     else if (a === '--section') o.section = val();
     else if (a === '--restore-size') o.restoreSize = parseSize(val());
     else if (a === '--link-mbit') o.linkMbit = Number(val());
+    else if (a === '--mix-sizes') o.mixSizes = val().split(',').filter(Boolean).map(parseSize);
     else if (a === '--help' || a === '-h') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] + '*/\n');
       process.exit(0);
@@ -551,6 +557,7 @@ async function main() {
   if (opts.section === 'restore') return mainRestore(opts);
   if (opts.section === 'startup') return mainStartup(opts);
   if (opts.section === 'age') return mainAge(opts);
+  if (opts.section === 'mixes') return mainMixes(opts);
   if (opts.section === 'ssh') {
     const { benchSsh } = await import('./bench-ssh.mjs');
     return benchSsh({ root: ROOT, size: Math.min(opts.size, GiB), runs: opts.runs, seed: opts.seed, tmpdir: opts.tmpdir, generateImage, log, linkMbit: opts.linkMbit });
@@ -1045,6 +1052,153 @@ async function mainAge(opts) {
   } finally {
     if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The compressible pattern of issue 14: 64 KiB blocks repeating a pattern of eight: two random, three
+ * of one short text line repeated, one zero-filled, two of another repeated line. Every byte is
+ * written (allocated); zstd -3 makes about a quarter of it.
+ */
+function writePatternImage(path, size, seed, nonzeroPath) {
+  const lineA = Buffer.from('Dec  7 04:12:01 host1 kernel: [12345.678] eth0: link up, 1000 Mbps, full duplex\n');
+  const lineB = Buffer.from('GET /api/v1/status HTTP/1.1 200 512 "-" "curl/7.88.1"\n');
+  const fillLines = (line) => {
+    const b = Buffer.alloc(BLOCK);
+    for (let at = 0; at < BLOCK; at += line.length) line.copy(b, at, 0, Math.min(line.length, BLOCK - at));
+    return b;
+  };
+  const a = fillLines(lineA);
+  const b = fillLines(lineB);
+  const zero = Buffer.alloc(BLOCK);
+  const random = randomStream(seed, 'pattern');
+  const fd = fs.openSync(path, 'w');
+  const nz = fs.openSync(nonzeroPath, 'w');
+  const group = Buffer.allocUnsafe(8 * BLOCK);
+  try {
+    for (let pos = 0; pos < size; pos += group.length) {
+      random(group.subarray(0, 2 * BLOCK));
+      for (let k = 2; k < 5; k++) a.copy(group, k * BLOCK);
+      zero.copy(group, 5 * BLOCK);
+      for (let k = 6; k < 8; k++) b.copy(group, k * BLOCK);
+      const n = Math.min(group.length, size - pos);
+      writeAll(fd, group.subarray(0, n), pos);
+      writeAll(nz, group.subarray(0, Math.min(n, 5 * BLOCK)), null);
+      if (n > 6 * BLOCK) writeAll(nz, group.subarray(6 * BLOCK, n), null);
+    }
+  } finally {
+    fs.closeSync(fd);
+    fs.closeSync(nz);
+  }
+  return { allocated: size, nonzero: size - Math.floor(size / (8 * BLOCK)) * BLOCK };
+}
+
+/** Random bytes, every one written. */
+function writeRandomImage(path, size, seed) {
+  const random = randomStream(seed, 'incompressible');
+  const fd = fs.openSync(path, 'w');
+  const buf = Buffer.allocUnsafe(CHUNK);
+  try {
+    for (let pos = 0; pos < size; pos += CHUNK) {
+      const n = Math.min(CHUNK, size - pos);
+      random(buf.subarray(0, n));
+      writeAll(fd, buf.subarray(0, n), pos);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { allocated: size, nonzero: size };
+}
+
+/**
+ * --section mixes (issue 14): full send, apply and verify on incompressible, mixed and compressible
+ * data at each of --mix-sizes, each beside its baseline in the same run, runs interleaved, cold inputs:
+ * send full vs `zstd -3 -T0` of the bytes the send reads + sync (and the archive's size vs zstd's),
+ * apply to a new image vs `dd bs=4M conv=fsync` of the same non-zero bytes, verify vs `zstd -t` of
+ * zstd's output. Uses the built tree directly.
+ */
+async function mainMixes(opts) {
+  const dir = fs.mkdtempSync(join(opts.tmpdir, 'thinarchive-bench-mixes-'));
+  const TA = join(ROOT, 'bin/thinarchive');
+  const ta = (...a) => ({ cmd: process.execPath, args: [TA, ...a] });
+  const runner = new Runner(opts, dir);
+  const results = [];
+  try {
+    for (const size of opts.mixSizes ?? [GiB, 4 * GiB]) {
+      for (const mix of ['incompressible', 'mixed', 'compressible']) {
+        const img = join(dir, 'image.img');
+        const nonzero = join(dir, 'nonzero.raw');
+        const allocatedRaw = join(dir, 'allocated.raw');
+        for (const f of [img, nonzero, allocatedRaw]) fs.rmSync(f, { force: true });
+        let bytes;
+        if (mix === 'mixed') {
+          const { summary } = generateImage(img, size, opts.seed, { allocated: allocatedRaw, nonzero });
+          bytes = { allocated: summary.allocated, nonzero: summary.nonzero };
+        } else if (mix === 'compressible') bytes = writePatternImage(img, size, opts.seed, nonzero);
+        else {
+          bytes = writeRandomImage(img, size, opts.seed);
+          fs.linkSync(img, nonzero);
+        }
+        // zstd's input: the bytes the send reads (the allocated regions in order; all of an all-allocated image)
+        const zin = mix === 'mixed' ? allocatedRaw : img;
+        const store = join(dir, 'store');
+        const zout = join(dir, 'out.zst');
+        const target = join(dir, 'target.img');
+        const ddOut = join(dir, 'dd.out');
+        const clearTarget = () => ['', '.thinarchive.json', '.thinarchive.lock'].forEach((x) => fs.rmSync(`${target}${x}`, { force: true }));
+        const rows = { send: [], zstd: [], apply: [], dd: [], verify: [], zstdTest: [] };
+        let archiveBytes = 0;
+        let zstdBytes = 0;
+        for (let i = 0; i < opts.runs; i++) {
+          rows.send.push(await measure(runner, `${mix} ${fmtBytes(size)} send full`, 1, () => ({
+            ...ta('send', '--image', img, '--to', store, '--state-dir', join(dir, 'state'), '--json'),
+            opts: { cacheFiles: [img], before: () => fs.rmSync(store, { recursive: true, force: true }) },
+          })));
+          rows.zstd.push(await measure(runner, `${mix} ${fmtBytes(size)} zstd -3 -T0 + sync`, 1, () => ({
+            cmd: 'sh', args: ['-c', 'zstd -3 -T0 -q -f "$1" -o "$2" && sync "$2"', 'sh', zin, zout], opts: { cacheFiles: [zin] },
+          })));
+          archiveBytes = dirBytes(store);
+          zstdBytes = fs.statSync(zout).size;
+          rows.apply.push(await measure(runner, `${mix} ${fmtBytes(size)} apply`, 1, () => ({ ...ta('apply', store, '--to', target, '--create', '--json'), opts: { before: clearTarget, cacheFiles: archiveFiles(store) } })));
+          rows.dd.push(await measure(runner, `${mix} ${fmtBytes(size)} dd conv=fsync`, 1, () => ({
+            cmd: 'dd', args: [`if=${nonzero}`, `of=${ddOut}`, 'bs=4M', 'conv=fsync', 'status=none'], opts: { before: () => fs.rmSync(ddOut, { force: true }), cacheFiles: [nonzero] },
+          })));
+          rows.verify.push(await measure(runner, `${mix} ${fmtBytes(size)} verify`, 1, () => ({ ...ta('verify', store, '--json'), opts: { cacheFiles: archiveFiles(store) } })));
+          rows.zstdTest.push(await measure(runner, `${mix} ${fmtBytes(size)} zstd -t`, 1, () => ({ cmd: 'zstd', args: ['-t', '-q', zout], opts: { cacheFiles: [zout] } })));
+        }
+        if (sh('cmp', [img, target], { allowFail: true }).status !== 0) throw new Error(`${mix} ${fmtBytes(size)}: the applied image differs from the image`);
+        const med = (k) => stats(rows[k].flatMap((m) => m.runs));
+        const r = Object.fromEntries(Object.keys(rows).map((k) => [k, med(k)]));
+        results.push({ mix, size, bytes, archiveBytes, zstdBytes, rows: r });
+        log(`${mix} ${fmtBytes(size)}: send ${(r.zstd.seconds / r.send.seconds).toFixed(2)}x zstd (archive ${(archiveBytes / zstdBytes).toFixed(3)}x its size), apply ${(r.dd.seconds / r.apply.seconds).toFixed(2)}x dd, verify ${(r.zstdTest.seconds / r.verify.seconds).toFixed(2)}x zstd -t`);
+        for (const f of [img, nonzero, allocatedRaw, zout, target, ddOut]) fs.rmSync(f, { force: true });
+        fs.rmSync(store, { recursive: true, force: true });
+      }
+    }
+    const lines = [`mixes, ${opts.runs} run(s) each, medians, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+      '| mix | size | send s / zstd s | send vs zstd | archive / zstd size | apply s / dd s | apply vs dd | verify s / zstd -t s | verify vs zstd -t | peak RSS send / apply / verify |',
+      '|---|---|---|---|---|---|---|---|---|---|'];
+    for (const x of results) {
+      const r = x.rows;
+      lines.push(`| ${x.mix} | ${fmtBytes(x.size)} | ${r.send.seconds.toFixed(2)} / ${r.zstd.seconds.toFixed(2)} | ${(r.zstd.seconds / r.send.seconds).toFixed(2)}x | ${(x.archiveBytes / x.zstdBytes).toFixed(3)} | ${r.apply.seconds.toFixed(2)} / ${r.dd.seconds.toFixed(2)} | ${(r.dd.seconds / r.apply.seconds).toFixed(2)}x | ${r.verify.seconds.toFixed(2)} / ${r.zstdTest.seconds.toFixed(2)} | ${(r.zstdTest.seconds / r.verify.seconds).toFixed(2)}x | ${fmtMiB(r.send.peakRssBytes)} / ${fmtMiB(r.apply.peakRssBytes)} / ${fmtMiB(r.verify.peakRssBytes)} |`);
+    }
+    for (const l of lines) process.stdout.write(`${l}\n`);
+    fs.mkdirSync(dirname(opts.out), { recursive: true });
+    const out = opts.out.replace(/\.json$/, '-mixes.json');
+    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), options: { ...opts, out: undefined }, results }, null, 2) + '\n');
+    log(`results written to ${out}`);
+  } finally {
+    if (!opts.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Bytes of every file below `d`. */
+function dirBytes(d) {
+  return fs.readdirSync(d, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).reduce((n, e) => n + fs.statSync(join(e.parentPath ?? e.path, e.name)).size, 0);
+}
+
+/** The archive files below a store directory. */
+function archiveFiles(d) {
+  return fs.readdirSync(d, { recursive: true, withFileTypes: true }).filter((e) => e.isFile() && /\.tna(\.age)?$/.test(e.name)).map((e) => join(e.parentPath ?? e.path, e.name));
 }
 
 /** --section restore: only the restore section (uses the built tree directly, no snapshot of dist/). */
