@@ -36,6 +36,7 @@
  *                       blocks), each at --mix-sizes (default 1G,4G), against zstd -3 -T0, dd conv=fsync and
  *                       zstd -t in the same run (bench-out/results-mixes.json)
  *   --mix-sizes L       image sizes of the mixes section
+ *   --mixes L           which mixes (default incompressible,mixed,compressible)
  *   --section startup   only start-up: node -e 0, thinarchive --version, --help and info ARCHIVE, interleaved,
  *                       max(--runs, 10) rounds; medians and the ratio to node -e 0 (--wait-quiet 0: no waiting)
  *
@@ -92,6 +93,7 @@ function parseArgs(argv) {
     else if (a === '--restore-size') o.restoreSize = parseSize(val());
     else if (a === '--link-mbit') o.linkMbit = Number(val());
     else if (a === '--mix-sizes') o.mixSizes = val().split(',').filter(Boolean).map(parseSize);
+    else if (a === '--mixes') o.mixes = val().split(',').filter(Boolean);
     else if (a === '--help' || a === '-h') {
       process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] + '*/\n');
       process.exit(0);
@@ -1124,7 +1126,8 @@ async function mainMixes(opts) {
   const results = [];
   try {
     for (const size of opts.mixSizes ?? [GiB, 4 * GiB]) {
-      for (const mix of ['incompressible', 'mixed', 'compressible']) {
+      for (const mix of opts.mixes ?? ['incompressible', 'mixed', 'compressible']) {
+        if (!['incompressible', 'mixed', 'compressible'].includes(mix)) throw new Error(`unknown mix ${mix}`);
         const img = join(dir, 'image.img');
         const nonzero = join(dir, 'nonzero.raw');
         const allocatedRaw = join(dir, 'allocated.raw');
