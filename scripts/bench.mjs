@@ -1094,22 +1094,22 @@ function writePatternImage(path, size, seed, nonzeroPath) {
   return { allocated: size, nonzero: size - Math.floor(size / (8 * BLOCK)) * BLOCK };
 }
 
-/** Random bytes, every one written. */
+/** Random bytes, every one written (the generator's random regions, as one region). */
 function writeRandomImage(path, size, seed) {
-  const random = randomStream(seed, 'incompressible');
   const fd = fs.openSync(path, 'w');
-  const buf = Buffer.allocUnsafe(CHUNK);
+  let pos = 0;
   try {
-    for (let pos = 0; pos < size; pos += CHUNK) {
-      const n = Math.min(CHUNK, size - pos);
-      random(buf.subarray(0, n));
-      writeAll(fd, buf.subarray(0, n), pos);
-    }
+    produce('random', seed, 'incompressible', size, (buf) => {
+      writeAll(fd, buf, pos);
+      pos += buf.length;
+    });
   } finally {
     fs.closeSync(fd);
   }
   return { allocated: size, nonzero: size };
 }
+
+const MIXES = ['incompressible', 'mixed', 'compressible'];
 
 /**
  * --section mixes (issue 14): full send, apply and verify on incompressible, mixed and compressible
@@ -1126,8 +1126,8 @@ async function mainMixes(opts) {
   const results = [];
   try {
     for (const size of opts.mixSizes ?? [GiB, 4 * GiB]) {
-      for (const mix of opts.mixes ?? ['incompressible', 'mixed', 'compressible']) {
-        if (!['incompressible', 'mixed', 'compressible'].includes(mix)) throw new Error(`unknown mix ${mix}`);
+      for (const mix of opts.mixes ?? MIXES) {
+        if (!MIXES.includes(mix)) throw new Error(`unknown mix ${mix}`);
         const img = join(dir, 'image.img');
         const nonzero = join(dir, 'nonzero.raw');
         const allocatedRaw = join(dir, 'allocated.raw');

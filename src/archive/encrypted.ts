@@ -301,7 +301,13 @@ export class AgeByteSource implements ByteSource {
     this.remember(i, b);
   }
 
-  /** A random read (one that counted itself in `reading`) is done with its read buffer. */
+  /** A random read starts (readDone ends it). */
+  private readStart(): void {
+    this.reading++;
+    this.mostReading = Math.max(this.mostReading, this.reading);
+  }
+
+  /** A random read is done with its read buffer. */
   private readDone(held: ArrayBuffer | undefined): void {
     this.reading--;
     if (held && this.spares.length < Math.max(SPARE_READS, this.mostReading)) this.spares.push(held);
@@ -334,7 +340,7 @@ export class AgeByteSource implements ByteSource {
     let held: ArrayBuffer | undefined;
     let from = 0;
     this.copyOuts++;
-    this.reading++;
+    this.readStart();
     try {
       for (let i = first; i <= last; i++) {
         let p = have.get(i);
@@ -347,7 +353,6 @@ export class AgeByteSource implements ByteSource {
             const len = Math.min((to - from + 1) * CHUNK_CT, this.cipher.size - base);
             if (this.cipher.readInto) {
               held ??= this.spares.pop() ?? new ArrayBuffer(READ_BATCH * CHUNK_CT);
-              this.mostReading = Math.max(this.mostReading, this.reading);
               sealed = await readFully(this.cipher, new Uint8Array(held, 0, len), base);
             } else sealed = await this.cipher.read(base, len);
           }
@@ -372,7 +377,7 @@ export class AgeByteSource implements ByteSource {
     const first = Math.floor(offset / CHUNK);
     const last = Math.floor((end - 1) / CHUNK);
     let held: ArrayBuffer | undefined;
-    this.reading++;
+    this.readStart();
     try {
       for (let i = first; i <= last;) {
         const hit = this.cache.get(i);
@@ -386,7 +391,6 @@ export class AgeByteSource implements ByteSource {
         const base = this.payloadStart + i * CHUNK_CT;
         const len = Math.min((to - i + 1) * CHUNK_CT, this.cipher.size - base);
         held ??= this.spares.pop() ?? new ArrayBuffer(READ_BATCH * CHUNK_CT);
-        this.mostReading = Math.max(this.mostReading, this.reading);
         const got = (await readFully(this.cipher, new Uint8Array(held, 0, len), base)).length;
         if (got < len) throw authError(`chunk ${i + Math.floor(got / CHUNK_CT)} is truncated`, this.label, base + got);
         const r = await pool.open(this.key, i, this.chunks, held, len, true);
