@@ -114,6 +114,7 @@ export function printPrune(r: PruneResult): string {
   const lines = [`${r.dryRun ? 'dry run: would keep' : 'kept'} points ${r.kept.map((k) => k.sequence).join(', ')} of chain ${r.chainId}; `
     + (r.dropped.length ? `points no longer restorable: ${r.dropped.join(', ')}` : 'every point stays restorable')];
   for (const l of r.leftovers) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} leftover ${l}`);
+  for (const s of r.swept) lines.push(`  removed ${s} (left by a writer that is gone)`);
   for (const m of r.merges) lines.push(`  ${r.dryRun ? 'would merge' : 'merged'} ${m.points.join(', ')} into one archive holding ${m.keeps}${m.path ? `: ${m.path}` : ''}`);
   for (const d of r.deletes) lines.push(`  ${r.dryRun ? 'would delete' : 'deleted'} ${d}`);
   if (!r.dryRun) lines.push(`done in ${r.seconds.toFixed(2)} s`);

@@ -9,7 +9,8 @@
  * into one archive holding the kept point's state (chain/merge-plan.ts), and only then are the originals
  * deleted. Each merged archive is durable before any original goes, so a prune that is interrupted
  * at any moment leaves a valid chain (the path by parent links goes through the merged archive); the
- * next prune deletes the leftovers. `--dry-run` prints the plan and changes nothing.
+ * next prune deletes the leftovers, and the temporary files of writers that are gone (ArchiveStore.sweep).
+ * `--dry-run` prints the plan and changes nothing.
  */
 import { UsageError } from '../errors.js';
 import type { StoreOptions } from '../store/open.js';
@@ -62,6 +63,8 @@ export interface PruneResult {
   deletes: string[];
   /** leftovers of an interrupted prune or merge (superseded archives), deleted first */
   leftovers: string[];
+  /** temporary files and stale uploads of writers that are gone, removed (none in a dry run; ArchiveStore.sweep) */
+  swept: string[];
   seconds: number;
 }
 
@@ -99,6 +102,7 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       merges: groups.map((g) => ({ points: g.map((a) => a.point), archiveIds: g.map((a) => a.header.archiveId), keeps: g[g.length - 1].point })),
       deletes: groups.flatMap((g) => g.map((a) => a.stored.path)),
       leftovers: chain.superseded.map((a) => a.path),
+      swept: [],
       seconds: 0,
     };
     if (opts.dryRun) {
@@ -111,6 +115,9 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       opts.signal?.throwIfAborted();
       await chain.store.deleteArchive(a);
     }
+    // What a killed writer left: a merge killed after its archive became visible writes nothing more
+    // here, so no later writer of this chain would sweep it.
+    result.swept = await chain.writeStore.sweep(chain.chainId);
     for (let g = 0; g < groups.length; g++) {
       const group = groups[g];
       for (const a of group) await a.file.preflight();

@@ -280,6 +280,12 @@ export class DirectoryStore implements ArchiveStore {
     };
   }
 
+  async sweep(chainId: string): Promise<string[]> {
+    checkChainId(chainId);
+    const dir = join(this.root, chainId);
+    return (await isDir(dir)) ? (await this.cleanup(dir)).map((n) => join(dir, n)) : [];
+  }
+
   /** Remove temporary files left by writers that are no longer running. */
   async cleanup(dir: string): Promise<string[]> {
     const removed: string[] = [];

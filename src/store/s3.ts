@@ -447,10 +447,10 @@ export class S3Store implements ArchiveStore {
   }
 
   /**
-   * Abort incomplete multipart uploads of archives under the store's prefix whose last activity is
-   * older than the stale age. Returns the keys aborted.
+   * Abort incomplete multipart uploads of archives under the store's prefix (of one chain, when
+   * given) whose last activity is older than the stale age. Returns the keys aborted.
    */
-  async sweepStaleUploads(): Promise<string[]> {
+  async sweepStaleUploads(chainId?: string): Promise<string[]> {
     const aborted: string[] = [];
     const now = Date.now();
     let keyMarker: string | undefined;
@@ -458,7 +458,7 @@ export class S3Store implements ArchiveStore {
     for (;;) {
       const r = await this.send<{ Uploads?: { Key?: string; UploadId?: string; Initiated?: Date }[]; IsTruncated?: boolean; NextKeyMarker?: string; NextUploadIdMarker?: string }>(
         `cannot list incomplete uploads in ${this.url}`,
-        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.root(), KeyMarker: keyMarker, UploadIdMarker: idMarker }),
+        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: `${this.root()}${chainId === undefined ? '' : `${chainId}/`}`, KeyMarker: keyMarker, UploadIdMarker: idMarker }),
       );
       for (const u of r.Uploads ?? []) {
         if (!u.Key || !u.UploadId || !NAME_RE.test(u.Key.slice(u.Key.lastIndexOf('/') + 1))) continue;
@@ -500,6 +500,11 @@ export class S3Store implements ArchiveStore {
   /** @internal */
   sendCmd<T>(what: string, cmd: object): Promise<T> {
     return this.send<T>(what, cmd);
+  }
+
+  async sweep(chainId: string): Promise<string[]> {
+    checkChainId(chainId);
+    return (await this.sweepStaleUploads(chainId)).map((k) => this.keyUrl(k));
   }
 
   async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {

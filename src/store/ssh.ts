@@ -450,6 +450,15 @@ export class SshStore implements ArchiveStore {
     return [...stale];
   }
 
+  async sweep(chainId: string): Promise<string[]> {
+    checkChainId(chainId);
+    const dir = posix.join(this.root, chainId);
+    const stale = this.staleTemps(await this.conn.check(this.tempsScript(), `cannot list temporary files in ${this.url}`))
+      .filter((p) => posix.dirname(p) === dir);
+    if (stale.length) await this.conn.check(`rm -f ${stale.map(qp).join(' ')}`, `cannot remove temporary files in ${this.urlFor(dir)}`);
+    return stale.map((p) => this.urlFor(p));
+  }
+
   async createArchive(chainId: string, sequence: number, archiveId: string, opts: CreateArchiveOptions = {}): Promise<PendingArchive> {
     checkChainId(chainId);
     const name = archiveFileName(sequence, archiveId, opts.encrypted);

@@ -97,6 +97,13 @@ export interface ArchiveStore {
   /** Delete one archive (prune). */
   deleteArchive(a: StoredArchive): Promise<void>;
   /**
+   * Remove what writers that are gone left in one chain: temporary files of dead processes (directory,
+   * ssh), incomplete uploads past the stale age (s3). A live writer's files are never touched. Returns
+   * what was removed (paths or URLs). Writers sweep before they write; prune sweeps too, because a
+   * writer killed after its archive became visible leaves nothing the next prune would write over.
+   */
+  sweep(chainId: string): Promise<string[]>;
+  /**
    * Throw (a one-line ThinarchiveError) if any of these archives could not be deleted now: a
    * read-only directory, object-lock retention or a legal hold. Merge and prune ask before they
    * write anything, so a refusal changes nothing.

@@ -9,8 +9,8 @@
  *   or merged archives next to their originals) leaves a valid chain that the next prune completes;
  * - apply --repair of a target with scattered corruption reads it once and writes only the bad blocks.
  */
-import { execFileSync } from 'node:child_process';
-import { closeSync, cpSync, openSync, readdirSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, cpSync, linkSync, openSync, readdirSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, expectFailure, run, runOk, sha256, show, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
@@ -257,6 +257,11 @@ describe('chain management on images', () => {
     // ... and part of the originals deleted already.
     const cd4 = join(s4, readdirSync(s4)[0]);
     for (const n of readdirSync(cd4).filter((x) => /^000000000[0-1]-/.test(x) && !x.includes(ids[3]))) rmSync(join(cd4, n));
+    // A writer killed between publishing its archive (link) and removing its temporary name: the
+    // temporary name stays, a second link to the merged archive, which no later write would sweep.
+    const mergedName = readdirSync(cd4).find((n) => n.startsWith('0000000000-') && n.includes(ids[3]))!;
+    const deadTemp = `.${mergedName}.tmp-${spawnSync('true').pid}-mf3k2a`;
+    linkSync(join(cd4, mergedName), join(cd4, deadTemp));
     expect(readdirSync(cd4).filter((n) => n.endsWith('.tna'))).toHaveLength(5);
     const listed = JSON.parse((await runOk(['list', s4, '--json'])).stdout) as { archives: { sequence: number; status: string; merged: { toSequence: number } | null }[] }[];
     const st = listed[0].archives.map((a) => `${a.sequence}:${a.merged ? `m${a.merged.toSequence}` : ''}:${a.status.startsWith('superseded') ? 's' : 'ok'}`);
@@ -267,9 +272,11 @@ describe('chain management on images', () => {
     const apr = JSON.parse((await runOk(['apply', s4, '--to', ap, '--create', '--json'])).stdout) as { applied: { sequence: number }[] };
     expect(apr.applied.map((a) => a.sequence)).toEqual([0, 4, 5]);
     expect(await sha256(ap)).toBe(hashes[5]);
-    const p = JSON.parse((await runOk(['prune', s4, '--keep', '3', '--json'])).stdout) as { leftovers: string[] };
+    const p = JSON.parse((await runOk(['prune', s4, '--keep', '3', '--json'])).stdout) as { leftovers: string[]; swept: string[] };
     expect(p.leftovers).toHaveLength(2);
-    expect(readdirSync(join(s4, readdirSync(s4)[0])).filter((n) => n.endsWith('.tna'))).toHaveLength(3);
+    expect(p.swept).toEqual([join(cd4, deadTemp)]);
+    expect(readdirSync(cd4).filter((n) => n.endsWith('.tna'))).toHaveLength(3);
+    expect(readdirSync(cd4).filter((n) => n.includes('.tmp-'))).toEqual([]);
     // Killed at arbitrary moments: whatever is left restores every kept point.
     // Killed while the merged archive is being written (its temporary file exists), and as soon as it
     // is committed (its final name exists; deleting the originals follows at once).
@@ -290,7 +297,8 @@ describe('chain management on images', () => {
       for (const i of [4, 5]) expect((await restoreHash(s5, i, dir.join(`k-${delay}-${i}.img`))).sha, `kill after ${delay} ms, point ${i}`).toBe(hashes[i]);
       await runOk(['prune', s5, '--keep', '2']);
       // Two archives, and no temporary file of the killed writer.
-      expect(readdirSync(join(s5, readdirSync(s5)[0])).filter((n) => n !== '.thinarchive-verify.json' && !/^\.\d{10}\.seq$|^\.lease\.\d{10}$/.test(n))).toHaveLength(2);
+      const left = readdirSync(join(s5, readdirSync(s5)[0])).filter((n) => n !== '.thinarchive-verify.json' && !/^\.\d{10}\.seq$|^\.lease\.\d{10}$/.test(n));
+      expect(left, `after the kill (${delay}) and a second prune: ${left.join(' ')}`).toHaveLength(2);
       const t = dir.join(`k-${delay}.img`);
       await runOk(['apply', s5, '--to', t, '--create']);
       expect(await sha256(t)).toBe(hashes[STEPS - 1]);

@@ -42,6 +42,16 @@ export interface StoreFixture {
    * leaves nothing).
    */
   leftovers?(): Promise<string[]>;
+  /**
+   * Optional: leave in `chainId` what a writer that is gone would have left (a temporary file whose
+   * writer is dead), so the suite can check that `sweep` removes it.
+   */
+  plantDeadWriter?(chainId: string): Promise<void>;
+}
+
+/** The pid of a process that has exited (and been reaped): no process has it now. */
+export function deadPid(): number {
+  return spawnSync('true').pid;
 }
 
 const BS = 4096;
@@ -241,6 +251,31 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       await p.commit();
       expect((await store.chainArchives(chainC)).filter((a) => a.sequence === 1).map((a) => a.archiveId)).toContain(merged.archiveId);
       if (fx.leftovers) expect(await fx.leftovers()).toEqual([]);
+    });
+
+    it('sweep removes what a dead writer left in the chain, never a live writer\'s files', async () => {
+      const chainE = randomUUID();
+      const a = await makeArchive(chainE, 0, 2);
+      const p = await store.createArchive(chainE, 0, a.archiveId);
+      try {
+        await writeAll(p, a.bytes.subarray(0, a.bytes.length >> 1));
+        expect(await store.sweep(chainE)).toEqual([]);
+        if (fx.plantDeadWriter) {
+          await fx.plantDeadWriter(chainE);
+          expect(await fx.leftovers!()).toHaveLength(2); // the live writer's and the dead one's
+          const swept = await store.sweep(chainE);
+          expect(swept).toHaveLength(1);
+          expect(swept[0]).toContain(chainE);
+        }
+        // The live writer goes on and publishes.
+        await writeAll(p, a.bytes.subarray(a.bytes.length >> 1));
+        await p.commit();
+      } finally {
+        await p.abort();
+      }
+      expect((await store.chainArchives(chainE)).map((x) => x.archiveId)).toEqual([a.archiveId]);
+      if (fx.leftovers) expect(await fx.leftovers()).toEqual([]);
+      expect(await store.sweep(randomUUID())).toEqual([]); // a chain the store does not have
     });
 
     it('a writer that stops mid-way (no commit) never lists; a dropped connection is cleaned up by the next writer', async () => {

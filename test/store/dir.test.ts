@@ -1,13 +1,13 @@
 /** The directory store passes the store conformance suite, and cleans up after a killed writer. */
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DirectoryStore } from '../../src/store/dir.js';
 import { REPO } from '../helpers/cli.js';
-import { CLAIM, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
+import { CLAIM, deadPid, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
 
 describeStoreConformance('directory', async () => {
   const root = await mkdtemp(join(tmpdir(), 'ta-store-dir-'));
@@ -18,6 +18,9 @@ describeStoreConformance('directory', async () => {
       const out: string[] = [];
       for (const d of await readdir(root)) for (const n of await readdir(join(root, d))) if (n.startsWith('.') && !CLAIM.test(n)) out.push(`${d}/${n}`);
       return out;
+    },
+    async plantDeadWriter(chainId: string) {
+      await writeFile(join(root, chainId, `.0000000001-${randomUUID()}.tna.tmp-${deadPid()}-mf3k2a`), 'half an archive');
     },
   };
 });

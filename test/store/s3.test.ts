@@ -203,6 +203,28 @@ describe.skipIf(!ceph)('s3 store (Ceph radosgw)', () => {
       }
     });
 
+    it('sweep aborts a stale upload of its chain only', async () => {
+      const bucket = await newBucket(raw, 'sweep');
+      const [c1, c2] = [randomUUID(), randomUUID()];
+      const dead = s3Store(bucket, 'x');
+      for (const c of [c1, c2]) await writeAll(await dead.createArchive(c, 0, randomUUID()), randomBytes(11 * MIB)); // two parts each, then gone
+      await dead.close();
+      expect(await incompleteUploads(raw, bucket)).toHaveLength(2);
+      const fresh = s3Store(bucket, 'x');
+      const stale = s3Store(bucket, 'x', { s3StaleUploadSeconds: 0 });
+      try {
+        expect(await fresh.sweep(c1)).toEqual([]); // the default stale age: could be a live writer
+        const swept = await stale.sweep(c1);
+        expect(swept, swept.join(" ")).toHaveLength(1);
+        expect(swept[0]).toContain(c1);
+        const left = await incompleteUploads(raw, bucket);
+        expect(left).toHaveLength(1);
+        expect(left[0]).toContain(c2);
+      } finally {
+        await Promise.all([fresh.close(), stale.close()]);
+      }
+    });
+
     it('connection dropped mid-upload: a clear one-line error, nothing visible; cleaned up after the network is back', async () => {
       const bucket = await newBucket(raw, 'drop');
       const chain = randomUUID();
