@@ -167,7 +167,10 @@ if [ -n "$THIN_SEND" ]; then
     done
   done
   rm -f /run/p_*.tna
-  lvcreate -q -s -n p_half vg/half > /dev/null
+  lvcreate -q -s -pr -n p_half vg/half > /dev/null
+  # thin_send reads a full from an active LV (it activates only its incremental's snapshot): both
+  # fulls read the read-only snapshot activated here, outside the timing (thinarchive leaves it active)
+  lvchange -q -ay -K vg/p_half
   peer_send pts_full peer_full p_half
   peer_send pta_full ta_full p_half
   peer_send pts_full2 peer_full p_half
