@@ -59,6 +59,7 @@ export {
   type CheckState, type HeldMetadataSnapshotInfo, type PoolCondition, type PoolReport, type PoolWatchSettings, type SpaceUsage, type WatchPoolsOptions,
 } from '../commands/pool-watch.js';
 export type { AutoextendVerdict } from '../lvm/pool-watch.js';
+export { metadataSnapshotsInFlight, metadataSnapshotsReleased } from '../lvm/metadata-snap.js';
 export type { FillRate } from '../lvm/pool-samples.js';
 export type { PinnedSnapshot } from '../source/pinned.js';
 export type { SendImageOptions, SendLvOptions as SendVolumeOptions, SendLvResult as SendVolumeResult };

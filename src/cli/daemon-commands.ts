@@ -6,6 +6,9 @@ import { DEFAULT_CONFIG } from '../daemon/config-path.js';
 import type { StatusReport } from '../daemon/daemon.js';
 import { EXIT_CODE, formatDuration } from '../api/core.js';
 import type { CliContext } from './chain-commands.js';
+
+/** After SIGTERM, how long the exit may wait for a metadata snapshot's release (ms from the signal). */
+const RELEASE_WAIT_UNTIL_MS = 8000;
 import { formatBytes } from './output.js';
 
 /** pino JSON on standard error (THINARCHIVE_LOG sets the level; info by default for the daemon). */
@@ -74,16 +77,25 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
       const d = await Daemon.create(o.config, log);
       await d.start();
       for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.removeAllListeners(s);
+      let stoppedAt: number | undefined;
+      // Never exit while this process holds a pool's metadata snapshot (an aborted run releases it in
+      // seconds), as long as that keeps the exit within about 8 s of the signal.
+      const exit = async (code: number): Promise<never> => {
+        await d.metadataSnapshotsReleased(RELEASE_WAIT_UNTIL_MS - (performance.now() - (stoppedAt ?? performance.now())));
+        process.exit(code);
+      };
       await new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
           log.info({ signal }, 'stopping');
+          stoppedAt ??= performance.now();
           // Hard deadline: whatever still runs after 6.5 s does not hold the exit (the promise is 10 s;
           // on a loaded machine the signal's delivery and the exit itself took 0.7 s beyond a 9.5 s
-          // deadline and 2.1 s beyond an 8 s one in the lab). The runs get 5.5 s (Daemon.stop), the
-          // state, sockets and alerts the rest. The next start settles what an aborted run left.
+          // deadline and 2.1 s beyond an 8 s one in the lab), except a pool's metadata snapshot
+          // being released (below). The runs get 5.5 s (Daemon.stop), the state, sockets and alerts
+          // the rest. The next start settles what an aborted run left.
           setTimeout(() => {
             log.warn({}, 'stop deadline passed: exiting');
-            process.exit(0);
+            void exit(0);
           }, 6500).unref();
           d.stop().then(resolve, resolve);
         };
@@ -93,7 +105,7 @@ export function registerDaemonCommands(program: Command, ctx: CliContext): void 
         for (const s of early) process.emit(s as NodeJS.Signals, s as NodeJS.Signals);
       });
       // Nothing of ours is left running: do not wait for lingering handles (ssh masters, timers of aborted runs).
-      setTimeout(() => process.exit(process.exitCode ?? 0), 1500).unref();
+      setTimeout(() => void exit(Number(process.exitCode ?? 0)), 1500).unref();
     });
 
   program

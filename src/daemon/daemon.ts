@@ -11,7 +11,7 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { ChainLeaseHolder, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
+import { ChainLeaseHolder, metadataSnapshotsInFlight, metadataSnapshotsReleased, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
 import { runAlerts, runStartPings, RUN_ALERT_WAIT_MS, type RunAlertUnit } from './run-alerts.js';
@@ -499,6 +499,20 @@ export class Daemon {
     this.writeTextfile();
     this.log.info({ config: this.configPath, units: this.units.size }, 'configuration reloaded');
     return true;
+  }
+
+  /**
+   * Before the process exits: wait (at most `timeoutMs`) until no pool's metadata snapshot is held by
+   * this process. An aborted run that was reserving one when the signal came releases it within
+   * seconds; exiting first would leave it held until the next start. True when none is held.
+   */
+  async metadataSnapshotsReleased(timeoutMs: number): Promise<boolean> {
+    const n = metadataSnapshotsInFlight();
+    if (n === 0) return true;
+    this.log.warn({ reservations: n }, 'waiting for the release of the metadata snapshot an aborted run holds');
+    const ok = await metadataSnapshotsReleased(timeoutMs);
+    if (!ok) this.log.warn({ reservations: metadataSnapshotsInFlight() }, 'a metadata snapshot is still held at exit: the next start releases it');
+    return ok;
   }
 
   /** SIGTERM: abort every run (cleanly, through its AbortSignal), wait for them (at most `graceMs`), save state, close. */

@@ -12,7 +12,7 @@ import { CommandError, ThinarchiveError, UnsafeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { type LvmExec, commandError } from './exec.js';
 import {
-  type ReservationRecord, poolLockPath, readReservationRecord, reservationPath, withMetadataSnapshot,
+  type ReservationRecord, metadataSnapshotsInFlight, metadataSnapshotsReleased, poolLockPath, readReservationRecord, reservationPath, withMetadataSnapshot,
 } from './metadata-snap.js';
 import { currentBootId, processStartTime } from './pool-lock.js';
 
@@ -120,6 +120,41 @@ afterEach(async () => {
 });
 
 describe('withMetadataSnapshot', () => {
+  it('aborted while it checked the pool (under the lock): refused before reserving anything', async () => {
+    const ac = new AbortController();
+    // the stop comes while the preflight reads the pool's status
+    pool.before = (line) => { if (line.startsWith('dmsetup status')) ac.abort(new Error('daemon stopping')); };
+    let ran = false;
+    const e = await rejection(withMetadataSnapshot(POOL, opts({ signal: ac.signal }), async () => { ran = true; }));
+    expect(e.code).toBe('INTERRUPTED');
+    expect(ran).toBe(false);
+    expect(pool.messages()).toEqual([]);
+    expect(pool.held).toBeNull();
+    expect(existsSync(poolLockPath(stateDir, POOL))).toBe(false);
+    expect(metadataSnapshotsInFlight()).toBe(0);
+  });
+
+  it('counts its reservation in flight from the lock to the release; metadataSnapshotsReleased waits for it, or times out while it is held', async () => {
+    expect(metadataSnapshotsInFlight()).toBe(0);
+    expect(await metadataSnapshotsReleased(10)).toBe(true);
+    let release!: () => void;
+    const gate = new Promise<void>((res) => { release = res; });
+    let entered!: () => void;
+    const inside = new Promise<void>((res) => { entered = res; });
+    const running = withMetadataSnapshot(POOL, opts(), async () => { entered(); await gate; });
+    await inside;
+    expect(metadataSnapshotsInFlight()).toBe(1);
+    expect(pool.held).toBe(45);
+    expect(await metadataSnapshotsReleased(50)).toBe(false); // still held: timed out
+    const waiting = metadataSnapshotsReleased(10_000);
+    release();
+    expect(await waiting).toBe(true);
+    expect(pool.held).toBeNull(); // released before it resolved
+    expect(existsSync(poolLockPath(stateDir, POOL))).toBe(false);
+    await running;
+    expect(metadataSnapshotsInFlight()).toBe(0);
+  });
+
   it('reserves, records the held root durably, runs fn with the tmeta path, releases, removes the record', async () => {
     const result = await withMetadataSnapshot(POOL, opts(), async (tmeta, held) => {
       expect(tmeta).toBe(TMETA);

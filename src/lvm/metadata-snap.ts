@@ -30,7 +30,7 @@ export interface MetadataSnapshotOptions {
   lockTimeoutMs?: number;
   /** Release on SIGINT/SIGTERM/SIGHUP while held; default true. */
   handleSignals?: boolean;
-  /** Aborts waiting for the lock (not fn: fn gets its own signal). */
+  /** Aborts waiting for the lock, and the reservation if it is not made yet (not fn: fn gets its own signal). */
   signal?: AbortSignal;
 }
 
@@ -89,6 +89,29 @@ export async function readReservationRecord(stateDir: string, pool: PoolRef): Pr
   }
 }
 
+/** This process's reservations from the pool lock taken until the snapshot is released and the lock freed. */
+const inFlight = new Set<Promise<void>>();
+
+/** How many metadata snapshots this process is reserving, holding or releasing now. */
+export function metadataSnapshotsInFlight(): number {
+  return inFlight.size;
+}
+
+/**
+ * Resolves when every metadata snapshot this process reserved (or is reserving) has been released, or
+ * after `timeoutMs`, whichever comes first: true when none is left. A process that must exit soon (a
+ * daemon at its stop deadline) waits here rather than leave a snapshot held behind it.
+ */
+export async function metadataSnapshotsReleased(timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled([...inFlight]),
+    new Promise((res) => { timer = setTimeout(res, Math.max(0, timeoutMs)); }),
+  ]);
+  clearTimeout(timer);
+  return inFlight.size === 0;
+}
+
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 type HandledSignal = (typeof SIGNALS)[number];
 
@@ -110,11 +133,21 @@ export async function withMetadataSnapshot<T>(
     what: ctx.what,
     ...(opts.signal ? { signal: opts.signal } : {}),
   });
+  let settle!: () => void;
+  const settled = new Promise<void>((res) => { settle = res; });
+  inFlight.add(settled);
   try {
     await ctx.preflight();
+    // Aborted meanwhile (a daemon stopping): never reserve a snapshot only to release it again.
+    if (opts.signal?.aborted) throw new ThinarchiveError('INTERRUPTED', `interrupted before reserving the metadata snapshot of ${ctx.what}`);
     return await ctx.run(lock, fn);
   } finally {
-    await lock.release();
+    try {
+      await lock.release();
+    } finally {
+      inFlight.delete(settled);
+      settle();
+    }
   }
 }
 

@@ -261,7 +261,9 @@ describe('the daemon in the thin-LVM lab', () => {
     expect(termMs, `SIGTERM handled after ${handledMs} ms, last line at ${lastLineMs} ms, exited at ${termMs} ms`).toBeLessThan(10_000);
     // the runs it aborted released the pool's metadata snapshot; a pending snapshot an aborted run could
     // not remove before the stop deadline was settled by the next start (the end state above)
-    expect(file('held-after-term.txt')).toBe('-');
+    const aroundTerm = log.filter((l) => typeof l.time === 'number' && (l.time as number) >= killAt! - 30_000 && (l.time as number) <= killAt! + termMs! + 1000)
+      .map((l) => JSON.stringify(l)).join('\n');
+    expect(file('held-after-term.txt'), `a metadata snapshot held after the SIGTERM; the daemon's log around it:\n${aroundTerm}`).toBe('-');
     const pendingAfterTerm = file('lvs-after-term.txt').split('\n').filter((l) => l.includes('ta_pending')).map((l) => l.trim().split(/\s+/)[1]);
     const deadline = log.filter((l) => l.msg === 'stop deadline passed: exiting').length;
 
