@@ -6,10 +6,10 @@ import { DEFAULT_CONFIG } from '../daemon/config-path.js';
 import type { StatusReport } from '../daemon/daemon.js';
 import { EXIT_CODE, formatDuration } from '../api/core.js';
 import type { CliContext } from './chain-commands.js';
+import { formatBytes } from './output.js';
 
 /** After SIGTERM, how long the exit may wait for a metadata snapshot's release (ms from the signal). */
 const RELEASE_WAIT_UNTIL_MS = 8000;
-import { formatBytes } from './output.js';
 
 /** pino JSON on standard error (THINARCHIVE_LOG sets the level; info by default for the daemon). */
 async function daemonLogger() {
