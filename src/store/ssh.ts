@@ -339,7 +339,8 @@ function exitOf(child: ChildProcess): Promise<number | null> {
   return new Promise((r) => child.once('close', (code) => r(code)));
 }
 
-function tempHost(): string {
+/** This host's name as it appears in temporary file names (`.NAME.tmp-HOST-PID-TIME`). */
+export function tempHost(): string {
   return hostname().replace(/[^A-Za-z0-9.-]/g, '_').replace(/_/g, '-') || 'host';
 }
 
@@ -423,13 +424,14 @@ export class SshStore implements ArchiveStore {
   }
 
   /**
-   * A script printing the temporary files in every chain directory (`T chain/name`) and those not
-   * modified for STALE_MINUTES (`O chain/name`). Runs in a subshell: the caller's directory is kept.
+   * A script printing the temporary files in every chain directory (or one chain's: `chains`, a chain
+   * id) (`T chain/name`) and those not modified for STALE_MINUTES (`O chain/name`). Runs in a
+   * subshell: the caller's directory is kept.
    */
-  private tempsScript(): string {
+  private tempsScript(chains = CHAIN_GLOB): string {
     return [
       `( cd ${qp(this.root)} || exit 0`,
-      `for d in ${CHAIN_GLOB}; do [ -d "$d" ] || continue;`,
+      `for d in ${chains}; do [ -d "$d" ] || continue;`,
       `  for f in "$d"/.*.tna.tmp-* "$d"/.*.tna.age.tmp-* "$d"/.*.seq.tmp-* "$d"/.lease.*.tmp-*; do [ -f "$f" ] && printf 'T %s\\n' "$f"; done;`,
       `  find "$d" ! -name "$d" -prune \\( -name '.*.tna.tmp-*' -o -name '.*.tna.age.tmp-*' -o -name '.*.seq.tmp-*' -o -name '.lease.*.tmp-*' \\) -mmin +${STALE_MINUTES} 2>/dev/null | sed 's/^/O /';`,
       'done )',
@@ -453,8 +455,7 @@ export class SshStore implements ArchiveStore {
   async sweep(chainId: string): Promise<string[]> {
     checkChainId(chainId);
     const dir = posix.join(this.root, chainId);
-    const stale = this.staleTemps(await this.conn.check(this.tempsScript(), `cannot list temporary files in ${this.url}`))
-      .filter((p) => posix.dirname(p) === dir);
+    const stale = this.staleTemps(await this.conn.check(this.tempsScript(chainId), `cannot list temporary files in ${this.urlFor(dir)}`));
     if (stale.length) await this.conn.check(`rm -f ${stale.map(qp).join(' ')}`, `cannot remove temporary files in ${this.urlFor(dir)}`);
     return stale.map((p) => this.urlFor(p));
   }

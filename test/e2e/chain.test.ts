@@ -9,11 +9,12 @@
  *   or merged archives next to their originals) leaves a valid chain that the next prune completes;
  * - apply --repair of a target with scattered corruption reads it once and writes only the bad blocks.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, cpSync, linkSync, openSync, readdirSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, expectFailure, run, runOk, sha256, show, spawnCli, tempDir, waitFor, type TempDir } from '../helpers/cli.js';
+import { deadPid } from '../helpers/host.js';
 import { noiseBytes, POOL_BLOCK, prng, textBytes, VolumeModel } from '../helpers/volume-model.js';
 import { restore } from '../../src/commands/restore.js';
 
@@ -260,7 +261,7 @@ describe('chain management on images', () => {
     // A writer killed between publishing its archive (link) and removing its temporary name: the
     // temporary name stays, a second link to the merged archive, which no later write would sweep.
     const mergedName = readdirSync(cd4).find((n) => n.startsWith('0000000000-') && n.includes(ids[3]))!;
-    const deadTemp = `.${mergedName}.tmp-${spawnSync('true').pid}-mf3k2a`;
+    const deadTemp = `.${mergedName}.tmp-${deadPid()}-mf3k2a`;
     linkSync(join(cd4, mergedName), join(cd4, deadTemp));
     expect(readdirSync(cd4).filter((n) => n.endsWith('.tna'))).toHaveLength(5);
     const listed = JSON.parse((await runOk(['list', s4, '--json'])).stdout) as { archives: { sequence: number; status: string; merged: { toSequence: number } | null }[] }[];

@@ -1,8 +1,8 @@
 /**
  * Facts of the host the tests run on, shared by the lab harness and the test servers (and, through
- * scripts/lib/lab.mjs, by the demo and the benchmarks): whether this is CI, and a free TCP port.
+ * scripts/lib/lab.mjs, by the demo and the benchmarks): whether this is CI, a free TCP port, a dead pid.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -11,6 +11,11 @@ import { join } from 'node:path';
 export function ciSet(): boolean {
   const v = (process.env.CI ?? '').trim().toLowerCase();
   return v !== '' && v !== '0' && v !== 'false';
+}
+
+/** The pid of a process that has exited (and been reaped): no process has it now. */
+export function deadPid(): number {
+  return spawnSync('true').pid!;
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */

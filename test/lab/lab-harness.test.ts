@@ -1,12 +1,12 @@
 // The lab harness itself: exit codes and output, results, timeouts that leave nothing running,
 // a guest that never reports, temp files removed, two labs at once, lab slots, and a disk kept
 // across boots.
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deadPid } from '../helpers/host.js';
 import { ciSet, LAB_SLOT_WAIT_MS, labAvailable, LabError, labLeftovers, labPoolSetup, runInLab } from './lab.js';
 
 const avail = await labAvailable();
@@ -97,7 +97,7 @@ lvs --noheadings -o lv_name vg | tr -d ' ' | sort | tr '\\n' ' '`;
     process.env['THINARCHIVE_LAB_SLOTS'] = '1';
     try {
       // a slot file left by a process that is gone
-      const dead = spawnSync('true').pid!;
+      const dead = deadPid();
       await mkdir(slots);
       await writeFile(join(slots, 'slot-0'), `${dead} x\n`);
       const runs = await Promise.all([0, 1].map(() => runInLab({ workDir: parent, script: 'sleep 2; echo ran' })));

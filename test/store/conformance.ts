@@ -14,7 +14,6 @@
  * the writer is refused naming the owner; a writer whose claim was removed meanwhile withdraws its
  * archive.
  */
-import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArchiveFile, type ByteSource } from '../../src/archive/reader.js';
@@ -25,6 +24,7 @@ import { claimHooks, claimText, orphanMarkerName } from '../../src/store/claims.
 import { claimFileName } from '../../src/store/layout.js';
 import { ChainLeaseHolder, currentLease, LEASE_PREFIX, leaseName, localIdentity } from '../../src/store/lease.js';
 import type { ArchiveStore, PendingArchive, StoredArchive } from '../../src/store/types.js';
+import { deadPid } from '../helpers/host.js';
 import { extents, listSource, MemorySink, MemorySource } from '../helpers/memory.js';
 
 export interface StoreFixture {
@@ -49,10 +49,6 @@ export interface StoreFixture {
   plantDeadWriter?(chainId: string): Promise<void>;
 }
 
-/** The pid of a process that has exited (and been reaped): no process has it now. */
-export function deadPid(): number {
-  return spawnSync('true').pid;
-}
 
 const BS = 4096;
 
@@ -352,7 +348,7 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       await orphan(2, claimText(live, null, { ...here, pid: process.ppid }));
       await expect(commitAs(2)).rejects.toThrow(new RegExp(`its writer, host ${here.host} pid ${process.ppid} \\(claimed [^)]+\\) of this host still runs`));
       await store.deleteMarker(chainD, claimFileName(2));
-      const dead = spawnSync('true').pid!;
+      const dead = deadPid();
       await orphan(2, claimText(randomUUID(), null, { ...here, pid: dead }));
       await commitAs(2);
       const rebooted = JSON.parse(claimText(randomUUID(), null, { ...here, pid: process.ppid }).split('\n')[1]);

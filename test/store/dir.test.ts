@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DirectoryStore } from '../../src/store/dir.js';
 import { REPO } from '../helpers/cli.js';
-import { CLAIM, deadPid, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
+import { deadPid } from '../helpers/host.js';
+import { CLAIM, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
 
 describeStoreConformance('directory', async () => {
   const root = await mkdtemp(join(tmpdir(), 'ta-store-dir-'));

@@ -7,7 +7,6 @@
  * exits 4 with one line, `--take-lease` takes it over, and `list` shows each chain's host, volume and
  * lease.
  */
-import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
@@ -22,6 +21,7 @@ import { openStore } from '../../src/store/open.js';
 import { S3Store } from '../../src/store/s3.js';
 import type { ArchiveStore } from '../../src/store/types.js';
 import { expectFailure, run, runOk, sleep, tempDir } from '../helpers/cli.js';
+import { deadPid } from '../helpers/host.js';
 import { cephOrSkip } from '../servers/ceph.js';
 import { ciSet, sshdAvailable, startSshd, type Sshd } from '../servers/sshd.js';
 import { newBucket, rawClient } from './s3-helpers.js';
@@ -41,10 +41,6 @@ function otherHost(n: number): Partial<LeaseIdentity> {
   return { host: `other-host-${n}`, machineId: randomBytes(16).toString('hex'), pid: 40_000 + n };
 }
 
-/** A pid no process has now. */
-function deadPid(): number {
-  return spawnSync('true').pid!;
-}
 
 /** Store a lease generation as another writer (that is not running here) would have. */
 async function plant(store: ArchiveStore, chainId: string, generation: number, r: Partial<LeaseRecord> & { expiresInMs: number }): Promise<void> {

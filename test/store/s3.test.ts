@@ -215,7 +215,7 @@ describe.skipIf(!ceph)('s3 store (Ceph radosgw)', () => {
       try {
         expect(await fresh.sweep(c1)).toEqual([]); // the default stale age: could be a live writer
         const swept = await stale.sweep(c1);
-        expect(swept, swept.join(" ")).toHaveLength(1);
+        expect(swept, swept.join(' ')).toHaveLength(1);
         expect(swept[0]).toContain(c1);
         const left = await incompleteUploads(raw, bucket);
         expect(left).toHaveLength(1);

@@ -1,12 +1,13 @@
 /** The ssh:// store against a private sshd on 127.0.0.1: the conformance suite, with a path that needs quoting. */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openStore } from '../../src/store/open.js';
+import { tempHost } from '../../src/store/ssh.js';
 import type { PendingArchive } from '../../src/store/types.js';
+import { deadPid } from '../helpers/host.js';
 import { startSshd, sshdAvailable, ciSet, type Sshd } from '../servers/sshd.js';
-import { CLAIM, deadPid, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
+import { CLAIM, describeStoreConformance, makeArchive, storeAndCommit } from './conformance.js';
 
 
 const avail = sshdAvailable();
@@ -36,8 +37,7 @@ describe.skipIf(!avail.ok)('ssh store', () => {
       },
       async plantDeadWriter(chainId: string) {
         // This host's name as the store writes it into temporary names, and a pid no process has.
-        const host = hostname().replace(/[^A-Za-z0-9.-]/g, '-') || 'host';
-        await writeFile(`${root}/${chainId}/.0000000001-${randomUUID()}.tna.tmp-${host}-${deadPid()}-mf3k2a`, 'half an archive');
+        await writeFile(`${root}/${chainId}/.0000000001-${randomUUID()}.tna.tmp-${tempHost()}-${deadPid()}-mf3k2a`, 'half an archive');
       },
     };
   });
