@@ -24,6 +24,7 @@ import { claimHooks, claimText, orphanMarkerName } from '../../src/store/claims.
 import { claimFileName } from '../../src/store/layout.js';
 import { ChainLeaseHolder, currentLease, LEASE_PREFIX, leaseName, localIdentity } from '../../src/store/lease.js';
 import type { ArchiveStore, PendingArchive, StoredArchive } from '../../src/store/types.js';
+import { waitFor } from '../helpers/cli.js';
 import { deadPid } from '../helpers/host.js';
 import { extents, listSource, MemorySink, MemorySource } from '../helpers/memory.js';
 
@@ -255,6 +256,9 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
       const p = await store.createArchive(chainE, 0, a.archiveId);
       try {
         await writeAll(p, a.bytes.subarray(0, a.bytes.length >> 1));
+        // A remote writer's file appears once its shell has started: wait for it, so the sweeps
+        // below run beside a live writer's file (the point of the test), not before it exists.
+        const live = fx.plantDeadWriter ? await waitFor(async () => { const l = await fx.leftovers!(); return l.length === 1 && l; }, 30_000, 100) : [];
         expect(await store.sweep(chainE)).toEqual([]);
         if (fx.plantDeadWriter) {
           await fx.plantDeadWriter(chainE);
@@ -262,6 +266,7 @@ export function describeStoreConformance(name: string, setup: () => Promise<Stor
           const swept = await store.sweep(chainE);
           expect(swept).toHaveLength(1);
           expect(swept[0]).toContain(chainE);
+          expect(await fx.leftovers!()).toEqual(live);
         }
         // The live writer goes on and publishes.
         await writeAll(p, a.bytes.subarray(a.bytes.length >> 1));
