@@ -154,7 +154,8 @@ reload() {
   done
 }
 # wait_daemon ready SINCE_MS UNIT... | wait_daemon idle: through the daemon's status socket
-wait_daemon() { node "$WAIT_HELPER" "$STATE" "$@"; }
+# (on a timeout the daemon's last log lines go to stderr too: the test's failure message shows them)
+wait_daemon() { node "$WAIT_HELPER" "$STATE" "$@" || { echo "the daemon's log, last lines:" >&2; tail -n 30 "$LAB_OUT/daemon.log" | cut -c1-400 >&2; return 1; }; }
 LAST_CP=$(now_ms)
 # every unit but the removed volume's: "LV JOB" separated by |, and as "JOB VG/LV" words for wait_daemon
 UNITS_ALL="$(for v in $VMS; do printf '%s dir|%s rep|' "$v" "$v"; done)ret grid"

@@ -23,9 +23,17 @@ const holds = (st) => {
   return want.every((k) => st.units.some((u) => `${u.job} ${u.volume}` === k && u.lastSuccess && Date.parse(u.lastSuccess) > Number(since)));
 };
 const deadline = Date.now() + 15 * 60_000;
+let last;
 while (Date.now() < deadline) {
-  if (holds(await ask())) process.exit(0);
+  last = await ask();
+  if (holds(last)) process.exit(0);
   await new Promise((r) => setTimeout(r, 500));
 }
-console.error(`daemon-lv-wait ${mode}: not reached in 15 minutes`);
+// What the test's failure message needs: each unit the wait was for, as the daemon saw it last.
+const wanted = mode === 'idle' ? undefined : new Set(rest.slice(1));
+const units = (last?.units ?? []).filter((u) => !wanted || wanted.has(`${u.job} ${u.volume}`));
+console.error(`daemon-lv-wait ${mode}${mode === 'idle' ? '' : ` since ${new Date(Number(rest[0])).toISOString()}`}: not reached in 15 minutes; ${last ? 'the units' : 'no answer from the daemon'}:`);
+for (const u of units) {
+  console.error(`  ${u.job} ${u.volume}: ${u.state}, runs ${u.runs}, failures ${u.consecutiveFailures}, last attempt ${u.lastAttempt}, last success ${u.lastSuccess}, next ${u.nextRun}${u.lastError ? `, last error ${u.lastError.code} at ${u.lastError.at}: ${u.lastError.message}` : ''}`);
+}
 process.exit(1);
