@@ -2,8 +2,10 @@
  * thinio: the few Linux system calls Node does not expose, for sources and targets.
  *   seekData/seekHole (lseek SEEK_DATA/SEEK_HOLE), punchHole/zeroRange (fallocate),
  *   blkDiscard/blkZeroOut/blkGetSize64 (block device ioctls), flockExclusive/flockUnlock (flock(2):
- *   the target lock, released by the kernel when its holder dies).
- * All take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
+ *   the target lock, released by the kernel when its holder dies), mallocTrim (glibc's malloc_trim:
+ *   freed heap memory back to the system) and mallocMmapThreshold (mallopt(M_MMAP_THRESHOLD)), for a
+ *   long-running daemon.
+ * All but the last two take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
  * Errors are thrown as Error objects whose `code` is the errno name (EOPNOTSUPP, ENXIO, ...).
  */
 #define _GNU_SOURCE
@@ -17,6 +19,9 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <node_api.h>
 
 static napi_value throw_errno(napi_env env, const char *what, int err) {
@@ -123,6 +128,34 @@ static napi_value flock_unlock(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* mallocTrim(): malloc_trim(0) where the C library is glibc: free pages of every arena go back to the
+ * system (madvise), not only the top of the heap. true when memory was released. */
+static napi_value malloc_trim0(napi_env env, napi_callback_info info) {
+  (void)info;
+  int r = 0;
+#ifdef __GLIBC__
+  r = malloc_trim(0);
+#endif
+  napi_value b;
+  napi_get_boolean(env, r != 0, &b);
+  return b;
+}
+
+/* mallocMmapThreshold(bytes): mallopt(M_MMAP_THRESHOLD, bytes) where the C library is glibc: blocks
+ * at least this large are mapped on their own and unmapped when freed (a fixed threshold also stops
+ * glibc from raising it after such frees). true when set. */
+static napi_value malloc_mmap_threshold(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  int r = 0;
+#ifdef __GLIBC__
+  if (a[0] <= 0x7fffffff) r = mallopt(M_MMAP_THRESHOLD, (int)a[0]);
+#endif
+  napi_value b;
+  napi_get_boolean(env, r != 0, &b);
+  return b;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
@@ -134,6 +167,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"blkGetSize64", NULL, blk_getsize64, NULL, NULL, NULL, napi_default, NULL},
     {"flockExclusive", NULL, flock_exclusive, NULL, NULL, NULL, napi_default, NULL},
     {"flockUnlock", NULL, flock_unlock, NULL, NULL, NULL, napi_default, NULL},
+    {"mallocTrim", NULL, malloc_trim0, NULL, NULL, NULL, napi_default, NULL},
+    {"mallocMmapThreshold", NULL, malloc_mmap_threshold, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -19,6 +19,10 @@ export interface ThinIO {
   flockExclusive(fd: number): boolean;
   /** flock(fd, LOCK_UN) */
   flockUnlock(fd: number): void;
+  /** glibc's malloc_trim(0): free heap pages back to the system; true when some were (false elsewhere). */
+  mallocTrim(): boolean;
+  /** glibc's mallopt(M_MMAP_THRESHOLD, bytes): blocks this large or larger are mapped alone and unmapped when freed; true when set. */
+  mallocMmapThreshold(bytes: number): boolean;
 }
 
 const require = createRequire(import.meta.url);

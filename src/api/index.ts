@@ -60,6 +60,7 @@ export {
 } from '../commands/pool-watch.js';
 export type { AutoextendVerdict } from '../lvm/pool-watch.js';
 export { metadataSnapshotsInFlight, metadataSnapshotsReleased } from '../lvm/metadata-snap.js';
+export { collectSharedWorkers, shareWorkers } from '../archive/pool.js';
 export type { FillRate } from '../lvm/pool-samples.js';
 export type { PinnedSnapshot } from '../source/pinned.js';
 export type { SendImageOptions, SendLvOptions as SendVolumeOptions, SendLvResult as SendVolumeResult };

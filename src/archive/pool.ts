@@ -249,6 +249,21 @@ export class WorkerPool {
     return this.run({ op: 'open', key: new Uint8Array(key), index, total, sealed, sealedLen, decrypt }, [sealed]);
   }
 
+  /**
+   * A full garbage collection in every worker, when none has a job (else nothing: a busy pool's
+   * garbage goes with its next collection anyway).
+   */
+  async collect(): Promise<void> {
+    if (this.spent || this.queue.length > 0 || this.idle.length !== this.workers.length) return;
+    // (every worker idle: each job goes to a different one)
+    await Promise.all(this.workers.map(() => this.run({ op: 'collect' }, [])));
+  }
+
+  /** Closed, or a worker died: no job will run here again. */
+  get spent(): boolean {
+    return this.closed || this.failure !== undefined;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -256,8 +271,66 @@ export class WorkerPool {
   }
 }
 
-/** Run `fn` with a pool that is closed afterwards, whatever happens. */
+/**
+ * The process-wide pool withPool lends while sharing is on (shareWorkers), with its users and the
+ * timer that closes it once idle.
+ */
+interface Shared { pool: WorkerPool; users: number; timer: NodeJS.Timeout | undefined }
+let sharing: { idleMs: number } | undefined;
+let shared: Shared | undefined;
+
+/**
+ * Lend one process-wide pool to every withPool caller instead of starting a pool per operation, for
+ * a long-running process that runs many operations (the daemon): a pool's start costs about 40 ms of
+ * CPU (each worker loads zstd and xxhash), and threads started and ended by the thousand leave the
+ * allocator's arenas fragmented (RSS creeping up). Operations share the pool's workers through its
+ * FIFO; each still bounds its own jobs in flight. The pool closes after `idleMs` without a user and
+ * starts again at the next use; a pool whose worker died is replaced at the next use (its current
+ * users get WORKER_FAILED, as they would with their own). `shareWorkers(undefined)` ends sharing: the
+ * shared pool closes once its last user is done.
+ */
+export async function shareWorkers(idleMs: number | undefined): Promise<void> {
+  sharing = idleMs === undefined ? undefined : { idleMs };
+  if (shared && shared.users === 0) await release(shared);
+}
+
+/** A full garbage collection in the shared pool's workers while no operation uses it (WorkerPool.collect). */
+export async function collectSharedWorkers(): Promise<void> {
+  if (shared && shared.users === 0) await shared.pool.collect();
+}
+
+/**
+ * After a shared pool's last user: close it now (sharing ended, it failed or was replaced, or the
+ * idle time passed: `now`), else after the idle time.
+ */
+function release(s: Shared, now = false): Promise<void> | undefined {
+  clearTimeout(s.timer);
+  s.timer = undefined;
+  if (!now && s === shared && sharing && !s.pool.spent) {
+    s.timer = setTimeout(() => { if (s.users === 0) void release(s, true); }, sharing.idleMs);
+    s.timer.unref();
+    return undefined;
+  }
+  if (s === shared) shared = undefined;
+  return s.pool.close();
+}
+
+/** Run `fn` with a pool that is closed afterwards, whatever happens (while sharing: the shared pool). */
 export async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>, size?: number): Promise<T> {
+  if (sharing && size === undefined) {
+    if (!shared || shared.pool.spent) {
+      if (shared && shared.users === 0) void release(shared);
+      shared = { pool: new WorkerPool(), users: 0, timer: undefined };
+    }
+    const s = shared;
+    clearTimeout(s.timer);
+    s.users++;
+    try {
+      return await fn(s.pool);
+    } finally {
+      if (--s.users === 0) await release(s);
+    }
+  }
   const pool = new WorkerPool(size);
   try {
     return await fn(pool);

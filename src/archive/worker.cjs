@@ -195,7 +195,7 @@ function hash(api, msg) {
 // chunks keeps it to a few MiB (it costs well under a millisecond: the young generation is small).
 // The main thread's counterpart, and why `gc` is obtained this way: src/gc.ts.
 require('node:v8').setFlagsFromString('--expose-gc');
-/** @type {(o: { type: string, execution: string }) => void} */
+/** @type {(o?: { type: string, execution: string }) => void} */
 const collect = require('node:vm').runInNewContext('gc');
 const COLLECT_EVERY = 4 << 20;
 let sinceCollect = 0;
@@ -295,7 +295,10 @@ if (parentPort) {
       else if (msg.op === 'hash') out = hash(api, msg);
       else if (msg.op === 'seal') out = seal(msg);
       else if (msg.op === 'open') out = open(msg);
-      else throw new Error(`unknown op ${msg.op}`);
+      else if (msg.op === 'collect') {
+        collect(); // a full collection: the pool is idle (WorkerPool.collect)
+        out = { result: true, transfer: [] };
+      } else throw new Error(`unknown op ${msg.op}`);
       port.postMessage({ id: msg.id, result: out.result }, out.transfer);
     } catch (e) {
       port.postMessage({ id: msg.id, error: String((e && e.message) || e) });

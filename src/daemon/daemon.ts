@@ -11,11 +11,13 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { ChainLeaseHolder, metadataSnapshotsInFlight, metadataSnapshotsReleased, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
+import { ChainLeaseHolder, metadataSnapshotsInFlight, metadataSnapshotsReleased, shareWorkers, thinVolumes, ThinarchiveError, TOOL_VERSION, type Logger, type PoolCondition } from '../api/index.js';
 import { DaemonAlerts } from './alert-rules.js';
 import { AlertEngine } from './alerts.js';
 import { runAlerts, runStartPings, RUN_ALERT_WAIT_MS, type RunAlertUnit } from './run-alerts.js';
 import { checkConfig, ConfigError, DEFAULT_MAX_CONCURRENT_RUNS, groupUnitVolume, loadConfig, stateDirHint, type DaemonConfig, type JobConfig } from './config.js';
+import { mapLargeAllocations } from '../gc.js';
+import { IdleCollector } from './idle-gc.js';
 import { DaemonMetrics } from './metrics.js';
 import { PoolSampler } from './pool-sampler.js';
 import { RunSlots } from './run-slots.js';
@@ -30,6 +32,12 @@ import {
 export const STATUS_VERSION = 1;
 /** How often every unit's lag is checked against its thresholds (and after every run). */
 export const LAG_CHECK_MS = 30_000;
+/**
+ * The daemon's runs share one pool of worker threads (shareWorkers), closed after this long without
+ * a run using it: units due every minute or more often keep it; a daemon whose units run every few
+ * minutes or less often holds no threads between runs.
+ */
+const WORKERS_IDLE_MS = 60_000;
 
 /** One row of `status --json` (docs/DAEMON.md, "status --json"). */
 export interface UnitStatus {
@@ -182,6 +190,7 @@ export class Daemon {
   private pools?: PoolSampler;
   /** `max_concurrent_runs`: a due unit takes a slot before its run */
   private readonly slots = new RunSlots(DEFAULT_MAX_CONCURRENT_RUNS);
+  private readonly idleGc = new IdleCollector(() => [...this.units.values()].some((u) => u.running));
 
   constructor(private readonly configPath: string, private readonly log: Logger, stateDirOverride?: string, config?: DaemonConfig) {
     if (config) {
@@ -205,6 +214,8 @@ export class Daemon {
     if (!this.lock) throw new ThinarchiveError('DAEMON_RUNNING', `another thinarchive daemon or run holds ${join(this.stateDir, 'daemon.lock')}`);
     await rm(sockPath, { force: true });
     await removeStaleTemps(this.stateDir);
+    await shareWorkers(WORKERS_IDLE_MS);
+    mapLargeAllocations();
     this.state = await readState(this.stateDir);
     this.socket = createServer((c) => {
       c.on('error', () => {});
@@ -377,6 +388,7 @@ export class Daemon {
       } finally {
         unit.running = false;
         this.slots.release();
+        this.idleGc.poke();
       }
       // The next slot after now; the slots a long run passed over are skipped and counted.
       const { next, missed } = nextSlot(unit.next, unit.job.schedule, Date.now());
@@ -520,6 +532,7 @@ export class Daemon {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.lagTimer);
+    this.idleGc.close();
     this.alerts?.stopped();
     for (const u of this.units.values()) u.stop.abort(new Error('daemon stopping'));
     let timer: NodeJS.Timeout | undefined;
@@ -528,6 +541,7 @@ export class Daemon {
       new Promise((res) => { timer = setTimeout(res, graceMs); }),
     ]);
     clearTimeout(timer);
+    await shareWorkers(undefined);
     this.saveState();
     await this.writing;
     while (this.textfile.busy) await this.textfile.busy; // (a write asked for meanwhile follows the one in progress)
