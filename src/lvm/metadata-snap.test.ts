@@ -29,6 +29,8 @@ interface FakePool {
   state: 'ok' | 'Fail';
   mode: 'rw' | 'ro';
   failRelease: boolean;
+  /** processes with the metadata device open besides the pool */
+  metaOpeners: number;
   /** run before answering a command (to simulate a racing program) */
   before?: (line: string) => void;
   calls: string[];
@@ -42,6 +44,7 @@ function fakePool(): FakePool {
     state: 'ok',
     mode: 'rw',
     failRelease: false,
+    metaOpeners: 0,
     calls: [],
     messages: () => p.calls.filter((c) => c.startsWith('dmsetup message')).map((c) => c.split(' ').at(-1)!),
     exec: async (argv) => {
@@ -52,6 +55,7 @@ function fakePool(): FakePool {
         if (p.state === 'Fail') return '0 2097152 thin-pool Fail\n';
         return `0 2097152 thin-pool 3 115/1024 20/16384 ${p.held ?? '-'} ${p.mode} no_discard_passdown queue_if_no_space - 256 \n`;
       }
+      if (line === `dmsetup info -c --noheadings -o open ${TMETA.slice('/dev/mapper/'.length)}`) return `${1 + p.metaOpeners}\n`;
       if (line === `dmsetup message ${TPOOL} 0 reserve_metadata_snap`) {
         if (p.held !== null) throw commandError(argv, { exitCode: 1, stdout: '', stderr: ERRORS['reserve-twice']!.stderr });
         p.held = p.nextRoot++;
@@ -280,13 +284,27 @@ describe('withMetadataSnapshot', () => {
     expect(pool.held).toBe(82);
   });
 
-  it('a process killed while reserving: refused, with the reason', async () => {
+  it('a process killed while reserving: its snapshot released when nothing has the metadata device open, else refused with the reason', async () => {
     pool.held = 82;
+    pool.metaOpeners = 1; // a program reading the held snapshot (thin_dump -m) has the device open
     await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: await deadPid() });
     const e = await rejection(withMetadataSnapshot(POOL, opts(), async () => 1));
     expect(e.code).toBe('METADATA_SNAP_HELD');
-    expect(e.message).toMatch(/died while reserving .* cannot be proven/);
+    expect(e.message).toMatch(/died while reserving .* another process has the pool's metadata device open/);
     expect(pool.messages()).toEqual([]);
+    expect(pool.held).toBe(82);
+
+    pool.metaOpeners = 0; // only the pool itself
+    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: process.ppid, startTime: null });
+    const alive = await rejection(withMetadataSnapshot(POOL, opts(), async () => 1));
+    expect(alive.code).toBe('METADATA_SNAP_HELD'); // its process still runs: never released
+    expect(pool.messages()).toEqual([]);
+
+    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: await deadPid() });
+    expect(await withMetadataSnapshot(POOL, opts(), async () => 7)).toBe(7);
+    expect(pool.messages()).toEqual(['release_metadata_snap', 'reserve_metadata_snap', 'release_metadata_snap']);
+    expect(log.lines.some((l) => l.level === 'warn' && /was reserving/.test(l.msg))).toBe(true);
+    expect(pool.held).toBeNull();
   });
 
   it('discards a stale record when nothing is held, and ignores a malformed one', async () => {

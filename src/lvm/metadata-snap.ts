@@ -12,7 +12,7 @@ import { type LvmExec, runLvmCommand } from './exec.js';
 import { assertLvmName, dmName, poolDmName, tmetaPath } from './names.js';
 import { type PoolLock, type ProcessIdentity, acquirePoolLock, identityFrom, isAlive, selfIdentity } from './pool-lock.js';
 import { checkPoolHealth, type PoolStatus, type PoolStatusOk } from './pool-status.js';
-import { poolMessage, poolStatus } from './tools.js';
+import { openCount, poolMessage, poolStatus } from './tools.js';
 
 export interface PoolRef {
   vg: string;
@@ -179,6 +179,15 @@ class Context {
     return st;
   }
 
+  /**
+   * How many openers the pool's metadata device (`<pool>_tmeta`) has besides the pool itself: the
+   * open count of `dmsetup info` less the pool target's own reference (a program reading a held
+   * metadata snapshot, thin_dump -m / thin_delta / thin_ls, holds it open).
+   */
+  private async metadataOpeners(): Promise<number> {
+    return Math.max(0, (await openCount(this.exec, this.pool.vg, `${this.pool.pool}_tmeta`)) - 1);
+  }
+
   private message(m: 'reserve_metadata_snap' | 'release_metadata_snap'): Promise<void> {
     return poolMessage(this.pool.vg, this.pool.pool, m, { exec: this.exec });
   }
@@ -230,20 +239,20 @@ class Context {
     const me = await selfIdentity();
     const isMe = rec !== null && rec.pid === me.pid && rec.bootId === me.bootId && rec.startTime === me.startTime;
     const ownerAlive = rec ? !isMe && (await isAlive(rec)) : false;
-    if (rec && rec.state === 'held' && rec.heldRoot === st.heldRoot && !ownerAlive) {
-      this.logger.warn(
-        { pool: this.what, heldRoot: st.heldRoot, record: rec },
-        'releasing a metadata snapshot left behind by a thinarchive process that is gone',
-      );
-      await this.message('release_metadata_snap');
-      await this.removeRecord();
-      return;
-    }
-    if (this.opts.force) {
-      this.logger.warn(
-        { pool: this.what, heldRoot: st.heldRoot, record: rec, recordOwnerAlive: ownerAlive },
-        'FORCE: releasing a metadata snapshot that thinarchive did not reserve; whoever holds it will read garbage',
-      );
+    // Whose it is decides whether it goes: a gone process's recorded root; a gone process's
+    // reservation whose root it had not recorded yet (killed between the reserve and the record: the
+    // pool held nothing when it reserved, under the lock, so the snapshot is almost surely its; the one
+    // other possibility is a program that reserved it since and uses it, which has the metadata device
+    // open; so only when nobody has: a daemon SIGKILLed there recovers by itself); or --force-release.
+    const reason = rec && !ownerAlive && rec.state === 'held' && rec.heldRoot === st.heldRoot
+      ? 'releasing a metadata snapshot left behind by a thinarchive process that is gone'
+      : rec && !ownerAlive && rec.state === 'reserving' && (await this.metadataOpeners()) === 0
+        ? 'releasing a metadata snapshot a thinarchive process that is gone was reserving (it died before recording the root; nothing has the metadata device open)'
+        : this.opts.force
+          ? 'FORCE: releasing a metadata snapshot that thinarchive did not reserve; whoever holds it will read garbage'
+          : undefined;
+    if (reason) {
+      this.logger.warn({ pool: this.what, heldRoot: st.heldRoot, record: rec, recordOwnerAlive: ownerAlive }, reason);
       await this.message('release_metadata_snap');
       await this.removeRecord();
       return;
@@ -252,7 +261,7 @@ class Context {
     if (rec && ownerAlive && rec.heldRoot === st.heldRoot) {
       who = `thinarchive process ${rec.pid} (still running) holds it`;
     } else if (rec && rec.state === 'reserving' && !ownerAlive) {
-      who = `thinarchive process ${rec.pid} died while reserving a metadata snapshot (${rec.time}), so this one is probably a leftover of it, but that cannot be proven`;
+      who = `thinarchive process ${rec.pid} died while reserving a metadata snapshot (${rec.time}), so this one is probably a leftover of it, but another process has the pool's metadata device open`;
     } else {
       who = 'another program (thin_ls, a backup tool, an administrator) holds it';
     }

@@ -131,6 +131,15 @@ describe('send VG/LV in the thin-LVM lab', () => {
     expect(file('refused.err')).toMatch(/thin pool lab-vg\/thin-pool is critical: data usage is \d+\.\d\d%, \d+\.\d\d points above the critical threshold of 1% \(--max-data-percent\)/);
     expect(file('lvs-after-refused.txt')).toBe(file('lvs-after-kill.txt'));
 
+    // killed between reserving the metadata snapshot and recording its root (made by hand): refused
+    // while another program has the metadata device open, released by the next send once none has
+    const [openRc, openHeld] = file('reserving-open.txt').split(' ');
+    expect(openRc, file('reserving-open.err')).toBe('4');
+    expect(openHeld).toMatch(/^\d+$/);
+    expect(file('reserving-open.err')).toMatch(/died while reserving a metadata snapshot .* another process has the pool's metadata device open/);
+    expect(file('reserving-closed.txt'), file('reserving-closed.err')).toBe('0 -');
+    expect(file('reserving-closed.err')).toMatch(/was reserving/);
+
     expect(file('held-final.txt')).toBe('-');
     // the base's tags on the real LVM: ours, volume, chain, archive, sequence; read-only, not pending
     const finalLvs = Object.fromEntries(file('lvs-final-tags.txt').split('\n').map((l) => l.trim().split(/\s+/)).map(([n, attr, tags]) => [n, { attr, tags: (tags ?? '').split(',') }]));
