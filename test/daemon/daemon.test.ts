@@ -189,7 +189,9 @@ jobs:
       dm.kill('SIGTERM');
       const r = await done;
       expect(r.code, show(r)).toBe(0);
-      expect(Math.max(...seen)).toBe(1);
+      // never two at once in the status (a run of these images takes tens of milliseconds since the
+      // runs share one worker pool, so a poll may never catch one running: the spans below are the proof)
+      expect(Math.max(...seen)).toBeLessThanOrEqual(1);
       // each run's span (its end and duration, from the log) overlaps no other run's
       const spans = r.stderr.split('\n').filter((l) => l.includes('"msg":"run succeeded"')).map((l) => JSON.parse(l) as { time: number; seconds: number; volume: string })
         .map((l) => ({ volume: l.volume, start: l.time - l.seconds * 1000, end: l.time })).sort((x, y) => x.start - y.start);
