@@ -1,8 +1,8 @@
 /**
  * A full garbage collection (the main thread's and the shared worker threads'), and the freed memory
- * handed back to the system, once the daemon goes
- * idle (no run in progress for a second), at most once every three seconds (tens of milliseconds for
- * the daemon's heap: at most about 1% of a core even when units run every second). A run leaves
+ * handed back to the system, once the daemon goes idle (no run in progress for a second), at most
+ * once every three seconds (tens of milliseconds for the daemon's heap: at most about 1% of a core
+ * even when units run every second). A run leaves
  * megabytes of record buffers and pipeline garbage that V8 collects only under allocation pressure,
  * and freed memory stays with the C allocator; without this an idle daemon's RSS depends on how far
  * the collector had got when the last run ended (±10% in the 1,000-run leak check).
