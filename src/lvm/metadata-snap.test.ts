@@ -1,7 +1,6 @@
 // The metadata snapshot discipline against an emulated pool: dmsetup status / message answered
 // like the real kernel (the EBUSY / EINVAL stderr is the real one, fixtures/lvm/errors.json).
 // test/lab/lvm.test.ts runs the same rules against a real pool.
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,6 +14,7 @@ import {
   type ReservationRecord, metadataSnapshotsInFlight, metadataSnapshotsReleased, poolLockPath, readReservationRecord, reservationPath, withMetadataSnapshot,
 } from './metadata-snap.js';
 import { currentBootId, processStartTime } from './pool-lock.js';
+import { deadPid } from '../../test/helpers/host.js';
 
 const FIXTURES = fileURLToPath(new URL('../../fixtures/lvm/', import.meta.url));
 const ERRORS = JSON.parse(readFileSync(FIXTURES + 'errors.json', 'utf8')) as Record<string, { stderr: string }>;
@@ -83,12 +83,6 @@ function memoryLogger(): Logger & { lines: LogLine[] } {
   return { lines, debug: at('debug'), info: at('info'), warn: at('warn') };
 }
 
-/** A pid that existed and is gone now. */
-async function deadPid(): Promise<number> {
-  const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
-  await new Promise((r) => child.once('exit', r));
-  return child.pid!;
-}
 
 async function writeRecord(stateDir: string, rec: Partial<ReservationRecord>): Promise<void> {
   const full: ReservationRecord = {
@@ -247,7 +241,7 @@ describe('withMetadataSnapshot', () => {
 
   it('recognises and releases its own reservation left by a dead process (same root, pid gone)', async () => {
     pool.held = 82;
-    await writeRecord(stateDir, { state: 'held', heldRoot: 82, pid: await deadPid() });
+    await writeRecord(stateDir, { state: 'held', heldRoot: 82, pid: deadPid() });
     let ran = false;
     await withMetadataSnapshot(POOL, opts(), async () => {
       ran = true;
@@ -273,7 +267,7 @@ describe('withMetadataSnapshot', () => {
 
   it('does not release when the record names another root, or its process still runs', async () => {
     pool.held = 82;
-    await writeRecord(stateDir, { heldRoot: 81, pid: await deadPid() });
+    await writeRecord(stateDir, { heldRoot: 81, pid: deadPid() });
     let e = await rejection(withMetadataSnapshot(POOL, opts(), async () => 1));
     expect(e.code).toBe('METADATA_SNAP_HELD');
     await writeRecord(stateDir, { heldRoot: 82, pid: process.ppid, startTime: null });
@@ -287,7 +281,7 @@ describe('withMetadataSnapshot', () => {
   it('a process killed while reserving: its snapshot released when nothing has the metadata device open, else refused with the reason', async () => {
     pool.held = 82;
     pool.metaOpeners = 1; // a program reading the held snapshot (thin_dump -m) has the device open
-    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: await deadPid() });
+    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: deadPid() });
     const e = await rejection(withMetadataSnapshot(POOL, opts(), async () => 1));
     expect(e.code).toBe('METADATA_SNAP_HELD');
     expect(e.message).toMatch(/died while reserving .* another process has the pool's metadata device open/);
@@ -300,7 +294,7 @@ describe('withMetadataSnapshot', () => {
     expect(alive.code).toBe('METADATA_SNAP_HELD'); // its process still runs: never released
     expect(pool.messages()).toEqual([]);
 
-    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: await deadPid() });
+    await writeRecord(stateDir, { state: 'reserving', heldRoot: null, pid: deadPid() });
     expect(await withMetadataSnapshot(POOL, opts(), async () => 7)).toBe(7);
     expect(pool.messages()).toEqual(['release_metadata_snap', 'reserve_metadata_snap', 'release_metadata_snap']);
     expect(log.lines.some((l) => l.level === 'warn' && /was reserving/.test(l.msg))).toBe(true);
@@ -308,7 +302,7 @@ describe('withMetadataSnapshot', () => {
   });
 
   it('discards a stale record when nothing is held, and ignores a malformed one', async () => {
-    await writeRecord(stateDir, { heldRoot: 82, pid: await deadPid() });
+    await writeRecord(stateDir, { heldRoot: 82, pid: deadPid() });
     await withMetadataSnapshot(POOL, opts(), async () => {});
     expect(pool.messages()).toEqual(['reserve_metadata_snap', 'release_metadata_snap']);
     await writeFile(reservationPath(stateDir, POOL), '{"version": 1, "pid": "x"');
@@ -376,7 +370,7 @@ describe('withMetadataSnapshot', () => {
     expect(performance.now() - t).toBeGreaterThanOrEqual(290);
     expect(pool.calls).toEqual([]);
 
-    await writeFile(lockPath, JSON.stringify({ pid: await deadPid(), bootId, startTime: null, token: 't', time: 'then', what: '' }));
+    await writeFile(lockPath, JSON.stringify({ pid: deadPid(), bootId, startTime: null, token: 't', time: 'then', what: '' }));
     await withMetadataSnapshot(POOL, opts(), async () => {});
     expect(log.lines.some((l) => /stale thinarchive pool lock/.test(l.msg))).toBe(true);
     expect(existsSync(lockPath)).toBe(false);

@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { acquirePoolLock, currentBootId, identityFrom, isAlive, processStartTime, selfIdentity } from './pool-lock.js';
+import { deadPid } from '../../test/helpers/host.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -13,12 +13,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-async function deadPid(): Promise<number> {
-  const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
-  await new Promise((r) => child.once('exit', r));
-  return child.pid!;
-}
 
 describe('process identity', () => {
   it('self: pid, this boot, a start time', async () => {
@@ -31,12 +25,12 @@ describe('process identity', () => {
   });
   it('dead pid, other boot, reused pid (other start time) are not alive', async () => {
     const me = await selfIdentity();
-    expect(await isAlive({ ...me, pid: await deadPid() })).toBe(false);
+    expect(await isAlive({ ...me, pid: deadPid() })).toBe(false);
     expect(await isAlive({ ...me, bootId: 'another-boot' })).toBe(false);
     expect(await isAlive({ ...me, startTime: (me.startTime ?? 0) + 1 })).toBe(false);
     expect(await isAlive({ ...me, startTime: null })).toBe(true);
     expect(await isAlive({ ...me, pid: 0 })).toBe(false);
-    expect(await processStartTime(await deadPid())).toBeNull();
+    expect(await processStartTime(deadPid())).toBeNull();
   });
   it('identityFrom validates', () => {
     expect(identityFrom({ pid: 5, bootId: 'b', startTime: 7 })).toEqual({ pid: 5, bootId: 'b', startTime: 7 });
@@ -76,7 +70,7 @@ describe('acquirePoolLock', () => {
   it('a stale breaker file left by a dead process does not block', async () => {
     const path = join(dir, 'p.lock');
     const bootId = await currentBootId();
-    const dead = { pid: await deadPid(), bootId, startTime: null, token: 'x', time: 't', what: '' };
+    const dead = { pid: deadPid(), bootId, startTime: null, token: 'x', time: 't', what: '' };
     await writeFile(path, JSON.stringify(dead));
     await writeFile(`${path}.break`, JSON.stringify(dead));
     const lock = await acquirePoolLock(path, { timeoutMs: 3000 });
