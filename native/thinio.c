@@ -4,17 +4,21 @@
  *   blkDiscard/blkZeroOut/blkGetSize64 (block device ioctls), flockExclusive/flockUnlock (flock(2):
  *   the target lock, released by the kernel when its holder dies), mallocTrim (glibc's malloc_trim:
  *   freed heap memory back to the system) and mallocMmapThreshold (mallopt(M_MMAP_THRESHOLD)), for a
- *   long-running daemon.
- * All but the last two take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
+ *   long-running daemon; dmIoctl: device-mapper status, message and open count through
+ *   /dev/mapper/control (what `dmsetup status|message|info` do, without starting a process), run off
+ *   the main thread and returned as a Promise.
+ * All but the last three take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
  * Errors are thrown as Error objects whose `code` is the errno name (EOPNOTSUPP, ENXIO, ...).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/dm-ioctl.h>
 #include <linux/fs.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -156,6 +160,169 @@ static napi_value malloc_mmap_threshold(napi_env env, napi_callback_info info) {
   return b;
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * dmIoctl(op, name[, message]): one device-mapper ioctl on /dev/mapper/control, in the libuv thread
+ * pool. op "status": DM_TABLE_STATUS (what `dmsetup status NAME` prints, flags 0, so a thin pool
+ * commits its metadata first, as with dmsetup); "message": DM_TARGET_MSG to sector 0; "info":
+ * DM_DEV_STATUS. Resolves with {openCount, targets: [{start, length, type, params}]}; rejects with
+ * an Error whose code is the errno name (ENXIO: no such device). */
+
+enum dm_op { DM_OP_STATUS, DM_OP_MESSAGE, DM_OP_INFO };
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  enum dm_op op;
+  char name[DM_NAME_LEN];
+  char *message;
+  int err;           /* errno of the failed call, 0 on success */
+  const char *what;  /* the failed call */
+  struct dm_ioctl *out;
+} dm_job;
+
+static struct dm_ioctl *dm_call(int fd, unsigned long req, const char *name, const void *payload, size_t payload_len,
+                                size_t out_len, int *err) {
+  for (;;) {
+    size_t start = (sizeof(struct dm_ioctl) + 7) & ~(size_t)7;
+    size_t size = start + (payload_len > out_len ? payload_len : out_len);
+    struct dm_ioctl *dmi = calloc(1, size);
+    if (!dmi) { *err = ENOMEM; return NULL; }
+    dmi->version[0] = DM_VERSION_MAJOR; /* minor 0: every 4.x kernel has what is used here */
+    dmi->data_size = (uint32_t)size;
+    dmi->data_start = (uint32_t)start;
+    strncpy(dmi->name, name, DM_NAME_LEN - 1);
+    if (payload_len) memcpy((char *)dmi + start, payload, payload_len);
+    int r;
+    do r = ioctl(fd, req, dmi); while (r < 0 && errno == EINTR);
+    if (r < 0) { *err = errno; free(dmi); return NULL; }
+    if ((dmi->flags & DM_BUFFER_FULL_FLAG) && out_len < (64u << 20)) { free(dmi); out_len *= 4; continue; }
+    return dmi;
+  }
+}
+
+static void dm_execute(napi_env env, void *data) {
+  (void)env;
+  dm_job *j = data;
+  int fd = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+  if (fd < 0) { j->err = errno; j->what = "open(/dev/mapper/control)"; return; }
+  if (j->op == DM_OP_STATUS) {
+    j->what = "ioctl(DM_TABLE_STATUS)";
+    j->out = dm_call(fd, DM_TABLE_STATUS, j->name, NULL, 0, 16384, &j->err);
+  } else if (j->op == DM_OP_INFO) {
+    j->what = "ioctl(DM_DEV_STATUS)";
+    j->out = dm_call(fd, DM_DEV_STATUS, j->name, NULL, 0, 0, &j->err);
+  } else {
+    j->what = "ioctl(DM_TARGET_MSG)";
+    size_t len = sizeof(struct dm_target_msg) + strlen(j->message) + 1;
+    struct dm_target_msg *msg = calloc(1, len);
+    if (!msg) { j->err = ENOMEM; close(fd); return; }
+    msg->sector = 0;
+    strcpy(msg->message, j->message);
+    j->out = dm_call(fd, DM_TARGET_MSG, j->name, msg, len, 4096, &j->err);
+    free(msg);
+  }
+  /* A name the kernel does not know: ENXIO (DM_EXISTS_FLAG is libdevmapper's own, not the kernel's). */
+  close(fd);
+}
+
+static void set_num(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value n;
+  napi_create_double(env, v, &n);
+  napi_set_named_property(env, obj, key, n);
+}
+
+static void set_str(napi_env env, napi_value obj, const char *key, const char *s, size_t len) {
+  napi_value v;
+  napi_create_string_utf8(env, s, len, &v);
+  napi_set_named_property(env, obj, key, v);
+}
+
+static void dm_complete(napi_env env, napi_status status, void *data) {
+  dm_job *j = data;
+  if (status != napi_ok || !j->out) {
+    int err = status != napi_ok ? ECANCELED : j->err;
+    const char *ename = strerrorname_np(err);
+    char msg[DM_NAME_LEN + 160];
+    snprintf(msg, sizeof msg, "%s on %s: %s", j->what ? j->what : "device-mapper", j->name, strerror(err));
+    napi_value m, code, e;
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+    napi_create_string_utf8(env, ename ? ename : "EIO", NAPI_AUTO_LENGTH, &code);
+    napi_create_error(env, code, m, &e);
+    napi_reject_deferred(env, j->deferred, e);
+  } else {
+    struct dm_ioctl *dmi = j->out;
+    napi_value res, targets;
+    napi_create_object(env, &res);
+    set_num(env, res, "openCount", dmi->open_count);
+    napi_create_array(env, &targets);
+    if (j->op == DM_OP_STATUS) {
+      const char *base = (const char *)dmi + dmi->data_start;
+      const char *end = (const char *)dmi + dmi->data_size;
+      const char *p = base;
+      for (uint32_t i = 0; i < dmi->target_count; i++) {
+        if (p + sizeof(struct dm_target_spec) > end) break;
+        const struct dm_target_spec *spec = (const void *)p;
+        const char *params = p + sizeof *spec;
+        napi_value t;
+        napi_create_object(env, &t);
+        set_num(env, t, "start", (double)spec->sector_start);
+        set_num(env, t, "length", (double)spec->length);
+        set_str(env, t, "type", spec->target_type, strnlen(spec->target_type, DM_MAX_TYPE_NAME));
+        set_str(env, t, "params", params, strnlen(params, (size_t)(end - params)));
+        napi_set_element(env, targets, i, t);
+        p = base + spec->next;
+        if (spec->next == 0) break;
+      }
+    }
+    napi_set_named_property(env, res, "targets", targets);
+    napi_resolve_deferred(env, j->deferred, res);
+  }
+  napi_delete_async_work(env, j->work);
+  free(j->out);
+  free(j->message);
+  free(j);
+}
+
+static napi_value dm_ioctl_js(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  char op[16] = "";
+  size_t len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_string_utf8(env, argv[0], op, sizeof op, &len) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "dmIoctl(op, name[, message])");
+    return NULL;
+  }
+  dm_job *j = calloc(1, sizeof *j);
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  if (strcmp(op, "status") == 0) j->op = DM_OP_STATUS;
+  else if (strcmp(op, "info") == 0) j->op = DM_OP_INFO;
+  else if (strcmp(op, "message") == 0 && argc >= 3) j->op = DM_OP_MESSAGE;
+  else { free(j); napi_throw_type_error(env, "EINVAL", "dmIoctl: op is status, info or message (with a message)"); return NULL; }
+  if (napi_get_value_string_utf8(env, argv[1], j->name, sizeof j->name, &len) != napi_ok || len == 0 || len >= DM_NAME_LEN - 1) {
+    free(j);
+    napi_throw_type_error(env, "EINVAL", "dmIoctl: a device name of 1-126 bytes");
+    return NULL;
+  }
+  if (j->op == DM_OP_MESSAGE) {
+    size_t mlen;
+    if (napi_get_value_string_utf8(env, argv[2], NULL, 0, &mlen) != napi_ok || mlen == 0 || mlen > 4096 ||
+        !(j->message = malloc(mlen + 1))) {
+      free(j);
+      napi_throw_type_error(env, "EINVAL", "dmIoctl: a message of 1-4096 bytes");
+      return NULL;
+    }
+    napi_get_value_string_utf8(env, argv[2], j->message, mlen + 1, &mlen);
+  }
+  napi_value promise, rname;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "thinio.dmIoctl", NAPI_AUTO_LENGTH, &rname);
+  napi_create_async_work(env, NULL, rname, dm_execute, dm_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
@@ -169,6 +336,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"flockUnlock", NULL, flock_unlock, NULL, NULL, NULL, napi_default, NULL},
     {"mallocTrim", NULL, malloc_trim0, NULL, NULL, NULL, napi_default, NULL},
     {"mallocMmapThreshold", NULL, malloc_mmap_threshold, NULL, NULL, NULL, napi_default, NULL},
+    {"dmIoctl", NULL, dm_ioctl_js, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

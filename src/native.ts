@@ -23,6 +23,15 @@ export interface ThinIO {
   mallocTrim(): boolean;
   /** glibc's mallopt(M_MMAP_THRESHOLD, bytes): blocks this large or larger are mapped alone and unmapped when freed; true when set. */
   mallocMmapThreshold(bytes: number): boolean;
+  /**
+   * One device-mapper ioctl on /dev/mapper/control, off the main thread: "status" (DM_TABLE_STATUS,
+   * what `dmsetup status` prints), "info" (DM_DEV_STATUS: the open count), "message" (DM_TARGET_MSG to
+   * sector 0). Rejects with code ENXIO when there is no such device.
+   */
+  dmIoctl(op: 'status' | 'info' | 'message', name: string, message?: string): Promise<{
+    openCount: number;
+    targets: { start: number; length: number; type: string; params: string }[];
+  }>;
 }
 
 const require = createRequire(import.meta.url);

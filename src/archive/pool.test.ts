@@ -61,3 +61,63 @@ describe('shared worker pool (shareWorkers: the daemon)', () => {
     expect(own.every((p) => p.spent)).toBe(true);
   });
 });
+
+describe('inline jobs (a lazy pool: withPool of one operation)', () => {
+  type Inside = { workers: unknown[]; online: number };
+  const inside = (p: WorkerPool): Inside => p as unknown as Inside;
+  /** 1 MiB of blocks: zeroes, text, random */
+  function sample(): ArrayBuffer {
+    const b = Buffer.alloc(1 << 20);
+    b.fill('a line of text that repeats\n', 4 << 16, 10 << 16);
+    for (let i = 10 << 16; i < b.length; i++) b[i] = (i * 2654435761) >>> 24;
+    return b.buffer.slice(b.byteOffset, b.byteOffset + b.length);
+  }
+  const strip = (r: { runs: unknown[] }): string => JSON.stringify(r.runs, (_k, v) => (typeof v === 'bigint' ? v.toString() : v instanceof ArrayBuffer ? Buffer.from(v).toString('base64') : v));
+
+  it('runs its jobs in this thread without starting a worker, with the workers\' results', async () => {
+    const lazy = new WorkerPool(2, { inlineBytes: 4 << 20 });
+    const eager = new WorkerPool(2);
+    try {
+      const a = await lazy.encode(sample(), 1 << 20, 0, 65536, 3, new ArrayBuffer(1 << 20));
+      const b = await eager.encode(sample(), 1 << 20, 0, 65536, 3, new ArrayBuffer(1 << 20));
+      expect(a.runs.map((r) => r.zero)).toEqual([true, false]);
+      expect(strip(a)).toBe(strip(b));
+      const h = await lazy.hash(sample(), 1 << 20, 65536);
+      expect(h).toEqual(await eager.hash(sample(), 1 << 20, 65536));
+      await lazy.collect(); // (a collection is for workers: none runs here, none starts)
+      expect(inside(lazy).workers).toHaveLength(0);
+    } finally {
+      await Promise.all([lazy.close(), eager.close()]);
+    }
+  });
+
+  it('starts the workers once the budget is spent, runs jobs here until one is ready, then on the workers', async () => {
+    const pool = new WorkerPool(2, { inlineBytes: 2 << 20 });
+    try {
+      await pool.hash(sample(), 1 << 20, 65536);
+      expect(inside(pool).workers).toHaveLength(0);
+      await pool.hash(sample(), 1 << 20, 65536); // the budget is spent: the workers start
+      expect(inside(pool).workers).toHaveLength(2);
+      const t = Date.now();
+      while (inside(pool).online < 2 && Date.now() - t < 20_000) {
+        await pool.hash(sample(), 1 << 20, 65536); // meanwhile here, and answered
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(inside(pool).online).toBe(2);
+      // on a worker now: a job that kills its worker fails the pool, as any worker's failure does
+      await (pool as unknown as { workers: { terminate(): Promise<number> }[] }).workers[0]!.terminate();
+      await expect(pool.hash(sample(), 1 << 20, 65536)).rejects.toMatchObject({ code: 'WORKER_FAILED' });
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('a job that fails here is WORKER_FAILED, as on a worker', async () => {
+    const pool = new WorkerPool(1, { inlineBytes: 1 << 20 });
+    try {
+      await expect(pool.hash(new ArrayBuffer(16), 4096, 4096)).rejects.toMatchObject({ code: 'WORKER_FAILED' });
+    } finally {
+      await pool.close();
+    }
+  });
+});

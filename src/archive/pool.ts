@@ -2,7 +2,10 @@
  * A fixed pool of worker threads (worker.cjs) for zero detection, hashing, compression and
  * decompression. One job per worker at a time; extra jobs wait in a FIFO. Callers bound how many jobs
  * they keep in flight, so memory stays bounded. Buffers are transferred, not copied.
+ * A pool may run its first jobs in the calling thread instead (`inlineBytes`): a small operation (an
+ * incremental of a few MiB) then starts no worker at all.
  */
+import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { FormatError, ThinarchiveError } from '../errors.js';
@@ -118,6 +121,36 @@ interface Pending {
 
 const WORKER_PATH = packagePath('dist', 'archive', 'worker.cjs');
 
+/** worker.cjs loaded in this thread, for inline jobs (on first use) */
+type JobHandler = (msg: Record<string, unknown>) => Promise<{ result: unknown }>;
+let inlineHandler: JobHandler | undefined;
+function handleInline(msg: Record<string, unknown>): Promise<{ result: unknown }> {
+  inlineHandler ??= (createRequire(import.meta.url)(WORKER_PATH) as { handle: JobHandler }).handle;
+  return inlineHandler(msg);
+}
+
+/** The bytes a job works on, for the inline budget. */
+function jobBytes(msg: Record<string, unknown>): number {
+  const n = msg['len'] ?? msg['rawLen'] ?? msg['plainLen'] ?? msg['sealedLen'];
+  return typeof n === 'number' ? n : 0;
+}
+
+/**
+ * withPool's inline budget for an operation's own pool. A worker costs about 35 ms to start on the
+ * development machine and a large part of a second in user-mode Linux (a thread, an isolate, zstd and
+ * xxhash loaded); 8 MiB encode in 20-40 ms on one core. docs/PERFORMANCE.md "Against LINBIT thin-send-recv".
+ */
+export const INLINE_BYTES = 8 * 1024 * 1024;
+
+export interface WorkerPoolOptions {
+  /**
+   * Run jobs in the calling thread, starting no worker, until they have covered this many bytes; then
+   * start the workers, and go on running jobs here until one of them is ready. 0 (the default): the
+   * workers start at once and run every job.
+   */
+  inlineBytes?: number;
+}
+
 export class WorkerPool {
   private readonly workers: Worker[] = [];
   private readonly idle: Worker[] = [];
@@ -127,13 +160,24 @@ export class WorkerPool {
   private nextId = 1;
   private closed = false;
   private failure: Error | undefined;
+  private readonly lazy: boolean;
+  private inlineLeft: number;
+  private online = 0;
   readonly size: number;
 
-  constructor(size = Math.max(1, availableParallelism())) {
+  constructor(size = Math.max(1, availableParallelism()), opts: WorkerPoolOptions = {}) {
     this.size = size;
-    for (let i = 0; i < size; i++) {
+    this.inlineLeft = opts.inlineBytes ?? 0;
+    this.lazy = this.inlineLeft > 0;
+    if (!this.lazy) this.start();
+  }
+
+  /** Start the workers (once). */
+  private start(): void {
+    if (this.workers.length > 0) return;
+    for (let i = 0; i < this.size; i++) {
       const w = new Worker(WORKER_PATH);
-      w.on('message', (m: { id: number; result?: unknown; error?: string }) => this.onMessage(w, m));
+      w.on('message', (m: { id: number; result?: unknown; error?: string; ready?: boolean }) => this.onMessage(w, m));
       w.on('error', (e) => this.onFatal(e));
       w.on('exit', (code) => {
         if (!this.closed) this.onFatal(new Error(`worker thread exited with code ${code}`));
@@ -143,7 +187,21 @@ export class WorkerPool {
     }
   }
 
-  private onMessage(w: Worker, m: { id: number; result?: unknown; error?: string }): void {
+  /** Jobs that run in this thread (a lazy pool's): within the budget, then until a worker is ready. */
+  private runsInline(msg: Record<string, unknown>): boolean {
+    if (!this.lazy || this.online > 0) return false;
+    if (this.workers.length === 0) {
+      this.inlineLeft -= jobBytes(msg);
+      if (this.inlineLeft <= 0) this.start();
+    }
+    return true;
+  }
+
+  private onMessage(w: Worker, m: { id: number; result?: unknown; error?: string; ready?: boolean }): void {
+    if (m.ready) {
+      this.online++;
+      return;
+    }
     const p = this.inflight.get(m.id);
     this.inflight.delete(m.id);
     this.byWorker.delete(w);
@@ -172,13 +230,19 @@ export class WorkerPool {
     }
   }
 
-  private run<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<T> {
+  private run<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[], inlineOk = true): Promise<T> {
     const job = this.failure ? Promise.reject(this.failure)
       : this.closed ? Promise.reject(new ThinarchiveError('WORKER_FAILED', 'worker pool is closed'))
-        : new Promise<T>((resolve, reject) => {
-          this.queue.push({ msg, transfer, resolve: resolve as (v: unknown) => void, reject });
-          this.pump();
-        });
+        : inlineOk && this.runsInline(msg)
+          // (after the caller's current step, as a worker's answer would be)
+          ? Promise.resolve().then(() => handleInline(msg)).then(
+            (out) => out.result as T,
+            (e: unknown) => { throw new ThinarchiveError('WORKER_FAILED', `job failed: ${e instanceof Error ? e.message : String(e)}`); },
+          )
+          : new Promise<T>((resolve, reject) => {
+            this.queue.push({ msg, transfer, resolve: resolve as (v: unknown) => void, reject });
+            this.pump();
+          });
     // Pipelines keep several jobs in flight and stop awaiting the rest at the first failure: a failed
     // pool rejects them all at once, and a rejection nobody awaits must not end the process (a
     // daemon's other runs go on). Whoever awaits a job still gets its error.
@@ -256,7 +320,7 @@ export class WorkerPool {
   async collect(): Promise<void> {
     if (this.spent || this.queue.length > 0 || this.idle.length !== this.workers.length) return;
     // (every worker idle: each job goes to a different one)
-    await Promise.all(this.workers.map(() => this.run({ op: 'collect' }, [])));
+    await Promise.all(this.workers.map(() => this.run({ op: 'collect' }, [], false)));
   }
 
   /** Closed, or a worker died: no job will run here again. */
@@ -315,7 +379,10 @@ function release(s: Shared, now = false): Promise<void> | undefined {
   return s.pool.close();
 }
 
-/** Run `fn` with a pool that is closed afterwards, whatever happens (while sharing: the shared pool). */
+/**
+ * Run `fn` with a pool of its own that is closed afterwards, whatever happens; its first INLINE_BYTES
+ * of jobs run in this thread. While sharing: the shared pool (always workers: they stay warm).
+ */
 export async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>, size?: number): Promise<T> {
   if (sharing && size === undefined) {
     if (!shared || shared.pool.spent) {
@@ -331,7 +398,7 @@ export async function withPool<T>(fn: (pool: WorkerPool) => Promise<T>, size?: n
       if (--s.users === 0) await release(s);
     }
   }
-  const pool = new WorkerPool(size);
+  const pool = new WorkerPool(size, { inlineBytes: INLINE_BYTES });
   try {
     return await fn(pool);
   } finally {

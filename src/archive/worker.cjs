@@ -15,6 +15,7 @@
  * open:   authenticate (and with `decrypt`, decrypt in place) consecutive sealed chunks of an age
  *         payload; reports the first chunk that fails. The buffer sent comes back.
  *         (The age format itself: src/crypto/age.ts; these two ops are its chunk loop, off the main thread.)
+ * Loaded in the main thread instead (no parentPort), it exports `handle` for pool.ts's inline jobs.
  */
 'use strict';
 const { parentPort } = require('node:worker_threads');
@@ -284,24 +285,36 @@ function open(msg) {
   return { result: { ok: true, len: o, sealed: msg.sealed }, transfer: back };
 }
 
+/**
+ * Run one job: { result, transfer } (the buffers to hand back). In a worker, for its messages; in the
+ * main thread (pool.ts's inline jobs: a small operation that starts no worker), called directly.
+ */
+async function handle(msg) {
+  const api = await ready;
+  if (msg.op === 'encode') return encode(api, msg);
+  if (msg.op === 'decode') return decode(api, msg);
+  if (msg.op === 'hash') return hash(api, msg);
+  if (msg.op === 'seal') return seal(msg);
+  if (msg.op === 'open') return open(msg);
+  if (msg.op === 'collect') {
+    collect(); // a full collection: the pool is idle (WorkerPool.collect)
+    return { result: true, transfer: [] };
+  }
+  throw new Error(`unknown op ${msg.op}`);
+}
+
 if (parentPort) {
   const port = parentPort;
+  // Loaded: the pool sends jobs here from now on instead of running them in its own thread.
+  ready.then(() => port.postMessage({ id: 0, ready: true }), () => {});
   port.on('message', async (msg) => {
-    const api = await ready;
-    let out;
     try {
-      if (msg.op === 'encode') out = encode(api, msg);
-      else if (msg.op === 'decode') out = decode(api, msg);
-      else if (msg.op === 'hash') out = hash(api, msg);
-      else if (msg.op === 'seal') out = seal(msg);
-      else if (msg.op === 'open') out = open(msg);
-      else if (msg.op === 'collect') {
-        collect(); // a full collection: the pool is idle (WorkerPool.collect)
-        out = { result: true, transfer: [] };
-      } else throw new Error(`unknown op ${msg.op}`);
+      const out = await handle(msg);
       port.postMessage({ id: msg.id, result: out.result }, out.transfer);
     } catch (e) {
       port.postMessage({ id: msg.id, error: String((e && e.message) || e) });
     }
   });
+} else {
+  module.exports = { handle };
 }

@@ -4,13 +4,15 @@
  * Commands run without a shell (execa, argv array), with stdin closed (a prompt reads EOF and
  * answers no), `LVM_SUPPRESS_FD_WARNINGS=1` (lvm complains about inherited descriptors on stderr
  * otherwise) and `LC_ALL=C` (stable messages and number formats). stdout is returned, or written to
- * a file (`stdoutFile`) for large outputs such as thin_delta / thin_dump XML. A failure becomes a
+ * a file (`stdoutFile`) for large outputs such as thin_delta / thin_dump XML. Three dmsetup forms are
+ * answered in-process by the same kernel calls (dm-native.ts). A failure becomes a
  * CommandError carrying argv, exit code and trimmed stderr, with a one-line message.
  *
  * Everything that decides *what* to run takes an `LvmExec` so it can be tested with a fake.
  */
 import { CommandError, UsageError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { nativeDmRunner } from './dm-native.js';
 
 /** The commands this module runs. Anything else is a programming error. */
 export const LVM_COMMANDS = new Set([
@@ -41,11 +43,13 @@ export interface RunnerResult {
   canceled?: boolean;
   /** errno code or message when the command could not be started (ENOENT: not installed) */
   spawnError?: string;
+  /** answered without starting a process (dm-native.ts) */
+  inProcess?: boolean;
 }
 
 export type CommandRunner = (file: string, args: readonly string[], opts: RunnerOptions) => Promise<RunnerResult>;
 
-/** The default runner: execa, no shell, stdin ignored, output not stripped. */
+/** The process runner: execa, no shell, stdin ignored, output not stripped. */
 export const execaRunner: CommandRunner = async (file, args, opts) => {
   // Imported on first use: execa and its dependencies are a large share of start-up otherwise.
   const { execa } = await import('execa');
@@ -81,6 +85,12 @@ export const execaRunner: CommandRunner = async (file, args, opts) => {
   return res;
 };
 
+/**
+ * The runner every LvmExec uses unless given another: execa, except `dmsetup status`, `message` and
+ * `info -o open`, which are device-mapper ioctls in this process (dm-native.ts).
+ */
+export const defaultRunner: CommandRunner = nativeDmRunner(execaRunner);
+
 export interface ExecOptions {
   /** Write stdout to this file instead of returning it (the returned string is then ''). */
   stdoutFile?: string;
@@ -104,7 +114,7 @@ const DEFAULT_TIMEOUT_MS = 10 * 60_000;
 
 /** Make an LvmExec with the given runner, logger and timeout. */
 export function createLvmExec(config: LvmExecConfig = {}): LvmExec {
-  const runner = config.runner ?? execaRunner;
+  const runner = config.runner ?? defaultRunner;
   const logger = config.logger ?? silentLogger;
   const defaultTimeout = config.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   return async (argv, opts = {}) => {
@@ -120,12 +130,13 @@ export function createLvmExec(config: LvmExecConfig = {}): LvmExec {
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     const ms = Math.round(performance.now() - started);
+    const how = res.inProcess ? { inProcess: true } : {};
     if (res.exitCode === 0) {
-      logger.debug({ argv, ms }, 'lvm command');
+      logger.debug({ argv, ms, ...how }, 'lvm command');
       return opts.stdoutFile !== undefined ? '' : res.stdout;
     }
     const err = commandError(argv, res);
-    logger.debug({ argv, ms, exitCode: res.exitCode, stderr: err.stderr }, 'lvm command failed');
+    logger.debug({ argv, ms, exitCode: res.exitCode, stderr: err.stderr, ...how }, 'lvm command failed');
     throw err;
   };
 }

@@ -23,6 +23,7 @@ const pool = { vg: VG, pool: POOL };
 const tools = await import(join(DIST, 'lvm/tools.js'));
 const msnap = await import(join(DIST, 'lvm/metadata-snap.js'));
 const names = await import(join(DIST, 'lvm/names.js'));
+const execMod = await import(join(DIST, 'lvm/exec.js'));
 const TPOOL = names.poolDmName(VG, POOL);
 const BLOCK = 64 * 1024;
 
@@ -123,6 +124,43 @@ async function collect(iterable) {
   return out;
 }
 
+/**
+ * The in-process dmsetup forms (src/lvm/dm-native.ts) against the real dmsetup, on this pool: same
+ * stdout, same failure, and messages that take effect; plus the time of each (ms, medians of 5).
+ */
+async function dmNativeAgainstDmsetup() {
+  const env = { env: { ...execMod.LVM_ENV } };
+  const native = (args) => execMod.defaultRunner('dmsetup', args, env);
+  const real = (args) => execMod.execaRunner('dmsetup', args, env);
+  const both = async (args) => {
+    const n = await native(args);
+    const r = await real(args);
+    return { native: { exitCode: n.exitCode, stdout: n.stdout, stderr: n.stderr, inProcess: n.inProcess === true }, dmsetup: { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr } };
+  };
+  const median = async (fn) => {
+    const ms = [];
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now();
+      await fn();
+      ms.push(performance.now() - t);
+    }
+    return Math.round(ms.sort((a, b) => a - b)[2] * 10) / 10;
+  };
+  const out = {};
+  out.poolStatus = await both(['status', TPOOL]);
+  out.volStatus = await both(['status', names.dmName(VG, 'vol')]);
+  out.tdataStatus = await both(['status', names.dmName(VG, `${POOL}_tdata`)]);
+  out.tmetaOpen = await both(['info', '-c', '--noheadings', '-o', 'open', names.dmName(VG, `${POOL}_tmeta`)]);
+  out.missing = await both(['status', 'lab--vg-no--such--lv']);
+  out.reserve = await native(['message', TPOOL, '0', 'reserve_metadata_snap']);
+  out.heldAfterReserve = (await real(['status', TPOOL])).stdout;
+  out.reserveAgain = await native(['message', TPOOL, '0', 'reserve_metadata_snap']);
+  out.release = await native(['message', TPOOL, '0', 'release_metadata_snap']);
+  out.heldAfterRelease = (await real(['status', TPOOL])).stdout;
+  out.ms = { native: await median(() => native(['status', TPOOL])), dmsetup: await median(() => real(['status', TPOOL])) };
+  return out;
+}
+
 async function main() {
   const R = { steps: [], timings: {} };
   const stateDir = join(process.env.LAB_WORK, 'state');
@@ -146,6 +184,7 @@ async function main() {
   await step('version', () => tools.thinToolsVersion('thin_delta'));
   await step('lvsBefore', () => tools.listLvs(VG));
   await step('statusIdle', () => tools.poolStatus(VG, POOL));
+  await step('dmNative', () => dmNativeAgainstDmsetup());
 
   // Data: the layout of fixtures/lvm (blocks 0-3, 100, 1000-1009; then 100 again, 2000-2003, discard 1000-1004)
   const vol = names.lvDevicePath(VG, 'vol');

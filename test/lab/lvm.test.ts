@@ -81,6 +81,29 @@ describe('src/lvm in the thin-LVM lab', () => {
     expect(lvs.find((l) => l.name === 'thin-pool')!.isThinPool).toBe(true);
     expect(get<object>('statusIdle')).toMatchObject({ state: 'ok', heldRoot: null, mode: 'rw', needsCheck: false, dataTotalBlocks: 16384 });
 
+    // dmsetup status / info -o open / message answered in-process: the same as the real dmsetup
+    type Both = { native: { exitCode: number; stdout: string; stderr: string; inProcess: boolean }; dmsetup: { exitCode: number; stdout: string; stderr: string } };
+    const dm = get<Record<string, Both> & { reserve: { exitCode: number; inProcess: boolean }; reserveAgain: { exitCode: number; stderr: string }; release: { exitCode: number };
+      heldAfterReserve: string; heldAfterRelease: string; ms: { native: number; dmsetup: number } }>('dmNative');
+    console.log('dmsetup status in-process vs dmsetup (ms, median of 5):', JSON.stringify(dm.ms), dm.poolStatus!.native.stdout.trim());
+    for (const k of ['poolStatus', 'volStatus', 'tdataStatus', 'tmetaOpen']) {
+      expect(dm[k]!.native, k).toEqual({ exitCode: 0, stdout: dm[k]!.dmsetup.stdout, stderr: '', inProcess: true });
+      expect(dm[k]!.dmsetup.exitCode, k).toBe(0);
+    }
+    expect(dm.poolStatus!.native.stdout).toMatch(/^0 \d+ thin-pool \d+ \d+\/\d+ \d+\/\d+ - rw /);
+    expect(dm.volStatus!.native.stdout).toMatch(/^0 \d+ thin \d+ (\d+|-)\n$/);
+    expect(dm.tmetaOpen!.native.stdout).toMatch(/^[1-9]\d*\n$/);
+    expect(dm.missing!.dmsetup.exitCode).toBe(1);
+    expect(dm.missing!.native).toMatchObject({ exitCode: 1, stdout: '', inProcess: true });
+    expect(dm.missing!.native.stderr).toContain('Device does not exist.');
+    expect(dm.missing!.dmsetup.stderr).toContain('Device does not exist.');
+    expect(dm.reserve).toMatchObject({ exitCode: 0, inProcess: true });
+    expect(dm.heldAfterReserve).toMatch(/thin-pool \d+ \d+\/\d+ \d+\/\d+ \d+ rw /);
+    expect(dm.reserveAgain.exitCode).toBe(1);
+    expect(dm.reserveAgain.stderr).toMatch(/busy/i);
+    expect(dm.release.exitCode).toBe(0);
+    expect(dm.heldAfterRelease).toMatch(/thin-pool \d+ \d+\/\d+ \d+\/\d+ - rw /);
+
     // createThinSnapshot
     const snap1 = get<Record<string, unknown>>('snap1');
     const snap2 = get<Record<string, unknown>>('snap2');
