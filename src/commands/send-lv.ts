@@ -23,7 +23,7 @@ import { createLvmExec, runLvmCommand, type LvmExec } from '../lvm/exec.js';
 import { assertLvmName, lvDevicePath } from '../lvm/names.js';
 import { checkPoolForSend, DEFAULT_MAX_DATA_PERCENT, DEFAULT_MAX_METADATA_PERCENT, resolveThresholds, type PoolThresholdSettings } from '../lvm/pool-status.js';
 import type { LvInfo } from '../lvm/report.js';
-import { activateReadOnly, deactivate, listLvs, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
+import { activateReadOnly, deactivate, listLvs, makeReadOnly, poolStatus, thinToolsVersion, type ToolOptions } from '../lvm/tools.js';
 import { archiveBlockSizeFor } from '../source/extents.js';
 import { checkTracker, classicMap, CLASSIC_CHUNK, createClassicPending, DEFAULT_TRACKER_SIZE, type TrackerSize } from '../source/classic.js';
 import {
@@ -505,6 +505,9 @@ async function sendUserSnapshot(o: SendLvOptions, ctx: Ctx, started: number): Pr
   if (chunk % blockSize !== 0) {
     throw new UsageError(`the pool's chunk size (${chunk} bytes) is not a multiple of the parent chain's block size (${blockSize})`);
   }
+  // Read-only before its map is read (a dry run reads only the map): the map and the bytes read after
+  // it are of one state, and the report above serves the activation (no lvs of its own).
+  if (!o.dryRun) await makeReadOnly(vg, s.lv, ctx.tools, snapLv);
   const full = baseLv === null;
   const snap = refOf(snapLv);
   const base = baseLv ? refOf(baseLv) : null;
@@ -518,7 +521,7 @@ async function sendUserSnapshot(o: SendLvOptions, ctx: Ctx, started: number): Pr
     vg, pool, chunk, header, snap, base, ...(baseLv ? { baseSize: baseLv.sizeBytes } : {}),
     activate: async () => {
       const wasActive = snapLv.active;
-      const dev = await activateReadOnly(vg, s.lv, ctx.tools);
+      const dev = await activateReadOnly(vg, s.lv, ctx.tools, { active: wasActive, readOnly: true });
       return { dev, restore: async () => (wasActive ? undefined : deactivate(vg, s.lv, ctx.cleanup)) };
     },
   }, o, ctx, started);

@@ -131,18 +131,26 @@ export async function flushBuffers(dev: string, opts?: ToolOptions): Promise<voi
 }
 
 /**
- * Make an LV read-only and active (`lvchange -pr`, then `lvchange -ay -K`), skipping what is
- * already so. Refuses an LV that is active and writable (it may be in use: changing its permission
- * under a mounted filesystem is not this function's business). Returns `/dev/VG/LV`. `known`: what
- * the caller has just read of the LV (its own new snapshot, under its chain lock), instead of an lvs.
+ * Make an LV read-only (`lvchange -pr`) unless it is. Refuses an LV that is active and writable (it
+ * may be in use: changing its permission under a mounted filesystem is not this function's business).
+ * `known`: what the caller has just read of the LV, instead of an lvs.
  */
-export async function activateReadOnly(vg: string, lv: string, opts?: ToolOptions, known?: Pick<LvInfo, 'active' | 'readOnly'>): Promise<string> {
-  // `known`: the caller's fresh report of the LV (e.g. the snapshot it has just created): one lvs less
+export async function makeReadOnly(vg: string, lv: string, opts?: ToolOptions, known?: Pick<LvInfo, 'active' | 'readOnly'>): Promise<void> {
   const info = known ?? await getLv(vg, lv, opts);
   if (info.active && !info.readOnly) {
     throw new UnsafeError('LV_ACTIVE_WRITABLE', `${vg}/${lv} is active and writable; deactivate it before activating it read-only`);
   }
   if (!info.readOnly) await ex(opts)(['lvchange', '-pr', `${vg}/${lv}`], sig(opts));
+}
+
+/**
+ * Make an LV read-only and active (makeReadOnly, then `lvchange -ay -K`), skipping what is already
+ * so. Returns `/dev/VG/LV`. `known`: what the caller has just read of the LV (its own new snapshot,
+ * under its chain lock), instead of an lvs.
+ */
+export async function activateReadOnly(vg: string, lv: string, opts?: ToolOptions, known?: Pick<LvInfo, 'active' | 'readOnly'>): Promise<string> {
+  const info = known ?? await getLv(vg, lv, opts);
+  await makeReadOnly(vg, lv, opts, info);
   if (!info.active) await ex(opts)(['lvchange', '-ay', '-K', `${vg}/${lv}`], sig(opts));
   return lvDevicePath(vg, lv);
 }
