@@ -263,11 +263,11 @@ async function storeHolds(to: SendDestination, chainId: string, archiveId: strin
 }
 
 /** The LVM context of a send: commands logged (debug) through the caller's logger, aborted by its signal. */
-function sendContext(o: { exec?: LvmExec; log?: Logger; signal?: AbortSignal }): Ctx {
+function sendContext(o: { exec?: LvmExec; log?: Logger; signal?: AbortSignal; stateDir?: string }): Ctx {
   const exec = o.exec ?? (o.log ? createLvmExec({ logger: o.log }) : runLvmCommand);
   return {
     exec, logger: o.log ?? silentLogger, ...(o.signal ? { signal: o.signal } : {}),
-    tools: { exec, ...(o.signal ? { signal: o.signal } : {}) }, cleanup: { exec },
+    tools: { exec, ...(o.signal ? { signal: o.signal } : {}), stateDir: o.stateDir ?? defaultStateDir() }, cleanup: { exec },
   };
 }
 

@@ -388,11 +388,11 @@ async function lvSource(o: SyncOptions, ref: { vg: string; lv: string }): Promis
   const { vg, lv: lvName } = ref;
   const log = o.log ?? silentLogger;
   const exec = o.exec ?? (o.log ? createLvmExec({ logger: o.log }) : runLvmCommand);
-  const tools = { exec, ...(o.signal ? { signal: o.signal } : {}) };
+  const stateDir = o.stateDir ?? defaultStateDir();
+  const tools = { exec, ...(o.signal ? { signal: o.signal } : {}), stateDir };
   const cleanup = { exec };
   const chain = o.chain ?? DEFAULT_CHAIN;
   checkChainName(chain);
-  const stateDir = o.stateDir ?? defaultStateDir();
   const lock = await lockSnapshotChain(join(stateDir, 'locks'), vg, lvName, chain, log);
   let snapLv: LvInfo | undefined;
   let name = '';

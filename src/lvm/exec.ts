@@ -112,12 +112,20 @@ export const LVM_ENV: Readonly<Record<string, string>> = Object.freeze({ LVM_SUP
 
 const DEFAULT_TIMEOUT_MS = 10 * 60_000;
 
+/** The LvmExecs that run the real commands (made with the default or the execa runner), not a test's fake. */
+const realExecs = new WeakSet<LvmExec>();
+
+/** Whether `exec` runs the real commands: what it reports may be remembered beyond this process. */
+export function runsRealCommands(exec: LvmExec): boolean {
+  return realExecs.has(exec);
+}
+
 /** Make an LvmExec with the given runner, logger and timeout. */
 export function createLvmExec(config: LvmExecConfig = {}): LvmExec {
   const runner = config.runner ?? defaultRunner;
   const logger = config.logger ?? silentLogger;
   const defaultTimeout = config.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  return async (argv, opts = {}) => {
+  const exec: LvmExec = async (argv, opts = {}) => {
     const [file, ...args] = argv;
     if (file === undefined || !LVM_COMMANDS.has(file)) {
       throw new UsageError(`not an LVM command: ${JSON.stringify(file)}`);
@@ -139,6 +147,8 @@ export function createLvmExec(config: LvmExecConfig = {}): LvmExec {
     logger.debug({ argv, ms, exitCode: res.exitCode, stderr: err.stderr, ...how }, 'lvm command failed');
     throw err;
   };
+  if (runner === defaultRunner || runner === execaRunner) realExecs.add(exec);
+  return exec;
 }
 
 /** The default LvmExec (execa, silent, 10-minute timeout). */

@@ -8,16 +8,22 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommandError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
-import { type LvmExec, runLvmCommand } from './exec.js';
+import { type LvmExec, runLvmCommand, runsRealCommands } from './exec.js';
 import { assertLvmName, assertLvmTag, dmName, lvDevicePath, poolDmName } from './names.js';
 import { type PoolStatus, parsePoolStatus } from './pool-status.js';
 import { LVS_FIELDS, type LvInfo, VGS_FIELDS, type VgInfo, parseLvsReport, parsePoolSettings, parseVgsReport } from './report.js';
 import { type OpenThinDeltaOptions, type ThinDelta, openThinDelta } from './thin-delta.js';
 import { type OpenThinDumpOptions, type ThinDump, openThinDump } from './thin-dump.js';
+import { cachedToolVersion } from './version-cache.js';
 
 export interface ToolOptions {
   exec?: LvmExec;
   signal?: AbortSignal;
+  /**
+   * The state directory: thin_delta / thin_dump versions are remembered in its tool-versions.json
+   * across processes (version-cache.ts; only what real commands said). Without: asked once per process.
+   */
+  stateDir?: string;
 }
 
 const ex = (o: ToolOptions | undefined): LvmExec => o?.exec ?? runLvmCommand;
@@ -229,14 +235,19 @@ export function checkThinToolsVersion(v: ThinToolsVersion): ThinToolsVersion {
 
 const versionMemo = new WeakMap<LvmExec, Map<string, Promise<ThinToolsVersion>>>();
 
-/** Run `<tool> -V`, parse and check it (remembered per exec function and tool). */
+/**
+ * Run `<tool> -V`, parse and check it (remembered per exec function and tool, and with `stateDir`
+ * across processes for the same binary).
+ */
 export function thinToolsVersion(tool: 'thin_delta' | 'thin_dump' = 'thin_delta', opts?: ToolOptions): Promise<ThinToolsVersion> {
   const exec = ex(opts);
   let m = versionMemo.get(exec);
   if (!m) versionMemo.set(exec, (m = new Map()));
   let p = m.get(tool);
   if (!p) {
-    p = exec([tool, '-V']).then((out) => checkThinToolsVersion(parseThinToolsVersion(out)));
+    const ask = (): Promise<string> => exec([tool, '-V']);
+    const out = opts?.stateDir !== undefined && runsRealCommands(exec) ? cachedToolVersion(opts.stateDir, tool, ask) : ask();
+    p = out.then((o) => checkThinToolsVersion(parseThinToolsVersion(o)));
     m.set(tool, p);
     p.catch(() => m!.delete(tool)); // a failure is not remembered
   }
