@@ -45,9 +45,9 @@ export function parseDmsetupArgs(args: readonly string[]): Request | null {
   return null;
 }
 
-/** What dmsetup prints for a status: one line per target, "START LENGTH TYPE PARAMS". */
+/** What dmsetup prints for a status: one line per target, "START LENGTH TYPE PARAMS" (the space also before empty PARAMS). */
 export function formatDmStatus(targets: readonly DmTargetStatus[]): string {
-  return targets.map((t) => `${t.start} ${t.length} ${t.type}${t.params !== '' ? ` ${t.params}` : ''}\n`).join('');
+  return targets.map((t) => `${t.start} ${t.length} ${t.type} ${t.params}\n`).join('');
 }
 
 /** errno names that mean "this host's device-mapper is not reachable from here": dmsetup decides. */
