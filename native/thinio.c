@@ -6,7 +6,7 @@
  *   freed heap memory back to the system) and mallocMmapThreshold (mallopt(M_MMAP_THRESHOLD)), for a
  *   long-running daemon; dmIoctl: device-mapper status, message and open count through
  *   /dev/mapper/control (what `dmsetup status|message|info` do, without starting a process), run off
- *   the main thread and returned as a Promise.
+ *   the main thread and returned as a Promise; pipeSize: a pipe's buffer raised (F_SETPIPE_SZ).
  * All but the last three take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
  * Errors are thrown as Error objects whose `code` is the errno name (EOPNOTSUPP, ENXIO, ...).
  */
@@ -130,6 +130,21 @@ static napi_value flock_unlock(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 1, a)) return NULL;
   if (flock((int)a[0], LOCK_UN) < 0) return throw_errno(env, "flock(LOCK_UN)", errno);
   return NULL;
+}
+
+/* pipeSize(fd, bytes): fcntl(F_SETPIPE_SZ) when fd is a pipe: its buffer made at least `bytes` (the
+ * kernel rounds up to a power of two pages, at most /proc/sys/fs/pipe-max-size for a non-root
+ * process). Returns the new size, or -1 when fd is not a pipe or the size cannot be raised (EPERM,
+ * EBUSY, EINVAL): the buffer stays as it was. */
+static napi_value pipe_size(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  if (!get_args(env, info, 2, a)) return NULL;
+  if (a[1] > 0x7fffffff) a[1] = 0x7fffffff;
+  int cur = fcntl((int)a[0], F_GETPIPE_SZ);
+  if (cur < 0) return num(env, -1);
+  if (cur >= a[1]) return num(env, cur);
+  int r = fcntl((int)a[0], F_SETPIPE_SZ, (int)a[1]);
+  return num(env, r < 0 ? -1 : r);
 }
 
 /* mallocTrim(): malloc_trim(0) where the C library is glibc: free pages of every arena go back to the
@@ -337,6 +352,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"mallocTrim", NULL, malloc_trim0, NULL, NULL, NULL, napi_default, NULL},
     {"mallocMmapThreshold", NULL, malloc_mmap_threshold, NULL, NULL, NULL, napi_default, NULL},
     {"dmIoctl", NULL, dm_ioctl_js, NULL, NULL, NULL, napi_default, NULL},
+    {"pipeSize", NULL, pipe_size, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

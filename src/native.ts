@@ -28,6 +28,8 @@ export interface ThinIO {
    * what `dmsetup status` prints), "info" (DM_DEV_STATUS: the open count), "message" (DM_TARGET_MSG to
    * sector 0). Rejects with code ENXIO when there is no such device.
    */
+  /** fcntl(F_SETPIPE_SZ): a pipe's buffer raised to at least `bytes`; the new size, or -1 (not a pipe, or not allowed). */
+  pipeSize(fd: number, bytes: number): number;
   dmIoctl(op: 'status' | 'info' | 'message', name: string, message?: string): Promise<{
     openCount: number;
     targets: { start: number; length: number; type: string; params: string }[];

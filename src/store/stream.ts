@@ -2,8 +2,28 @@
 import type { Readable, Writable } from 'node:stream';
 import { ioError } from '../errors.js';
 import type { ArchiveSink } from '../archive/writer.js';
+import { thinio } from '../native.js';
+
+/** The buffer a pipe an archive goes through is given: Linux's default pipe-max-size (1 MiB). */
+export const PIPE_BYTES = 1 << 20;
+
+/**
+ * Raise the buffer of the pipe behind a stream with a file descriptor (stdin, stdout) to PIPE_BYTES:
+ * 64 KiB by default, a 4 MiB record then crosses it in 64 pieces, each a switch between writer and
+ * reader. Nothing happens for a file, a terminal, or where it is not allowed. Returns the new size or -1.
+ */
+export function widenPipe(stream: Readable | Writable): number {
+  const fd = (stream as { fd?: unknown }).fd;
+  if (typeof fd !== 'number') return -1;
+  try {
+    return thinio().pipeSize(fd, PIPE_BYTES);
+  } catch {
+    return -1; // (no native addon)
+  }
+}
 
 export function writableSink(w: Writable, what = 'standard output'): ArchiveSink {
+  widenPipe(w);
   let failure: unknown;
   w.on('error', (e) => {
     failure = e;
@@ -41,6 +61,7 @@ export function endWritable(w: Writable): Promise<void> {
 }
 
 export function readableSource(r: Readable): AsyncIterable<Uint8Array> {
+  widenPipe(r);
   return r as AsyncIterable<Uint8Array>;
 }
 
