@@ -112,6 +112,20 @@ describe('inline jobs (a lazy pool: withPool of one operation)', () => {
     }
   });
 
+  it('a compression above level 5 always goes to a worker (it would hold the thread off signals)', async () => {
+    const pool = new WorkerPool(1, { inlineBytes: 64 << 20 });
+    try {
+      await pool.encode(sample(), 1 << 20, 0, 65536, 3, new ArrayBuffer(1 << 20));
+      expect(inside(pool).workers).toHaveLength(0);
+      const r = await pool.encode(sample(), 1 << 20, 0, 65536, 19, new ArrayBuffer(1 << 20));
+      expect(r.runs.map((x) => x.zero)).toEqual([true, false]);
+      expect(inside(pool).workers).toHaveLength(1);
+      expect(inside(pool).online).toBe(1); // (it ran there: the worker had loaded to answer it)
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('a job that fails here is WORKER_FAILED, as on a worker', async () => {
     const pool = new WorkerPool(1, { inlineBytes: 1 << 20 });
     try {

@@ -142,11 +142,20 @@ function jobBytes(msg: Record<string, unknown>): number {
  */
 export const INLINE_BYTES = 8 * 1024 * 1024;
 
+/**
+ * The highest zstd level a job may be compressed at in the calling thread. Above it (zstd's slower
+ * strategies) a 4 MiB job can take a second or more, and a job in the main thread holds off everything
+ * else there, signal handling included (a second SIGINT must end a send at once): such jobs always go
+ * to a worker.
+ */
+export const INLINE_MAX_LEVEL = 5;
+
 export interface WorkerPoolOptions {
   /**
    * Run jobs in the calling thread, starting no worker, until they have covered this many bytes; then
-   * start the workers, and go on running jobs here until one of them is ready. 0 (the default): the
-   * workers start at once and run every job.
+   * start the workers, and go on running jobs here until one of them is ready. A compression above
+   * INLINE_MAX_LEVEL always goes to a worker. 0 (the default): the workers start at once and run
+   * every job.
    */
   inlineBytes?: number;
 }
@@ -187,9 +196,16 @@ export class WorkerPool {
     }
   }
 
-  /** Jobs that run in this thread (a lazy pool's): within the budget, then until a worker is ready. */
+  /**
+   * Jobs that run in this thread (a lazy pool's): within the budget, then until a worker is ready;
+   * never a compression above INLINE_MAX_LEVEL.
+   */
   private runsInline(msg: Record<string, unknown>): boolean {
     if (!this.lazy || this.online > 0) return false;
+    if (msg['op'] === 'encode' && !((msg['level'] as number) <= INLINE_MAX_LEVEL)) {
+      this.start();
+      return false;
+    }
     if (this.workers.length === 0) {
       this.inlineLeft -= jobBytes(msg);
       if (this.inlineLeft <= 0) this.start();

@@ -10,7 +10,7 @@
  * goes to the real dmsetup. Measured: docs/PERFORMANCE.md "Against LINBIT thin-send-recv".
  */
 import { thinio } from '../native.js';
-import type { CommandRunner, RunnerResult } from './exec.js';
+import type { CommandRunner, RunnerResult } from './runner.js';
 
 /** One target of a device-mapper table, as DM_TABLE_STATUS returns it. */
 export interface DmTargetStatus {

@@ -13,6 +13,7 @@
 import { CommandError, UsageError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import { nativeDmRunner } from './dm-native.js';
+import type { CommandRunner, RunnerResult } from './runner.js';
 
 /** The commands this module runs. Anything else is a programming error. */
 export const LVM_COMMANDS = new Set([
@@ -21,33 +22,7 @@ export const LVM_COMMANDS = new Set([
   'thin_delta', 'thin_dump', 'thin_check', 'thin_ls', 'thin_metadata_size',
 ]);
 
-export interface RunnerOptions {
-  env: Record<string, string>;
-  /** Kill the command (SIGTERM, then SIGKILL) after this long. */
-  timeoutMs?: number;
-  /** Write stdout to this file (created or truncated) instead of returning it. */
-  stdoutFile?: string;
-  /** Abort: the command is killed. */
-  signal?: AbortSignal;
-}
-
-/** What a runner reports about one finished (or failed-to-start) command. Never throws for these. */
-export interface RunnerResult {
-  /** undefined when the command could not be started or was killed by a signal */
-  exitCode: number | undefined;
-  stdout: string;
-  stderr: string;
-  /** signal name when the command was killed by one */
-  signal?: string;
-  timedOut?: boolean;
-  canceled?: boolean;
-  /** errno code or message when the command could not be started (ENOENT: not installed) */
-  spawnError?: string;
-  /** answered without starting a process (dm-native.ts) */
-  inProcess?: boolean;
-}
-
-export type CommandRunner = (file: string, args: readonly string[], opts: RunnerOptions) => Promise<RunnerResult>;
+export type { CommandRunner, RunnerOptions, RunnerResult } from './runner.js';
 
 /** The process runner: execa, no shell, stdin ignored, output not stripped. */
 export const execaRunner: CommandRunner = async (file, args, opts) => {
