@@ -191,7 +191,8 @@ if (r.code !== 0) throw new Error(`first send: ${r.err}`);
 const tnas = () => readdirSync(STORE, { recursive: true }).map(String).filter((n) => n.endsWith('.tna')).sort();
 const ourSnaps = () => lvs('vg').filter((l) => l.lv_tags.split(',').includes('thinarchive')).map((l) => `${l.lv_name}:${l.lv_uuid}:${l.lv_tags.includes('ta_pending') ? 'pending' : 'base'}`);
 for (let j = 0; j < SEND_POINTS; j++) {
-  fill(2 + j, j);
+  // (8-9 MiB of random data at --level 19: the kill, 1.5-4 s in, lands before the commit most times)
+  fill(8 + j, j);
   const before = { tnas: tnas(), snaps: ourSnaps() };
   const p = cli(['send', 'vg/src', '--to', STORE, '--level', '19']);
   await sleep(1500 + Math.floor(rand() * 2500));
