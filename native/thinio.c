@@ -175,13 +175,13 @@ static napi_value malloc_mmap_threshold(napi_env env, napi_callback_info info) {
   return b;
 }
 
-
 /* ---------------------------------------------------------------------------------------------
  * dmIoctl(op, name[, message]): one device-mapper ioctl on /dev/mapper/control, in the libuv thread
  * pool. op "status": DM_TABLE_STATUS (what `dmsetup status NAME` prints, flags 0, so a thin pool
  * commits its metadata first, as with dmsetup); "message": DM_TARGET_MSG to sector 0; "info":
  * DM_DEV_STATUS. Resolves with {openCount, targets: [{start, length, type, params}]}; rejects with
- * an Error whose code is the errno name (ENXIO: no such device). */
+ * an Error whose code is the errno name (ENXIO: no such device; DM_EXISTS_FLAG is libdevmapper's own,
+ * not the kernel's). */
 
 enum dm_op { DM_OP_STATUS, DM_OP_MESSAGE, DM_OP_INFO };
 
@@ -237,7 +237,6 @@ static void dm_execute(napi_env env, void *data) {
     j->out = dm_call(fd, DM_TARGET_MSG, j->name, msg, len, 4096, &j->err);
     free(msg);
   }
-  /* A name the kernel does not know: ENXIO (DM_EXISTS_FLAG is libdevmapper's own, not the kernel's). */
   close(fd);
 }
 

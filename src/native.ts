@@ -5,6 +5,21 @@
 import { createRequire } from 'node:module';
 import { packagePath } from './paths.js';
 
+/** One target of a device-mapper table, as DM_TABLE_STATUS returns it. */
+export interface DmTargetStatus {
+  start: number;
+  length: number;
+  type: string;
+  params: string;
+}
+
+/** What ThinIO.dmIoctl resolves with. */
+export interface DmIoctlResult {
+  openCount: number;
+  /** only for "status" */
+  targets: DmTargetStatus[];
+}
+
 export interface ThinIO {
   /** Offset of the next data at or after `offset`, or -1 when there is none (ENXIO). */
   seekData(fd: number, offset: number): number;
@@ -23,17 +38,14 @@ export interface ThinIO {
   mallocTrim(): boolean;
   /** glibc's mallopt(M_MMAP_THRESHOLD, bytes): blocks this large or larger are mapped alone and unmapped when freed; true when set. */
   mallocMmapThreshold(bytes: number): boolean;
+  /** fcntl(F_SETPIPE_SZ): a pipe's buffer raised to at least `bytes`; the new size, or -1 (not a pipe, or not allowed). */
+  pipeSize(fd: number, bytes: number): number;
   /**
    * One device-mapper ioctl on /dev/mapper/control, off the main thread: "status" (DM_TABLE_STATUS,
    * what `dmsetup status` prints), "info" (DM_DEV_STATUS: the open count), "message" (DM_TARGET_MSG to
    * sector 0). Rejects with code ENXIO when there is no such device.
    */
-  /** fcntl(F_SETPIPE_SZ): a pipe's buffer raised to at least `bytes`; the new size, or -1 (not a pipe, or not allowed). */
-  pipeSize(fd: number, bytes: number): number;
-  dmIoctl(op: 'status' | 'info' | 'message', name: string, message?: string): Promise<{
-    openCount: number;
-    targets: { start: number; length: number; type: string; params: string }[];
-  }>;
+  dmIoctl(op: 'status' | 'info' | 'message', name: string, message?: string): Promise<DmIoctlResult>;
 }
 
 const require = createRequire(import.meta.url);

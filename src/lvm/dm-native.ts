@@ -9,25 +9,11 @@
  * Anything else, and any host where /dev/mapper/control cannot be opened or the addon is missing,
  * goes to the real dmsetup. Measured: docs/PERFORMANCE.md "Against LINBIT thin-send-recv".
  */
-import { thinio } from '../native.js';
+import { type DmIoctlResult, type DmTargetStatus, type ThinIO, thinio } from '../native.js';
 import type { CommandRunner, RunnerResult } from './runner.js';
 
-/** One target of a device-mapper table, as DM_TABLE_STATUS returns it. */
-export interface DmTargetStatus {
-  start: number;
-  length: number;
-  type: string;
-  params: string;
-}
-
-export interface DmIoctlResult {
-  openCount: number;
-  /** only for "status" */
-  targets: DmTargetStatus[];
-}
-
 /** The native call, replaceable in tests (pure logic) */
-export type DmIoctl = (op: 'status' | 'info' | 'message', name: string, message?: string) => Promise<DmIoctlResult>;
+export type DmIoctl = ThinIO['dmIoctl'];
 
 type Request = { op: 'status' | 'info'; name: string } | { op: 'message'; name: string; message: string };
 
@@ -50,8 +36,12 @@ export function formatDmStatus(targets: readonly DmTargetStatus[]): string {
   return targets.map((t) => `${t.start} ${t.length} ${t.type} ${t.params}\n`).join('');
 }
 
-/** errno names that mean "this host's device-mapper is not reachable from here": dmsetup decides. */
-const UNREACHABLE = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENODEV', 'ENOTTY', 'EINVAL']);
+/**
+ * errno names that mean "this host's device-mapper is not reachable from here": dmsetup decides. So
+ * does EINVAL (an interface version the kernel refuses), except from a message: there it is the target
+ * refusing the message (a release with none held), which is dmsetup's answer too.
+ */
+const UNREACHABLE = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENODEV', 'ENOTTY']);
 
 /**
  * A runner that answers the three dmsetup forms above with `dm` and passes everything else (and any
@@ -67,10 +57,9 @@ export function nativeDmRunner(fallback: CommandRunner, dm: DmIoctl = defaultDmI
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? '';
       if (code === 'ENXIO') return failed('Device does not exist.\nCommand failed.\n');
-      // EINVAL from a message is the target refusing it (release with none held): dmsetup's answer too.
-      if (code === 'ADDON' || (UNREACHABLE.has(code) && !(code === 'EINVAL' && req.op === 'message'))) return fallback(file, args, opts);
+      if (code === 'ADDON' || UNREACHABLE.has(code) || (code === 'EINVAL' && req.op !== 'message')) return fallback(file, args, opts);
       const why = /: ([^:]+)$/.exec((e as Error).message)?.[1] ?? (e as Error).message;
-      return failed(`device-mapper: ${req.op === 'info' ? 'info' : req.op} ioctl on ${req.name}  failed: ${why}\nCommand failed.\n`);
+      return failed(`device-mapper: ${req.op} ioctl on ${req.name}  failed: ${why}\nCommand failed.\n`);
     }
     const stdout = req.op === 'status' ? formatDmStatus(r.targets) : req.op === 'info' ? `${r.openCount}\n` : '';
     return { exitCode: 0, stdout, stderr: '', inProcess: true };
@@ -82,7 +71,7 @@ function failed(stderr: string): RunnerResult {
 }
 
 const defaultDmIoctl: DmIoctl = async (op, name, message) => {
-  let io: ReturnType<typeof thinio>;
+  let io: ThinIO;
   try {
     io = thinio();
   } catch (e) {

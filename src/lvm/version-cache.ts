@@ -66,12 +66,12 @@ export async function cachedToolVersion(stateDir: string, tool: string, ask: () 
   const bin = await resolveBinary(tool);
   if (!bin) return ask();
   const file = join(stateDir, VERSION_CACHE_FILE);
-  const hit = (await readCache(file)).tools[tool];
+  const cache = await readCache(file);
+  const hit = cache.tools[tool];
   if (hit && same(bin, hit)) return hit.output;
   const output = (await ask()).trim();
   try {
     await makeDirs(stateDir, 0o700);
-    const cache = await readCache(file);
     cache.tools[tool] = { ...bin, output };
     await writeFileAtomic(file, `${JSON.stringify(cache, null, 2)}\n`);
   } catch {

@@ -8,7 +8,7 @@ import { thinio } from '../native.js';
 export const PIPE_BYTES = 1 << 20;
 
 /**
- * Raise the buffer of the pipe behind a stream with a file descriptor (stdin, stdout) to PIPE_BYTES:
+ * Raise the buffer of the pipe behind a stream with a file descriptor (stdout) to PIPE_BYTES:
  * 64 KiB by default, a 4 MiB record then crosses it in 64 pieces, each a switch between writer and
  * reader. Nothing happens for a file, a terminal, or where it is not allowed. Returns the new size or -1.
  */
@@ -61,7 +61,6 @@ export function endWritable(w: Writable): Promise<void> {
 }
 
 export function readableSource(r: Readable): AsyncIterable<Uint8Array> {
-  widenPipe(r);
   return r as AsyncIterable<Uint8Array>;
 }
 
