@@ -46,7 +46,17 @@ export interface ThinIO {
    * sector 0). Rejects with code ENXIO when there is no such device.
    */
   dmIoctl(op: 'status' | 'info' | 'message', name: string, message?: string): Promise<DmIoctlResult>;
+  /**
+   * Write all of `bytes` at `position` through `fd`, opened with O_DIRECT, off the main thread (the
+   * bytes go through an aligned buffer of the thread doing it). position and length must be
+   * multiples of DIRECT_ALIGN (else it throws EINVAL). Rejects with code EINVAL also when the file
+   * system or device refuses the write.
+   */
+  pwriteDirect(fd: number, bytes: Uint8Array, position: number): Promise<void>;
 }
+
+/** The alignment pwriteDirect asks of positions and lengths (and gives its own buffer). */
+export const DIRECT_ALIGN = 4096;
 
 const require = createRequire(import.meta.url);
 let loaded: ThinIO | undefined;

@@ -7,7 +7,7 @@ import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { sysBlockDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
-import { thinio } from '../native.js';
+import { DIRECT_ALIGN, thinio } from '../native.js';
 import { JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState, type TargetStateStore } from './state.js';
 import type { UndoJournal } from './undo-journal.js';
 
@@ -39,6 +39,21 @@ export interface ZeroMethod {
 
 
 
+/**
+ * A second descriptor of the target, opened with O_DIRECT, for the aligned part of each write: on a
+ * 2-core machine the page cache's write path cost more CPU than decompressing (docs/PERFORMANCE.md,
+ * "Direct writes"). undefined where the file system or device refuses O_DIRECT (tmpfs, some FUSE):
+ * every write then goes through the page cache. Not exclusive: the main descriptor holds a block
+ * device's O_EXCL claim.
+ */
+async function openDirect(path: string): Promise<FileHandle | undefined> {
+  try {
+    return await open(path, fsc.O_WRONLY | fsc.O_DIRECT);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether a block device is read-only (/sys/dev/block/MAJ:MIN/ro); false when that cannot be read. */
 async function blockDeviceReadOnly(path: string): Promise<boolean> {
   try {
@@ -68,6 +83,8 @@ export class FileTarget {
     public size: number,
     readonly stateStore: TargetStateStore,
     zeroMethods?: ZeroMethod[],
+    /** see openDirect; closed by close() only (a write may be using it) */
+    private readonly direct?: FileHandle,
   ) {
     const io = thinio();
     this.zeroMethods = zeroMethods ?? [
@@ -119,7 +136,7 @@ export class FileTarget {
       }
       const size = thinio().blkGetSize64(fh.fd);
       const store = opts.stateStore ?? new JsonStateStore(stateFileFor('blockdev', path, opts.stateDir));
-      const t = new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods);
+      const t = new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods, await openDirect(path));
       t.undoPath = opts.undoPath ?? (opts.stateStore ? undefined : undoFileFor('blockdev', path, opts.stateDir));
       return t;
     }
@@ -139,7 +156,7 @@ export class FileTarget {
     const stateFile = stateFileFor('image', path, opts.stateDir);
     // A state file without its image is stale (the image was removed): a new image starts with none.
     if (!st) await rm(stateFile, { force: true });
-    const t = new FileTarget('image', path, fh, size, new JsonStateStore(stateFile));
+    const t = new FileTarget('image', path, fh, size, new JsonStateStore(stateFile), undefined, await openDirect(path));
     t.undoPath = undoFileFor('image', path, opts.stateDir);
     return t;
   }
@@ -203,8 +220,29 @@ export class FileTarget {
     targetHooks.afterWrite?.();
   }
 
+  /** Set once a direct write was refused: every write goes through the page cache from then on. */
+  private directRefused = false;
+
+  /** Whether writes bypass the page cache (their aligned part; see openDirect). */
+  get directWrites(): boolean {
+    return this.direct !== undefined && !this.directRefused;
+  }
+
   private async writeRaw(buf: Uint8Array, position: number): Promise<void> {
     let at = 0;
+    const aligned = this.directWrites && position % DIRECT_ALIGN === 0 ? buf.length - (buf.length % DIRECT_ALIGN) : 0;
+    if (aligned > 0) {
+      try {
+        await thinio().pwriteDirect(this.direct!.fd, buf.subarray(0, aligned), position);
+        at = aligned;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw ioError(e, `cannot write target ${this.path} at byte ${position}`);
+        // Refused (an alignment this file system or device needs beyond 4096, or no O_DIRECT
+        // writes at all): from now on, and for these bytes again, the page cache.
+        if (!this.directRefused) this.log.warn({ target: this.path, code: 'EINVAL' }, 'direct writes refused; writing through the page cache');
+        this.directRefused = true;
+      }
+    }
     try {
       while (at < buf.length) {
         const { bytesWritten } = await this.fh.write(buf, at, buf.length - at, position + at);
@@ -267,6 +305,7 @@ export class FileTarget {
   }
 
   async close(): Promise<void> {
+    await this.direct?.close().catch(() => {});
     await this.fh.close();
   }
 }
