@@ -7,8 +7,9 @@
  *   long-running daemon; dmIoctl: device-mapper status, message and open count through
  *   /dev/mapper/control (what `dmsetup status|message|info` do, without starting a process), run off
  *   the main thread and returned as a Promise; pipeSize: a pipe's buffer raised (F_SETPIPE_SZ);
- *   pwriteDirect: a write through a file descriptor opened with O_DIRECT, off the main thread.
- * All but dmIoctl, pipeSize, mallocTrim and pwriteDirect take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
+ *   pwriteDirect/preadDirect: a write or read through a file descriptor opened with O_DIRECT, off
+ *   the main thread.
+ * All but dmIoctl, pipeSize, mallocTrim and the direct calls take a file descriptor and byte offsets/lengths as JS numbers and are synchronous.
  * Errors are thrown as Error objects whose `code` is the errno name (EOPNOTSUPP, ENXIO, ...).
  */
 #define _GNU_SOURCE
@@ -340,13 +341,15 @@ static napi_value dm_ioctl_js(napi_env env, napi_callback_info info) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * pwriteDirect(fd, bytes, position): write all of `bytes` at `position` through `fd`, which was
- * opened with O_DIRECT, in the libuv thread pool; a Promise of undefined. position and the length
- * must be multiples of DIRECT_ALIGN (else EINVAL, nothing written). The bytes are first copied into
- * a DIRECT_ALIGN-aligned buffer of the thread (at most DIRECT_PIECE bytes, kept for the thread's
- * life), since O_DIRECT needs aligned memory and a JS buffer's is not: a copy costs far less than the
- * page cache's (no page allocation, no dirty accounting, no write-back). Rejects with an Error whose
- * code is the errno name (EINVAL also when the file system or device refuses O_DIRECT writes). */
+ * pwriteDirect(fd, bytes, position) / preadDirect(fd, bytes, position): all of `bytes` written at
+ * `position`, or read into `bytes` from `position`, through `fd`, which was opened with O_DIRECT, in
+ * the libuv thread pool; a Promise of undefined (write) or of the number of bytes read (fewer only
+ * at the end of the file). position and the length must be multiples of DIRECT_ALIGN (else EINVAL,
+ * nothing done). The bytes go through a DIRECT_ALIGN-aligned buffer of the thread (DIRECT_PIECE
+ * bytes, kept for the thread's life), since O_DIRECT needs aligned memory and a JS buffer's is not:
+ * that copy costs far less than the page cache's (no page allocation, no dirty accounting, no
+ * write-back). Rejects with an Error whose code is the errno name (EINVAL also when the file system
+ * or device refuses O_DIRECT). */
 
 #define DIRECT_ALIGN 4096
 #define DIRECT_PIECE (4u << 20)
@@ -354,20 +357,21 @@ static napi_value dm_ioctl_js(napi_env env, napi_callback_info info) {
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref ref;       /* keeps `bytes` alive while the thread pool reads it */
+  napi_ref ref;       /* keeps `bytes` alive while the thread pool uses it */
   int fd;
-  const uint8_t *src;
+  int write;
+  uint8_t *mem;
   size_t len;
   int64_t pos;
   int err;
-  int64_t at;         /* bytes written */
-} dwrite_job;
+  int64_t at;         /* bytes done */
+} direct_job;
 
 static __thread uint8_t *direct_buf;
 
-static void dwrite_execute(napi_env env, void *data) {
+static void direct_execute(napi_env env, void *data) {
   (void)env;
-  dwrite_job *j = data;
+  direct_job *j = data;
   if (!direct_buf && posix_memalign((void **)&direct_buf, DIRECT_ALIGN, DIRECT_PIECE) != 0) {
     direct_buf = NULL;
     j->err = ENOMEM;
@@ -376,78 +380,97 @@ static void dwrite_execute(napi_env env, void *data) {
   while ((size_t)j->at < j->len) {
     size_t n = j->len - (size_t)j->at;
     if (n > DIRECT_PIECE) n = DIRECT_PIECE;
-    memcpy(direct_buf, j->src + j->at, n);
+    off_t where = (off_t)(j->pos + j->at);
     size_t done = 0;
-    while (done < n) {
-      ssize_t r = pwrite(j->fd, direct_buf + done, n - done, (off_t)(j->pos + j->at + (int64_t)done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) { j->err = errno; j->at += (int64_t)done; return; }
-      if (r == 0) { j->err = EIO; j->at += (int64_t)done; return; }
-      done += (size_t)r;
+    if (j->write) {
+      memcpy(direct_buf, j->mem + j->at, n);
+      while (done < n) {
+        ssize_t r = pwrite(j->fd, direct_buf + done, n - done, where + (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) { j->err = r < 0 ? errno : EIO; j->at += (int64_t)done; return; }
+        done += (size_t)r;
+      }
+    } else {
+      int eof = 0;
+      while (done < n) {
+        ssize_t r = pread(j->fd, direct_buf + done, n - done, where + (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { j->err = errno; return; }
+        if (r == 0) { eof = 1; break; }
+        done += (size_t)r;
+        /* past the end of a file a read stops short of a whole block: nothing more to read */
+        if (done % DIRECT_ALIGN != 0) { eof = 1; break; }
+      }
+      memcpy(j->mem + j->at, direct_buf, done);
+      j->at += (int64_t)done;
+      if (eof) return;
+      continue;
     }
     j->at += (int64_t)n;
   }
 }
 
-static void dwrite_complete(napi_env env, napi_status status, void *data) {
-  dwrite_job *j = data;
+static void direct_complete(napi_env env, napi_status status, void *data) {
+  direct_job *j = data;
   if (status != napi_ok || j->err) {
     int err = status != napi_ok ? ECANCELED : j->err;
     const char *ename = strerrorname_np(err);
     char msg[200];
-    snprintf(msg, sizeof msg, "pwrite(O_DIRECT) at byte %lld: %s", (long long)(j->pos + j->at), strerror(err));
+    snprintf(msg, sizeof msg, "%s(O_DIRECT) at byte %lld: %s", j->write ? "pwrite" : "pread", (long long)(j->pos + j->at), strerror(err));
     napi_value m, code, e;
     napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
     napi_create_string_utf8(env, ename ? ename : "EIO", NAPI_AUTO_LENGTH, &code);
     napi_create_error(env, code, m, &e);
     napi_reject_deferred(env, j->deferred, e);
   } else {
-    napi_value u;
-    napi_get_undefined(env, &u);
-    napi_resolve_deferred(env, j->deferred, u);
+    napi_value v;
+    if (j->write) napi_get_undefined(env, &v);
+    else napi_create_double(env, (double)j->at, &v);
+    napi_resolve_deferred(env, j->deferred, v);
   }
   napi_delete_reference(env, j->ref);
   napi_delete_async_work(env, j->work);
   free(j);
 }
 
-static napi_value pwrite_direct(napi_env env, napi_callback_info info) {
+static napi_value direct_io(napi_env env, napi_callback_info info, int write) {
   napi_value argv[3];
   size_t argc = 3;
   bool is_ta = false;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      napi_is_typedarray(env, argv[1], &is_ta) != napi_ok || !is_ta) {
-    napi_throw_type_error(env, "EINVAL", "pwriteDirect(fd, bytes, position)");
-    return NULL;
-  }
   double fd, pos;
   napi_typedarray_type type;
   size_t length;
   void *ptr;
-  if (napi_get_value_double(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[2], &pos) != napi_ok ||
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_is_typedarray(env, argv[1], &is_ta) != napi_ok || !is_ta ||
+      napi_get_value_double(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[2], &pos) != napi_ok ||
       napi_get_typedarray_info(env, argv[1], &type, &length, &ptr, NULL, NULL) != napi_ok || type != napi_uint8_array ||
       fd < 0 || fd > 0x7fffffff || pos < 0 || pos > 9007199254740991.0) {
-    napi_throw_type_error(env, "EINVAL", "pwriteDirect(fd, Uint8Array, position)");
+    napi_throw_type_error(env, "EINVAL", write ? "pwriteDirect(fd, Uint8Array, position)" : "preadDirect(fd, Uint8Array, position)");
     return NULL;
   }
   if ((int64_t)pos % DIRECT_ALIGN != 0 || length % DIRECT_ALIGN != 0) {
-    napi_throw_error(env, "EINVAL", "pwriteDirect: position and length must be multiples of 4096");
+    napi_throw_error(env, "EINVAL", "O_DIRECT: position and length must be multiples of 4096");
     return NULL;
   }
-  dwrite_job *j = calloc(1, sizeof *j);
+  direct_job *j = calloc(1, sizeof *j);
   if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   j->fd = (int)fd;
-  j->src = ptr;
+  j->write = write;
+  j->mem = ptr;
   j->len = length;
   j->pos = (int64_t)pos;
   napi_value promise, rname;
   napi_create_reference(env, argv[1], 1, &j->ref);
   napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinio.pwriteDirect", NAPI_AUTO_LENGTH, &rname);
-  napi_create_async_work(env, NULL, rname, dwrite_execute, dwrite_complete, j, &j->work);
+  napi_create_string_utf8(env, write ? "thinio.pwriteDirect" : "thinio.preadDirect", NAPI_AUTO_LENGTH, &rname);
+  napi_create_async_work(env, NULL, rname, direct_execute, direct_complete, j, &j->work);
   napi_queue_async_work(env, j->work);
   return promise;
 }
+
+static napi_value pwrite_direct(napi_env env, napi_callback_info info) { return direct_io(env, info, 1); }
+static napi_value pread_direct(napi_env env, napi_callback_info info) { return direct_io(env, info, 0); }
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -465,6 +488,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"dmIoctl", NULL, dm_ioctl_js, NULL, NULL, NULL, napi_default, NULL},
     {"pipeSize", NULL, pipe_size, NULL, NULL, NULL, napi_default, NULL},
     {"pwriteDirect", NULL, pwrite_direct, NULL, NULL, NULL, napi_default, NULL},
+    {"preadDirect", NULL, pread_direct, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

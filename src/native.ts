@@ -53,9 +53,11 @@ export interface ThinIO {
    * system or device refuses the write.
    */
   pwriteDirect(fd: number, bytes: Uint8Array, position: number): Promise<void>;
+  /** pwriteDirect's read: fills `bytes` from `position`; resolves with the count, short only at the end of the file. */
+  preadDirect(fd: number, bytes: Uint8Array, position: number): Promise<number>;
 }
 
-/** The alignment pwriteDirect asks of positions and lengths (and gives its own buffer). */
+/** The alignment pwriteDirect and preadDirect ask of positions and lengths (and gives its own buffer). */
 export const DIRECT_ALIGN = 4096;
 
 const require = createRequire(import.meta.url);

@@ -4,6 +4,7 @@
  * caller supplies the mapped ranges (thin LVs do, from pool metadata).
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { DirectFile } from '../direct-io.js';
 import { ioError, ThinarchiveError } from '../errors.js';
 import type { VolumeSource } from '../archive/writer.js';
 import { ExtentKind } from '../format/constants.js';
@@ -17,7 +18,14 @@ export class FileVolume implements VolumeSource {
     private readonly fh: FileHandle,
     readonly size: number,
     readonly isBlockDevice: boolean,
+    /** the aligned part of each read goes through it (src/direct-io.ts) */
+    private readonly direct: DirectFile | undefined,
   ) {}
+
+  /** Whether reads bypass the page cache (their aligned part; src/direct-io.ts). */
+  get directReads(): boolean {
+    return this.direct?.active ?? false;
+  }
 
   /** Open for reading; `role` names it in messages (the source of a send, the target of verify --against). */
   static async open(path: string, role: 'source' | 'target' = 'source'): Promise<FileVolume> {
@@ -29,10 +37,10 @@ export class FileVolume implements VolumeSource {
     }
     try {
       const st = await fh.stat();
-      if (st.isBlockDevice()) return new FileVolume(path, fh, thinio().blkGetSize64(fh.fd), true);
+      if (st.isBlockDevice()) return new FileVolume(path, fh, thinio().blkGetSize64(fh.fd), true, await DirectFile.open(path, 'read'));
       if (!st.isFile()) throw new ThinarchiveError('SOURCE_NOT_VOLUME', `${role} ${path} is neither a regular file nor a block device`, 'usage');
       if (st.size === 0) throw new ThinarchiveError('SOURCE_EMPTY', `${role} ${path} is empty`, 'usage');
-      return new FileVolume(path, fh, st.size, false);
+      return new FileVolume(path, fh, st.size, false, await DirectFile.open(path, 'read'));
     } catch (e) {
       await fh.close();
       throw e;
@@ -41,6 +49,16 @@ export class FileVolume implements VolumeSource {
 
   async read(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
     try {
+      const aligned = this.direct?.alignedPart(position, length) ?? 0;
+      if (aligned > 0) {
+        const n = await this.direct!.read(buf.subarray(offset, offset + aligned), position);
+        // (short: the end of the volume; refused: this and every later read through the page cache)
+        if (n !== undefined && (n < aligned || aligned === length)) return n;
+        if (n !== undefined) {
+          const { bytesRead } = await this.fh.read(buf, offset + n, length - n, position + n);
+          return n + bytesRead;
+        }
+      }
       const { bytesRead } = await this.fh.read(buf, offset, length, position);
       return bytesRead;
     } catch (e) {
@@ -94,6 +112,7 @@ export class FileVolume implements VolumeSource {
   }
 
   async close(): Promise<void> {
+    await this.direct?.close();
     await this.fh.close();
   }
 }

@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, link, open, readdir, readFile, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { DirectFile, SequentialWriter } from '../direct-io.js';
 import { ioError, UnsafeError } from '../errors.js';
 import { fsyncDir, makeDirs, tempNameFor } from '../fsutil.js';
 import {
@@ -217,7 +218,8 @@ export class DirectoryStore implements ArchiveStore {
     } catch (e) {
       throw ioError(e, `cannot create ${tmp}`);
     }
-    let pos = 0;
+    // Whole 4 MiB pieces of the archive go past the page cache (src/direct-io.ts).
+    const out = new SequentialWriter(fh, await DirectFile.open(tmp, 'write'));
     let closed = false;
     const claim = (): Promise<boolean> => this.claim(dir, chainId, sequence, archiveId, opts);
     const claimPath = join(dir, claimFileName(sequence));
@@ -225,6 +227,7 @@ export class DirectoryStore implements ArchiveStore {
     const close = async (): Promise<void> => {
       if (!closed) {
         closed = true;
+        await out.close();
         await fh.close();
       }
     };
@@ -232,13 +235,8 @@ export class DirectoryStore implements ArchiveStore {
       path: finalPath,
       sink: {
         async write(chunk: Uint8Array): Promise<void> {
-          let at = 0;
           try {
-            while (at < chunk.length) {
-              const { bytesWritten } = await fh.write(chunk, at, chunk.length - at, pos);
-              at += bytesWritten;
-              pos += bytesWritten;
-            }
+            await out.write(chunk);
           } catch (e) {
             throw ioError(e, `cannot write ${tmp}`);
           }
@@ -247,6 +245,7 @@ export class DirectoryStore implements ArchiveStore {
       async commit(): Promise<void> {
         let claimed = false;
         try {
+          await out.finish();
           await fh.sync();
           await close();
           // The sequence first (CHAIN_FORK for the losers of a race), then the archive at once.

@@ -7,7 +7,8 @@ import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { ioError, UnsafeError, UsageError } from '../errors.js';
 import { sysBlockDir } from '../fsutil.js';
 import { silentLogger, type Logger } from '../log.js';
-import { DIRECT_ALIGN, thinio } from '../native.js';
+import { DirectFile } from '../direct-io.js';
+import { thinio } from '../native.js';
 import { JsonStateStore, stateFileFor, undoFileFor, type TargetKind, type TargetState, type TargetStateStore } from './state.js';
 import type { UndoJournal } from './undo-journal.js';
 
@@ -39,21 +40,6 @@ export interface ZeroMethod {
 
 
 
-/**
- * A second descriptor of the target, opened with O_DIRECT, for the aligned part of each write: on a
- * 2-core machine the page cache's write path cost more CPU than decompressing (docs/PERFORMANCE.md,
- * "Direct writes"). undefined where the file system or device refuses O_DIRECT (tmpfs, some FUSE):
- * every write then goes through the page cache. Not exclusive: the main descriptor holds a block
- * device's O_EXCL claim.
- */
-async function openDirect(path: string): Promise<FileHandle | undefined> {
-  try {
-    return await open(path, fsc.O_WRONLY | fsc.O_DIRECT);
-  } catch {
-    return undefined;
-  }
-}
-
 /** Whether a block device is read-only (/sys/dev/block/MAJ:MIN/ro); false when that cannot be read. */
 async function blockDeviceReadOnly(path: string): Promise<boolean> {
   try {
@@ -83,8 +69,8 @@ export class FileTarget {
     public size: number,
     readonly stateStore: TargetStateStore,
     zeroMethods?: ZeroMethod[],
-    /** see openDirect; closed by close() only (a write may be using it) */
-    private readonly direct?: FileHandle,
+    /** the aligned part of each write goes through it (src/direct-io.ts); closed by close() only */
+    private readonly direct?: DirectFile,
   ) {
     const io = thinio();
     this.zeroMethods = zeroMethods ?? [
@@ -136,7 +122,7 @@ export class FileTarget {
       }
       const size = thinio().blkGetSize64(fh.fd);
       const store = opts.stateStore ?? new JsonStateStore(stateFileFor('blockdev', path, opts.stateDir));
-      const t = new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods, await openDirect(path));
+      const t = new FileTarget(opts.kind ?? 'blockdev', path, fh, size, store, opts.zeroMethods, await DirectFile.open(path, 'write'));
       t.undoPath = opts.undoPath ?? (opts.stateStore ? undefined : undoFileFor('blockdev', path, opts.stateDir));
       return t;
     }
@@ -156,7 +142,7 @@ export class FileTarget {
     const stateFile = stateFileFor('image', path, opts.stateDir);
     // A state file without its image is stale (the image was removed): a new image starts with none.
     if (!st) await rm(stateFile, { force: true });
-    const t = new FileTarget('image', path, fh, size, new JsonStateStore(stateFile), undefined, await openDirect(path));
+    const t = new FileTarget('image', path, fh, size, new JsonStateStore(stateFile), undefined, await DirectFile.open(path, 'write'));
     t.undoPath = undoFileFor('image', path, opts.stateDir);
     return t;
   }
@@ -220,27 +206,20 @@ export class FileTarget {
     targetHooks.afterWrite?.();
   }
 
-  /** Set once a direct write was refused: every write goes through the page cache from then on. */
-  private directRefused = false;
-
-  /** Whether writes bypass the page cache (their aligned part; see openDirect). */
+  /** Whether writes bypass the page cache (their aligned part; src/direct-io.ts). */
   get directWrites(): boolean {
-    return this.direct !== undefined && !this.directRefused;
+    return this.direct?.active ?? false;
   }
 
   private async writeRaw(buf: Uint8Array, position: number): Promise<void> {
     let at = 0;
-    const aligned = this.directWrites && position % DIRECT_ALIGN === 0 ? buf.length - (buf.length % DIRECT_ALIGN) : 0;
+    const aligned = this.direct?.alignedPart(position, buf.length) ?? 0;
     if (aligned > 0) {
       try {
-        await thinio().pwriteDirect(this.direct!.fd, buf.subarray(0, aligned), position);
-        at = aligned;
+        if (await this.direct!.write(buf.subarray(0, aligned), position)) at = aligned;
+        else this.log.warn({ target: this.path, code: 'EINVAL' }, 'direct writes refused; writing through the page cache');
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw ioError(e, `cannot write target ${this.path} at byte ${position}`);
-        // Refused (an alignment this file system or device needs beyond 4096, or no O_DIRECT
-        // writes at all): from now on, and for these bytes again, the page cache.
-        if (!this.directRefused) this.log.warn({ target: this.path, code: 'EINVAL' }, 'direct writes refused; writing through the page cache');
-        this.directRefused = true;
+        throw ioError(e, `cannot write target ${this.path} at byte ${position}`);
       }
     }
     try {
@@ -305,7 +284,7 @@ export class FileTarget {
   }
 
   async close(): Promise<void> {
-    await this.direct?.close().catch(() => {});
+    await this.direct?.close();
     await this.fh.close();
   }
 }
