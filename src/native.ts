@@ -55,6 +55,10 @@ export interface ThinIO {
   pwriteDirect(fd: number, bytes: Uint8Array, position: number): Promise<void>;
   /** pwriteDirect's read: fills `bytes` from `position`; resolves with the count, short only at the end of the file. */
   preadDirect(fd: number, bytes: Uint8Array, position: number): Promise<number>;
+  /** XXH64 (seed 0) of `bytes` (libxxhash; the worker threads use it, src/format/hash.ts is xxhash-wasm's). */
+  xxh64(bytes: Uint8Array): bigint;
+  /** XXH64 of each `blockSize`-byte block of `bytes` (the last may be shorter) into `out`; RangeError when `out` is too short. */
+  xxh64Blocks(bytes: Uint8Array, blockSize: number, out: BigUint64Array): void;
 }
 
 /** The alignment pwriteDirect and preadDirect ask of positions and lengths (and gives its own buffer). */

@@ -20,8 +20,14 @@
 'use strict';
 const { parentPort } = require('node:worker_threads');
 const { createCipheriv, createDecipheriv } = require('node:crypto');
+const { join } = require('node:path');
 const binding = require('zstd-napi/binding');
-const xxhash = require('xxhash-wasm');
+// XXH64 from the native addon (native/thinio.c, libxxhash): about 10x xxhash-wasm, which copies each
+// block into wasm memory first; a unit test checks it against xxhash-wasm (src/format/hash.ts).
+// (dist/archive/ and src/archive/ are both two levels below the package root.)
+const native = require(join(__dirname, '..', '..', 'build', 'Release', 'thinio.node'));
+/** @type {(b: Uint8Array) => bigint} */
+const xxh64 = native.xxh64;
 
 const CODEC_NONE = 0;
 const CODEC_ZSTD = 1;
@@ -40,17 +46,13 @@ function isZero(/** @type {Buffer} */ b) {
   return b.equals(zeros.length === b.length ? zeros : zeros.subarray(0, b.length));
 }
 
-const ready = xxhash();
-
-/** @param {{h64Raw(b: Uint8Array): bigint}} api */
-function hashBlocks(api, /** @type {Buffer} */ data, /** @type {number} */ blockSize) {
-  const count = Math.ceil(data.length / blockSize);
-  const out = new BigUint64Array(count);
-  for (let i = 0; i < count; i++) out[i] = api.h64Raw(data.subarray(i * blockSize, Math.min(data.length, (i + 1) * blockSize)));
+function hashBlocks(/** @type {Buffer} */ data, /** @type {number} */ blockSize) {
+  const out = new BigUint64Array(Math.ceil(data.length / blockSize));
+  native.xxh64Blocks(data, blockSize, out);
   return out;
 }
 
-function encode(api, msg) {
+function encode(msg) {
   const data = Buffer.from(msg.buf, 0, msg.len);
   const bs = msg.blockSize;
   const count = Math.ceil(data.length / bs);
@@ -72,7 +74,7 @@ function encode(api, msg) {
     } else {
       const rawAt = i * bs;
       const raw = data.subarray(rawAt, Math.min(data.length, j * bs));
-      const hashes = hashBlocks(api, raw, bs);
+      const hashes = hashBlocks(raw, bs);
       let dst;
       if (out && out.length >= outAt + raw.length - 1) dst = out.subarray(outAt, outAt + raw.length - 1);
       else {
@@ -90,10 +92,10 @@ function encode(api, msg) {
       /** @type {Record<string, unknown>} */
       const run = { zero: false, first: msg.firstBlock + i, count: j - i, rawLen: raw.length, codec, hashes: hashes.buffer };
       if (codec === CODEC_NONE) {
-        run.storedHash = api.h64Raw(raw);
+        run.storedHash = xxh64(raw);
         Object.assign(run, { in: 'buf', at: rawAt, len: raw.length });
       } else if (out && dst.buffer === out.buffer) {
-        run.storedHash = api.h64Raw(dst.subarray(0, storedLen));
+        run.storedHash = xxh64(dst.subarray(0, storedLen));
         Object.assign(run, { in: 'out', at: outAt, len: storedLen });
         outAt += storedLen;
       } else {
@@ -101,7 +103,7 @@ function encode(api, msg) {
         const storedBuf = new ArrayBuffer(storedLen);
         const stored = new Uint8Array(storedBuf);
         stored.set(dst.subarray(0, storedLen));
-        run.storedHash = api.h64Raw(stored);
+        run.storedHash = xxh64(stored);
         run.stored = storedBuf;
         transfer.push(storedBuf);
       }
@@ -113,7 +115,7 @@ function encode(api, msg) {
   return { result: { runs, buf: msg.buf, out: msg.out }, transfer: msg.out ? [...transfer, msg.buf, msg.out] : [...transfer, msg.buf] };
 }
 
-function decode(api, msg) {
+function decode(msg) {
   // With msg.recycle the caller recycles its buffers: the payload is the first storedLen bytes of
   // msg.stored, and every buffer it sent (stored, out) comes back whole in the result, with or
   // without data in it, also on failure.
@@ -128,7 +130,7 @@ function decode(api, msg) {
   };
   // A damaged payload is reported even when it still decompresses to the right bytes (zstd ignores
   // some bits); the blocks are still decoded and hashed so that damage can be located to a block.
-  const storedOk = api.h64Raw(stored) === msg.storedHash;
+  const storedOk = xxh64(stored) === msg.storedHash;
   const storedNote = storedOk ? '' : 'stored payload does not match its checksum; ';
   const fail = (/** @type {string} */ error, /** @type {number[] | undefined} */ badBlocks) => {
     const spare = back(undefined);
@@ -158,7 +160,7 @@ function decode(api, msg) {
     return fail(`unknown codec ${msg.codec}`);
   }
   const want = new BigUint64Array(msg.hashes);
-  const got = hashBlocks(api, raw, msg.blockSize);
+  const got = hashBlocks(raw, msg.blockSize);
   if (got.length !== want.length) return fail(`payload holds ${got.length} block(s), the record lists ${want.length} hash(es)`);
   const bad = [];
   for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) bad.push(i);
@@ -180,9 +182,9 @@ function decode(api, msg) {
   return { result: { ok: true, raw: rawBuf, ...(recycle ? { spare } : {}) }, transfer: [rawBuf, ...spare] };
 }
 
-function hash(api, msg) {
+function hash(msg) {
   const data = Buffer.from(msg.buf, 0, msg.len);
-  const hashes = hashBlocks(api, data, msg.blockSize);
+  const hashes = hashBlocks(data, msg.blockSize);
   const zeroMask = new Uint8Array(hashes.length);
   for (let i = 0; i < hashes.length; i++) {
     zeroMask[i] = isZero(data.subarray(i * msg.blockSize, Math.min(data.length, (i + 1) * msg.blockSize))) ? 1 : 0;
@@ -290,10 +292,9 @@ function open(msg) {
  * main thread (pool.ts's inline jobs: a small operation that starts no worker), called directly.
  */
 async function handle(msg) {
-  const api = await ready;
-  if (msg.op === 'encode') return encode(api, msg);
-  if (msg.op === 'decode') return decode(api, msg);
-  if (msg.op === 'hash') return hash(api, msg);
+  if (msg.op === 'encode') return encode(msg);
+  if (msg.op === 'decode') return decode(msg);
+  if (msg.op === 'hash') return hash(msg);
   if (msg.op === 'seal') return seal(msg);
   if (msg.op === 'open') return open(msg);
   if (msg.op === 'collect') {
@@ -306,7 +307,7 @@ async function handle(msg) {
 if (parentPort) {
   const port = parentPort;
   // Loaded: the pool sends jobs here from now on instead of running them in its own thread.
-  ready.then(() => port.postMessage({ id: 0, ready: true }), () => {});
+  port.postMessage({ id: 0, ready: true });
   port.on('message', async (msg) => {
     try {
       const out = await handle(msg);
