@@ -76,6 +76,8 @@ export interface WriteOptions {
 }
 
 const OUT_BUFFER = 1 << 20;
+/** Source reads in flight ahead of the job being handed to a worker (each up to MAX_RECORD_RAW). */
+const READS_AHEAD = 3;
 /** Chunks from this size on are written as they are; smaller ones are gathered (copied) first. */
 const DIRECT_WRITE = OUT_BUFFER / 4;
 
@@ -265,30 +267,50 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
       progress.bytesWritten = pos;
       opts.onProgress?.(progress);
     };
-    try {
+    // The next READS_AHEAD jobs' reads are in flight while the oldest one is handed to a worker: the
+    // source is read past the page cache (src/direct-io.ts), with no kernel read-ahead to hide each
+    // read's latency.
+    async function* jobs(): AsyncGenerator<{ b: number; len: number }> {
       for await (const e of spool.read()) {
         if (e.kind !== ExtentKind.DATA) continue;
         for (let b = e.firstBlock; b < e.firstBlock + e.blockCount; b += blocksPerJob) {
-          signal?.throwIfAborted();
-          const n = Math.min(blocksPerJob, e.firstBlock + e.blockCount - b);
-          const len = rangeBytes(b, n, header.volumeSize, blockSize);
-          const buf = free.pop() ?? new ArrayBuffer(jobBytes);
-          const view = new Uint8Array(buf, 0, len);
-          let got = 0;
-          while (got < len) {
-            const k = await source.read(view, got, len - got, b * blockSize + got);
-            if (k === 0) throw new ThinarchiveError('SOURCE_SHORT', `source ended at byte ${b * blockSize + got}, before the volume size ${header.volumeSize}`);
-            got += k;
-          }
-          progress.bytesRead += len;
-          inflight.push(pool.encode(buf, len, b, blockSize, level, freeOut.pop() ?? new ArrayBuffer(jobBytes)));
-          if (inflight.length >= window) await drainOne();
+          yield { b, len: rangeBytes(b, Math.min(blocksPerJob, e.firstBlock + e.blockCount - b), header.volumeSize, blockSize) };
         }
+      }
+    }
+    const readJob = async (b: number, len: number, buf: ArrayBuffer): Promise<void> => {
+      const view = new Uint8Array(buf, 0, len);
+      let got = 0;
+      while (got < len) {
+        const k = await source.read(view, got, len - got, b * blockSize + got);
+        if (k === 0) throw new ThinarchiveError('SOURCE_SHORT', `source ended at byte ${b * blockSize + got}, before the volume size ${header.volumeSize}`);
+        got += k;
+      }
+    };
+    const reads: { b: number; len: number; buf: ArrayBuffer; done: Promise<void> }[] = [];
+    try {
+      const next = jobs();
+      for (;;) {
+        while (reads.length < READS_AHEAD) {
+          const j = await next.next();
+          if (j.done) break;
+          const buf = free.pop() ?? new ArrayBuffer(jobBytes);
+          const done = readJob(j.value.b, j.value.len, buf);
+          done.catch(() => {}); // thrown when awaited below
+          reads.push({ ...j.value, buf, done });
+        }
+        const r = reads.shift();
+        if (!r) break;
+        signal?.throwIfAborted();
+        await r.done;
+        progress.bytesRead += r.len;
+        inflight.push(pool.encode(r.buf, r.len, r.b, blockSize, level, freeOut.pop() ?? new ArrayBuffer(jobBytes)));
+        if (inflight.length >= window) await drainOne();
       }
       while (inflight.length > 0) await drainOne();
     } finally {
-      // On error, let outstanding jobs settle so no worker result arrives after we return.
-      await Promise.allSettled(inflight);
+      // On error, let outstanding jobs and reads settle so none lands after we return.
+      await Promise.allSettled([...inflight, ...reads.map((r) => r.done)]);
     }
     await flushZero();
     await writeIndex();
