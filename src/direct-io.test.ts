@@ -33,7 +33,7 @@ function pattern(n: number, seed: number): Uint8Array {
   return b;
 }
 
-async function writeAndReadBack(dir: string): Promise<{ direct: boolean }> {
+async function writeAndReadBack(dir: string): Promise<{ direct: boolean; descriptors: number }> {
   const path = join(dir, 'img');
   const size = 16 << 20;
   const t = await FileTarget.open(path, { create: true, createSize: size, stateDir: join(dir, 'state') });
@@ -58,14 +58,14 @@ async function writeAndReadBack(dir: string): Promise<{ direct: boolean }> {
     await t.close();
   }
   expect(Buffer.compare(readFileSync(path), expected)).toBe(0);
-  return { direct: t.directWrites };
+  return { direct: t.directWrites, descriptors: t.descriptors };
 }
 
 describe('FileTarget direct writes', () => {
   it('writes the aligned part of each write with O_DIRECT, the rest through the page cache, and reads back exactly', async () => {
     const d = directDir();
     dirs.push(d);
-    expect(await writeAndReadBack(d)).toEqual({ direct: true });
+    expect(await writeAndReadBack(d)).toEqual({ direct: true, descriptors: 2 });
   });
 
   it('falls back to the page cache on a file system that refuses O_DIRECT (tmpfs)', async () => {
@@ -78,7 +78,7 @@ describe('FileTarget direct writes', () => {
     } catch {
       refused = true;
     }
-    expect(await writeAndReadBack(d)).toEqual({ direct: !refused });
+    expect(await writeAndReadBack(d)).toEqual({ direct: !refused, descriptors: refused ? 1 : 2 });
   });
 
   it('pwriteDirect and preadDirect refuse an unaligned position or length before writing anything', async () => {

@@ -77,4 +77,29 @@ describe('archive round trip', () => {
     const out = await replay(sink.bytes());
     expect(out.image.equals(data)).toBe(true);
   });
+
+  it('keeps several reads in flight only from a source that allows it (a ChainReader reads forward, one at a time)', async () => {
+    const size = 5000 * BS; // 5 jobs of 4 MiB
+    const data = randomBytes(size);
+    class Counting extends MemorySource {
+      now = 0;
+      most = 0;
+      constructor(d: Uint8Array, readonly concurrentReads: boolean) {
+        super(d);
+      }
+      override async read(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+        this.most = Math.max(this.most, ++this.now);
+        await new Promise((r) => setTimeout(r, 5));
+        this.now--;
+        return super.read(buf, offset, length, position);
+      }
+    }
+    for (const [concurrent, most] of [[false, 1], [true, 3]] as const) {
+      const source = new Counting(data, concurrent);
+      const sink = new MemorySink();
+      await writeArchive({ header: newHeader(size), pool, sink, source, extents: listSource(extents([0, 5000, ExtentKind.DATA])) });
+      expect({ concurrent, most: source.most }).toEqual({ concurrent, most });
+      expect((await replay(sink.bytes())).image.equals(data)).toBe(true);
+    }
+  });
 });

@@ -34,6 +34,11 @@ export interface VolumeSource {
   readonly size: number;
   /** Read up to `length` bytes at `position` into `buf` at `offset`; returns bytes read (0 at end). */
   read(buf: Uint8Array, offset: number, length: number, position: number): Promise<number>;
+  /**
+   * Reads may run at once (positional reads of a file): writeArchive keeps READS_AHEAD of them in
+   * flight. Otherwise (a ChainReader, which reads forward from where it is) one at a time.
+   */
+  readonly concurrentReads?: boolean;
 }
 
 export interface NewArchive {
@@ -267,9 +272,9 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
       progress.bytesWritten = pos;
       opts.onProgress?.(progress);
     };
-    // The next READS_AHEAD jobs' reads are in flight while the oldest one is handed to a worker: the
-    // source is read past the page cache (src/direct-io.ts), with no kernel read-ahead to hide each
-    // read's latency.
+    // The next READS_AHEAD jobs' reads are in flight while the oldest one is handed to a worker (a
+    // source whose reads may run at once: a file, read past the page cache, src/direct-io.ts, with
+    // no kernel read-ahead to hide each read's latency). Any other source: one read at a time.
     async function* jobs(): AsyncGenerator<{ b: number; len: number }> {
       for await (const e of spool.read()) {
         if (e.kind !== ExtentKind.DATA) continue;
@@ -291,7 +296,7 @@ export async function writeArchive(opts: WriteOptions): Promise<WriteResult> {
     try {
       const next = jobs();
       for (;;) {
-        while (reads.length < READS_AHEAD) {
+        while (reads.length < (source.concurrentReads ? READS_AHEAD : 1)) {
           const j = await next.next();
           if (j.done) break;
           const buf = free.pop() ?? new ArrayBuffer(jobBytes);

@@ -210,6 +210,7 @@ function counting(src: FileVolume): VolumeSource & { bytes: number } {
   const c = {
     bytes: 0,
     size: src.size,
+    concurrentReads: src.concurrentReads,
     read: async (buf: Uint8Array, offset: number, length: number, position: number): Promise<number> => {
       const n = await src.read(buf, offset, length, position);
       c.bytes += n;

@@ -13,6 +13,9 @@ import { volumeBlocks } from '../format/types.js';
 import { thinio } from '../native.js';
 
 export class FileVolume implements VolumeSource {
+  /** positional reads: any number may run at once */
+  readonly concurrentReads = true;
+
   private constructor(
     readonly path: string,
     private readonly fh: FileHandle,
@@ -51,7 +54,9 @@ export class FileVolume implements VolumeSource {
     try {
       const aligned = this.direct?.alignedPart(position, length) ?? 0;
       if (aligned > 0) {
-        const n = await this.direct!.read(buf.subarray(offset, offset + aligned), position);
+        // An I/O error fails a whole direct read: the page cache's read below reads up to the bad
+        // byte and names it (or gets the bytes after all).
+        const n = await this.direct!.read(buf.subarray(offset, offset + aligned), position).catch(() => undefined);
         // (short: the end of the volume; refused: this and every later read through the page cache)
         if (n !== undefined && (n < aligned || aligned === length)) return n;
         if (n !== undefined) {

@@ -206,6 +206,11 @@ export class FileTarget {
     targetHooks.afterWrite?.();
   }
 
+  /** How many descriptors of the target this process holds open (2 with direct writes): a device-mapper open count counts each. */
+  get descriptors(): number {
+    return this.direct ? 2 : 1;
+  }
+
   /** Whether writes bypass the page cache (their aligned part; src/direct-io.ts). */
   get directWrites(): boolean {
     return this.direct?.active ?? false;

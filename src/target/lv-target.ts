@@ -303,8 +303,8 @@ export class LvTarget {
       statsRef = target.zeroStats;
       target.log = log;
       const opens = await openCount(exec, vg, lv);
-      if (opens !== 1) {
-        throw new UnsafeError('TARGET_BUSY', `target ${where} is open elsewhere (device-mapper open count ${opens}, this process being 1); refusing to write`);
+      if (opens !== target.descriptors) {
+        throw new UnsafeError('TARGET_BUSY', `target ${where} is open elsewhere (device-mapper open count ${opens}, ${target.descriptors} of them this process's); refusing to write`);
       }
       if (target.size < o.neededSize) {
         throw new UnsafeError('TARGET_TOO_SMALL', `target ${where} has ${target.size} bytes, the volume needs ${o.neededSize}: grow it (lvextend -L ${o.neededSize}b ${where}) or apply to a new LV with --create --pool`);
