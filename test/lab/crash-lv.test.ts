@@ -155,7 +155,11 @@ describe('crash safety in the thin-LVM lab', () => {
       const what = `concurrent round ${c.j}: ${JSON.stringify(c)}`;
       c.writers.forEach((w, i) => {
         if (c.kill && i === 0) {
-          expect(w.signal === 'SIGKILL' || w.code === 0, what).toBe(true);
+          // killed, or done before the kill, or (a guest so loaded that its node started later than
+          // the --wait writer's, 1.7 s after it) refused because that one held the target
+          const lostTheRace = w.code === 4 && /^thinarchive: target vg\/c\d+ is in use by thinarchive apply \(pid \d+/m.test(w.err);
+          expect(w.signal === 'SIGKILL' || w.code === 0 || lostTheRace, what).toBe(true);
+          if (lostTheRace) refused++;
           return;
         }
         if (!(c.kill && i === 1)) expect(w.err, `${what}: a live writer was taken for an interrupted one`).not.toMatch(/recovered first|rolled back/);
