@@ -43,6 +43,16 @@ static napi_value throw_errno(napi_env env, const char *what, int err) {
   return NULL;
 }
 
+/* Reject a Promise with an Error whose code is the errno name of `err` (EIO when it has none). */
+static void reject_errno(napi_env env, napi_deferred deferred, int err, const char *message) {
+  const char *ename = strerrorname_np(err);
+  napi_value m, code, e;
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &m);
+  napi_create_string_utf8(env, ename ? ename : "EIO", NAPI_AUTO_LENGTH, &code);
+  napi_create_error(env, code, m, &e);
+  napi_reject_deferred(env, deferred, e);
+}
+
 static int get_args(napi_env env, napi_callback_info info, size_t want, int64_t *out) {
   napi_value argv[3];
   size_t argc = 3;
@@ -263,14 +273,9 @@ static void dm_complete(napi_env env, napi_status status, void *data) {
   dm_job *j = data;
   if (status != napi_ok || !j->out) {
     int err = status != napi_ok ? ECANCELED : j->err;
-    const char *ename = strerrorname_np(err);
     char msg[DM_NAME_LEN + 160];
     snprintf(msg, sizeof msg, "%s on %s: %s", j->what ? j->what : "device-mapper", j->name, strerror(err));
-    napi_value m, code, e;
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
-    napi_create_string_utf8(env, ename ? ename : "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, m, &e);
-    napi_reject_deferred(env, j->deferred, e);
+    reject_errno(env, j->deferred, err, msg);
   } else {
     struct dm_ioctl *dmi = j->out;
     napi_value res, targets;
@@ -418,14 +423,9 @@ static void direct_complete(napi_env env, napi_status status, void *data) {
   direct_job *j = data;
   if (status != napi_ok || j->err) {
     int err = status != napi_ok ? ECANCELED : j->err;
-    const char *ename = strerrorname_np(err);
     char msg[200];
     snprintf(msg, sizeof msg, "%s(O_DIRECT) at byte %lld: %s", j->write ? "pwrite" : "pread", (long long)(j->pos + j->at), strerror(err));
-    napi_value m, code, e;
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
-    napi_create_string_utf8(env, ename ? ename : "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, m, &e);
-    napi_reject_deferred(env, j->deferred, e);
+    reject_errno(env, j->deferred, err, msg);
   } else {
     napi_value v;
     if (j->write) napi_get_undefined(env, &v);
