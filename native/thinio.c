@@ -349,6 +349,17 @@ static napi_value dm_ioctl_js(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* A Uint8Array argument: its bytes and length; 0 when `v` is something else. */
+static int u8_arg(napi_env env, napi_value v, const uint8_t **ptr, size_t *len) {
+  bool is_ta = false;
+  napi_typedarray_type type;
+  void *p;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, v, &type, len, &p, NULL, NULL) != napi_ok || type != napi_uint8_array) return 0;
+  *ptr = p;
+  return 1;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * pwriteDirect(fd, bytes, position) / preadDirect(fd, bytes, position): all of `bytes` written at
  * `position`, or read into `bytes` from `position`, through `fd`, which was opened with O_DIRECT, in
@@ -440,15 +451,11 @@ static void direct_complete(napi_env env, napi_status status, void *data) {
 static napi_value direct_io(napi_env env, napi_callback_info info, int write) {
   napi_value argv[3];
   size_t argc = 3;
-  bool is_ta = false;
   double fd, pos;
-  napi_typedarray_type type;
   size_t length;
-  void *ptr;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      napi_is_typedarray(env, argv[1], &is_ta) != napi_ok || !is_ta ||
+  const uint8_t *ptr;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || !u8_arg(env, argv[1], &ptr, &length) ||
       napi_get_value_double(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[2], &pos) != napi_ok ||
-      napi_get_typedarray_info(env, argv[1], &type, &length, &ptr, NULL, NULL) != napi_ok || type != napi_uint8_array ||
       fd < 0 || fd > 0x7fffffff || pos < 0 || pos > 9007199254740991.0) {
     napi_throw_type_error(env, "EINVAL", write ? "pwriteDirect(fd, Uint8Array, position)" : "preadDirect(fd, Uint8Array, position)");
     return NULL;
@@ -461,7 +468,7 @@ static napi_value direct_io(napi_env env, napi_callback_info info, int write) {
   if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   j->fd = (int)fd;
   j->write = write;
-  j->mem = ptr;
+  j->mem = (uint8_t *)ptr; /* (read: filled in the thread pool) */
   j->len = length;
   j->pos = (int64_t)pos;
   napi_value promise, rname;
@@ -480,16 +487,6 @@ static napi_value pread_direct(napi_env env, napi_callback_info info) { return d
  * xxh64(bytes): XXH64 with seed 0 of a Uint8Array, as a BigInt. xxh64Blocks(bytes, blockSize, out):
  * XXH64 of each blockSize-byte block of `bytes` (the last may be shorter) into the BigUint64Array
  * `out`, which must have room for every block. Synchronous: the caller is a worker thread. */
-
-static int u8_arg(napi_env env, napi_value v, const uint8_t **ptr, size_t *len) {
-  bool is_ta = false;
-  napi_typedarray_type type;
-  void *p;
-  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(env, v, &type, len, &p, NULL, NULL) != napi_ok || type != napi_uint8_array) return 0;
-  *ptr = p;
-  return 1;
-}
 
 static napi_value xxh64_js(napi_env env, napi_callback_info info) {
   napi_value argv[1];

@@ -58,8 +58,8 @@ export class FileVolume implements VolumeSource {
         // byte and names it (or gets the bytes after all).
         const n = await this.direct!.read(buf.subarray(offset, offset + aligned), position).catch(() => undefined);
         // (short: the end of the volume; refused: this and every later read through the page cache)
-        if (n !== undefined && (n < aligned || aligned === length)) return n;
         if (n !== undefined) {
+          if (n < aligned || aligned === length) return n;
           const { bytesRead } = await this.fh.read(buf, offset + n, length - n, position + n);
           return n + bytesRead;
         }
