@@ -13,13 +13,20 @@ export interface ArchiveByteReader {
   /** Exactly `n` bytes; FormatError TRUNCATED at the end of the source. */
   read(n: number): Promise<Uint8Array>;
   /**
-   * Exactly `n` bytes in a buffer of their own: the first `n` bytes of `into` when it is large enough
-   * (it is then the caller's again), else a new buffer that the result owns whole (safe to transfer).
+   * Exactly `n` bytes in a buffer of their own: the `n` bytes at `at` of `into` when it is large
+   * enough (it is then the caller's again), else a new buffer that the result owns whole (safe to
+   * transfer).
    */
-  readPayload(n: number, into?: ArrayBuffer): Promise<Uint8Array>;
+  readPayload(n: number, into?: ArrayBuffer, at?: number): Promise<Uint8Array>;
   /** True when no byte is left. */
   atEnd(): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/** Where a payload is to be read: at `at` of `buffer` (several payloads in one buffer). */
+export interface PayloadSlot {
+  buffer: ArrayBuffer;
+  at: number;
 }
 
 /** Positional reads of an archive (a local file): up to `length` bytes; 0 at the end. */
@@ -104,11 +111,11 @@ export class ByteReader implements ArchiveByteReader {
     return this.take(n, fresh);
   }
 
-  /** `n` bytes copied into `into` (when large enough) or a fresh buffer. */
-  async readPayload(n: number, into?: ArrayBuffer): Promise<Uint8Array> {
-    if (!into || into.byteLength < n) return this.read(n, true);
+  /** `n` bytes copied into `into` at `at` (when large enough) or a fresh buffer. */
+  async readPayload(n: number, into?: ArrayBuffer, at = 0): Promise<Uint8Array> {
+    if (!into || into.byteLength < at + n) return this.read(n, true);
     if (!(await this.fill(n))) throw truncated(n, this.avail, this.offset, this.file);
-    return this.copyOut(new Uint8Array(into, 0, n));
+    return this.copyOut(new Uint8Array(into, at, n));
   }
 
   /** True when no byte is left. */
@@ -122,97 +129,142 @@ export class ByteReader implements ArchiveByteReader {
   }
 }
 
-/** Bytes read ahead for frames; payload bytes beyond them are read straight into their buffer. */
-const STAGE = 256 * 1024;
+/** The read-ahead of PositionalReader: pieces of this size, ... */
+const PIECE = 512 * 1024;
+/** ... this many of them read ahead (in flight or waiting to be consumed). */
+const PIECES_AHEAD = 2;
+
+/** One piece of the read-ahead: `len` bytes of the file at `pos` (fewer than asked: the end of the file). */
+interface Piece {
+  pos: number;
+  buf: Buffer;
+  len: number;
+  /** Settles when the piece is read (never rejects: a failure is `error`). */
+  done: Promise<void> | undefined;
+  error?: unknown;
+}
 
 /**
- * Exact-length reads over positional reads (a local archive file). Frames come from a reused
- * read-ahead buffer (`read` returns copies); payloads are read directly into the caller's buffer.
- * Nothing is allocated per record but the small frame copies.
+ * Exact-length reads over positional reads (a local archive file). The next PIECES_AHEAD pieces of the
+ * file are read ahead, in flight while the caller works: frames and small payloads are copied out of
+ * them, so an archive of small records (very compressible data) costs a read per 512 KiB rather than
+ * a wait for a read per record. The part of a large payload past the read-ahead is read straight into
+ * the caller's buffer (nothing copied twice). `read` returns copies; nothing is allocated per record
+ * but the small frame copies.
  */
 export class PositionalReader implements ArchiveByteReader {
   offset = 0;
-  private stage: Buffer = Buffer.allocUnsafeSlow(STAGE);
-  /** The bytes at `offset`.. are stage[start, end). */
-  private start = 0;
-  private end = 0;
-  private eof = false;
+  /** Pieces read (or being read) from `offset` on, in file order; the first one's bytes before `offset` are used. */
+  private pieces: Piece[] = [];
+  private readonly spare: Buffer[] = [];
+  /** Where the next piece would start (the end of the last piece, or of a payload read directly). */
+  private next = 0;
+  /** The file ends here (known once a piece came back short). */
+  private end = Infinity;
 
   constructor(private readonly src: PositionalSource, private readonly file?: string) {}
 
-  private get avail(): number {
-    return this.end - this.start;
+  /** Read ahead up to PIECES_AHEAD pieces. */
+  private issue(): void {
+    while (this.pieces.length < PIECES_AHEAD && this.next < this.end) {
+      const piece: Piece = { pos: this.next, buf: this.spare.pop() ?? Buffer.allocUnsafeSlow(PIECE), len: 0, done: undefined };
+      piece.done = this.fillPiece(piece).catch((e: unknown) => {
+        piece.error = e;
+      });
+      this.pieces.push(piece);
+      this.next += PIECE;
+    }
   }
 
-  private async fill(n: number): Promise<boolean> {
-    if (this.avail >= n) return true;
-    if (this.eof) return false;
-    if (n > this.stage.length) {
-      const bigger = Buffer.allocUnsafeSlow(n);
-      this.stage.copy(bigger, 0, this.start, this.end);
-      this.stage = bigger;
-    } else if (this.start > 0) {
-      this.stage.copy(this.stage, 0, this.start, this.end);
-    }
-    this.end -= this.start;
-    this.start = 0;
-    while (this.end < n) {
-      const k = await this.src.readInto(this.stage, this.end, this.stage.length - this.end, this.offset + this.end);
+  private async fillPiece(p: Piece): Promise<void> {
+    while (p.len < PIECE) {
+      const k = await this.src.readInto(p.buf, p.len, PIECE - p.len, p.pos + p.len);
       if (k === 0) {
-        this.eof = true;
-        return false;
+        this.end = Math.min(this.end, p.pos + p.len);
+        return;
       }
-      this.end += k;
+      p.len += k;
     }
-    return true;
+  }
+
+  /** The first piece read ahead that holds bytes at `offset` (waiting for it); undefined when none does. */
+  private async first(): Promise<Piece | undefined> {
+    while (this.pieces.length > 0) {
+      const p = this.pieces[0];
+      if (p.done) {
+        await p.done;
+        p.done = undefined;
+      }
+      if (p.error !== undefined) throw p.error;
+      // (past the end of the file: read ahead before a piece before it came back short)
+      if (this.offset < p.pos) return undefined;
+      if (this.offset < p.pos + p.len) return p;
+      // (used up, or short at the end of the file)
+      this.pieces.shift();
+      this.spare.push(p.buf);
+    }
+    return undefined;
+  }
+
+  /**
+   * Copy the next bytes (up to `n`) into out[at..] from the pieces read ahead; with `more`, reading
+   * ahead further as they are used. How many were copied (fewer: the end of the file, or without
+   * `more`, of the read-ahead).
+   */
+  private async copyAhead(out: Uint8Array, at: number, n: number, more: boolean): Promise<number> {
+    let done = 0;
+    while (done < n) {
+      if (more) this.issue();
+      const p = await this.first();
+      if (!p) break;
+      const from = this.offset - p.pos;
+      const k = Math.min(n - done, p.len - from);
+      out.set(p.buf.subarray(from, from + k), at + done);
+      done += k;
+      this.offset += k;
+    }
+    return done;
   }
 
   async read(n: number): Promise<Uint8Array> {
     if (n === 0) return new Uint8Array(0);
-    if (!(await this.fill(n))) throw truncated(n, this.avail, this.offset, this.file);
-    // A copy (a Buffer, as a file stream's chunks are): the stage is reused by the next read.
-    const out = Buffer.from(this.stage.subarray(this.start, this.start + n));
-    this.start += n;
-    this.offset += n;
+    // A copy (a Buffer, as a file stream's chunks are): the pieces are reused.
+    const out = Buffer.allocUnsafe(n);
+    const k = await this.copyAhead(out, 0, n, true);
+    if (k < n) throw truncated(n, k, this.offset - k, this.file);
     return out;
   }
 
-  async readPayload(n: number, into?: ArrayBuffer): Promise<Uint8Array> {
+  async readPayload(n: number, into?: ArrayBuffer, intoAt = 0): Promise<Uint8Array> {
     if (n === 0) return new Uint8Array(0);
     const base = this.offset;
-    const out = into && into.byteLength >= n ? new Uint8Array(into, 0, n) : new Uint8Array(n);
-    // What the stage holds already.
-    let at = Math.min(this.avail, n);
-    out.set(this.stage.subarray(this.start, this.start + at));
-    this.start += at;
-    this.offset += at;
-    if (at < n && n - at < STAGE / 2) {
-      // A short rest: read ahead into the stage (the next frame comes with it).
-      const rest = n - at;
-      if (!(await this.fill(rest))) throw truncated(n, at + this.avail, base, this.file);
-      out.set(this.stage.subarray(this.start, this.start + rest), at);
-      this.start += rest;
-      this.offset += rest;
-      at = n;
-    }
-    // A long rest: straight into the payload's buffer (the stage is empty here).
-    while (at < n) {
-      const got = this.eof ? 0 : await this.src.readInto(out, at, n - at, base + at);
-      if (got === 0) {
-        this.eof = true;
-        throw truncated(n, at, base, this.file);
+    const out = into && into.byteLength >= intoAt + n ? new Uint8Array(into, intoAt, n) : new Uint8Array(n);
+    let at = 0;
+    if (n - (this.next - this.offset) > PIECE) {
+      // A long payload: what is read ahead already (or on its way), then the rest straight into the
+      // payload's buffer; the read-ahead goes on after it.
+      at = await this.copyAhead(out, 0, n, false);
+      while (at < n && base + at < this.end) {
+        const got = await this.src.readInto(out, at, n - at, base + at);
+        if (got === 0) this.end = base + at;
+        at += got;
       }
-      at += got;
       this.offset = base + at;
+      this.next = this.offset;
     }
+    at += await this.copyAhead(out, at, n - at, true);
+    if (at < n) throw truncated(n, at, base, this.file);
     return out;
   }
 
   async atEnd(): Promise<boolean> {
-    return !(await this.fill(1));
+    this.issue();
+    return (await this.first()) === undefined;
   }
 
   async close(): Promise<void> {
+    // (reads still in flight finish into buffers nobody uses)
+    await Promise.all(this.pieces.map((p) => p.done));
     await this.src.close?.();
   }
 }

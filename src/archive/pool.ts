@@ -11,6 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { FormatError, ThinarchiveError } from '../errors.js';
 import { MAX_RECORD_RAW } from '../format/constants.js';
 import type { DataRecordHead } from '../format/types.js';
+import type { PayloadSlot } from './byte-reader.js';
 import { packagePath } from '../paths.js';
 
 /**
@@ -33,6 +34,85 @@ export class RecordBuffers {
   /** For readArchive's payloadBuffer: a buffer when `n` bytes fit one. */
   readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
 }
+
+/** Records whose payloads share one record buffer (PayloadBatcher), for one decodeBatch job. */
+export interface PayloadBatch<T> {
+  buf: ArrayBuffer;
+  items: { rec: BatchRecord; tag: T }[];
+  /** Their data bytes (each record's `outAt` is where its data would go in an output buffer). */
+  raw: number;
+}
+
+/**
+ * Gathers data records whose payloads go into one record buffer, to be decoded as one job
+ * (WorkerPool.decodeBatch): readArchive reads each payload into the next slot (`slot`, its
+ * payloadBuffer), `add` takes the record once its payload is there. A batch is ready (`takeReady`)
+ * once it holds `maxRaw` bytes of data or the next record would not fit; `flush` makes the rest ready.
+ * Records of a few hundred KiB (very compressible data) then cost one message per several MiB instead
+ * of one each: a message to a worker and back costs more than decoding such a record, and every
+ * buffer that crosses to another thread and back counts against V8's external memory, which drives
+ * garbage collections.
+ */
+export class PayloadBatcher<T> {
+  private cur: PayloadBatch<T> | undefined;
+  /** Payload bytes in `cur`. */
+  private used = 0;
+  private ready: PayloadBatch<T>[] = [];
+
+  /** `maxRaw`: the data bytes of one batch at most (an apply's: what one output buffer holds). */
+  constructor(private readonly buffers: RecordBuffers, private readonly maxRaw = BATCH_RAW) {}
+
+  /** readArchive's payloadBuffer: the next free bytes of the batch (of a new one when the record does not fit). */
+  readonly slot = (n: number, record?: Pick<DataRecordHead, 'rawLen'>): PayloadSlot | undefined => {
+    if (n > MAX_RECORD_RAW) return undefined;
+    const raw = record?.rawLen ?? 0;
+    if (this.cur && (this.used + n > this.cur.buf.byteLength || this.cur.raw + raw > this.maxRaw)) this.flush();
+    this.cur ??= { buf: this.buffers.take(), items: [], raw: 0 };
+    return { buffer: this.cur.buf, at: this.used };
+  };
+
+  /** A record whose payload `p` was read into its slot: taken into the batch (false: `p` is elsewhere). */
+  add(p: Uint8Array, record: BatchRecord['record'], tag: T): boolean {
+    const b = this.cur;
+    if (!b || p.buffer !== b.buf || p.byteOffset !== this.used) return false;
+    b.items.push({ rec: { at: this.used, len: p.length, record, outAt: b.raw }, tag });
+    this.used += p.length;
+    b.raw += record.rawLen;
+    if (b.raw >= this.maxRaw || this.used === b.buf.byteLength) this.flush();
+    return true;
+  }
+
+  /** Make the records gathered so far a ready batch. */
+  flush(): void {
+    const b = this.cur;
+    if (!b || b.items.length === 0) return;
+    this.cur = undefined;
+    this.used = 0;
+    this.ready.push(b);
+  }
+
+  /** The batches ready to be decoded (each one handed out once). */
+  takeReady(): PayloadBatch<T>[] {
+    const r = this.ready;
+    this.ready = [];
+    return r;
+  }
+
+  /** Give back the buffers of whatever was not handed out (reading ended early). */
+  dispose(): void {
+    for (const b of [...this.ready, ...(this.cur ? [this.cur] : [])]) this.buffers.give(b.buf);
+    this.ready = [];
+    this.cur = undefined;
+    this.used = 0;
+  }
+}
+
+/**
+ * The data a verify's decodeBatch job covers at most: about 2 ms of a worker's time on very
+ * compressible data, so a message each way is a small part of it, and a 1 GiB volume is still over a
+ * hundred jobs to share.
+ */
+export const BATCH_RAW = 8 * 1024 * 1024;
 
 export interface EncodeRun {
   zero: boolean;
@@ -90,6 +170,23 @@ export function payloadBuffer(p: Uint8Array): ArrayBuffer {
 /** For decodeRecycled: a buffer whose first p.length bytes are the payload (p's own when p starts it, else a copy). */
 export function payloadStart(p: Uint8Array): ArrayBuffer {
   return p.byteOffset === 0 ? p.buffer as ArrayBuffer : p.slice().buffer as ArrayBuffer;
+}
+
+/** One record of a decodeBatch job: its payload is `len` bytes at `at` of the batch's buffer. */
+export interface BatchRecord {
+  at: number;
+  len: number;
+  record: Pick<DataRecordHead, 'codec' | 'rawLen' | 'storedHash' | 'hashes'>;
+  /** With an output buffer: where the record's data goes in it. */
+  outAt?: number;
+}
+
+export interface BatchResult {
+  /** The records that failed their checks (index into the batch), as decode reports them. */
+  failed: { index: number; error: string; badBlocks?: number[] }[];
+  /** The buffers sent, handed back. */
+  stored: ArrayBuffer;
+  out?: ArrayBuffer;
 }
 
 export interface HashResult {
@@ -150,6 +247,14 @@ export const INLINE_BYTES = 8 * 1024 * 1024;
  */
 export const INLINE_MAX_LEVEL = 5;
 
+/**
+ * Jobs posted to one worker at a time. With one, a worker sat idle for a whole round trip (its answer
+ * handled in this thread, the next job posted) after every job: on records that decode in a fraction
+ * of a millisecond (very compressible data), workers were busy a third of the time
+ * (docs/PERFORMANCE.md, "Verify on compressible data").
+ */
+export const JOBS_PER_WORKER = 2;
+
 export interface WorkerPoolOptions {
   /**
    * Run jobs in the calling thread, starting no worker, until they have covered this many bytes; then
@@ -162,10 +267,10 @@ export interface WorkerPoolOptions {
 
 export class WorkerPool {
   private readonly workers: Worker[] = [];
-  private readonly idle: Worker[] = [];
+  /** Jobs posted to each worker and not answered yet (at most JOBS_PER_WORKER). */
+  private readonly posted = new Map<Worker, number>();
   private readonly queue: Pending[] = [];
   private readonly inflight = new Map<number, Pending>();
-  private readonly byWorker = new Map<Worker, number>();
   private nextId = 1;
   private closed = false;
   private failure: Error | undefined;
@@ -192,7 +297,7 @@ export class WorkerPool {
         if (!this.closed) this.onFatal(new Error(`worker thread exited with code ${code}`));
       });
       this.workers.push(w);
-      this.idle.push(w);
+      this.posted.set(w, 0);
     }
   }
 
@@ -220,8 +325,7 @@ export class WorkerPool {
     }
     const p = this.inflight.get(m.id);
     this.inflight.delete(m.id);
-    this.byWorker.delete(w);
-    this.idle.push(w);
+    this.posted.set(w, this.posted.get(w)! - 1);
     this.pump();
     if (!p) return;
     if (m.error !== undefined) p.reject(new ThinarchiveError('WORKER_FAILED', `worker failed: ${m.error}`));
@@ -235,13 +339,27 @@ export class WorkerPool {
     this.queue.length = 0;
   }
 
+  /**
+   * Post queued jobs to the worker with the fewest unanswered ones, up to JOBS_PER_WORKER each: a
+   * worker that finishes a job finds the next one waiting instead of idling for a round trip through
+   * this thread's event loop.
+   */
   private pump(): void {
-    while (this.idle.length > 0 && this.queue.length > 0) {
-      const w = this.idle.pop()!;
+    while (this.queue.length > 0) {
+      let w: Worker | undefined;
+      let least = JOBS_PER_WORKER;
+      for (const x of this.workers) {
+        const n = this.posted.get(x)!;
+        if (n < least) {
+          w = x;
+          least = n;
+        }
+      }
+      if (!w) return;
       const p = this.queue.shift()!;
       const id = this.nextId++;
       this.inflight.set(id, p);
-      this.byWorker.set(w, id);
+      this.posted.set(w, least + 1);
       w.postMessage({ ...p.msg, id }, p.transfer);
     }
   }
@@ -305,6 +423,32 @@ export class WorkerPool {
     }, out ? [stored, h, out] : [stored, h]);
   }
 
+  /**
+   * decode for several records whose payloads share one buffer (`stored`, transferred): one job, one
+   * message each way, for records too small to be worth a job each. With `out` (transferred), record
+   * i's data goes to recs[i].outAt of it. Both buffers come back, also when records fail.
+   */
+  decodeBatch(stored: ArrayBuffer, recs: readonly BatchRecord[], blockSize: number, out?: ArrayBuffer): Promise<BatchResult> {
+    let count = 0;
+    let rawLen = 0;
+    for (const r of recs) {
+      count += r.record.hashes.length;
+      rawLen += r.record.rawLen;
+    }
+    for (const r of recs) {
+      if (out && (r.outAt ?? 0) + r.record.rawLen > out.byteLength) throw new Error(`decodeBatch: a record's data does not fit the output buffer (${r.outAt} + ${r.record.rawLen} > ${out.byteLength})`);
+    }
+    const hashes = new BigUint64Array(count);
+    let h = 0;
+    const list = recs.map(({ at, len, record, outAt }) => {
+      hashes.set(record.hashes, h);
+      h += record.hashes.length;
+      return { at, len, outAt, codec: record.codec, rawLen: record.rawLen, storedHash: record.storedHash, hashCount: record.hashes.length };
+    });
+    const hb = hashes.buffer as ArrayBuffer;
+    return this.run({ op: 'decodeBatch', stored, recs: list, hashes: hb, blockSize, out, rawLen }, out ? [stored, hb, out] : [stored, hb]);
+  }
+
   /** Hash the blocks of `len` bytes of `buf` (transferred); also reports which blocks are all zero. */
   hash(buf: ArrayBuffer, len: number, blockSize: number): Promise<HashResult> {
     return this.run({ op: 'hash', buf, len, blockSize }, [buf]);
@@ -334,8 +478,8 @@ export class WorkerPool {
    * garbage goes with its next collection anyway).
    */
   async collect(): Promise<void> {
-    if (this.spent || this.queue.length > 0 || this.idle.length !== this.workers.length) return;
-    // (every worker idle: each job goes to a different one)
+    if (this.spent || this.queue.length > 0 || this.inflight.size > 0) return;
+    // (every worker idle: each job goes to a different one, the one with none posted)
     await Promise.all(this.workers.map(() => this.run({ op: 'collect' }, [], false)));
   }
 

@@ -22,10 +22,10 @@ import {
 import { initHash } from '../format/hash.js';
 import type { ArchiveHeader, DataRecordHead, IndexEntry, MapEnd, MapExtent, Trailer, ZeroRecord } from '../format/types.js';
 import { ArchiveValidator, canonicalRuns } from '../format/validator.js';
-import { ByteReader, PositionalReader, type ArchiveByteReader, type PositionalSource } from './byte-reader.js';
+import { ByteReader, PositionalReader, type ArchiveByteReader, type PayloadSlot, type PositionalSource } from './byte-reader.js';
 import type { WorkerPool } from './pool.js';
 
-export type { PositionalSource } from './byte-reader.js';
+export type { PayloadSlot, PositionalSource } from './byte-reader.js';
 
 export type ArchiveEvent =
   | { type: 'header'; header: ArchiveHeader; offset: number }
@@ -74,10 +74,11 @@ export interface ReadArchiveOptions {
   file?: string;
   /**
    * A buffer to read the next payload into (it must hold `n` bytes, else a new one is used). The
-   * payload of a 'data' event is then the first storedLen bytes of it. Lets a consumer recycle payload
-   * buffers (for example, ones a worker hands back) instead of allocating one per record.
+   * payload of a 'data' event is then the first storedLen bytes of it (or those at the slot's `at`).
+   * Lets a consumer recycle payload buffers (for example, ones a worker hands back) instead of
+   * allocating one per record, or gather several payloads in one buffer.
    */
-  payloadBuffer?: (n: number) => ArrayBuffer | undefined;
+  payloadBuffer?: (n: number, record: DataRecordHead) => ArrayBuffer | PayloadSlot | undefined;
 }
 
 function isPositional(s: AsyncIterable<Uint8Array> | PositionalSource): s is PositionalSource {
@@ -128,7 +129,10 @@ export async function* readArchive(source: AsyncIterable<Uint8Array> | Positiona
         case FrameType.DATA: {
           const record = withFile(file, () => decodeDataBody(f.body, f.offset));
           v.onData(record, f.offset);
-          const payload = await r.readPayload(record.storedLen, opts.payloadBuffer?.(record.storedLen));
+          const slot = opts.payloadBuffer?.(record.storedLen, record);
+          const payload = slot instanceof ArrayBuffer || slot === undefined
+            ? await r.readPayload(record.storedLen, slot)
+            : await r.readPayload(record.storedLen, slot.buffer, slot.at);
           yield { type: 'data', record, payload, offset: f.offset };
           break;
         }

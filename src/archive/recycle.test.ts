@@ -11,11 +11,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FormatError } from '../errors.js';
 import { Codec, ExtentKind, MAX_RECORD_RAW, type CodecCode } from '../format/constants.js';
 import { xxh64 } from '../format/hash.js';
+import type { DataRecordHead } from '../format/types.js';
 import { writableSink } from '../store/stream.js';
 import { chunked, extents, listSource, MemorySink, MemorySource } from '../../test/helpers/memory.js';
 import { mulberry32 } from '../../scripts/lib/prng.mjs';
 import type { PositionalSource } from './byte-reader.js';
-import { WorkerPool } from './pool.js';
+import { BATCH_RAW, PayloadBatcher, RecordBuffers, WorkerPool, type PayloadBatch } from './pool.js';
 import { readArchive, type ArchiveEvent } from './reader.js';
 import { writeArchive, type ArchiveSink, type NewArchive } from './writer.js';
 
@@ -244,5 +245,91 @@ describe('worker buffers come back', () => {
     expect(r4.ok).toBe(false);
     expect(r4.badBlocks).toEqual([0]);
     expect(r4.spare.length).toBe(2);
+  });
+});
+
+describe('records decoded in batches (PayloadBatcher, decodeBatch)', () => {
+  let data: Buffer;
+  let bytes: Buffer;
+  beforeAll(async () => {
+    data = mixedVolume(24 * 1024 * 1024 + 1234, 11);
+    bytes = (await makeArchive(data))!;
+    // (makeArchive's map leaves 3 blocks in the middle out: what the archive gives back there is nothing)
+    const half = Math.floor(Math.ceil(data.length / BS) / 2);
+    data.fill(0, half * BS, (half + 3) * BS);
+  });
+
+  /** Read the archive into batches of at most `maxRaw` data bytes; decode each into an output buffer. */
+  async function viaBatches(archive: Buffer, maxRaw: number, damage?: (batch: PayloadBatch<DataRecordHead>) => void) {
+    const buffers = new RecordBuffers();
+    const batcher = new PayloadBatcher<DataRecordHead>(buffers, maxRaw);
+    const volume = Buffer.alloc(data.length);
+    const failed: { first: number; badBlocks?: number[]; error: string }[] = [];
+    let batches = 0;
+    let records = 0;
+    const run = async (): Promise<void> => {
+      for (const b of batcher.takeReady()) {
+        batches++;
+        expect(b.raw).toBeLessThanOrEqual(maxRaw);
+        damage?.(b);
+        // (with data: what one output buffer holds; checked only: BATCH_RAW)
+        const withData = maxRaw <= MAX_RECORD_RAW;
+        const res = await pool.decodeBatch(b.buf, b.items.map((i) => i.rec), BS, withData ? buffers.take() : undefined);
+        expect(res.stored.byteLength).toBe(MAX_RECORD_RAW); // the buffers come back
+        if (withData) expect(res.out!.byteLength).toBe(MAX_RECORD_RAW);
+        const bad = new Set(res.failed.map((f) => f.index));
+        for (const f of res.failed) failed.push({ first: b.items[f.index].tag.firstBlock, badBlocks: f.badBlocks, error: f.error });
+        b.items.forEach(({ rec, tag }, i) => {
+          if (!bad.has(i) && withData) volume.set(new Uint8Array(res.out!, rec.outAt!, tag.rawLen), tag.firstBlock * BS);
+        });
+      }
+    };
+    for await (const ev of readArchive(memoryPositional(archive, 3), { file: 'a', payloadBuffer: batcher.slot })) {
+      if (ev.type !== 'data') continue;
+      records++;
+      expect(batcher.add(ev.payload, ev.record, ev.record)).toBe(true);
+      await run();
+    }
+    batcher.flush();
+    await run();
+    batcher.dispose();
+    return { volume, failed, batches, records };
+  }
+
+  it('give the volume back, several records to a job', async () => {
+    const got = await viaBatches(bytes, MAX_RECORD_RAW);
+    expect(got.failed).toEqual([]);
+    expect(Buffer.compare(got.volume, data)).toBe(0);
+    expect(got.batches).toBeLessThan(got.records);
+    // checked only (verify), larger batches
+    const checked = await viaBatches(bytes, BATCH_RAW);
+    expect(checked.failed).toEqual([]);
+    expect(checked.batches).toBeLessThan(got.batches);
+  });
+
+  it('refuse a batch whose data would not fit the output buffer', () => {
+    const rec = { codec: Codec.NONE, rawLen: 3 * 1024 * 1024, storedHash: 0n, hashes: new BigUint64Array(768) };
+    expect(() => pool.decodeBatch(new ArrayBuffer(MAX_RECORD_RAW), [{ at: 0, len: 1, record: rec, outAt: 0 }, { at: 1, len: 1, record: rec, outAt: rec.rawLen }], BS, new ArrayBuffer(MAX_RECORD_RAW)))
+      .toThrow(/does not fit/);
+  });
+
+  it('report a damaged record by its place in the batch, with its bad block; the others decode', async () => {
+    let target: DataRecordHead | undefined;
+    const got = await viaBatches(bytes, MAX_RECORD_RAW, (b) => {
+      if (target || b.items.length < 3) return;
+      // the second record of the first batch of three or more: one byte of its payload flipped
+      const { rec, tag } = b.items[1];
+      target = tag;
+      new Uint8Array(b.buf, rec.at + rec.len - 1, 1)[0] ^= 0x40;
+    });
+    expect(target).toBeDefined();
+    expect(got.failed.length).toBe(1);
+    expect(got.failed[0].first).toBe(target!.firstBlock);
+    expect(got.failed[0].error).toMatch(/checksum/);
+    // every other record is intact in the volume
+    const from = target!.firstBlock * BS;
+    const to = from + target!.rawLen;
+    expect(Buffer.compare(got.volume.subarray(0, from), data.subarray(0, from))).toBe(0);
+    expect(Buffer.compare(got.volume.subarray(to), data.subarray(to))).toBe(0);
   });
 });

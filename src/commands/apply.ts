@@ -6,10 +6,10 @@
  * "applying" until the whole stream is verified. Crash safety: docs/JOURNAL.md.
  */
 import { FormatError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
-import { payloadCorrupt, payloadStart, RecordBuffers, WorkerPool } from '../archive/pool.js';
+import { PayloadBatcher, payloadCorrupt, payloadStart, RecordBuffers, WorkerPool } from '../archive/pool.js';
 import { plainStream } from '../archive/encrypted.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
-import { Codec, ExtentKind } from '../format/constants.js';
+import { Codec, ExtentKind, MAX_RECORD_RAW } from '../format/constants.js';
 import type { ArchiveHeader, MapEnd } from '../format/types.js';
 import { rangeBytes } from '../format/types.js';
 import type { Logger } from '../log.js';
@@ -178,7 +178,11 @@ const MAX_WRITES_IN_FLIGHT = 2;
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
 async function applyStream(
   events: AsyncGenerator<ArchiveEvent>, h: ArchiveHeader, target: Target, pool: WorkerPool, buffers: RecordBuffers,
-  opts: { fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void; written?: WrittenBlocks },
+  opts: {
+    fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void; written?: WrittenBlocks;
+    /** The batcher whose slots `events` reads payloads into (readArchive's payloadBuffer). */
+    batcher: PayloadBatcher<{ first: number; rawLen: number; offset: number }>;
+  },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
   const size = h.volumeSize;
@@ -190,26 +194,70 @@ async function applyStream(
     zeroBytes += n;
     progress();
   };
-  const window: { first: number; rawLen: number; p: ReturnType<WorkerPool['decodeRecycled']>; offset: number }[] = [];
+  // Payloads are gathered several to a record buffer (opts.batcher: readArchive reads into its slots)
+  // and decoded a batch at a time into one output buffer; a batch of one record is decoded alone.
+  type Rec = { first: number; rawLen: number; offset: number };
+  type Job =
+    | { one: true; rec: Rec; p: ReturnType<WorkerPool['decodeRecycled']> }
+    | { one: false; recs: { rec: Rec; outAt: number }[]; p: ReturnType<WorkerPool['decodeBatch']> };
+  const window: Job[] = [];
   const limit = pool.size * DECODE_WINDOW_PER_WORKER;
   const progress = (): void => opts.onProgress?.({ archiveId: h.archiveId, bytesDone: dataBytes + zeroBytes, bytesTotal: opts.total });
-  const writeOldest = async (): Promise<void> => {
-    const w = window.shift()!;
-    const res = await w.p;
-    for (const b of res.spare) buffers.give(b);
-    if (!res.ok) throw payloadCorrupt(res, w.first, w.offset, opts.label);
-    const raw = new Uint8Array(res.raw!, 0, w.rawLen);
+  const writes: Promise<void>[] = [];
+  /** Write `raw` (a record's data) at its block; `done` after it is written. */
+  const write = async (rec: Rec, raw: Uint8Array, done: () => void): Promise<void> => {
     // Writes to distinct offsets overlap with each other and with decoding; a few at a time.
-    const write = target.write(raw, w.first * bs).then(() => {
+    const w = target.write(raw, rec.first * bs).then(() => {
       dataBytes += raw.length;
-      buffers.give(res.raw);
+      done();
       progress();
     });
-    write.catch(() => {}); // handled when awaited below
-    writes.push(write);
+    w.catch(() => {}); // handled when awaited below
+    writes.push(w);
     if (writes.length > MAX_WRITES_IN_FLIGHT) await writes.shift();
   };
-  const writes: Promise<void>[] = [];
+  const writeOldest = async (): Promise<void> => {
+    const job = window.shift()!;
+    if (job.one) {
+      const res = await job.p;
+      for (const b of res.spare) buffers.give(b);
+      if (!res.ok) throw payloadCorrupt(res, job.rec.first, job.rec.offset, opts.label);
+      await write(job.rec, new Uint8Array(res.raw!, 0, job.rec.rawLen), () => buffers.give(res.raw));
+      return;
+    }
+    const res = await job.p;
+    buffers.give(res.stored);
+    const bad = res.failed[0];
+    const end = bad ? bad.index : job.recs.length;
+    // The records before a bad one are written, as they would be one at a time; the output buffer
+    // comes back once its last write is done.
+    let left = end;
+    if (left === 0) buffers.give(res.out);
+    for (let i = 0; i < end; i++) {
+      const { rec, outAt } = job.recs[i];
+      await write(rec, new Uint8Array(res.out!, outAt, rec.rawLen), () => {
+        if (--left === 0) buffers.give(res.out);
+      });
+    }
+    if (bad) throw payloadCorrupt(bad, job.recs[bad.index].rec.first, job.recs[bad.index].rec.offset, opts.label);
+  };
+  const dispatch = (): void => {
+    for (const b of opts.batcher.takeReady()) {
+      if (b.items.length === 1) {
+        const { rec, tag } = b.items[0];
+        const out = rec.record.codec === Codec.ZSTD ? buffers.take() : undefined;
+        window.push({ one: true, rec: tag, p: pool.decodeRecycled(b.buf, rec.len, rec.record, bs, true, out) });
+      } else {
+        window.push({ one: false, recs: b.items.map((i) => ({ rec: i.tag, outAt: i.rec.outAt! })), p: pool.decodeBatch(b.buf, b.items.map((i) => i.rec), bs, buffers.take()) });
+      }
+    }
+  };
+  const drain = async (): Promise<void> => {
+    opts.batcher.flush();
+    dispatch();
+    while (window.length > 0) await writeOldest();
+    while (writes.length > 0) await writes.shift();
+  };
   try {
     for await (const ev of events) {
       opts.signal?.throwIfAborted();
@@ -221,28 +269,28 @@ async function applyStream(
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
-        // The payload is the start of a record buffer (readArchive's payloadBuffer), or owns its own.
-        const buf = payloadStart(p);
         await opts.written?.dataRecord(r);
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
-        const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
-        window.push({ first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset, p: pool.decodeRecycled(buf, p.length, r, bs, true, out) });
-        if (window.length >= limit) await writeOldest();
+        const rec = { first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset };
+        if (!opts.batcher.add(p, r, rec)) {
+          // A payload in a buffer of its own (larger than any record buffer): decoded alone.
+          const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
+          window.push({ one: true, rec, p: pool.decodeRecycled(payloadStart(p), p.length, r, bs, true, out) });
+        }
+        dispatch();
+        while (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {
         // On a fresh target a ZERO record writes nothing, and records never overlap (the validator),
         // so the decodes and writes in flight go on (data with a zero block every few blocks drained
         // the pipeline every few hundred KiB). On an existing target they settle first, as before.
-        if (!opts.fresh) {
-          while (window.length > 0) await writeOldest();
-          while (writes.length > 0) await writes.shift();
-        }
+        if (!opts.fresh) await drain();
         await zero(ev.record.firstBlock, ev.record.blockCount);
         await opts.written?.zeroRecord(ev.record);
       }
     }
-    while (window.length > 0) await writeOldest();
-    while (writes.length > 0) await writes.shift();
+    await drain();
   } finally {
+    opts.batcher.dispose();
     await Promise.allSettled([...window.map((w) => w.p), ...writes]);
   }
   return { dataBytes, zeroBytes };
@@ -271,6 +319,8 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     }
     const fromStdin = inputs.length === 1 && inputs[0].kind === 'stdin';
     const buffers = new RecordBuffers();
+    // Small payloads are read several to a record buffer and decoded a batch at a time (applyStream).
+    const batcher = new PayloadBatcher<{ first: number; rawLen: number; offset: number }>(buffers, MAX_RECORD_RAW);
     if (fromStdin && !opts.stdin) throw new UsageError('no standard input to read the archive from');
     checkChain(files.map((f) => f.header));
 
@@ -278,7 +328,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     let stdinEvents: AsyncGenerator<ArchiveEvent> | undefined;
     let headers: ArchiveHeader[];
     if (fromStdin) {
-      stdinEvents = readArchive(plainStream(opts.stdin!, opts.storeOptions?.identities ?? [], 'standard input'), { file: 'standard input', payloadBuffer: buffers.forPayload });
+      stdinEvents = readArchive(plainStream(opts.stdin!, opts.storeOptions?.identities ?? [], 'standard input'), { file: 'standard input', payloadBuffer: batcher.slot });
       const first = await stdinEvents.next();
       if (first.done || first.value.type !== 'header') throw new FormatError('BAD_STRUCTURE', 'no archive header on standard input');
       headers = [first.value.header];
@@ -363,7 +413,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
           total = Math.min(f.trailer.rawBytes + (f.trailer.zeroBlocks + m.zeroBlocks + m.unmapBlocks) * h.blockSize, h.volumeSize);
           // An encrypted archive is decrypted on the pool, ahead of the reader.
           f.src.usePool?.(pool());
-          events = readArchive(f.readSource(), { file: f.path, payloadBuffer: buffers.forPayload });
+          events = readArchive(f.readSource(), { file: f.path, payloadBuffer: batcher.slot });
           const first = await events.next();
           if (first.done || first.value.type !== 'header' || first.value.header.archiveId !== h.archiveId) {
             throw new FormatError('CHANGED_UNDERFOOT', 'archive changed while being applied', 0, f.path);
@@ -375,7 +425,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
         let check: WrittenCheck | undefined;
         try {
           try {
-            r = await applyStream(events, h, target, pool(), buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress, written });
+            r = await applyStream(events, h, target, pool(), buffers, { fresh, total, label, signal: opts.signal, onProgress: opts.onProgress, written, batcher });
             await target.sync();
           } finally {
             if (!fromStdin) files[i].src.usePool?.(undefined);

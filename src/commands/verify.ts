@@ -13,7 +13,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { FormatError, ioError, ThinarchiveError, UsageError } from '../errors.js';
-import { payloadStart, RecordBuffers, withPool, type WorkerPool } from '../archive/pool.js';
+import { PayloadBatcher, payloadStart, RecordBuffers, withPool, type BatchRecord, type WorkerPool } from '../archive/pool.js';
 import { checkAgeStructure, isAgeSource, plainStream } from '../archive/encrypted.js';
 import { ArchiveFile, FileByteSource, filePositionalSource, readArchive, type ByteSource, type PositionalSource } from '../archive/reader.js';
 import { FrameType } from '../format/constants.js';
@@ -92,7 +92,20 @@ async function checkPayload(
 ): Promise<void> {
   const res = await pool.decodeRecycled(buf, len, r, blockSize, false);
   for (const b of res.spare) buffers.give(b);
-  if (res.ok) return;
+  if (!res.ok) recordFindings(res, r, label, offset, findings);
+}
+
+/** Records whose payloads share a buffer (PayloadBatcher), checked as one job; what does not match becomes findings. */
+async function checkBatch(
+  pool: WorkerPool, buffers: RecordBuffers, buf: ArrayBuffer, items: { rec: BatchRecord; tag: number }[], blockSize: number, label: string, findings: Finding[],
+): Promise<void> {
+  const res = await pool.decodeBatch(buf, items.map((i) => i.rec), blockSize);
+  buffers.give(res.stored);
+  for (const f of res.failed) recordFindings(f, items[f.index].rec.record as DataRecordHead, label, items[f.index].tag, findings);
+}
+
+/** The findings of a record that failed its checks, at `offset` of the archive. */
+function recordFindings(res: { error?: string; badBlocks?: number[] }, r: Pick<DataRecordHead, 'firstBlock'>, label: string, offset: number, findings: Finding[]): void {
   if (res.badBlocks?.length) {
     for (const i of res.badBlocks) {
       findings.push({ code: 'CHECKSUM_MISMATCH', detail: 'BLOCK_CHECKSUM', archive: label, offset, block: r.firstBlock + i,
@@ -177,8 +190,13 @@ async function verifyOne(
   const before = findings.length;
   const pending: Promise<void>[] = [];
   const limit = pool.size * 3;
+  // Payloads are gathered several to a buffer and checked a batch at a time (tagged with their offsets).
+  const batcher = new PayloadBatcher<number>(buffers);
+  const dispatch = (): void => {
+    for (const b of batcher.takeReady()) pending.push(checkBatch(pool, buffers, b.buf, b.items, header!.blockSize, label, findings));
+  };
   try {
-    for await (const ev of readArchive(source, { file: label, payloadBuffer: buffers.forPayload })) {
+    for await (const ev of readArchive(source, { file: label, payloadBuffer: batcher.slot })) {
       opts.signal?.throwIfAborted();
       if (ev.type === 'header') {
         header = ev.header;
@@ -186,20 +204,25 @@ async function verifyOne(
       } else if (ev.type === 'data') {
         const r = ev.record;
         const p = ev.payload;
-        // The payload is the start of a buffer from `buffers` (or owns its own): sent to a worker and back.
-        const buf = payloadStart(p);
-        const offset = ev.offset;
-        pending.push(checkPayload(pool, buffers, buf, p.length, r, header!.blockSize, label, offset, findings));
-        if (pending.length >= limit) await pending.shift();
+        // In the batch's buffer, or (larger than any buffer) in one of its own: checked alone.
+        if (!batcher.add(p, r, ev.offset)) pending.push(checkPayload(pool, buffers, payloadStart(p), p.length, r, header!.blockSize, label, ev.offset, findings));
+        dispatch();
+        while (pending.length >= limit) await pending.shift();
       } else if (ev.type === 'trailer') {
         trailer = ev.trailer;
         v.bytes = ev.size;
       }
       opts.onProgress?.({ archive: label, bytesRead: ev.offset });
     }
+    batcher.flush();
+    dispatch();
   } catch (e) {
     findings.push(findingOf(e, label));
+    // (the records read before the error are still checked)
+    batcher.flush();
+    dispatch();
   } finally {
+    batcher.dispose();
     await Promise.all(pending);
   }
   if (trailer) {
