@@ -16,13 +16,16 @@
  * reads it to check that a command loads only what it uses.
  */
 import { build } from 'esbuild';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 export const EXTERNAL = ['@aws-sdk/*', '@smithy/*', 'zstd-napi', 'zstd-napi/*', 'xxhash-wasm', 'pino', 'ajv', 'ajv/*', 'yaml', 'prom-client', 'cron-parser', 'nodemailer', '*.node'];
+
+// The chunks of earlier builds (their names are content hashes): nothing imports them any more.
+for (const f of readdirSync(join(ROOT, 'dist'))) if (/^bundle-[A-Z0-9]+\.mjs$/.test(f)) rmSync(join(ROOT, 'dist', f));
 
 const result = await build({
   entryPoints: { thinarchive: join(ROOT, 'dist', 'cli', 'main.js') },
