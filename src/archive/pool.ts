@@ -59,14 +59,19 @@ export class PayloadBatcher<T> {
   private used = 0;
   private ready: PayloadBatch<T>[] = [];
 
-  /** `maxRaw`: the data bytes of one batch at most (an apply's: what one output buffer holds). */
-  constructor(private readonly buffers: RecordBuffers, private readonly maxRaw = BATCH_RAW) {}
+  /**
+   * `maxRaw`: the data bytes of one batch at most (an apply's: what one output buffer holds). `solo`:
+   * a record of this many data bytes or more is a batch of its own (apply decodes such a batch as a
+   * single record: large records gain nothing from sharing a job, and each job's buffers would be
+   * held longer).
+   */
+  constructor(private readonly buffers: RecordBuffers, private readonly maxRaw = BATCH_RAW, private readonly solo = Infinity) {}
 
   /** readArchive's payloadBuffer: the next free bytes of the batch (of a new one when the record does not fit). */
   readonly slot = (n: number, record?: Pick<DataRecordHead, 'rawLen'>): PayloadSlot | undefined => {
     if (n > MAX_RECORD_RAW) return undefined;
     const raw = record?.rawLen ?? 0;
-    if (this.cur && (this.used + n > this.cur.buf.byteLength || this.cur.raw + raw > this.maxRaw)) this.flush();
+    if (this.cur && (this.used + n > this.cur.buf.byteLength || this.cur.raw + raw > this.maxRaw || raw >= this.solo)) this.flush();
     this.cur ??= { buf: this.buffers.take(), items: [], raw: 0 };
     return { buffer: this.cur.buf, at: this.used };
   };
@@ -78,7 +83,7 @@ export class PayloadBatcher<T> {
     b.items.push({ rec: { at: this.used, len: p.length, record, outAt: b.raw }, tag });
     this.used += p.length;
     b.raw += record.rawLen;
-    if (b.raw >= this.maxRaw || this.used === b.buf.byteLength) this.flush();
+    if (b.raw >= this.maxRaw || this.used === b.buf.byteLength || record.rawLen >= this.solo) this.flush();
     return true;
   }
 

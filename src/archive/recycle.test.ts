@@ -307,6 +307,27 @@ describe('records decoded in batches (PayloadBatcher, decodeBatch)', () => {
     expect(checked.batches).toBeLessThan(got.batches);
   });
 
+  it('give a record of `solo` data bytes or more a batch of its own, and start a new batch when one is full', () => {
+    const batcher = new PayloadBatcher<number>(new RecordBuffers(), MAX_RECORD_RAW, 1024 * 1024);
+    const put = (storedLen: number, rawLen: number, tag: number): void => {
+      const slot = batcher.slot(storedLen, { rawLen })!;
+      const p = new Uint8Array(slot.buffer, slot.at, storedLen);
+      expect(batcher.add(p, { codec: Codec.ZSTD, rawLen, storedHash: 0n, hashes: new BigUint64Array(0) }, tag)).toBe(true);
+    };
+    put(100, 448 * 1024, 1);
+    put(100, 448 * 1024, 2);
+    put(200, 2 * 1024 * 1024, 3); // solo: the two before are a batch, this one another
+    put(100, 448 * 1024, 4);
+    for (let i = 5; i < 15; i++) put(100, 448 * 1024, i); // 4 MiB of data fill a batch: 4..12, then 13, 14
+    batcher.flush();
+    const ready = batcher.takeReady();
+    expect(ready.map((b) => b.items.map((i) => i.tag))).toEqual([[1, 2], [3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13, 14]]);
+    // each record's data goes after the one before it in the batch's output buffer, its payload after the one before
+    expect(ready[2].items.map((i) => i.rec.outAt)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8].map((k) => k * 448 * 1024));
+    expect(ready[2].items.map((i) => i.rec.at)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8].map((k) => k * 100));
+    expect(batcher.takeReady()).toEqual([]);
+  });
+
   it('refuse a batch whose data would not fit the output buffer', () => {
     const rec = { codec: Codec.NONE, rawLen: 3 * 1024 * 1024, storedHash: 0n, hashes: new BigUint64Array(768) };
     expect(() => pool.decodeBatch(new ArrayBuffer(MAX_RECORD_RAW), [{ at: 0, len: 1, record: rec, outAt: 0 }, { at: 1, len: 1, record: rec, outAt: rec.rawLen }], BS, new ArrayBuffer(MAX_RECORD_RAW)))

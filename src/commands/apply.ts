@@ -319,8 +319,9 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     }
     const fromStdin = inputs.length === 1 && inputs[0].kind === 'stdin';
     const buffers = new RecordBuffers();
-    // Small payloads are read several to a record buffer and decoded a batch at a time (applyStream).
-    const batcher = new PayloadBatcher<{ first: number; rawLen: number; offset: number }>(buffers, MAX_RECORD_RAW);
+    // Small payloads are read several to a record buffer and decoded a batch at a time (applyStream);
+    // records of 1 MiB of data or more go one at a time, as before.
+    const batcher = new PayloadBatcher<{ first: number; rawLen: number; offset: number }>(buffers, MAX_RECORD_RAW, MAX_RECORD_RAW / 4);
     if (fromStdin && !opts.stdin) throw new UsageError('no standard input to read the archive from');
     checkChain(files.map((f) => f.header));
 
