@@ -173,6 +173,9 @@ export function checkChain(headers: ArchiveHeader[]): void {
 }
 
 const DECODE_WINDOW_PER_WORKER = 2;
+
+/** A data record on its way to the target: its first block, data bytes, and offset in the archive. */
+type ApplyRecord = { first: number; rawLen: number; offset: number };
 const MAX_WRITES_IN_FLIGHT = 2;
 
 /** Apply one validated archive stream to the target. The header event has been consumed already. */
@@ -181,7 +184,7 @@ async function applyStream(
   opts: {
     fresh: boolean; total: number | undefined; label: string; signal?: AbortSignal; onProgress?: (p: ApplyProgress) => void; written?: WrittenBlocks;
     /** The batcher whose slots `events` reads payloads into (readArchive's payloadBuffer). */
-    batcher: PayloadBatcher<{ first: number; rawLen: number; offset: number }>;
+    batcher: PayloadBatcher<ApplyRecord>;
   },
 ): Promise<{ dataBytes: number; zeroBytes: number }> {
   const bs = h.blockSize;
@@ -196,16 +199,15 @@ async function applyStream(
   };
   // Payloads are gathered several to a record buffer (opts.batcher: readArchive reads into its slots)
   // and decoded a batch at a time into one output buffer; a batch of one record is decoded alone.
-  type Rec = { first: number; rawLen: number; offset: number };
   type Job =
-    | { one: true; rec: Rec; p: ReturnType<WorkerPool['decodeRecycled']> }
-    | { one: false; recs: { rec: Rec; outAt: number }[]; p: ReturnType<WorkerPool['decodeBatch']> };
+    | { one: true; rec: ApplyRecord; p: ReturnType<WorkerPool['decodeRecycled']> }
+    | { one: false; recs: { rec: ApplyRecord; outAt: number }[]; p: ReturnType<WorkerPool['decodeBatch']> };
   const window: Job[] = [];
   const limit = pool.size * DECODE_WINDOW_PER_WORKER;
   const progress = (): void => opts.onProgress?.({ archiveId: h.archiveId, bytesDone: dataBytes + zeroBytes, bytesTotal: opts.total });
   const writes: Promise<void>[] = [];
   /** Write `raw` (a record's data) at its block; `done` after it is written. */
-  const write = async (rec: Rec, raw: Uint8Array, done: () => void): Promise<void> => {
+  const write = async (rec: ApplyRecord, raw: Uint8Array, done: () => void): Promise<void> => {
     // Writes to distinct offsets overlap with each other and with decoding; a few at a time.
     const w = target.write(raw, rec.first * bs).then(() => {
       dataBytes += raw.length;
@@ -271,7 +273,7 @@ async function applyStream(
         const p = ev.payload;
         await opts.written?.dataRecord(r);
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
-        const rec = { first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset };
+        const rec: ApplyRecord = { first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset };
         if (!opts.batcher.add(p, r, rec)) {
           // A payload in a buffer of its own (larger than any record buffer): decoded alone.
           const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
@@ -321,7 +323,7 @@ export async function apply(opts: ApplyOptions): Promise<ApplyResult> {
     const buffers = new RecordBuffers();
     // Small payloads are read several to a record buffer and decoded a batch at a time (applyStream);
     // records of 1 MiB of data or more go one at a time, as before.
-    const batcher = new PayloadBatcher<{ first: number; rawLen: number; offset: number }>(buffers, MAX_RECORD_RAW, MAX_RECORD_RAW / 4);
+    const batcher = new PayloadBatcher<ApplyRecord>(buffers, MAX_RECORD_RAW, MAX_RECORD_RAW / 4);
     if (fromStdin && !opts.stdin) throw new UsageError('no standard input to read the archive from');
     checkChain(files.map((f) => f.header));
 

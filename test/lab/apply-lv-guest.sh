@@ -1,9 +1,10 @@
 # Runs INSIDE the thin-LVM lab guest for test/lab/apply-lv.test.ts (sourced by the harness's bash,
 # with set -eE -o pipefail): the scenario. Results go to $LAB_OUT/results.tsv (key TAB value) and
 # $LAB_OUT/*.{json,out,err,log,txt}; the assertions are in the test.
-# Env: ROOT (the project), GUEST (apply-lv-guest.mjs), THINARCHIVE_DIST (dist/), LAB_WORK, LAB_OUT.
+# Env: GUEST (apply-lv-guest.mjs), THINARCHIVE_DIST (the build: dist/ or cliBuild's),
+# TA_LAUNCHER (send-lv-cli.mjs: the CLI of that build), LAB_WORK, LAB_OUT.
 # Node starts slowly in the guest (~0.5 s bare, ~1.7 s for the CLI): processes are few on purpose.
-TA() { node "$ROOT/bin/thinarchive" "$@"; }
+TA() { node "$TA_LAUNCHER" "$@"; }
 G() { node "$GUEST" "$@"; }
 OUT=$LAB_OUT
 STORE=$LAB_WORK/store

@@ -7,40 +7,14 @@
 // main() in one process there, as node starts slowly in the guest) and records what it saw in
 // $LAB_OUT/results.tsv; the assertions are here.
 // If the lab cannot run here the test is skipped, except under CI where that is a failure.
-// The CLI and the helpers run dist/: it is rebuilt (tsc) first when older than src/.
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
+// The CLI and the helpers run dist/, or a fresh compile of src/ in a cache when dist/ is older
+// (cliBuild: never a rebuild of dist/ itself, which other test files are running at the same time).
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { cliBuild } from './cli-build.js';
 import { LAB_SLOT_WAIT_MS, labLeftovers, parseResults, requireLab, runInLab } from './lab.js';
 
 const ROOT = resolve(__dirname, '..', '..');
-
-function srcFiles(dir: string): string[] {
-  return readdirSync(dir).flatMap((n) => {
-    const p = join(dir, n);
-    return statSync(p).isDirectory() ? srcFiles(p) : n.endsWith('.ts') && !n.endsWith('.test.ts') ? [p] : [];
-  });
-}
-
-/** Make sure dist/ is at least as new as src/ (tsc, as `npm run build` does; the native addon must exist). */
-function ensureDist(): string {
-  const dist = join(ROOT, 'dist');
-  if (!existsSync(join(ROOT, 'build', 'Release', 'thinio.node'))) throw new Error('the native addon is not built: run npm run build');
-  const stale = srcFiles(join(ROOT, 'src')).filter((s) => {
-    const js = join(dist, s.slice(join(ROOT, 'src').length + 1).replace(/\.ts$/, '.js'));
-    return !existsSync(js) || statSync(js).mtimeMs < statSync(s).mtimeMs;
-  });
-  if (stale.length === 0) return 'dist/ is fresh';
-  try {
-    execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json')], { stdio: 'pipe' });
-  } catch (e) {
-    // Type errors elsewhere in src/ still emit JavaScript; only missing output is fatal.
-    if (!existsSync(join(dist, 'commands', 'lv-target.js'))) throw e;
-  }
-  copyFileSync(join(ROOT, 'src', 'archive', 'worker.cjs'), join(dist, 'archive', 'worker.cjs'));
-  return `rebuilt dist/ (older than ${stale.length} src file(s))`;
-}
 
 const MiB = 1024 * 1024;
 const VOL = 64 * MiB;
@@ -53,11 +27,13 @@ describe('apply --to VG/LV in the thin-LVM lab', () => {
   it('replicates an ext4 thin LV chain into a thin LV in another VG: state tags, discards, snapshots, refusals, resume', async (ctx) => {
     await requireLab(ctx);
     const t0 = performance.now();
-    const how = ensureDist();
+    const build = cliBuild('thinarchive-lab-apply-lv');
+    const how = `CLI from ${build.how}`;
     const run = await runInLab({
       script: SCRIPT,
       disks: [{ sizeBytes: 2 * 1024 ** 3 }, { sizeBytes: 2 * 1024 ** 3 }],
-      env: { ROOT, GUEST: join(ROOT, 'test', 'lab', 'apply-lv-guest.mjs'), GUEST_SH: join(ROOT, 'test', 'lab', 'apply-lv-guest.sh'), THINARCHIVE_DIST: join(ROOT, 'dist') },
+      env: { GUEST: join(ROOT, 'test', 'lab', 'apply-lv-guest.mjs'), GUEST_SH: join(ROOT, 'test', 'lab', 'apply-lv-guest.sh'),
+        THINARCHIVE_DIST: build.dir, TA_LAUNCHER: join(ROOT, 'test', 'lab', 'send-lv-cli.mjs') },
       // ~85 s on an idle 2-CPU host; user-mode Linux slows down a lot when the host is busy
       timeoutMs: 900_000, // 85-216 s measured; CI once needed more than 280 s
     });
