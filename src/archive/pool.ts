@@ -253,10 +253,10 @@ export const INLINE_BYTES = 8 * 1024 * 1024;
 export const INLINE_MAX_LEVEL = 5;
 
 /**
- * Jobs posted to one worker at a time. With one, a worker sat idle for a whole round trip (its answer
- * handled in this thread, the next job posted) after every job: on records that decode in a fraction
- * of a millisecond (very compressible data), workers were busy a third of the time
- * (docs/PERFORMANCE.md, "Verify on compressible data").
+ * Jobs posted to one worker at a time. With one, a worker waits a whole round trip (its answer handled
+ * in this thread, the next job posted) after every job, which mattered when every record of very
+ * compressible data was a job of its own. Measured alone it changed little (docs/PERFORMANCE.md,
+ * "2026-12-08: small records in batches, archives read ahead"); with batches, one or two are the same.
  */
 export const JOBS_PER_WORKER = 2;
 

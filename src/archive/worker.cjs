@@ -200,10 +200,11 @@ function decode(msg) {
 
 /**
  * Several records' payloads in one buffer (`stored`; record i's at recs[i].at, recs[i].len bytes),
- * their block hashes one after the other in `hashes` (recs[i].hashCount each): each checked as decode does. With `out`, record
- * i's data goes to recs[i].outAt of it. One job for many small records: a record of very compressible
- * data decodes in a fraction of a millisecond, less than a message to a worker and back costs. Both
- * buffers come back; `failed` lists the records that failed (index, error, bad blocks).
+ * their block hashes one after the other in `hashes` (recs[i].hashCount each): each checked as
+ * decode does. With `out`, record i's data goes to recs[i].outAt of it. One job for many small
+ * records: a record of very compressible data decodes in a fraction of a millisecond, less than a
+ * message to a worker and back costs. Both buffers come back; `failed` lists the records that failed
+ * (index, error, bad blocks).
  */
 function decodeBatch(msg) {
   const hashes = new BigUint64Array(msg.hashes);
