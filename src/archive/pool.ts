@@ -31,8 +31,6 @@ export class RecordBuffers {
     // (a buffer of another size came from a fallback path: left to the GC)
     if (b && b.byteLength === MAX_RECORD_RAW && this.free.length < this.maxFree) this.free.push(b);
   }
-  /** For readArchive's payloadBuffer: a buffer when `n` bytes fit one. */
-  readonly forPayload = (n: number): ArrayBuffer | undefined => (n <= MAX_RECORD_RAW ? this.take() : undefined);
 }
 
 /** Records whose payloads share one record buffer (PayloadBatcher), for one decodeBatch job. */
@@ -437,11 +435,9 @@ export class WorkerPool {
     let count = 0;
     let rawLen = 0;
     for (const r of recs) {
+      if (out && (r.outAt ?? 0) + r.record.rawLen > out.byteLength) throw new Error(`decodeBatch: a record's data does not fit the output buffer (${r.outAt} + ${r.record.rawLen} > ${out.byteLength})`);
       count += r.record.hashes.length;
       rawLen += r.record.rawLen;
-    }
-    for (const r of recs) {
-      if (out && (r.outAt ?? 0) + r.record.rawLen > out.byteLength) throw new Error(`decodeBatch: a record's data does not fit the output buffer (${r.outAt} + ${r.record.rawLen} > ${out.byteLength})`);
     }
     const hashes = new BigUint64Array(count);
     let h = 0;

@@ -6,7 +6,7 @@
  * "applying" until the whole stream is verified. Crash safety: docs/JOURNAL.md.
  */
 import { FormatError, ThinarchiveError, UnsafeError, UsageError } from '../errors.js';
-import { PayloadBatcher, payloadCorrupt, payloadStart, RecordBuffers, WorkerPool } from '../archive/pool.js';
+import { PayloadBatcher, payloadCorrupt, payloadStart, RecordBuffers, WorkerPool, type BatchRecord } from '../archive/pool.js';
 import { plainStream } from '../archive/encrypted.js';
 import { ArchiveFile, readArchive, type ArchiveEvent } from '../archive/reader.js';
 import { Codec, ExtentKind, MAX_RECORD_RAW } from '../format/constants.js';
@@ -243,12 +243,16 @@ async function applyStream(
     }
     if (bad) throw payloadCorrupt(bad, job.recs[bad.index].rec.first, job.recs[bad.index].rec.offset, opts.label);
   };
+  /** One record whose payload is the first `len` bytes of `buf`, decoded alone (into a record buffer of its own). */
+  const decodeOne = (rec: ApplyRecord, buf: ArrayBuffer, len: number, record: BatchRecord['record']): void => {
+    const out = record.codec === Codec.ZSTD ? buffers.take() : undefined;
+    window.push({ one: true, rec, p: pool.decodeRecycled(buf, len, record, bs, true, out) });
+  };
   const dispatch = (): void => {
     for (const b of opts.batcher.takeReady()) {
       if (b.items.length === 1) {
         const { rec, tag } = b.items[0];
-        const out = rec.record.codec === Codec.ZSTD ? buffers.take() : undefined;
-        window.push({ one: true, rec: tag, p: pool.decodeRecycled(b.buf, rec.len, rec.record, bs, true, out) });
+        decodeOne(tag, b.buf, rec.len, rec.record);
       } else {
         window.push({ one: false, recs: b.items.map((i) => ({ rec: i.tag, outAt: i.rec.outAt! })), p: pool.decodeBatch(b.buf, b.items.map((i) => i.rec), bs, buffers.take()) });
       }
@@ -274,11 +278,8 @@ async function applyStream(
         await opts.written?.dataRecord(r);
         target.announce(r.firstBlock * bs, rangeBytes(r.firstBlock, r.blockCount, size, bs));
         const rec: ApplyRecord = { first: r.firstBlock, rawLen: r.rawLen, offset: ev.offset };
-        if (!opts.batcher.add(p, r, rec)) {
-          // A payload in a buffer of its own (larger than any record buffer): decoded alone.
-          const out = r.codec === Codec.ZSTD ? buffers.take() : undefined;
-          window.push({ one: true, rec, p: pool.decodeRecycled(payloadStart(p), p.length, r, bs, true, out) });
-        }
+        // (a payload in a buffer of its own, larger than any record buffer: decoded alone)
+        if (!opts.batcher.add(p, r, rec)) decodeOne(rec, payloadStart(p), p.length, r);
         dispatch();
         while (window.length >= limit) await writeOldest();
       } else if (ev.type === 'zero') {

@@ -97,12 +97,15 @@ async function checkPayload(
 
 /** Records whose payloads share a buffer (PayloadBatcher), checked as one job; what does not match becomes findings. */
 async function checkBatch(
-  pool: WorkerPool, buffers: RecordBuffers, buf: ArrayBuffer, items: { rec: BatchRecord; tag: number }[], blockSize: number, label: string, findings: Finding[],
+  pool: WorkerPool, buffers: RecordBuffers, buf: ArrayBuffer, items: { rec: BatchRecord; tag: RecordAt }[], blockSize: number, label: string, findings: Finding[],
 ): Promise<void> {
   const res = await pool.decodeBatch(buf, items.map((i) => i.rec), blockSize);
   buffers.give(res.stored);
-  for (const f of res.failed) recordFindings(f, items[f.index].rec.record as DataRecordHead, label, items[f.index].tag, findings);
+  for (const f of res.failed) recordFindings(f, items[f.index].tag, label, items[f.index].tag.offset, findings);
 }
+
+/** A record of a batch: its first block, and its offset in the archive. */
+type RecordAt = Pick<DataRecordHead, 'firstBlock'> & { offset: number };
 
 /** The findings of a record that failed its checks, at `offset` of the archive. */
 function recordFindings(res: { error?: string; badBlocks?: number[] }, r: Pick<DataRecordHead, 'firstBlock'>, label: string, offset: number, findings: Finding[]): void {
@@ -190,8 +193,8 @@ async function verifyOne(
   const before = findings.length;
   const pending: Promise<void>[] = [];
   const limit = pool.size * 3;
-  // Payloads are gathered several to a buffer and checked a batch at a time (tagged with their offsets).
-  const batcher = new PayloadBatcher<number>(buffers);
+  // Payloads are gathered several to a buffer and checked a batch at a time.
+  const batcher = new PayloadBatcher<RecordAt>(buffers);
   const dispatch = (): void => {
     for (const b of batcher.takeReady()) pending.push(checkBatch(pool, buffers, b.buf, b.items, header!.blockSize, label, findings));
   };
@@ -205,7 +208,7 @@ async function verifyOne(
         const r = ev.record;
         const p = ev.payload;
         // In the batch's buffer, or (larger than any buffer) in one of its own: checked alone.
-        if (!batcher.add(p, r, ev.offset)) pending.push(checkPayload(pool, buffers, payloadStart(p), p.length, r, header!.blockSize, label, ev.offset, findings));
+        if (!batcher.add(p, r, { firstBlock: r.firstBlock, offset: ev.offset })) pending.push(checkPayload(pool, buffers, payloadStart(p), p.length, r, header!.blockSize, label, ev.offset, findings));
         dispatch();
         while (pending.length >= limit) await pending.shift();
       } else if (ev.type === 'trailer') {
