@@ -20,7 +20,6 @@
  */
 'use strict';
 const { parentPort } = require('node:worker_threads');
-const { createCipheriv, createDecipheriv } = require('node:crypto');
 const { join } = require('node:path');
 const binding = require('zstd-napi/binding');
 // XXH64 from the native addon (native/thinio.c, libxxhash): about 10x xxhash-wasm, which copies each
@@ -239,9 +238,20 @@ function hash(msg) {
 // memory), which would add that much to each worker's RSS; a minor collection every few MiB of
 // chunks keeps it to a few MiB (it costs well under a millisecond: the young generation is small).
 // The main thread's counterpart, and why `gc` is obtained this way: src/gc.ts.
-require('node:v8').setFlagsFromString('--expose-gc');
-/** @type {(o?: { type: string, execution: string }) => void} */
-const collect = require('node:vm').runInNewContext('gc');
+// node:crypto and the exposed gc are loaded at the first job that needs them (seal, open, collect):
+// about 14 ms of a worker's start that send, apply and verify of plain archives never use.
+/** @type {((o?: { type: string, execution: string }) => void) | undefined} */
+let gcFn;
+function collect(/** @type {{ type: string, execution: string } | undefined} */ o) {
+  if (!gcFn) {
+    require('node:v8').setFlagsFromString('--expose-gc');
+    gcFn = require('node:vm').runInNewContext('gc');
+  }
+  /** @type {(o?: { type: string, execution: string }) => void} */ (gcFn)(o);
+}
+/** @type {typeof import('node:crypto') | undefined} */
+let cryptoModule;
+const crypto = () => (cryptoModule ??= require('node:crypto'));
 const COLLECT_EVERY = 4 << 20;
 let sinceCollect = 0;
 function cipherGarbage(/** @type {number} */ n) {
@@ -275,7 +285,7 @@ function seal(msg) {
   const n = Math.max(1, Math.ceil(plain.length / AGE_CHUNK));
   let at = 0;
   for (let k = 0; k < n; k++) {
-    const c = createCipheriv('chacha20-poly1305', key, setNonce(msg.index + k, msg.last && k === n - 1), { authTagLength: AGE_TAG });
+    const c = crypto().createCipheriv('chacha20-poly1305', key, setNonce(msg.index + k, msg.last && k === n - 1), { authTagLength: AGE_TAG });
     const end = Math.min(plain.length, (k + 1) * AGE_CHUNK);
     for (let q = k * AGE_CHUNK; q < end; q += CIPHER_PIECE) {
       const ct = c.update(plain.subarray(q, Math.min(end, q + CIPHER_PIECE)));
@@ -305,7 +315,7 @@ function open(msg) {
     // A chunk before the last is full; the last holds at least its tag, and is empty only when it is the only one.
     let ok = last ? n >= AGE_TAG && (i === 0 || n > AGE_TAG) : n === AGE_CHUNK + AGE_TAG;
     if (ok) {
-      const d = createDecipheriv('chacha20-poly1305', key, setNonce(i, last), { authTagLength: AGE_TAG });
+      const d = crypto().createDecipheriv('chacha20-poly1305', key, setNonce(i, last), { authTagLength: AGE_TAG });
       d.setAuthTag(sealed.subarray(at + n - AGE_TAG, at + n));
       const len = n - AGE_TAG;
       // (written before final() says yes: the caller uses nothing of a batch that failed)
