@@ -81,6 +81,41 @@ describe('FileTarget direct writes', () => {
     expect(await writeAndReadBack(d)).toEqual({ direct: !refused, descriptors: refused ? 1 : 2 });
   });
 
+  it('a refusal of direct writes (EINVAL) is logged once, though writes in flight together are each refused, and every byte still lands', async () => {
+    const d = directDir();
+    dirs.push(d);
+    const path = join(d, 'img');
+    const t = await FileTarget.open(path, { create: true, createSize: 1 << 20, stateDir: join(d, 'state') });
+    const warnings: string[] = [];
+    t.log = { debug: () => {}, info: () => {}, warn: (_o: object, msg?: string) => void warnings.push(msg ?? '') };
+    // As DirectFile answers the kernel's EINVAL (an alignment beyond 4096): false after the call
+    // settles, and nothing more goes direct. Only the refusal is simulated; the writes are real.
+    const direct = (t as unknown as { direct: DirectFile }).direct;
+    let refusedCalls = 0;
+    direct.write = async function refuse(this: DirectFile): Promise<boolean> {
+      await new Promise((r) => setImmediate(r));
+      refusedCalls++;
+      (this as unknown as { refused: boolean }).refused = true;
+      return false;
+    };
+    const a = pattern(2 * DIRECT_ALIGN, 8);
+    const b = pattern(3 * DIRECT_ALIGN, 9);
+    try {
+      await Promise.all([t.write(a, 0), t.write(b, 64 * 1024)]);
+      await t.write(pattern(DIRECT_ALIGN, 10), 128 * 1024);
+      await t.sync();
+    } finally {
+      await t.close();
+    }
+    expect(refusedCalls).toBe(2);
+    expect(warnings).toEqual(['direct writes refused; writing through the page cache']);
+    expect(t.directWrites).toBe(false);
+    const back = readFileSync(path);
+    expect(Buffer.compare(back.subarray(0, a.length), a)).toBe(0);
+    expect(Buffer.compare(back.subarray(64 * 1024, 64 * 1024 + b.length), b)).toBe(0);
+    expect(Buffer.compare(back.subarray(128 * 1024, 128 * 1024 + DIRECT_ALIGN), pattern(DIRECT_ALIGN, 10))).toBe(0);
+  });
+
   it('pwriteDirect and preadDirect refuse an unaligned position or length before writing anything', async () => {
     const d = directDir();
     dirs.push(d);

@@ -216,13 +216,19 @@ export class FileTarget {
     return this.direct?.active ?? false;
   }
 
+  private refusalLogged = false;
+
   private async writeRaw(buf: Uint8Array, position: number): Promise<void> {
     let at = 0;
     const aligned = this.direct?.alignedPart(position, buf.length) ?? 0;
     if (aligned > 0) {
       try {
         if (await this.direct!.write(buf.subarray(0, aligned), position)) at = aligned;
-        else this.log.warn({ target: this.path, code: 'EINVAL' }, 'direct writes refused; writing through the page cache');
+        else if (!this.refusalLogged) {
+          // (once: writes in flight together can each be refused)
+          this.refusalLogged = true;
+          this.log.warn({ target: this.path, code: 'EINVAL' }, 'direct writes refused; writing through the page cache');
+        }
       } catch (e) {
         throw ioError(e, `cannot write target ${this.path} at byte ${position}`);
       }
