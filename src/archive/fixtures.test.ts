@@ -327,6 +327,12 @@ describe('golden archives, streaming reader', () => {
       }
       expect(bad).toBe(1);
     }
+    // verify reads small payloads into batches: the last batch (here every record) is checked too
+    const res = await verify({ inputs: [join(FIXTURES, a.file)] });
+    expect(res.ok).toBe(false);
+    expect(res.findings.map((f) => ({ code: f.code, offset: f.offset, block: f.block }))).toEqual(
+      a.decode!.badBlocks.map((i) => ({ code: 'CHECKSUM_MISMATCH', offset: a.decode!.recordOffset, block: a.decode!.firstBlock + i })),
+    );
   });
 });
 
