@@ -217,14 +217,12 @@ async function verifyOne(
       }
       opts.onProgress?.({ archive: label, bytesRead: ev.offset });
     }
-    batcher.flush();
-    dispatch();
   } catch (e) {
     findings.push(findingOf(e, label));
-    // (the records read before the error are still checked)
+  } finally {
+    // The records gathered last are checked too, also those read before an error.
     batcher.flush();
     dispatch();
-  } finally {
     batcher.dispose();
     await Promise.all(pending);
   }
